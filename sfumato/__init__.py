@@ -1,0 +1,17 @@
+"""sfumato: generate, edit, train, evaluate and serve latent-diffusion image models."""
+
+__version__ = "0.1.0"
+
+from sfumato.errors import SfumatoError
+from sfumato.requests import GenerationRequest, GenerationResult
+
+__all__ = ["Engine", "GenerationRequest", "GenerationResult", "SfumatoError", "__version__"]
+
+
+def __getattr__(name: str):
+    # The engine pulls in torch and diffusers; import it only when asked for.
+    if name == "Engine":
+        from sfumato.engine import Engine
+
+        return Engine
+    raise AttributeError(name)

@@ -1,0 +1,129 @@
+"""Describe a model without loading its weights: format, family, prediction type, inpainting."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from sfumato.errors import ModelNotFound, UnsupportedModel
+from sfumato.models.families import FAMILIES, Family
+from sfumato.models.home import PICKLE_SUFFIXES
+
+CONFIGS_METADATA_KEY = "sfumato.configs"
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    format: str  # "diffusers", "safetensors", "pickle", "gguf"
+    family: Family
+    prediction_type: str
+    inpainting: bool = False
+    configs: dict[str, Any] = field(default_factory=dict)  # component configs when known without loading
+
+    @property
+    def native_size(self) -> int:
+        unet = self.configs.get("unet", {})
+        vae = self.configs.get("vae", {})
+        if "sample_size" in unet and vae.get("block_out_channels"):
+            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        return self.family.native_size
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path.is_dir() else self.path.stem
+
+
+def describe(path: Path) -> ModelInfo:
+    """Detect a model's format and family from `model_index.json` or from single-file keys."""
+    if not path.exists():
+        raise ModelNotFound(f"model {path} does not exist")
+    if path.is_dir():
+        return _describe_folder(path)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        return ModelInfo(path, "pickle", FAMILIES["sd1"], "epsilon")
+    if suffix == ".gguf":
+        raise UnsupportedModel(f"{path}: GGUF checkpoints are not supported for generation yet; use .safetensors")
+    if suffix != ".safetensors":
+        raise UnsupportedModel(f"{path}: unknown model format {suffix!r} (expected a diffusers folder or .safetensors)")
+    return _describe_single_file(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UnsupportedModel(f"{path}: unreadable JSON ({exc})") from None
+
+
+def _describe_folder(path: Path) -> ModelInfo:
+    index_file = path / "model_index.json"
+    if not index_file.exists():
+        raise UnsupportedModel(f"{path} is a folder without model_index.json, so not a diffusers model")
+    index = _read_json(index_file)
+    pipeline = index.get("_class_name", "")
+    configs: dict[str, Any] = {}
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler", "transformer"):
+        for name in ("config.json", "scheduler_config.json"):
+            if (path / component / name).exists():
+                configs[component] = _read_json(path / component / name)
+    unet = configs.get("unet", {})
+    if pipeline.startswith("StableDiffusion3"):
+        family = FAMILIES["sd3"]
+    elif pipeline.startswith("Flux"):
+        family = FAMILIES["flux"]
+    elif pipeline.startswith("StableDiffusionXL"):
+        has_first_encoder = (index.get("text_encoder") or [None])[0] is not None
+        family = FAMILIES["sdxl"] if has_first_encoder else FAMILIES["sdxl-refiner"]
+    elif pipeline.startswith("StableDiffusion") or "unet" in configs:
+        openclip = configs.get("text_encoder", {}).get("hidden_act") == "gelu"  # SD1's CLIP-L uses quick_gelu
+        family = FAMILIES["sd2"] if unet.get("cross_attention_dim") == 1024 or openclip else FAMILIES["sd1"]
+    else:
+        raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (SD1/2, SDXL, SD3, FLUX)")
+    prediction = configs.get("scheduler", {}).get("prediction_type", family.prediction_type)
+    if family.prediction_type == "flow":
+        prediction = "flow"
+    return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs)
+
+
+def _describe_single_file(path: Path) -> ModelInfo:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = set(handle.keys())
+            metadata = handle.metadata() or {}
+            first_conv = "model.diffusion_model.input_blocks.0.0.weight"
+            in_channels = handle.get_slice(first_conv).get_shape()[1] if first_conv in keys else 4
+    except Exception as exc:  # safetensors raises several types for corrupt headers
+        raise UnsupportedModel(f"{path}: not a readable safetensors file ({exc})") from None
+    family = family_from_keys(keys, path)
+    configs = json.loads(metadata[CONFIGS_METADATA_KEY]) if CONFIGS_METADATA_KEY in metadata else {}
+    prediction = metadata.get("sfumato.prediction_type") or configs.get("scheduler", {}).get("prediction_type")
+    return ModelInfo(path, "safetensors", family, prediction or family.prediction_type, in_channels == 9, configs)
+
+
+def family_from_keys(keys: set[str], path: Path) -> Family:
+    def has(prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in keys)
+
+    if has("model.diffusion_model.joint_blocks."):
+        raise UnsupportedModel(f"{path}: SD3 single files are not supported; use an SD3 diffusers folder")
+    if has("double_blocks.") or has("model.diffusion_model.double_blocks."):
+        raise UnsupportedModel(f"{path}: FLUX single files are not supported; use a FLUX diffusers folder")
+    if not has("model.diffusion_model."):
+        if has("lora_") or any(".lora" in key for key in keys):
+            raise UnsupportedModel(f"{path} is a LoRA, not a checkpoint; pass it with --lora")
+        raise UnsupportedModel(f"{path}: no Stable Diffusion UNet keys (model.diffusion_model.*) found")
+    if has("conditioner.embedders.1.model."):
+        return FAMILIES["sdxl"]
+    if has("conditioner.embedders.0.model."):
+        return FAMILIES["sdxl-refiner"]
+    if has("cond_stage_model.model."):
+        return FAMILIES["sd2"]
+    if has("cond_stage_model.transformer."):
+        return FAMILIES["sd1"]
+    raise UnsupportedModel(f"{path}: UNet found but no known text encoder keys; cannot tell the family")

@@ -1,0 +1,156 @@
+"""Model families: their defaults and the config skeletons used to load single files offline.
+
+The skeletons are the configs of the reference checkpoints (SD 1.5, SD 2.1-768-v, SDXL base 1.0,
+SDXL refiner 1.0) written as data, so a single `.safetensors` file never needs the network for
+its configs (diffusers' `from_single_file` fetches them from the hub).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    native_size: int
+    default_sampler: str = "DPM++ 2M Karras"
+    default_steps: int = 25
+    default_cfg_scale: float = 7.0
+    prediction_type: str = "epsilon"
+    pipeline_class: str = "StableDiffusionPipeline"
+    skeleton: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _clip_text(hidden: int, layers: int, heads: int, act: str, projection: int) -> dict[str, Any]:
+    return {
+        "vocab_size": 49408,
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 4,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 77,
+        "hidden_act": act,
+        "projection_dim": projection,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "pad_token_id": 1,
+        "layer_norm_eps": 1e-5,
+    }
+
+
+def _vae(sample_size: int, scaling_factor: float, force_upcast: bool = False) -> dict[str, Any]:
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "layers_per_block": 2,
+        "norm_num_groups": 32,
+        "act_fn": "silu",
+        "sample_size": sample_size,
+        "scaling_factor": scaling_factor,
+        "force_upcast": force_upcast,
+    }
+
+
+_SD_UNET_BLOCKS = {
+    "block_out_channels": [320, 640, 1280, 1280],
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    "layers_per_block": 2,
+    "in_channels": 4,
+    "out_channels": 4,
+}
+
+SD1 = Family(
+    name="sd1",
+    native_size=512,
+    skeleton={
+        "unet": {**_SD_UNET_BLOCKS, "sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8},
+        "vae": _vae(512, 0.18215),
+        "text_encoder": _clip_text(768, 12, 12, "quick_gelu", 768),
+        "tokenizer": {"pad_token": "<|endoftext|>"},
+        "scheduler": {**SD_BETAS, "_class_name": "PNDMScheduler", "skip_prk_steps": True, "set_alpha_to_one": False,
+                      "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"},
+    },
+)
+
+SD2 = Family(
+    name="sd2",
+    native_size=768,
+    prediction_type="v_prediction",
+    skeleton={
+        "unet": {**_SD_UNET_BLOCKS, "sample_size": 96, "cross_attention_dim": 1024,
+                 "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True},
+        "vae": _vae(768, 0.18215),
+        "text_encoder": _clip_text(1024, 23, 16, "gelu", 512),
+        "tokenizer": {"pad_token": "!"},
+        "scheduler": {**SD_BETAS, "_class_name": "PNDMScheduler", "skip_prk_steps": True, "set_alpha_to_one": False,
+                      "steps_offset": 1, "clip_sample": False, "prediction_type": "v_prediction"},
+    },
+)
+
+_SDXL_SCHEDULER = {**SD_BETAS, "_class_name": "EulerDiscreteScheduler", "steps_offset": 1,
+                   "timestep_spacing": "leading", "interpolation_type": "linear", "prediction_type": "epsilon"}
+
+SDXL = Family(
+    name="sdxl",
+    native_size=1024,
+    default_cfg_scale=6.0,
+    pipeline_class="StableDiffusionXLPipeline",
+    skeleton={
+        "unet": {
+            "block_out_channels": [320, 640, 1280],
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "layers_per_block": 2, "in_channels": 4, "out_channels": 4, "sample_size": 128,
+            "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
+            "cross_attention_dim": 2048, "use_linear_projection": True, "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+        },
+        "vae": _vae(1024, 0.13025, force_upcast=True),
+        "text_encoder": _clip_text(768, 12, 12, "quick_gelu", 768),
+        "text_encoder_2": _clip_text(1280, 32, 20, "gelu", 1280),
+        "tokenizer": {"pad_token": "<|endoftext|>"},
+        "tokenizer_2": {"pad_token": "!"},
+        "scheduler": _SDXL_SCHEDULER,
+        "pipeline": {"force_zeros_for_empty_prompt": True},
+    },
+)
+
+SDXL_REFINER = Family(
+    name="sdxl-refiner",
+    native_size=1024,
+    default_cfg_scale=6.0,
+    pipeline_class="StableDiffusionXLImg2ImgPipeline",
+    skeleton={
+        "unet": {
+            "block_out_channels": [384, 768, 1536, 1536],
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "layers_per_block": 2, "in_channels": 4, "out_channels": 4, "sample_size": 128,
+            "transformer_layers_per_block": 4, "attention_head_dim": [6, 12, 24, 24],
+            "cross_attention_dim": 1280, "use_linear_projection": True, "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2560,
+        },
+        "vae": _vae(1024, 0.13025, force_upcast=True),
+        "text_encoder_2": _clip_text(1280, 32, 20, "gelu", 1280),
+        "tokenizer_2": {"pad_token": "!"},
+        "scheduler": _SDXL_SCHEDULER,
+        "pipeline": {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False},
+    },
+)
+
+SD3 = Family(name="sd3", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=7.0,
+             prediction_type="flow", pipeline_class="StableDiffusion3Pipeline")
+FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=3.5,
+              prediction_type="flow", pipeline_class="FluxPipeline")
+
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, SD3, FLUX)}
+UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")

@@ -1,0 +1,86 @@
+"""The models home (`SFUMATO_HOME`, default `~/.sfumato`): where names resolve to files, and file hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from sfumato.errors import ModelNotFound, PickleRefused
+
+SAFE_SUFFIXES = (".safetensors", ".gguf")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+def home() -> Path:
+    return Path(os.environ.get("SFUMATO_HOME", Path.home() / ".sfumato")).expanduser()
+
+
+def checkpoints_dir() -> Path:
+    return home() / "models" / "checkpoints"
+
+
+def loras_dir() -> Path:
+    return home() / "models" / "loras"
+
+
+def resolve(name: str, kind: str = "checkpoint") -> Path:
+    """Turn a path or a bare name (looked up in the models home) into an existing path."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    folder = checkpoints_dir() if kind == "checkpoint" else loras_dir()
+    candidates = [folder / name] + [folder / f"{name}{suffix}" for suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise ModelNotFound(f"{kind} {name!r} not found (not a path, and not in {folder})")
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
+        raise PickleRefused(str(path))
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The files whose bytes define a model: the file itself, or a diffusers folder's weights and configs."""
+    if path.is_file():
+        return [path]
+    files = [p for p in path.rglob("*") if p.is_file() and (p.suffix in SAFE_SUFFIXES or p.suffix == ".json")]
+    return sorted(files, key=lambda p: p.relative_to(path).as_posix())
+
+
+def sha256(path: Path) -> str:
+    """SHA-256 of a file (A1111's model hash), or of a folder's weight and config files, cached by size and mtime."""
+    files = weight_files(path)
+    stamp = [[p.as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    cache_file = home() / "cache" / "hashes.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    key = str(path.resolve())
+    if key in cache and cache[key]["stamp"] == stamp:
+        return cache[key]["sha256"]
+    digest = hashlib.sha256()
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(cache_file)
+    except OSError:
+        pass  # a read-only home only costs speed
+    return cache[key]["sha256"]
+
+
+def short_hash(path: Path) -> str:
+    """A1111's short model hash: the first 10 hex digits of the SHA-256."""
+    return sha256(path)[:10]

@@ -1,0 +1,125 @@
+"""Load a model (diffusers folder or single safetensors file) into one object that owns its components."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sfumato.errors import PickleRefused, UnsupportedModel
+from sfumato.models import singlefile
+from sfumato.models.detect import ModelInfo, describe
+from sfumato.models.home import refuse_pickle, short_hash
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model: its description and a diffusers pipeline used as the container of its components."""
+
+    info: ModelInfo
+    pipe: Any  # diffusers DiffusionPipeline
+    device: torch.device
+    dtype: torch.dtype
+    loras: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
+
+    @property
+    def family(self) -> str:
+        return self.info.family.name
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return dict(self.pipe.scheduler.config)
+
+    @property
+    def hash(self) -> str:
+        return short_hash(self.info.path)
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
+    if dtype:
+        return getattr(torch, dtype)
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def load_model(path: Path, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load the model at `path` offline. Pickle checkpoints are refused with a pointer to `sfumato convert`."""
+    refuse_pickle(path)
+    info = describe(path)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dev, dtype)
+    if info.format == "diffusers":
+        pipe = _load_folder(info, torch_dtype)
+    else:
+        pipe = _assemble(info, singlefile.load_components(info, torch_dtype))
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(info, pipe, dev, torch_dtype)
+
+
+def _load_folder(info: ModelInfo, torch_dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+
+    index = json.loads((info.path / "model_index.json").read_text())
+    for component, spec in index.items():
+        folder = info.path / component
+        if component.startswith("_") or not isinstance(spec, list) or spec[0] is None or not folder.is_dir():
+            continue
+        if spec[0] in ("transformers", "diffusers") and not component.startswith(("tokenizer", "scheduler")):
+            weights = [p for p in folder.iterdir() if p.suffix in (".bin", ".ckpt", ".pt", ".pth", ".safetensors")]
+            if weights and not any(p.suffix == ".safetensors" for p in weights):
+                raise PickleRefused(str(folder))
+    extra: dict[str, Any] = {}
+    if "safety_checker" in index:
+        extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    try:
+        return DiffusionPipeline.from_pretrained(
+            str(info.path), torch_dtype=torch_dtype, local_files_only=True, use_safetensors=True, **extra
+        )
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise UnsupportedModel(f"{info.path}: cannot load diffusers folder ({str(exc).splitlines()[0]})") from None
+
+
+def _assemble(info: ModelInfo, components: dict[str, Any]):
+    """Wrap single-file components in the diffusers pipeline class of their family."""
+    import diffusers
+
+    scheduler_config = components.pop("scheduler_config")
+    pipeline_config = components.pop("pipeline_config")
+    scheduler_cls = getattr(diffusers, scheduler_config.get("_class_name", "EulerDiscreteScheduler"))
+    components["scheduler"] = scheduler_cls.from_config(scheduler_config)
+    cls = getattr(diffusers, info.family.pipeline_class)
+    if info.family.name in ("sd1", "sd2"):
+        if info.inpainting:
+            cls = diffusers.StableDiffusionInpaintPipeline
+        return cls(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if info.family.name == "sdxl":
+        if info.inpainting:
+            cls = diffusers.StableDiffusionXLInpaintPipeline
+        return cls(**components, force_zeros_for_empty_prompt=pipeline_config.get("force_zeros_for_empty_prompt", True))
+    if info.family.name == "sdxl-refiner":
+        return cls(**components, text_encoder=None, tokenizer=None, requires_aesthetics_score=True,
+                   force_zeros_for_empty_prompt=False)
+    raise UnsupportedModel(f"{info.path}: {info.family.name} single files are not supported")
+
+
+def components_of(model: LoadedModel) -> dict[str, Any]:
+    """The pipeline's components (for conversion back to a single file)."""
+    parts = dict(model.pipe.components)
+    parts["pipeline_config"] = {
+        k: v for k, v in model.pipe.config.items()
+        if k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score")
+    }
+    return parts

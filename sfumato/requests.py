@@ -1,0 +1,158 @@
+"""Typed generation requests and results. Validation lives here, once, for every adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfumato.errors import InvalidRequest
+
+MAX_SEED = 2**32 - 1
+MIN_SIDE, MAX_SIDE = 16, 4096
+MAX_PIXELS = 4096 * 4096
+OUTPAINT_SIDES = ("left", "right", "up", "down")
+HIRES_UPSCALERS = ("latent", "latent-nearest", "lanczos", "bicubic")
+
+
+@dataclass
+class GenerationRequest:
+    """Everything that determines an image. The same names are used by the CLI, JSON and PNG metadata.
+
+    `None` means "use the model's default" (size, sampler, steps, cfg_scale) and is resolved by the engine;
+    a seed of -1 means "pick a random seed", resolved before generation and recorded in the result.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+    init_image: str | None = None
+    mask: str | None = None
+    mask_blur: int = 4
+    inpaint_full_image_overlay: bool = True
+    strength: float = 0.75
+    outpaint: dict[str, int] = field(default_factory=dict)
+    tile: bool = False
+    hires_scale: float = 1.0
+    hires_strength: float = 0.55
+    hires_steps: int | None = None
+    hires_upscaler: str = "latent"
+    loras: list[tuple[str, float]] = field(default_factory=list)
+
+    def validate(self) -> GenerationRequest:
+        """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
+        if not isinstance(self.prompt, str):
+            raise InvalidRequest("prompt must be a string")
+        _check_range("steps", self.steps, 1, 150, integer=True)
+        _check_range("cfg_scale", self.cfg_scale, 0.0, 30.0)
+        _check_range("batch_size", self.batch_size, 1, 64, integer=True)
+        _check_range("batch_count", self.batch_count, 1, 1000, integer=True)
+        _check_range("clip_skip", self.clip_skip, 1, 12, integer=True)
+        _check_range("strength", self.strength, 0.0, 1.0)
+        _check_range("subseed_strength", self.subseed_strength, 0.0, 1.0)
+        _check_range("hires_strength", self.hires_strength, 0.0, 1.0)
+        _check_range("hires_scale", self.hires_scale, 1.0, 4.0)
+        _check_range("hires_steps", self.hires_steps, 1, 150, integer=True)
+        _check_range("mask_blur", self.mask_blur, 0, 256, integer=True)
+        for name in ("seed", "subseed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not (value == -1 or 0 <= value <= MAX_SEED):
+                raise InvalidRequest(f"{name} must be -1 (random) or an integer in 0..{MAX_SEED}, got {value!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            _check_range(name, value, MIN_SIDE, MAX_SIDE, integer=True)
+            if value % 8:
+                raise InvalidRequest(f"{name} must be a multiple of 8, got {value} (try {round(value / 8) * 8 or 8})")
+        if self.width and self.height and self.width * self.height * self.hires_scale**2 > MAX_PIXELS:
+            raise InvalidRequest(f"image of {self.width}x{self.height} (x{self.hires_scale} hires) exceeds {MAX_PIXELS} pixels")
+        if self.hires_upscaler not in HIRES_UPSCALERS:
+            raise InvalidRequest(f"hires_upscaler must be one of {', '.join(HIRES_UPSCALERS)}, got {self.hires_upscaler!r}")
+        for side, pixels in self.outpaint.items():
+            if side not in OUTPAINT_SIDES:
+                raise InvalidRequest(f"outpaint side must be one of {', '.join(OUTPAINT_SIDES)}, got {side!r}")
+            _check_range(f"outpaint {side}", pixels, 0, MAX_SIDE, integer=True)
+            if pixels % 8:
+                raise InvalidRequest(f"outpaint {side} must be a multiple of 8 pixels, got {pixels}")
+        if self.mask and not self.init_image:
+            raise InvalidRequest("a mask needs an init image (--init-image)")
+        if self.outpaint and not self.init_image:
+            raise InvalidRequest("outpainting needs an init image (--init-image)")
+        if self.outpaint and self.mask:
+            raise InvalidRequest("outpaint builds its own mask; do not pass --mask with it")
+        for name, weight in self.loras:
+            if not isinstance(name, str) or not name:
+                raise InvalidRequest("each LoRA needs a name or path")
+            _check_range(f"LoRA {name} weight", weight, -10.0, 10.0)
+        return self
+
+    def with_seeds_resolved(self, rng: random.Random | None = None) -> GenerationRequest:
+        """Return a copy whose -1 seeds are replaced by random ones (A1111 semantics)."""
+        rng = rng or random.Random()
+        seed = self.seed if self.seed != -1 else rng.randint(0, MAX_SEED)
+        subseed = self.subseed if self.subseed != -1 else rng.randint(0, MAX_SEED)
+        return dataclasses.replace(self, seed=seed, subseed=subseed)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["loras"] = [[name, weight] for name, weight in self.loras]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidRequest(f"unknown request field(s): {', '.join(unknown)}")
+        if "prompt" not in data:
+            raise InvalidRequest("a request needs a prompt")
+        data = dict(data)
+        data["loras"] = [(str(name), float(weight)) for name, weight in data.get("loras", [])]
+        data["outpaint"] = dict(data.get("outpaint") or {})
+        return cls(**data)
+
+
+@dataclass
+class GeneratedImage:
+    """One output image with the exact settings that produced it."""
+
+    image: Any  # PIL.Image.Image
+    seed: int
+    subseed: int
+    infotext: str
+    request: GenerationRequest  # resolved request of the batch that produced this image
+    batch_index: int  # position inside that batch (replay regenerates the batch and takes this one)
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    request: GenerationRequest  # fully resolved request (seeds, sizes, sampler, steps)
+    seconds: float = 0.0
+
+
+def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise InvalidRequest(f"{name} must be {kind}, got {value!r}")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}")
