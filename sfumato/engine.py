@@ -1,0 +1,144 @@
+"""The one public entry: `Engine(model).generate(request) -> GenerationResult`.
+
+Used by the CLI, the server, the UI and any scale-out layer. It owns the loaded model (one at a
+time, reused across requests: switching sampler or LoRA weights never reloads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+from sfumato.errors import InvalidRequest
+from sfumato.models import home
+from sfumato.models.detect import ModelInfo, describe
+from sfumato.models.loader import LoadedModel, load_model
+from sfumato.models.lora import apply_loras, check_loras, lora_hashes
+from sfumato.output import infotext
+from sfumato.pipelines import images as imgs
+from sfumato.pipelines.tasks import generate_batch
+from sfumato.prompts.encode import PromptEncoder
+from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
+from sfumato.prompts.lora_tags import extract_lora_tags
+from sfumato.requests import GeneratedImage, GenerationRequest, GenerationResult
+from sfumato.sampling.samplers import get_sampler
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far)
+
+
+def default_model() -> str | None:
+    """The model used when a request names none: `SFUMATO_MODEL`, else none yet (the embedded model is to come)."""
+    import os
+
+    return os.environ.get("SFUMATO_MODEL") or None
+
+
+class _Progress:
+    def __init__(self, callback: ProgressCallback | None):
+        self.callback, self.done, self.total = callback, 0, 0
+
+    def add_total(self, steps: int) -> None:
+        self.total += steps
+        if self.callback:
+            self.callback(self.done, self.total)
+
+    def step(self) -> None:
+        self.done += 1
+        if self.callback:
+            self.callback(self.done, self.total)
+
+
+class Engine:
+    """Turns generation requests into images. `model` is the default for requests that name none."""
+
+    def __init__(self, model: str | Path | None = None, device: str | None = None, dtype: str | None = None):
+        self.default_model = str(model) if model is not None else None
+        self.device, self.dtype = device, dtype
+        self._loaded: LoadedModel | None = None
+        self._encoder: PromptEncoder | None = None
+
+    # ------------------------------------------------------------------ models
+
+    def model_path(self, name: str | None) -> Path:
+        name = name or self.default_model or default_model()
+        if not name:
+            raise InvalidRequest("no model given: pass --model PATH (a diffusers folder or .safetensors file)")
+        return home.resolve(name, "checkpoint")
+
+    def describe(self, name: str | None = None) -> ModelInfo:
+        """Describe a model (family, format, native size) without loading its weights."""
+        home.refuse_pickle(self.model_path(name))
+        return describe(self.model_path(name))
+
+    def load(self, name: str | None = None) -> LoadedModel:
+        path = self.model_path(name)
+        if self._loaded is None or self._loaded.info.path != path:
+            self._loaded = None  # free the old model before loading the new one
+            self._loaded = load_model(path, self.device, self.dtype)
+            self._encoder = PromptEncoder(self._loaded.pipe, self._loaded.family)
+        return self._loaded
+
+    # ---------------------------------------------------------------- requests
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Apply prompt tags and flags, model defaults and random seeds; validate. Loads no weights."""
+        request = dataclasses.replace(request).validate()
+        info = self.describe(request.model)
+        family = info.family
+        prompt, tag_loras = extract_lora_tags(request.prompt)
+        prompt, flags = split_flags(prompt)
+        changes: dict = {"prompt": prompt, "model": str(info.path), "loras": [*request.loras, *tag_loras]}
+        changes["sampler"] = get_sampler(request.sampler or family.default_sampler).name
+        steps = request.steps or family.default_steps
+        if flags.quality is not None:
+            steps = max(1, round(steps * flags.quality))
+        changes["steps"] = steps
+        changes["cfg_scale"] = request.cfg_scale if request.cfg_scale is not None else family.default_cfg_scale
+        if flags.stylize is not None:
+            changes["cfg_scale"] = stylize_to_cfg(flags.stylize)
+        if flags.no:
+            changes["negative_prompt"] = ", ".join(p for p in (request.negative_prompt, flags.no) if p)
+        if flags.seed is not None:
+            changes["seed"] = flags.seed
+        if flags.tile:
+            changes["tile"] = True
+        if flags.chaos is not None:
+            changes["subseed_strength"] = flags.chaos / 100.0
+        changes["width"], changes["height"] = self._size(request, info, flags.aspect_ratio)
+        resolved = dataclasses.replace(request, **changes).with_seeds_resolved().validate()
+        check_loras(resolved.loras)
+        return resolved
+
+    def _size(self, request: GenerationRequest, info: ModelInfo, aspect: tuple[int, int] | None) -> tuple[int, int]:
+        if aspect is not None:
+            return size_for_aspect(aspect, info.native_size)
+        if request.init_image and (request.width is None or request.height is None or request.outpaint):
+            width, height = imgs.load_image(request.init_image, "init image").size
+            width += request.outpaint.get("left", 0) + request.outpaint.get("right", 0)
+            height += request.outpaint.get("up", 0) + request.outpaint.get("down", 0)
+            if not request.outpaint:
+                width, height = request.width or width, request.height or height
+            return max(8, width // 8 * 8), max(8, height // 8 * 8)
+        return request.width or info.native_size, request.height or info.native_size
+
+    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+        """Generate `batch_count` batches of `batch_size` images; image k uses seed + k (A1111)."""
+        started = time.perf_counter()
+        resolved = self.resolve(request)
+        model = self.load(resolved.model)
+        apply_loras(model, resolved.loras)
+        hashes = lora_hashes(resolved.loras) if resolved.loras else None
+        tracker = _Progress(progress)
+        results: list[GeneratedImage] = []
+        for batch in range(resolved.batch_count):
+            first = batch * resolved.batch_size
+            seeds = [resolved.seed + first + i for i in range(resolved.batch_size)]
+            subseeds = [resolved.subseed + first + i for i in range(resolved.batch_size)]
+            batch_request = dataclasses.replace(resolved, seed=seeds[0], subseed=subseeds[0], batch_count=1)
+            pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker)
+            for i, picture in enumerate(pictures):
+                text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model.hash, hashes)
+                results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
+        return GenerationResult(results, resolved, time.perf_counter() - started)

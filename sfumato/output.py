@@ -1,0 +1,133 @@
+"""PNG output: A1111-compatible `parameters` infotext plus the full sfumato request, and safe file names."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from sfumato import __version__
+from sfumato.errors import InvalidRequest, ModelNotFound
+from sfumato.requests import GenerationRequest
+
+SFUMATO_KEY = "sfumato"
+HIRES_UPSCALER_NAMES = {"latent": "Latent", "latent-nearest": "Latent (nearest)", "lanczos": "Lanczos",
+                        "bicubic": "Bicubic"}
+
+
+def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: str, model_hash: str,
+             lora_hashes: dict[str, str] | None = None) -> str:
+    """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
+    prompt = request.prompt + "".join(f" <lora:{Path(n).stem}:{w:g}>" for n, w in request.loras)
+    fields: list[tuple[str, Any]] = [
+        ("Steps", request.steps), ("Sampler", request.sampler), ("CFG scale", f"{request.cfg_scale:g}"),
+        ("Seed", seed), ("Size", f"{request.width}x{request.height}"), ("Model hash", model_hash),
+        ("Model", model_name),
+    ]
+    if request.init_image:
+        fields.append(("Denoising strength", f"{request.strength:g}"))
+        if request.mask or request.outpaint:
+            fields.append(("Mask blur", request.mask_blur))
+    if request.subseed_strength > 0:
+        fields += [("Variation seed", subseed), ("Variation seed strength", f"{request.subseed_strength:g}")]
+    if request.clip_skip > 1:
+        fields.append(("Clip skip", request.clip_skip))
+    if request.hires_scale > 1:
+        if not request.init_image:
+            fields.append(("Denoising strength", f"{request.hires_strength:g}"))
+        fields += [("Hires upscale", f"{request.hires_scale:g}"), ("Hires steps", request.hires_steps or request.steps),
+                   ("Hires upscaler", HIRES_UPSCALER_NAMES[request.hires_upscaler])]
+    if request.tile:
+        fields.append(("Tiling", "True"))
+    if lora_hashes:
+        fields.append(("Lora hashes", '"' + ", ".join(f"{k}: {v}" for k, v in lora_hashes.items()) + '"'))
+    fields.append(("Version", f"sfumato {__version__}"))
+    text = prompt
+    if request.negative_prompt:
+        text += f"\nNegative prompt: {request.negative_prompt}"
+    return text + "\n" + ", ".join(f"{key}: {value}" for key, value in fields)
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """Parse A1111 `parameters` text back into prompt, negative prompt and fields (for readers and tests)."""
+    *head, last = text.strip().split("\n")
+    lines, negative = [], ""
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            negative = line[len("Negative prompt:"):].strip()
+        elif negative:
+            negative += "\n" + line
+        else:
+            lines.append(line)
+    result = {"prompt": "\n".join(lines), "Negative prompt": negative}
+    for match in re.finditer(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last):
+        result[match.group(1).strip()] = match.group(2).strip().strip('"')
+    return result
+
+
+@dataclass
+class StoredRecord:
+    request: GenerationRequest
+    batch_index: int
+    model_sha256: str | None
+    parameters: str | None
+
+
+def save_png(image: Image.Image, path: Path, parameters: str, record: dict[str, Any]) -> Path:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    info.add_text(SFUMATO_KEY, json.dumps(record, sort_keys=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+    return path
+
+
+def read_png(path: Path) -> StoredRecord:
+    if not path.is_file():
+        raise ModelNotFound(f"image {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidRequest(f"{path} is not a readable image ({exc})") from None
+    if SFUMATO_KEY not in text:
+        if "parameters" in text:
+            raise InvalidRequest(f"{path} has A1111 parameters but no sfumato record, so it cannot be replayed exactly")
+        raise InvalidRequest(f"{path} carries no generation metadata")
+    try:
+        record = json.loads(text[SFUMATO_KEY])
+        request = GenerationRequest.from_dict(record["request"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest(f"{path}: corrupt sfumato metadata ({exc})") from None
+    return StoredRecord(request, int(record.get("batch_index", 0)), record.get("model_sha256"), text.get("parameters"))
+
+
+def dated_output_paths(root: Path, seeds: list[int], when: _dt.date | None = None) -> list[Path]:
+    """The default: `root/<date>/<n>-<seed>.png`, never overwriting."""
+    return numbered_paths(root / (when or _dt.date.today()).isoformat(), seeds)
+
+
+def numbered_paths(folder: Path, seeds: list[int]) -> list[Path]:
+    """`folder/<n>-<seed>.png` with n continuing after the highest number already there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d+)-", p.name))]
+    start = max(numbers, default=-1) + 1
+    return [folder / f"{start + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
+
+
+def explicit_output_paths(output: Path, seeds: list[int]) -> list[Path]:
+    """`-o OUT.png`: OUT.png for one image, OUT-0.png, OUT-1.png ... for several; `-o FOLDER`: numbered files."""
+    if output.is_dir() or not output.suffix:
+        return numbered_paths(output, seeds)
+    if output.suffix.lower() != ".png":
+        raise InvalidRequest(f"output {output} must be a .png file or a folder")
+    if len(seeds) == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(seeds))]

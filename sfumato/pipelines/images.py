@@ -1,0 +1,59 @@
+"""Input images and masks: loading, resizing, blurring, outpaint canvases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, UnidentifiedImageError
+
+from sfumato.errors import InvalidRequest, ModelNotFound
+
+
+def load_image(source: str | Image.Image, what: str = "image") -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ModelNotFound(f"{what} {source} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidRequest(f"{what} {source} is not a readable image ({exc})") from None
+
+
+def fit(image: Image.Image, width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """A1111's "just resize": scale to exactly width x height."""
+    image = image.convert(mode)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def prepare_mask(mask: Image.Image, width: int, height: int, blur: int) -> Image.Image:
+    """Greyscale mask (white = repaint) at the output size, Gaussian-blurred by `blur` pixels."""
+    if mask.mode in ("RGBA", "LA"):  # painted masks: use alpha where the editor left colours untouched
+        alpha = np.asarray(mask.getchannel("A"))
+        if alpha.min() < 255:
+            mask = Image.fromarray(255 - alpha)
+    mask = fit(mask, width, height, "L")
+    if blur:
+        mask = mask.filter(ImageFilter.GaussianBlur(blur))
+    return mask
+
+
+def outpaint_canvas(image: Image.Image, pads: dict[str, int]) -> tuple[Image.Image, Image.Image]:
+    """Pad `image` by pixels per side, filling with stretched edges; the mask is white where new."""
+    left, right, up, down = (pads.get(side, 0) for side in ("left", "right", "up", "down"))
+    array = np.asarray(image.convert("RGB"))
+    canvas = np.pad(array, ((up, down), (left, right), (0, 0)), mode="edge")
+    mask = np.full(canvas.shape[:2], 255, dtype=np.uint8)
+    mask[up: up + array.shape[0], left: left + array.shape[1]] = 0
+    return Image.fromarray(canvas), Image.fromarray(mask)
+
+
+def overlay(generated: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
+    """Keep the original pixels where the mask is black (A1111's inpaint overlay)."""
+    return Image.composite(generated, original.convert("RGB"), mask.convert("L"))

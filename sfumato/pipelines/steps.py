@@ -1,0 +1,158 @@
+"""Named steps shared by every task: noise, timesteps, denoise, encode and decode images."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sfumato.models.loader import LoadedModel
+from sfumato.prompts.encode import Conditioning
+from sfumato.sampling.noise import batch_noise, generators_for
+
+StepCallback = Callable[[], None]
+
+
+@dataclass
+class InpaintState:
+    """What the denoiser needs to respect a mask: blended into latents, or fed to a 9-channel UNet."""
+
+    mask: torch.Tensor  # [B, 1, h, w] in latent space, 1 = repaint
+    init_latents: torch.Tensor  # [B, C, h, w]
+    noise: torch.Tensor
+    masked_image_latents: torch.Tensor | None = None  # only for inpainting checkpoints
+
+
+def latent_shape(model: LoadedModel, width: int, height: int) -> tuple[int, int, int]:
+    scale = model.vae_scale
+    return (model.pipe.unet.config.in_channels if model.pipe.unet.config.in_channels != 9 else 4,
+            height // scale, width // scale)
+
+
+def initial_noise(model: LoadedModel, width: int, height: int, seeds: list[int], subseeds: list[int],
+                  subseed_strength: float) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Seeded noise for a batch (CPU, A1111 semantics) and the generators that continue each image's stream."""
+    generators = generators_for(seeds)
+    noise = batch_noise(latent_shape(model, width, height), generators, subseeds, subseed_strength)
+    return noise.to(model.device, model.dtype), generators
+
+
+def set_timesteps(scheduler, steps: int, strength: float, device: torch.device) -> torch.Tensor:
+    """Timesteps for `steps` steps, keeping the last `strength` fraction (img2img), like diffusers."""
+    scheduler.set_timesteps(steps, device=device)
+    init = min(int(steps * strength), steps)
+    start = max(steps - init, 0)
+    timesteps = scheduler.timesteps[start * scheduler.order:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start * scheduler.order)
+    return timesteps
+
+
+def added_conditioning(model: LoadedModel, cond: Conditioning, uncond: Conditioning, width: int, height: int,
+                       guided: bool) -> dict[str, torch.Tensor] | None:
+    """SDXL's pooled text embeddings and size/crop (or aesthetic score) time ids."""
+    if cond.pooled is None:
+        return None
+    batch = cond.embeds.shape[0]
+    if getattr(model.pipe.config, "requires_aesthetics_score", False):
+        positive, negative = [height, width, 0, 0, 6.0], [height, width, 0, 0, 2.5]
+    else:
+        positive = negative = [height, width, 0, 0, height, width]
+    dtype, device = cond.embeds.dtype, model.device
+    time_ids = torch.tensor([positive], dtype=dtype, device=device).repeat(batch, 1)
+    if not guided:
+        return {"text_embeds": cond.pooled, "time_ids": time_ids}
+    negative_ids = torch.tensor([negative], dtype=dtype, device=device).repeat(batch, 1)
+    return {"text_embeds": torch.cat([uncond.pooled, cond.pooled]), "time_ids": torch.cat([negative_ids, time_ids])}
+
+
+@torch.no_grad()
+def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+            uncond: Conditioning, cfg_scale: float, generators: list[torch.Generator], width: int, height: int,
+            inpaint: InpaintState | None = None, on_step: StepCallback | None = None) -> torch.Tensor:
+    """Run the sampler over `timesteps` with classifier-free guidance (skipped when cfg_scale <= 1)."""
+    unet = model.pipe.unet
+    guided = cfg_scale > 1.0
+    context = torch.cat([uncond.embeds, cond.embeds]) if guided else cond.embeds
+    added = added_conditioning(model, cond, uncond, width, height, guided)
+    concat = None
+    if inpaint is not None and inpaint.masked_image_latents is not None:
+        concat = torch.cat([inpaint.mask, inpaint.masked_image_latents], dim=1)
+        concat = torch.cat([concat, concat]) if guided else concat
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generators} if takes_generator and len(generators) == latents.shape[0] else {}
+    for i, t in enumerate(timesteps):
+        model_input = torch.cat([latents, latents]) if guided else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        if concat is not None:
+            model_input = torch.cat([model_input, concat], dim=1)
+        prediction = unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                          return_dict=False)[0]
+        if guided:
+            negative, positive = prediction.chunk(2)
+            prediction = negative + cfg_scale * (positive - negative)
+        latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
+        if inpaint is not None and inpaint.masked_image_latents is None:
+            latents = _blend_known_region(scheduler, latents, inpaint, timesteps, i)
+        if on_step:
+            on_step()
+    return latents
+
+
+def _blend_known_region(scheduler, latents: torch.Tensor, state: InpaintState, timesteps: torch.Tensor,
+                        i: int) -> torch.Tensor:
+    known = state.init_latents
+    if i < len(timesteps) - 1:
+        known = scheduler.add_noise(state.init_latents, state.noise, timesteps[i + 1: i + 2])
+    return (1 - state.mask) * known + state.mask * latents
+
+
+@torch.no_grad()
+def encode_images(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (the mean of the VAE posterior: deterministic)."""
+    vae = model.pipe.vae
+    latents = vae.encode(pixels.to(model.device, vae.dtype)).latent_dist.mode()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents - shift) * vae.config.scaling_factor).to(model.dtype)
+
+
+@torch.no_grad()
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> pixels in [0, 1], [B, 3, H, W] float32 on the CPU."""
+    vae = model.pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
+    return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    array = (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a) for a in array]
+
+
+def from_pil(images: list[Image.Image]) -> torch.Tensor:
+    """RGB images -> [B, 3, H, W] in [-1, 1]."""
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0 for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2)
+
+
+@contextlib.contextmanager
+def seamless_tiling(model: LoadedModel, enabled: bool) -> Iterator[None]:
+    """Circular padding on every UNet and VAE convolution, only inside this block."""
+    if not enabled:
+        yield
+        return
+    convs = [m for part in (model.pipe.unet, model.pipe.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+    saved = [conv.padding_mode for conv in convs]
+    try:
+        for conv in convs:
+            conv.padding_mode = "circular"
+        yield
+    finally:
+        for conv, mode in zip(convs, saved):
+            conv.padding_mode = mode

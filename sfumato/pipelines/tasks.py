@@ -1,0 +1,148 @@
+"""txt2img, img2img, inpaint, outpaint and hires fix, composed from the shared steps.
+
+Every task is one batch: prompt -> conditioning -> first pass (from noise, or from an init image
+with a strength and optional mask) -> optional hires pass -> decode -> optional inpaint overlay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sfumato.models.loader import LoadedModel
+from sfumato.pipelines import images as imgs
+from sfumato.pipelines.steps import (
+    InpaintState,
+    decode_latents,
+    denoise,
+    encode_images,
+    from_pil,
+    initial_noise,
+    seamless_tiling,
+    set_timesteps,
+    to_pil,
+)
+from sfumato.prompts.encode import Conditioning, PromptEncoder
+from sfumato.requests import GenerationRequest
+from sfumato.sampling.samplers import make_scheduler
+
+
+class Progress(Protocol):
+    def add_total(self, steps: int) -> None: ...
+
+    def step(self) -> None: ...
+
+
+@dataclass
+class Source:
+    """The init image (already at output size) and the optional mask (white = repaint)."""
+
+    image: Image.Image
+    mask: Image.Image | None = None
+
+
+def prepare_source(request: GenerationRequest) -> Source | None:
+    """Load the init image and mask of a resolved request (outpaint canvases included)."""
+    if not request.init_image:
+        return None
+    image = imgs.load_image(request.init_image, "init image")
+    if request.outpaint:
+        image, mask = imgs.outpaint_canvas(image, request.outpaint)
+        return Source(imgs.fit(image, request.width, request.height),
+                      imgs.prepare_mask(mask, request.width, request.height, request.mask_blur))
+    mask = None
+    if request.mask:
+        mask = imgs.prepare_mask(imgs.load_image(request.mask, "mask"), request.width, request.height, request.mask_blur)
+    return Source(imgs.fit(image, request.width, request.height), mask)
+
+
+def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
+                   subseeds: list[int], progress: Progress) -> list[Image.Image]:
+    """One batch of images for a resolved request."""
+    cond, uncond = encoder.encode_pair(request.prompt, request.negative_prompt, request.clip_skip, len(seeds))
+    source = prepare_source(request)
+    with seamless_tiling(model, request.tile):
+        latents = first_pass(model, request, cond, uncond, seeds, subseeds, source, progress)
+        width, height = request.width, request.height
+        if request.hires_scale > 1.0:
+            latents, width, height = hires_pass(model, request, cond, uncond, latents, seeds, subseeds, progress)
+        pixels = decode_latents(model, latents)
+    images = to_pil(pixels)
+    if source is not None and source.mask is not None and request.inpaint_full_image_overlay:
+        original = source.image.resize((width, height), Image.Resampling.LANCZOS)
+        mask = source.mask.resize((width, height), Image.Resampling.BILINEAR)
+        images = [imgs.overlay(image, original, mask) for image in images]
+    return images
+
+
+def first_pass(model: LoadedModel, request: GenerationRequest, cond: Conditioning, uncond: Conditioning,
+               seeds: list[int], subseeds: list[int], source: Source | None, progress: Progress) -> torch.Tensor:
+    scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0])
+    noise, generators = initial_noise(model, request.width, request.height, seeds, subseeds, request.subseed_strength)
+    strength = 1.0 if source is None else request.strength
+    timesteps = set_timesteps(scheduler, request.steps, strength, model.device)
+    inpaint = None
+    if source is None:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        init_latents = encode_images(model, from_pil([source.image])).repeat(len(seeds), 1, 1, 1)
+        if len(timesteps) == 0:
+            return init_latents
+        inpaint = _inpaint_state(model, source, init_latents, noise)
+        if strength >= 1.0:
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
+    progress.add_total(len(timesteps))
+    return denoise(model, scheduler, latents, timesteps, cond, uncond, request.cfg_scale, generators,
+                   request.width, request.height, inpaint, progress.step)
+
+
+def _inpaint_state(model: LoadedModel, source: Source, init_latents: torch.Tensor,
+                   noise: torch.Tensor) -> InpaintState | None:
+    if source.mask is None:
+        return None
+    batch, _, h, w = init_latents.shape
+    mask = from_pil([source.mask.convert("RGB")])[:, :1] * 0.5 + 0.5  # [1, 1, H, W] in [0, 1]
+    if model.pipe.unet.config.in_channels == 9:  # inpainting checkpoint: binary mask + masked image as input
+        binary = (mask >= 0.5).float()
+        masked = from_pil([source.image]) * (binary < 0.5)
+        masked_latents = encode_images(model, masked).repeat(batch, 1, 1, 1)
+        latent_mask = F.interpolate(binary, size=(h, w)).to(model.device, model.dtype).repeat(batch, 1, 1, 1)
+        return InpaintState(latent_mask, init_latents, noise, masked_latents)
+    latent_mask = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)
+    return InpaintState(latent_mask.to(model.device, model.dtype).repeat(batch, 1, 1, 1), init_latents, noise)
+
+
+def hires_size(request: GenerationRequest) -> tuple[int, int]:
+    return (int(round(request.width * request.hires_scale / 8)) * 8,
+            int(round(request.height * request.hires_scale / 8)) * 8)
+
+
+def hires_pass(model: LoadedModel, request: GenerationRequest, cond: Conditioning, uncond: Conditioning,
+               latents: torch.Tensor, seeds: list[int], subseeds: list[int],
+               progress: Progress) -> tuple[torch.Tensor, int, int]:
+    """Upscale the first pass (in latent or pixel space) and refine it with img2img."""
+    width, height = hires_size(request)
+    scale = model.vae_scale
+    if request.hires_upscaler.startswith("latent"):
+        mode = "nearest" if request.hires_upscaler == "latent-nearest" else "bilinear"
+        upscaled = F.interpolate(latents.float(), size=(height // scale, width // scale), mode=mode).to(model.dtype)
+    else:
+        resample = Image.Resampling.LANCZOS if request.hires_upscaler == "lanczos" else Image.Resampling.BICUBIC
+        pictures = [p.resize((width, height), resample) for p in to_pil(decode_latents(model, latents))]
+        upscaled = encode_images(model, from_pil(pictures))
+    scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0])
+    noise, generators = initial_noise(model, width, height, seeds, subseeds, request.subseed_strength)
+    timesteps = set_timesteps(scheduler, request.hires_steps or request.steps, request.hires_strength, model.device)
+    if len(timesteps) == 0:
+        return upscaled, width, height
+    noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
+    progress.add_total(len(timesteps))
+    refined = denoise(model, scheduler, noisy, timesteps, cond, uncond, request.cfg_scale, generators, width, height,
+                      None, progress.step)
+    return refined, width, height

@@ -1,0 +1,154 @@
+"""Prompt text -> text-encoder embeddings with A1111 semantics.
+
+Long prompts are split into chunks of 75 tokens (a comma within the last 20 tokens moves the tail
+to the next chunk), `BREAK` pads the current chunk, and each chunk is encoded as
+[BOS] + 75 tokens + [EOS] (77 positions) and concatenated along the sequence axis. Emphasis
+weights scale each token's embedding, then the chunk is rescaled to keep its original mean.
+`clip_skip` counts like A1111: 1 is the last layer, 2 the penultimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sfumato.prompts.attention import parse_prompt_attention
+
+CHUNK_LENGTH = 75
+COMMA_BACKTRACK = 20
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor  # [B, T, D]
+    pooled: torch.Tensor | None = None  # [B, P] (SDXL)
+
+
+@dataclass
+class Chunk:
+    ids: list[int]
+    weights: list[float]
+
+
+def tokenize_weighted(tokenizer, prompt: str) -> list[Chunk]:
+    """Split a prompt into 77-token chunks of ids and per-token emphasis weights."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    chunks: list[Chunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close_chunk() -> None:
+        nonlocal ids, weights, last_comma
+        padding = CHUNK_LENGTH - len(ids)
+        chunks.append(Chunk([bos, *ids, eos] + [pad] * padding, [1.0, *weights, 1.0] + [1.0] * padding))
+        ids, weights, last_comma = [], [], -1
+
+    for text, weight in parse_prompt_attention(prompt):
+        if weight == -1.0 and text == "BREAK":
+            close_chunk()
+            continue
+        for token in tokenizer(text, add_special_tokens=False, truncation=False).input_ids:
+            if token == comma:
+                last_comma = len(ids)
+            elif len(ids) == CHUNK_LENGTH and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
+                keep = last_comma + 1
+                moved_ids, moved_weights = ids[keep:], weights[keep:]
+                ids, weights = ids[:keep], weights[:keep]
+                close_chunk()
+                ids, weights = moved_ids, moved_weights
+            if len(ids) == CHUNK_LENGTH:
+                close_chunk()
+            ids.append(token)
+            weights.append(weight)
+    if ids or not chunks:
+        close_chunk()
+    return chunks
+
+
+class TextEncoderSlot:
+    """One tokenizer + text encoder pair and the layer it is read from."""
+
+    def __init__(self, tokenizer, encoder, penultimate_default: bool):
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.penultimate_default = penultimate_default  # SDXL reads hidden_states[-2] without the final norm
+
+    @torch.no_grad()
+    def encode_chunk(self, chunk: Chunk, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = self.encoder.device
+        ids = torch.tensor([chunk.ids], device=device)
+        out = self.encoder(ids, output_hidden_states=True)
+        if self.penultimate_default:
+            hidden = out.hidden_states[-(clip_skip + 1)]
+        elif clip_skip == 1:
+            hidden = out.last_hidden_state
+        else:
+            hidden = getattr(self.encoder, "text_model", self.encoder).final_layer_norm(out.hidden_states[-clip_skip])
+        pooled = getattr(out, "text_embeds", None)
+        weights = torch.tensor(chunk.weights, device=device, dtype=hidden.dtype)
+        if bool((weights != 1.0).any()):
+            original_mean = hidden.mean()
+            hidden = hidden * weights[None, :, None]
+            hidden = hidden * (original_mean / hidden.mean())
+        return hidden, pooled
+
+    def encode(self, prompt: str, clip_skip: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        pieces, pooled = [], None
+        for i, chunk in enumerate(tokenize_weighted(self.tokenizer, prompt)):
+            hidden, chunk_pooled = self.encode_chunk(chunk, clip_skip)
+            pieces.append(hidden)
+            if i == 0:
+                pooled = chunk_pooled
+        return pieces, pooled
+
+
+class PromptEncoder:
+    """Encodes prompts for a loaded SD1/SD2/SDXL model (one or two CLIP text encoders)."""
+
+    def __init__(self, pipe, family: str):
+        self.family = family
+        sdxl = family.startswith("sdxl")
+        self.slots = [
+            TextEncoderSlot(getattr(pipe, tok), getattr(pipe, enc), penultimate_default=sdxl)
+            for tok, enc in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+            if getattr(pipe, enc, None) is not None
+        ]
+        self.force_zeros_for_empty_prompt = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
+        self._empty: dict[int, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
+
+    def _encode_one(self, prompt: str, clip_skip: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Chunks with all encoders' features concatenated, and the pooled vector of the last encoder."""
+        per_slot = [slot.encode(prompt, clip_skip) for slot in self.slots]
+        n_chunks = len(per_slot[0][0])
+        chunks = [torch.cat([pieces[i] for pieces, _ in per_slot], dim=-1) for i in range(n_chunks)]
+        return chunks, per_slot[-1][1]
+
+    def _empty_chunk(self, clip_skip: int) -> torch.Tensor:
+        if clip_skip not in self._empty:
+            self._empty[clip_skip] = self._encode_one("", clip_skip)
+        return self._empty[clip_skip][0][0]
+
+    def encode_pair(
+        self, prompt: str, negative_prompt: str, clip_skip: int, batch_size: int
+    ) -> tuple[Conditioning, Conditioning]:
+        """Conditional and unconditional conditioning, padded to the same number of chunks."""
+        cond_chunks, cond_pooled = self._encode_one(prompt, clip_skip)
+        uncond_chunks, uncond_pooled = self._encode_one(negative_prompt, clip_skip)
+        while len(cond_chunks) < len(uncond_chunks):
+            cond_chunks.append(self._empty_chunk(clip_skip))
+        while len(uncond_chunks) < len(cond_chunks):
+            uncond_chunks.append(self._empty_chunk(clip_skip))
+        cond = torch.cat(cond_chunks, dim=1)
+        uncond = torch.cat(uncond_chunks, dim=1)
+        if self.force_zeros_for_empty_prompt and negative_prompt == "":
+            uncond = torch.zeros_like(uncond)
+            uncond_pooled = torch.zeros_like(uncond_pooled) if uncond_pooled is not None else None
+
+        def batched(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat(batch_size, *([1] * (t.dim() - 1)))
+
+        return (Conditioning(batched(cond), batched(cond_pooled)), Conditioning(batched(uncond), batched(uncond_pooled)))

@@ -1,0 +1,88 @@
+"""A1111 sampler names mapped to diffusers schedulers with the settings that reproduce them.
+
+A scheduler is built per request from the model's own scheduler config (betas, prediction type,
+timestep spacing), so switching sampler never reloads the model.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from sfumato.errors import UnknownSampler
+
+
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    scheduler: str  # diffusers class name
+    options: dict[str, Any] = field(default_factory=dict)
+    stochastic: bool = False  # draws fresh noise every step (uses the per-image generators)
+
+
+def _karras(name: str, base: Sampler) -> Sampler:
+    return Sampler(name, base.scheduler, {**base.options, "use_karras_sigmas": True}, base.stochastic)
+
+
+_DPM2M = Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2})
+_DPM2M_SDE = Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler",
+                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, stochastic=True)
+_DPM_SDE = Sampler("DPM++ SDE", "DPMSolverSDEScheduler", {}, stochastic=True)
+_LMS = Sampler("LMS", "LMSDiscreteScheduler")
+_DPM2 = Sampler("DPM2", "KDPM2DiscreteScheduler")
+_DPM2A = Sampler("DPM2 a", "KDPM2AncestralDiscreteScheduler", {}, stochastic=True)
+_DPM3M_SDE = Sampler("DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+                     {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, stochastic=True)
+
+_ALL = [
+    Sampler("Euler", "EulerDiscreteScheduler"),
+    Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, stochastic=True),
+    Sampler("Heun", "HeunDiscreteScheduler"),
+    _LMS, _karras("LMS Karras", _LMS),
+    _DPM2, _karras("DPM2 Karras", _DPM2),
+    _DPM2A, _karras("DPM2 a Karras", _DPM2A),
+    _DPM2M, _karras("DPM++ 2M Karras", _DPM2M),
+    _DPM2M_SDE, _karras("DPM++ 2M SDE Karras", _DPM2M_SDE),
+    _DPM_SDE, _karras("DPM++ SDE Karras", _DPM_SDE),
+    _DPM3M_SDE, _karras("DPM++ 3M SDE Karras", _DPM3M_SDE),
+    Sampler("DDIM", "DDIMScheduler", {"set_alpha_to_one": False}),
+    Sampler("PLMS", "PNDMScheduler", {"skip_prk_steps": True}),
+    Sampler("UniPC", "UniPCMultistepScheduler"),
+    Sampler("DEIS", "DEISMultistepScheduler"),
+    Sampler("LCM", "LCMScheduler", {}, stochastic=True),
+]
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in _ALL}
+FLOW_SAMPLERS: dict[str, Sampler] = {"Euler": Sampler("Euler", "FlowMatchEulerDiscreteScheduler")}
+_SCHEDULER_ONLY_KEYS = ("skip_prk_steps", "set_alpha_to_one", "use_karras_sigmas", "algorithm_type", "solver_order",
+                        "_class_name", "_diffusers_version")
+
+
+def sampler_names(flow: bool = False) -> list[str]:
+    return list((FLOW_SAMPLERS if flow else SAMPLERS).keys())
+
+
+def get_sampler(name: str, flow: bool = False) -> Sampler:
+    registry = FLOW_SAMPLERS if flow else SAMPLERS
+    if name in registry:
+        return registry[name]
+    folded = {key.lower().replace("_", " "): value for key, value in registry.items()}
+    if name.lower().replace("_", " ") in folded:
+        return folded[name.lower().replace("_", " ")]
+    raise UnknownSampler(f"unknown sampler {name!r}; choose one of: {', '.join(registry)}")
+
+
+def make_scheduler(name: str, base_config: dict[str, Any], seed: int = 0, flow: bool = False):
+    """A fresh scheduler for sampler `name`, built on the model's own scheduler config.
+
+    `seed` seeds samplers that keep their own noise source (DPM++ SDE's Brownian tree).
+    """
+    import diffusers
+
+    sampler = get_sampler(name, flow)
+    config = {k: v for k, v in base_config.items() if k not in _SCHEDULER_ONLY_KEYS}
+    cls = getattr(diffusers, sampler.scheduler)
+    options = dict(sampler.options)
+    if "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
+        options["noise_sampler_seed"] = seed
+    return cls.from_config(config, **options)
