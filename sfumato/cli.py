@@ -1,0 +1,284 @@
+"""Command-line adapter: parses flags into engine requests and prints results. Holds no generation logic."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from sfumato import __version__
+from sfumato.errors import InvalidRequest, SfumatoError
+from sfumato.requests import HIRES_UPSCALERS, GenerationRequest
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _lora_arg(text: str) -> tuple[str, float]:
+    name, sep, weight = text.rpartition(":")
+    if sep:
+        try:
+            return name, float(weight)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def _outpaint_arg(text: str) -> dict[str, int]:
+    pads: dict[str, int] = {}
+    for part in text.split(","):
+        side, sep, pixels = part.strip().partition("=")
+        if not sep or not pixels.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected SIDE=PIXELS[,SIDE=PIXELS] (sides: left,right,up,down), got {text!r}")
+        pads[side.strip()] = int(pixels)
+    return pads
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sfumato", description="Generate, edit, train, evaluate and serve latent-diffusion models.")
+    parser.add_argument("--version", action="version", version=f"sfumato {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = commands.add_parser("generate", help="txt2img / img2img / inpaint / outpaint / hires fix")
+    gen.add_argument("prompt", help="prompt text; A1111 (emphasis:1.2), BREAK, <lora:name:w> and --ar/--no/... flags")
+    gen.add_argument("--model", "-m", help="diffusers folder, .safetensors file, or a name in $SFUMATO_HOME/models")
+    gen.add_argument("--negative", "--negative-prompt", dest="negative_prompt", default="")
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--cfg-scale", type=float)
+    gen.add_argument("--sampler")
+    gen.add_argument("--seed", type=int, default=-1)
+    gen.add_argument("--subseed", type=int, default=-1, help="variation seed")
+    gen.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
+    gen.add_argument("--width", "-W", type=int)
+    gen.add_argument("--height", "-H", type=int)
+    gen.add_argument("--batch-size", type=int, default=1)
+    gen.add_argument("--batch-count", type=int, default=1)
+    gen.add_argument("--clip-skip", type=int, default=1)
+    gen.add_argument("--init-image")
+    gen.add_argument("--strength", type=float, default=0.75, help="denoising strength for img2img/inpaint")
+    gen.add_argument("--mask", help="inpaint mask: white = repaint")
+    gen.add_argument("--mask-blur", type=int, default=4)
+    gen.add_argument("--outpaint", type=_outpaint_arg, default={}, help="e.g. left=64,down=32")
+    gen.add_argument("--tile", action="store_true", help="seamless tiling")
+    gen.add_argument("--lora", action="append", type=_lora_arg, default=[], metavar="PATH[:WEIGHT]")
+    gen.add_argument("--hires-scale", type=float, default=1.0)
+    gen.add_argument("--hires-strength", type=float, default=0.55)
+    gen.add_argument("--hires-steps", type=int)
+    gen.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, default="latent")
+    gen.add_argument("--output", "-o", type=Path, help="PNG file or folder (default: outputs/<date>/)")
+    gen.add_argument("--json", action="store_true", help="print the result as JSON")
+    gen.add_argument("--dry-run", action="store_true", help="print the fully resolved request and exit")
+    gen.add_argument("--device")
+    gen.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+
+    info = commands.add_parser("info", help="print the generation parameters stored in a PNG")
+    info.add_argument("image", type=Path)
+    info.add_argument("--json", action="store_true")
+
+    replay = commands.add_parser("replay", help="regenerate a PNG exactly from its metadata")
+    replay.add_argument("image", type=Path)
+    replay.add_argument("--output", "-o", type=Path, required=True)
+    replay.add_argument("--model", help="use this model instead of the recorded path")
+    replay.add_argument("--device")
+
+    convert = commands.add_parser("convert", help="pickle -> safetensors, single file <-> diffusers folder")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("target", type=Path, help=".safetensors file or folder")
+    convert.add_argument("--allow-pickle", action="store_true", help="load a pickle with torch.load(weights_only=True)")
+    convert.add_argument("--half", action="store_true", help="store float16 weights")
+
+    models = commands.add_parser("models", help="list models and LoRAs in $SFUMATO_HOME/models")
+    models.add_argument("--json", action="store_true")
+
+    tiny = commands.add_parser("make-tiny", help="write a tiny random-weight model (for tests and demos)")
+    tiny.add_argument("family", choices=["sd1", "sd2", "sdxl"])
+    tiny.add_argument("output", type=Path)
+    tiny.add_argument("--inpainting", action="store_true")
+    return parser
+
+
+def request_from_args(args: argparse.Namespace) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, sampler=args.sampler,
+        steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
+        subseed_strength=args.subseed_strength, width=args.width, height=args.height, batch_size=args.batch_size,
+        batch_count=args.batch_count, clip_skip=args.clip_skip, init_image=args.init_image, mask=args.mask,
+        mask_blur=args.mask_blur, strength=args.strength, outpaint=args.outpaint, tile=args.tile,
+        hires_scale=args.hires_scale, hires_strength=args.hires_strength, hires_steps=args.hires_steps,
+        hires_upscaler=args.hires_upscaler, loras=list(args.lora),
+    )
+
+
+class _Bar:
+    """A tqdm bar whose total grows as passes are scheduled (first pass, hires pass)."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="step", file=sys.stderr, disable=None)  # None: off when not a terminal
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _save_images(result, paths: list[Path]) -> list[dict[str, Any]]:
+    from sfumato.models.home import sha256
+    from sfumato.output import save_png
+
+    model_sha = sha256(Path(result.request.model))
+    saved = []
+    for item, path in zip(result.images, paths):
+        record = {"request": item.request.to_dict(), "batch_index": item.batch_index, "model_sha256": model_sha,
+                  "version": __version__}
+        save_png(item.image, path, item.infotext, record)
+        saved.append({"path": str(path), "seed": item.seed, "subseed": item.subseed, "infotext": item.infotext})
+    return saved
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from sfumato.engine import Engine
+    from sfumato.output import dated_output_paths, explicit_output_paths
+
+    engine = Engine(device=args.device, dtype=args.dtype)
+    request = request_from_args(args)
+    if args.dry_run:
+        print(json.dumps(engine.resolve(request).to_dict(), indent=2, sort_keys=True))
+        return 0
+    bar = _Bar()
+    try:
+        result = engine.generate(request, progress=bar)
+    finally:
+        bar.close()
+    seeds = [item.seed for item in result.images]
+    if args.output:
+        paths = explicit_output_paths(args.output, seeds)
+    else:
+        paths = dated_output_paths(Path(os.environ.get("SFUMATO_OUTPUTS", "outputs")), seeds)
+    saved = _save_images(result, paths)
+    if args.json:
+        print(json.dumps({"images": saved, "request": result.request.to_dict(), "seconds": round(result.seconds, 3)},
+                         indent=2))
+    else:
+        for entry in saved:
+            print(entry["path"])
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from sfumato.output import read_png
+
+    record = read_png(args.image)
+    if args.json:
+        print(json.dumps({"parameters": record.parameters, "request": record.request.to_dict(),
+                          "batch_index": record.batch_index, "model_sha256": record.model_sha256}, indent=2))
+    else:
+        print(record.parameters or "")
+        print(f"\nsfumato request (image {record.batch_index} of its batch):")
+        print(json.dumps(record.request.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sfumato.engine import Engine
+    from sfumato.models.home import sha256
+    from sfumato.output import read_png
+
+    record = read_png(args.image)
+    request = record.request
+    if args.model:
+        request = dataclasses.replace(request, model=args.model)
+    engine = Engine(device=args.device)
+    if record.model_sha256 and sha256(engine.model_path(request.model)) != record.model_sha256:
+        print("sfumato: warning: the model's hash differs from the recorded one; the image will differ",
+              file=sys.stderr)
+    bar = _Bar()
+    try:
+        result = engine.generate(request, progress=bar)
+    finally:
+        bar.close()
+    if record.batch_index >= len(result.images):
+        raise InvalidRequest(f"{args.image}: recorded batch index {record.batch_index} is out of range")
+    result.images = [result.images[record.batch_index]]
+    print(_save_images(result, [args.output])[0]["path"])
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from sfumato.models.convert import convert
+
+    print(convert(args.source, args.target, allow_pickle=args.allow_pickle, half=args.half))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from sfumato.models.catalog import list_models
+    from sfumato.models.home import home
+
+    entries = list_models()
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        return 0
+    if not entries:
+        print(f"no models in {home() / 'models'} (put checkpoints in models/checkpoints, LoRAs in models/loras)")
+    for e in entries:
+        print(f"{e.kind:10s} {e.name:30s} {e.family:14s} {e.format:12s} {e.size_bytes / 2**20:9.1f} MiB  {e.sha256[:10]}")
+    return 0
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from sfumato.models.tiny import build_tiny
+
+    print(build_tiny(args.family, args.output, inpainting=args.inpainting))
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
+            "models": cmd_models, "make-tiny": cmd_make_tiny}
+
+
+def _quiet_libraries() -> None:
+    """Library log lines and loading bars are noise on a terminal; our own bar reports progress."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command not in ("info", "models"):
+        _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except SfumatoError as exc:
+        print(f"sfumato: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sfumato: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

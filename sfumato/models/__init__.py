@@ -1,0 +1,1 @@
+"""Find, load, convert and describe models: diffusers folders, single files, LoRA."""

@@ -1,0 +1,52 @@
+"""`sfumato models`: what is in the models home, with family, format, size and hash."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sfumato.errors import SfumatoError
+from sfumato.models.detect import describe
+from sfumato.models.home import PICKLE_SUFFIXES, SAFE_SUFFIXES, checkpoints_dir, loras_dir, sha256, weight_files
+
+
+@dataclass
+class CatalogEntry:
+    kind: str  # checkpoint or lora
+    name: str
+    path: str
+    family: str
+    format: str
+    size_bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _entries(folder: Path, kind: str) -> list[CatalogEntry]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        is_model_dir = path.is_dir() and (path / "model_index.json").exists()
+        if not is_model_dir and path.suffix.lower() not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+            continue
+        size = sum(p.stat().st_size for p in weight_files(path))
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            family, fmt = "?", "pickle (convert before use)"
+        elif kind == "lora":
+            family, fmt = "lora", "safetensors"
+        else:
+            try:
+                info = describe(path)
+                family, fmt = info.family.name + (" inpaint" if info.inpainting else ""), info.format
+            except SfumatoError as exc:
+                family, fmt = "?", f"unsupported: {exc}"
+        found.append(CatalogEntry(kind, path.stem if path.is_file() else path.name, str(path), family, fmt, size,
+                                  sha256(path)))
+    return found
+
+
+def list_models() -> list[CatalogEntry]:
+    return _entries(checkpoints_dir(), "checkpoint") + _entries(loras_dir(), "lora")

@@ -1,0 +1,73 @@
+"""`sfumato convert`: pickle -> safetensors (explicitly, weights only), single file <-> diffusers folder."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from sfumato.errors import InvalidRequest, ModelNotFound, UnsupportedModel
+from sfumato.models.detect import describe
+from sfumato.models.home import PICKLE_SUFFIXES
+from sfumato.models.loader import components_of, load_model
+from sfumato.models.singlefile import write_single_file
+
+
+def convert(source: Path, target: Path, allow_pickle: bool = False, half: bool = False) -> Path:
+    """Convert `source` to `target`; the target's form (`.safetensors` or folder) picks the direction."""
+    if not source.exists():
+        raise ModelNotFound(f"{source} does not exist")
+    if target.exists() and target.resolve() == source.resolve():
+        raise InvalidRequest("source and target are the same path")
+    to_file = target.suffix.lower() == ".safetensors"
+    if not to_file and target.suffix:
+        raise InvalidRequest(f"target {target} must end in .safetensors or be a folder (no suffix)")
+    if source.is_file() and source.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise InvalidRequest(
+                f"{source} is a pickle; converting it runs torch.load(weights_only=True): add --allow-pickle to agree"
+            )
+        if to_file:
+            return _pickle_to_safetensors(source, target, half)
+        with tempfile.TemporaryDirectory() as tmp:
+            single = _pickle_to_safetensors(source, Path(tmp) / "model.safetensors", half)
+            return _to_folder(single, target, half)
+    if to_file:
+        info = describe(source)
+        if info.format != "diffusers":
+            raise InvalidRequest(f"{source} is already a single file")
+        model = load_model(source, device="cpu", dtype="float32")
+        write_single_file(components_of(model), model.info, target, half=half)
+        return target
+    return _to_folder(source, target, half)
+
+
+def _to_folder(source: Path, target: Path, half: bool) -> Path:
+    model = load_model(source, device="cpu", dtype="float16" if half else "float32")
+    model.pipe.save_pretrained(str(target), safe_serialization=True)
+    return target
+
+
+def _pickle_to_safetensors(source: Path, target: Path, half: bool) -> Path:
+    try:
+        data = torch.load(str(source), map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only rejects anything but tensors and plain containers
+        raise UnsupportedModel(f"{source}: not a weights-only checkpoint ({str(exc).splitlines()[0]})") from None
+    while isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise UnsupportedModel(f"{source}: expected a state dict, found {type(data).__name__}")
+    tensors = {}
+    for key, value in data.items():
+        if isinstance(value, torch.Tensor):
+            value = value.half() if half and value.is_floating_point() else value
+            tensors[key] = value.contiguous().clone()  # break shared storage, which safetensors refuses
+    if not tensors:
+        raise UnsupportedModel(f"{source}: no tensors found")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "sfumato.converted_from": source.name})
+    tmp.replace(target)
+    return target

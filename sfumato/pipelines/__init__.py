@@ -1,0 +1,1 @@
+"""Tasks (txt2img, img2img, inpaint, outpaint, hires fix) composed from shared steps."""

@@ -1,0 +1,102 @@
+import pytest
+
+from sfumato.errors import PromptSyntaxError
+from sfumato.prompts import extract_lora_tags, parse_prompt_attention, split_flags
+from sfumato.prompts.encode import tokenize_weighted
+from sfumato.prompts.flags import size_for_aspect, stylize_to_cfg
+from sfumato.models.singlefile import clip_tokenizer
+
+
+# The examples of AUTOMATIC1111's parse_prompt_attention documentation.
+A1111_CASES = [
+    ("normal text", [("normal text", 1.0)]),
+    ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+    ("(unbalanced", [("unbalanced", 1.1)]),
+    ("\\(literal\\]", [("(literal]", 1.0)]),
+    ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+     [("a ", 1.0), ("house", 1.573), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55), (", sun, ", 1.1),
+      ("sky", 1.4641), (".", 1.1)]),
+    ("[dim]", [("dim", 1 / 1.1)]),
+    ("((double))", [("double", 1.21)]),
+    ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
+]
+
+
+@pytest.mark.parametrize("text,expected", A1111_CASES)
+def test_parse_prompt_attention_matches_a1111_docs(text, expected):
+    parsed = parse_prompt_attention(text)
+    assert [t for t, _ in parsed] == [t for t, _ in expected]
+    assert [w for _, w in parsed] == pytest.approx([w for _, w in expected], rel=1e-6)
+
+
+def test_lora_tags_are_extracted():
+    prompt, loras = extract_lora_tags("a cat <lora:style:0.8> on a mat <lora:other>")
+    assert prompt == "a cat  on a mat"
+    assert loras == [("style", 0.8), ("other", 1.0)]
+    with pytest.raises(PromptSyntaxError):
+        extract_lora_tags("<lora:x:abc>")
+
+
+def test_midjourney_flags_map_to_fields():
+    text, flags = split_flags("red apple, shiny --ar 16:9 --no blur, text --seed 7 --tile --chaos 40 --s 250 --q .5")
+    assert text == "red apple, shiny"
+    assert flags.aspect_ratio == (16, 9)
+    assert flags.no == "blur, text"
+    assert (flags.seed, flags.tile, flags.chaos, flags.stylize, flags.quality) == (7, True, 40, 250, 0.5)
+    assert size_for_aspect((16, 9), 512) == (704, 384)
+    assert size_for_aspect((1, 1), 1024) == (1024, 1024)
+    assert stylize_to_cfg(100) == 9.5
+
+
+@pytest.mark.parametrize("prompt", ["x --bogus 1", "x --ar 16x9", "x --chaos 101", "x --q 3", "x --tile yes",
+                                    "x --seed", "x --ar 100:1"])
+def test_bad_flags_raise(prompt):
+    with pytest.raises(PromptSyntaxError):
+        split_flags(prompt)
+
+
+def test_prompt_without_flags_is_untouched():
+    assert split_flags("a well-lit room -- with dashes")[0] == "a well-lit room -- with dashes"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return clip_tokenizer("<|endoftext|>")
+
+
+def test_tokenizer_ids_match_openai_clip(tokenizer):
+    # Known ids of openai/clip-vit-large-patch14's tokenizer.
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_short_prompt_is_one_padded_chunk(tokenizer):
+    chunks = tokenize_weighted(tokenizer, "a (cat:1.5)")
+    assert len(chunks) == 1
+    chunk = chunks[0]
+    assert len(chunk.ids) == 77 and chunk.ids[:4] == [49406, 320, 2368, 49407]
+    assert chunk.ids[4:] == [49407] * 73
+    assert chunk.weights[:4] == [1.0, 1.0, 1.5, 1.0]
+
+
+def test_long_prompt_and_break_make_chunks(tokenizer):
+    long_prompt = " ".join(["cat"] * 100)
+    chunks = tokenize_weighted(tokenizer, long_prompt)
+    assert len(chunks) == 2
+    assert chunks[0].ids.count(2368) == 75 and chunks[1].ids.count(2368) == 25
+    broken = tokenize_weighted(tokenizer, "cat BREAK dog")
+    assert len(broken) == 2 and broken[0].ids[1] == 2368 and broken[1].ids[1] == 1929
+
+
+def test_comma_backtrack_moves_tail_to_next_chunk(tokenizer):
+    prompt = " ".join(["cat"] * 70) + ", " + " ".join(["dog"] * 10)
+    chunks = tokenize_weighted(tokenizer, prompt)
+    assert len(chunks) == 2
+    assert 1929 not in chunks[0].ids  # no dog in the first chunk: it moved after the comma
+    assert chunks[1].ids[1:11] == [1929] * 10
+
+
+def test_sd2_pads_with_exclamation(tokenizer):
+    sd2 = clip_tokenizer("!")
+    chunk = tokenize_weighted(sd2, "cat")[0]
+    assert chunk.ids[:3] == [49406, 2368, 49407] and chunk.ids[3:] == [0] * 74
