@@ -1,0 +1,199 @@
+"""Model formats: detection, single-file round trips, pickle refusal and conversion, LoRA, the catalog."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sfumato.engine import Engine
+from sfumato.errors import InvalidRequest, PickleRefused, UnsupportedModel
+from sfumato.models.convert import convert
+from sfumato.models.detect import describe
+from sfumato.models.families import FAMILIES
+from sfumato.models.loader import load_model
+from sfumato.requests import GenerationRequest
+
+REQUEST = dict(prompt="a red apple", seed=7, steps=3, width=32, height=32, sampler="Euler")
+
+
+@pytest.mark.parametrize("family,prediction", [("sd1", "epsilon"), ("sd2", "v_prediction"), ("sdxl", "epsilon")])
+def test_single_file_round_trip_is_lossless(family, prediction, request, tmp_path):
+    folder = request.getfixturevalue(family)
+    single = convert(folder, tmp_path / f"{family}.safetensors")
+    info = describe(single)
+    assert (info.format, info.family.name, info.prediction_type) == ("safetensors", family, prediction)
+    a, b = load_model(folder), load_model(single)
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if getattr(a.pipe, part, None) is None:
+            continue
+        sa, sb = getattr(a.pipe, part).state_dict(), getattr(b.pipe, part).state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    back = convert(single, tmp_path / f"{family}-again")
+    assert describe(back).family.name == family
+
+
+def test_single_file_uses_ldm_key_layout(sd1_single, sdxl, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(sd1_single), "pt") as f:
+        keys = set(f.keys())
+    assert "model.diffusion_model.input_blocks.0.0.weight" in keys
+    assert "model.diffusion_model.middle_block.1.proj_in.weight" in keys
+    assert "first_stage_model.decoder.mid.attn_1.q.weight" in keys
+    assert "cond_stage_model.transformer.text_model.final_layer_norm.weight" in keys
+    xl = convert(sdxl, tmp_path / "xl.safetensors")
+    with safe_open(str(xl), "pt") as f:
+        keys = set(f.keys())
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.1.model.text_projection" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+
+
+def test_single_file_without_embedded_configs_uses_family_skeleton(sd1_single, tmp_path):
+    """A real-world file carries no sfumato metadata: the shipped SD1 skeleton is used (tiny weights then fail)."""
+    from safetensors.torch import load_file
+
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(sd1_single)), str(bare))
+    info = describe(bare)
+    assert info.family.name == "sd1" and info.configs == {}
+    with pytest.raises(UnsupportedModel, match="do not match the sd1 config"):
+        load_model(bare)
+
+
+@pytest.mark.parametrize("family,params", [("sd1", 859_520_964), ("sd2", 865_910_724), ("sdxl", 2_567_463_684)])
+def test_shipped_skeletons_are_the_real_architectures(family, params):
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(FAMILIES[family].skeleton["unet"])
+    assert sum(p.numel() for p in unet.parameters()) == params
+
+
+def test_pickle_is_refused_until_converted(sd1_single, tmp_path):
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(str(sd1_single))}, ckpt)
+    with pytest.raises(PickleRefused, match="sfumato convert"):
+        Engine(ckpt).generate(GenerationRequest(**REQUEST))
+    with pytest.raises(InvalidRequest, match="--allow-pickle"):
+        convert(ckpt, tmp_path / "model.safetensors")
+    converted = convert(ckpt, tmp_path / "model.safetensors", allow_pickle=True)
+    original, again = load_file(str(sd1_single)), load_file(str(converted))
+    assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
+    assert describe(converted).family.name == "sd1"  # a real-size file now loads with the shipped skeleton
+
+
+def test_malicious_pickle_is_not_executed(tmp_path):
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (exec, ("open('" + str(tmp_path / "pwned") + "', 'w').write('x')",))
+
+    bad = tmp_path / "bad.ckpt"
+    with open(bad, "wb") as handle:
+        pickle.dump({"state_dict": Exploit()}, handle)
+    with pytest.raises(UnsupportedModel, match="weights-only"):
+        convert(bad, tmp_path / "out.safetensors", allow_pickle=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_folder_with_only_pickle_weights_is_refused(sd1, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(sd1, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(weights)), folder / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(PickleRefused):
+        load_model(folder)
+
+
+def test_not_a_model_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(UnsupportedModel, match="not a readable safetensors"):
+        describe(junk)
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(tmp_path / "l.safetensors"))
+    with pytest.raises(UnsupportedModel, match="LoRA"):
+        describe(tmp_path / "l.safetensors")
+
+
+@pytest.fixture(scope="module")
+def lora_files(sd1, tmp_path_factory):
+    """A random LoRA on the tiny SD1 UNet, saved in diffusers format and in kohya/A1111 format."""
+    import diffusers
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    out = tmp_path_factory.mktemp("loras")
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(sd1), local_files_only=True)
+    torch.manual_seed(1)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    for name, param in pipe.unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    peft_state = get_peft_model_state_dict(pipe.unet)
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        str(out / "diffusers"), unet_lora_layers=convert_state_dict_to_diffusers(peft_state), safe_serialization=True)
+    kohya = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state.items()})
+    save_file({k: v.contiguous() for k, v in kohya.items()}, str(out / "kohya.safetensors"))
+    return out / "diffusers" / "pytorch_lora_weights.safetensors", out / "kohya.safetensors"
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["diffusers", "kohya"])
+def test_lora_changes_output_and_weight_zero_does_not(sd1, lora_files, which):
+    engine = Engine(sd1)
+    lora = str(lora_files[which])
+
+    def image(**kw):
+        return np.asarray(engine.generate(GenerationRequest(**REQUEST, **kw)).images[0].image).astype(int)
+
+    plain = image()
+    with_lora = image(loras=[(lora, 1.0)])
+    zero = image(loras=[(lora, 0.0)])
+    after = image()
+    assert np.abs(with_lora - plain).max() > 5
+    assert (zero == plain).all() and (after == plain).all()
+
+
+def test_lora_prompt_tag_resolves_in_models_home(sd1, lora_files, tmp_path, monkeypatch):
+    import shutil
+
+    from sfumato.models.home import loras_dir
+
+    loras_dir().mkdir(parents=True)
+    shutil.copy(lora_files[1], loras_dir() / "mystyle.safetensors")
+    engine = Engine(sd1)
+    tagged = engine.generate(GenerationRequest(**{**REQUEST, "prompt": "a red apple <lora:mystyle:0.7>"}))
+    flagged = engine.generate(GenerationRequest(**REQUEST, loras=[(str(lora_files[1]), 0.7)]))
+    assert tagged.request.loras == [("mystyle", 0.7)]
+    assert (np.asarray(tagged.images[0].image) == np.asarray(flagged.images[0].image)).all()
+    assert "<lora:mystyle:0.7>" in tagged.images[0].infotext and "Lora hashes" in tagged.images[0].infotext
+
+
+def test_catalog_lists_models_with_family_and_hash(sd1_single, tmp_path):
+    import shutil
+
+    from sfumato.models.catalog import list_models
+    from sfumato.models.home import checkpoints_dir
+
+    checkpoints_dir().mkdir(parents=True)
+    shutil.copy(sd1_single, checkpoints_dir() / "tiny.safetensors")
+    (checkpoints_dir() / "old.ckpt").write_bytes(b"x")
+    entries = {e.name: e for e in list_models()}
+    assert entries["tiny"].family == "sd1" and entries["tiny"].format == "safetensors"
+    assert len(entries["tiny"].sha256) == 64 and entries["tiny"].size_bytes > 0
+    assert "pickle" in entries["old"].format
+    assert json.dumps([e.to_dict() for e in entries.values()])
