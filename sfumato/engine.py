@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sfumato.errors import InvalidRequest
+from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
@@ -87,6 +87,9 @@ class Engine:
         request = dataclasses.replace(request).validate()
         info = self.describe(request.model)
         family = info.family
+        if family.prediction_type == "flow":
+            raise UnsupportedModel(f"{info.path}: {family.name} models are detected but cannot generate yet "
+                                   "(flow-matching pipelines are not wired into the engine)")
         prompt, tag_loras = extract_lora_tags(request.prompt)
         prompt, flags = split_flags(prompt)
         changes: dict = {"prompt": prompt, "model": str(info.path), "loras": [*request.loras, *tag_loras]}

@@ -197,3 +197,13 @@ def test_catalog_lists_models_with_family_and_hash(sd1_single, tmp_path):
     assert len(entries["tiny"].sha256) == 64 and entries["tiny"].size_bytes > 0
     assert "pickle" in entries["old"].format
     assert json.dumps([e.to_dict() for e in entries.values()])
+
+
+def test_sd3_folder_is_detected_and_refused_clearly(tmp_path):
+    folder = tmp_path / "sd3"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    (folder / "transformer" / "config.json").write_text("{}")
+    assert describe(folder).family.name == "sd3"
+    with pytest.raises(UnsupportedModel, match="cannot generate yet"):
+        Engine(folder).generate(GenerationRequest(**REQUEST))
