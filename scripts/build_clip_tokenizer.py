@@ -1,7 +1,7 @@
 """Build the CLIP BPE tokenizer files shipped in `sfumato/models/configs/tokenizers/clip/`.
 
 The byte-pair vocabulary comes from the PyPI wheel of open-clip-torch (MIT licence),
-fetched with `pip download --no-deps` so torchvision is never installed. The output is
+fetched with `pip download --no-deps` so none of its vision dependencies get installed. The output is
 the Hugging Face `vocab.json` + `merges.txt` pair that `transformers.CLIPTokenizer` reads,
 identical in content to the tokenizer of openai/clip-vit-large-patch14.
 
