@@ -69,8 +69,9 @@ class Engine:
 
     def describe(self, name: str | None = None) -> ModelInfo:
         """Describe a model (family, format, native size) without loading its weights."""
-        home.refuse_pickle(self.model_path(name))
-        return describe(self.model_path(name))
+        path = self.model_path(name)
+        home.refuse_pickle(path)
+        return describe(path)
 
     def load(self, name: str | None = None) -> LoadedModel:
         path = self.model_path(name)
@@ -133,6 +134,7 @@ class Engine:
         model = self.load(resolved.model)
         apply_loras(model, resolved.loras)
         hashes = lora_hashes(resolved.loras) if resolved.loras else None
+        model_hash = model.hash  # hashing reads the cache file: once per request, not once per image
         tracker = _Progress(progress)
         results: list[GeneratedImage] = []
         for batch in range(resolved.batch_count):
@@ -142,6 +144,6 @@ class Engine:
             batch_request = dataclasses.replace(resolved, seed=seeds[0], subseed=subseeds[0], batch_count=1)
             pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker)
             for i, picture in enumerate(pictures):
-                text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model.hash, hashes)
+                text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes)
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
         return GenerationResult(results, resolved, time.perf_counter() - started)
