@@ -15,6 +15,7 @@ from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
+from sfumato.models.embeddings import apply_embeddings
 from sfumato.models.lora import apply_loras, check_loras, lora_hashes
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
@@ -59,6 +60,15 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self._encoder: PromptEncoder | None = None
 
+    @classmethod
+    def with_model(cls, loaded: LoadedModel) -> "Engine":
+        """An engine around an already loaded (e.g. in-training) model."""
+        engine = cls(loaded.info.path, device=str(loaded.device))
+        engine._loaded = loaded
+        chunk_length = int(loaded.info.settings.get("text_chunk_length", 75))
+        engine._encoder = PromptEncoder(loaded.pipe, loaded.family, chunk_length)
+        return engine
+
     # ------------------------------------------------------------------ models
 
     def model_path(self, name: str | None) -> Path:
@@ -78,7 +88,8 @@ class Engine:
         if self._loaded is None or self._loaded.info.path != path:
             self._loaded = None  # free the old model before loading the new one
             self._loaded = load_model(path, self.device, self.dtype)
-            self._encoder = PromptEncoder(self._loaded.pipe, self._loaded.family)
+            chunk_length = int(self._loaded.info.settings.get("text_chunk_length", 75))
+            self._encoder = PromptEncoder(self._loaded.pipe, self._loaded.family, chunk_length)
         return self._loaded
 
     # ---------------------------------------------------------------- requests
@@ -133,6 +144,7 @@ class Engine:
         resolved = self.resolve(request)
         model = self.load(resolved.model)
         apply_loras(model, resolved.loras)
+        self._encoder.expansions = apply_embeddings(model, [resolved.prompt, resolved.negative_prompt])
         hashes = lora_hashes(resolved.loras) if resolved.loras else None
         model_hash = model.hash  # hashing reads the cache file: once per request, not once per image
         tracker = _Progress(progress)

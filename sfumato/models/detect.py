@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ from sfumato.models.families import FAMILIES, Family
 from sfumato.models.home import PICKLE_SUFFIXES
 
 CONFIGS_METADATA_KEY = "sfumato.configs"
+SETTINGS_FILE = "sfumato.json"  # per-model settings: defaults, text-encoder reference, prompt chunk length
+FAMILY_DEFAULTS = ("default_sampler", "default_steps", "default_cfg_scale")
 
 
 @dataclass
@@ -24,6 +26,7 @@ class ModelInfo:
     prediction_type: str
     inpainting: bool = False
     configs: dict[str, Any] = field(default_factory=dict)  # component configs when known without loading
+    settings: dict[str, Any] = field(default_factory=dict)  # the folder's sfumato.json, if any
 
     @property
     def native_size(self) -> int:
@@ -73,6 +76,13 @@ def _describe_folder(path: Path) -> ModelInfo:
             if (path / component / name).exists():
                 configs[component] = _read_json(path / component / name)
     unet = configs.get("unet", {})
+    settings = _read_json(path / SETTINGS_FILE) if (path / SETTINGS_FILE).exists() else {}
+    text_encoder_class = (index.get("text_encoder") or [None, None])[1] or ""
+    if settings.get("family") == "ldm" or (text_encoder_class and not text_encoder_class.startswith("CLIP")
+                                           and pipeline.startswith("StableDiffusion") and "unet" in configs):
+        family = replace(FAMILIES["ldm"], **{k: settings[k] for k in FAMILY_DEFAULTS if k in settings})
+        prediction = configs.get("scheduler", {}).get("prediction_type", "epsilon")
+        return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs, settings)
     if pipeline.startswith("StableDiffusion3"):
         family = FAMILIES["sd3"]
     elif pipeline.startswith("Flux"):
@@ -88,7 +98,7 @@ def _describe_folder(path: Path) -> ModelInfo:
     prediction = configs.get("scheduler", {}).get("prediction_type", family.prediction_type)
     if family.prediction_type == "flow":
         prediction = "flow"
-    return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs)
+    return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs, settings)
 
 
 def _describe_single_file(path: Path) -> ModelInfo:

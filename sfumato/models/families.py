@@ -147,10 +147,15 @@ SDXL_REFINER = Family(
     },
 )
 
+# A latent-diffusion UNet conditioned on any transformers text encoder (token states for cross-attention,
+# the pooled sentence vector through the UNet's class embedding); its defaults live in the model's
+# `sfumato.json`. The embedded default model "sfumato-emoji" is one.
+LDM = Family(name="ldm", native_size=32, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=5.0)
+
 SD3 = Family(name="sd3", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=7.0,
              prediction_type="flow", pipeline_class="StableDiffusion3Pipeline")
 FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=3.5,
               prediction_type="flow", pipeline_class="FluxPipeline")
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, SD3, FLUX)}
-UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX)}
+UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm")

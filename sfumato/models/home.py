@@ -25,6 +25,11 @@ def loras_dir() -> Path:
     return home() / "models" / "loras"
 
 
+def embeddings_dir() -> Path:
+    """Textual-inversion embeddings, used when their file name appears in a prompt (A1111)."""
+    return home() / "embeddings"
+
+
 def resolve(name: str, kind: str = "checkpoint") -> Path:
     """Turn a path or a bare name (looked up in the models home) into an existing path."""
     path = Path(name).expanduser()

