@@ -304,8 +304,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sfumato.training.trainer import train
 
     result = train(config, say=lambda m: print(m, file=sys.stderr))
+    if not result.main_process:
+        return 0
     print(json.dumps({"output": str(result.output), "steps": result.steps, "final_loss": result.losses[-1] if result.losses else None,
-                      "images_per_second": round(result.images_per_second, 2), "images": result.dataset_size,
+                      "images_per_second": round(result.images_per_second, 2), "images": result.dataset_size, "processes": result.world_size,
                       "skipped": result.skipped, "dropped": result.dropped,
                       "cache": dataclasses.asdict(result.cache)}, indent=2))
     return 0

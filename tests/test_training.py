@@ -280,3 +280,43 @@ def test_dreambooth_generates_class_images_and_trains_with_prior_loss(sd1, squar
     assert len(list((tmp_path / "run" / "class_images").glob("class-*.png"))) == 3
     assert result.dataset_size == 6 + 3 and result.steps == 6
     assert (result.output / "model_index.json").exists()
+
+
+def test_two_process_run_with_accelerate_launch(tiny_ldm, squares, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): both train on their half of each batch."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sfumato.cli",
+               "train", "full", "--model", str(tiny_ldm), "--data", str(squares), "--output", str(out), "--steps", "3",
+               "--batch-size", "2", "--resolution", "32", "--cache-dir", str(tmp_path / "cache")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["processes"] == 2 and report["steps"] == 3
+    assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
+
+
+def test_train_cli_errors_are_one_line(tmp_path, sd1):
+    from sfumato.cli import main
+
+    assert main(["train", "lora", "--data", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert main(["train", "lora", "--model", str(sd1), "--data", str(tmp_path / "none"), "--output",
+                 str(tmp_path / "o")]) == 2
+
+
+def test_emoji_dataset_renders_with_captions(tmp_path):
+    from sfumato.training.emoji_data import EMOJI_TEST_PATH, FONT_PATH, build_emoji_dataset, parse_emoji_test
+
+    if not (FONT_PATH.exists() and EMOJI_TEST_PATH.exists()):
+        pytest.skip("apt-get install fonts-noto-color-emoji unicode-data")
+    emoji = parse_emoji_test()
+    assert len(emoji) == 3655 and sum(e.base for e in emoji) == 1870
+    assert build_emoji_dataset(tmp_path, 64, base_only=True, limit=4) == 4
+    first = json.loads((tmp_path / "metadata.jsonl").read_text().splitlines()[0])
+    assert first["text"] == ["grinning face", "an emoji of a grinning face", "grinning face, smileys and emotion"]
+    image = np.asarray(Image.open(tmp_path / first["file_name"]))
+    assert image.shape == (64, 64, 3) and image[0, 0].tolist() == [255, 255, 255] and image[32, 32, 0] > 200

@@ -40,6 +40,8 @@ class TrainResult:
     skipped: int
     dropped: int
     cache: CacheStats = field(default_factory=CacheStats)
+    world_size: int = 1
+    main_process: bool = True
 
 
 @dataclass
@@ -285,7 +287,8 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, say: Ca
             output = setup.save_final(config, run_dir)
         log.loss_curve(losses)
     accelerator.wait_for_everyone()
-    return TrainResult(output, step, losses, rate, len(dataset.examples), len(dataset.skipped), features.plan.dropped, stats)
+    return TrainResult(output, step, losses, rate, len(dataset.examples), len(dataset.skipped), features.plan.dropped,
+                       stats, world, main)
 
 
 class _ema_weights:
