@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sfumato.errors import InvalidRequest, UnsupportedModel
+from sfumato.errors import InvalidRequest
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
@@ -19,6 +19,7 @@ from sfumato.models.embeddings import apply_embeddings
 from sfumato.models.lora import apply_loras, check_loras, lora_hashes
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
+from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
 from sfumato.pipelines.tasks import generate_batch
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
@@ -30,10 +31,16 @@ ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far
 
 
 def default_model() -> str | None:
-    """The model used when a request names none: `SFUMATO_MODEL`, else none yet (the embedded model is to come)."""
+    """The model used when a request names none: `SFUMATO_MODEL`, else the embedded sfumato-emoji model."""
     import os
 
-    return os.environ.get("SFUMATO_MODEL") or None
+    from sfumato.models.embedded import embedded_model
+
+    chosen = os.environ.get("SFUMATO_MODEL")
+    if chosen:
+        return chosen
+    embedded = embedded_model()
+    return str(embedded) if embedded else None
 
 
 class _Progress:
@@ -99,13 +106,11 @@ class Engine:
         request = dataclasses.replace(request).validate()
         info = self.describe(request.model)
         family = info.family
-        if family.prediction_type == "flow":
-            raise UnsupportedModel(f"{info.path}: {family.name} models are detected but cannot generate yet "
-                                   "(flow-matching pipelines are not wired into the engine)")
+        flow = family.prediction_type == "flow"
         prompt, tag_loras = extract_lora_tags(request.prompt)
         prompt, flags = split_flags(prompt)
         changes: dict = {"prompt": prompt, "model": str(info.path), "loras": [*request.loras, *tag_loras]}
-        changes["sampler"] = get_sampler(request.sampler or family.default_sampler).name
+        changes["sampler"] = get_sampler(request.sampler or family.default_sampler, flow).name
         steps = request.steps or family.default_steps
         if flags.quality is not None:
             steps = max(1, round(steps * flags.quality))
@@ -123,6 +128,8 @@ class Engine:
             changes["subseed_strength"] = flags.chaos / 100.0
         changes["width"], changes["height"] = self._size(request, info, flags.aspect_ratio)
         resolved = dataclasses.replace(request, **changes).with_seeds_resolved().validate()
+        if flow:
+            check_flow_request(family.name, resolved)
         check_loras(resolved.loras)
         return resolved
 
@@ -154,7 +161,10 @@ class Engine:
             seeds = [resolved.seed + first + i for i in range(resolved.batch_size)]
             subseeds = [resolved.subseed + first + i for i in range(resolved.batch_size)]
             batch_request = dataclasses.replace(resolved, seed=seeds[0], subseed=subseeds[0], batch_count=1)
-            pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker)
+            if model.info.family.prediction_type == "flow":
+                pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker)
+            else:
+                pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker)
             for i, picture in enumerate(pictures):
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes)
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))

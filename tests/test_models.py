@@ -1,5 +1,6 @@
 """Model formats: detection, single-file round trips, pickle refusal and conversion, LoRA, the catalog."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -199,11 +200,28 @@ def test_catalog_lists_models_with_family_and_hash(sd1_single, tmp_path):
     assert json.dumps([e.to_dict() for e in entries.values()])
 
 
-def test_sd3_folder_is_detected_and_refused_clearly(tmp_path):
-    folder = tmp_path / "sd3"
+def test_sd3_generates_with_sfumato_seeds(tmp_path):
+    """SD3 (MMDiT, no T5) through its diffusers pipeline: our CPU noise, so batches and replays agree."""
+    from sfumato.models.tiny import build_tiny
+
+    folder = build_tiny("sd3", tmp_path / "sd3")
+    engine = Engine(folder)
+    assert engine.describe().family.name == "sd3"
+    request = GenerationRequest("red apple", seed=7, steps=4, width=32, height=32)
+    batch = engine.generate(dataclasses.replace(request, batch_size=2))
+    single = np.asarray(engine.generate(request).images[0].image)
+    np.testing.assert_array_equal(np.asarray(batch.images[0].image), single)
+    assert batch.request.sampler == "Euler" and batch.images[1].seed == 8
+    assert single[14:17, 14:17, 0].flatten().tolist() == pytest.approx([251, 161, 167, 245, 202, 134, 150, 207, 119], abs=3)
+    with pytest.raises(UnsupportedModel, match="txt2img only"):
+        engine.generate(dataclasses.replace(request, tile=True))
+
+
+def test_flux_folder_is_detected_and_refused_clearly(tmp_path):
+    folder = tmp_path / "flux"
     (folder / "transformer").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     (folder / "transformer" / "config.json").write_text("{}")
-    assert describe(folder).family.name == "sd3"
+    assert describe(folder).family.name == "flux"
     with pytest.raises(UnsupportedModel, match="cannot generate yet"):
         Engine(folder).generate(GenerationRequest(**REQUEST))

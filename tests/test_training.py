@@ -320,3 +320,18 @@ def test_emoji_dataset_renders_with_captions(tmp_path):
     assert first["text"] == ["grinning face", "an emoji of a grinning face", "grinning face, smileys and emotion"]
     image = np.asarray(Image.open(tmp_path / first["file_name"]))
     assert image.shape == (64, 64, 3) and image[0, 0].tolist() == [255, 255, 255] and image[32, 32, 0] > 200
+
+
+def test_train_lora_from_the_cli_with_a_toml_config(sd1, squares, tmp_path, capsys):
+    from sfumato.cli import main
+
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{squares}"\nsteps = 2\nbatch-size = 2\nresolution = 32\nrank = 2\n')
+    out = tmp_path / "run"
+    code = main(["train", "lora", "--config", str(config), "--model", str(sd1), "--output", str(out),
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 2 and report["images"] == 6
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
+    assert (out / "lora" / "lora-kohya.safetensors").exists()

