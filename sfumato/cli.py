@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--hires-strength", type=float, default=0.55)
     gen.add_argument("--hires-steps", type=int)
     gen.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, default="latent")
+    gen.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
+                     help="override the model's prediction type (for a mis-detected single file)")
     gen.add_argument("--output", "-o", type=Path, help="PNG file or folder (default: outputs/<date>/)")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     gen.add_argument("--dry-run", action="store_true", help="print the fully resolved request and exit")
@@ -147,7 +149,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         batch_count=args.batch_count, clip_skip=args.clip_skip, init_image=args.init_image, mask=args.mask,
         mask_blur=args.mask_blur, strength=args.strength, outpaint=args.outpaint, tile=args.tile,
         hires_scale=args.hires_scale, hires_strength=args.hires_strength, hires_steps=args.hires_steps,
-        hires_upscaler=args.hires_upscaler, loras=list(args.lora),
+        hires_upscaler=args.hires_upscaler, loras=list(args.lora), prediction_type=args.prediction_type,
     )
 
 

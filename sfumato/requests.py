@@ -51,6 +51,7 @@ class GenerationRequest:
     hires_steps: int | None = None
     hires_upscaler: str = "latent"
     loras: list[tuple[str, float]] = field(default_factory=list)
+    prediction_type: str | None = None  # override the model's (epsilon / v_prediction), for mis-detected files
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -80,6 +81,8 @@ class GenerationRequest:
                 raise InvalidRequest(f"{name} must be a multiple of 8, got {value} (try {round(value / 8) * 8 or 8})")
         if self.width and self.height and self.width * self.height * self.hires_scale**2 > MAX_PIXELS:
             raise InvalidRequest(f"image of {self.width}x{self.height} (x{self.hires_scale} hires) exceeds {MAX_PIXELS} pixels")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise InvalidRequest(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
         if self.hires_upscaler not in HIRES_UPSCALERS:
             raise InvalidRequest(f"hires_upscaler must be one of {', '.join(HIRES_UPSCALERS)}, got {self.hires_upscaler!r}")
         for side, pixels in self.outpaint.items():

@@ -222,3 +222,13 @@ def test_missing_inputs_fail_cleanly(engine_sd1):
         engine_sd1.generate(req(model="/nonexistent-model"))
     with pytest.raises(InvalidRequest):
         Engine().generate(req())
+
+
+def test_prediction_type_override(engine_sd1):
+    base = GenerationRequest("a cat", seed=3, steps=3, sampler="Euler", width=32, height=32)
+    eps = np.asarray(engine_sd1.generate(base).images[0].image, dtype=np.float32)
+    vpred = engine_sd1.generate(dataclasses.replace(base, prediction_type="v_prediction"))
+    assert vpred.request.prediction_type == "v_prediction"
+    assert np.abs(np.asarray(vpred.images[0].image, dtype=np.float32) - eps).max() > 1
+    with pytest.raises(InvalidRequest, match="prediction_type"):
+        engine_sd1.generate(dataclasses.replace(base, prediction_type="flow"))

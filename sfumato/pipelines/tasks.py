@@ -79,9 +79,16 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
     return images
 
 
+def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
+    config = model.scheduler_config
+    if request.prediction_type:
+        config = {**config, "prediction_type": request.prediction_type}
+    return make_scheduler(request.sampler, config, seed)
+
+
 def first_pass(model: LoadedModel, request: GenerationRequest, cond: Conditioning, uncond: Conditioning,
                seeds: list[int], subseeds: list[int], source: Source | None, progress: Progress) -> torch.Tensor:
-    scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0])
+    scheduler = _scheduler(model, request, seeds[0])
     noise, generators = initial_noise(model, request.width, request.height, seeds, subseeds, request.subseed_strength)
     strength = 1.0 if source is None else request.strength
     timesteps = set_timesteps(scheduler, request.steps, strength, model.device)
@@ -136,7 +143,7 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, cond: Conditionin
         resample = Image.Resampling.LANCZOS if request.hires_upscaler == "lanczos" else Image.Resampling.BICUBIC
         pictures = [p.resize((width, height), resample) for p in to_pil(decode_latents(model, latents))]
         upscaled = encode_images(model, from_pil(pictures))
-    scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0])
+    scheduler = _scheduler(model, request, seeds[0])
     noise, generators = initial_noise(model, width, height, seeds, subseeds, request.subseed_strength)
     timesteps = set_timesteps(scheduler, request.hires_steps or request.steps, request.hires_strength, model.device)
     if len(timesteps) == 0:
