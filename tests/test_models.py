@@ -217,11 +217,17 @@ def test_sd3_generates_with_sfumato_seeds(tmp_path):
         engine.generate(dataclasses.replace(request, tile=True))
 
 
-def test_flux_folder_is_detected_and_refused_clearly(tmp_path):
-    folder = tmp_path / "flux"
-    (folder / "transformer").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    (folder / "transformer" / "config.json").write_text("{}")
-    assert describe(folder).family.name == "flux"
-    with pytest.raises(UnsupportedModel, match="cannot generate yet"):
-        Engine(folder).generate(GenerationRequest(**REQUEST))
+def test_flux_generates_with_packed_sfumato_noise(tmp_path):
+    """FLUX.1 (double/single-stream transformer, CLIP-L + T5, packed latents, distilled guidance)."""
+    from sfumato.models.tiny import build_tiny
+
+    folder = build_tiny("flux", tmp_path / "flux")
+    engine = Engine(folder)
+    request = GenerationRequest("red apple", seed=7, steps=4, width=32, height=32)
+    batch = engine.generate(dataclasses.replace(request, batch_size=2))
+    single = np.asarray(engine.generate(request).images[0].image)
+    np.testing.assert_array_equal(np.asarray(batch.images[0].image), single)
+    assert batch.request.cfg_scale == 3.5 and engine.describe().family.name == "flux"
+    assert single[14:17, 14:17, 0].flatten().tolist() == pytest.approx([108, 136, 173, 135, 220, 166, 208, 243, 170], abs=3)
+    with pytest.raises(UnsupportedModel, match="negative prompt"):
+        engine.generate(dataclasses.replace(request, negative_prompt="blurry"))

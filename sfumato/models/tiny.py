@@ -13,7 +13,7 @@ import torch
 from sfumato.models.families import FAMILIES
 from sfumato.models.singlefile import clip_tokenizer
 
-TINY_FAMILIES = ("sd1", "sd2", "sdxl", "ldm", "sd3")
+TINY_FAMILIES = ("sd1", "sd2", "sdxl", "ldm", "sd3", "flux")
 
 
 def _text_config(act: str, projection: int = 32):
@@ -88,6 +88,43 @@ def _tiny_sd3():
     )
 
 
+def tiny_t5_tokenizer():
+    """A T5 (Unigram, SentencePiece-style) tokenizer with a small English vocabulary, built offline."""
+    from transformers import T5TokenizerFast
+
+    words = ("a an the of and with in on at red green blue yellow apple cat dog photo emoji face painting "
+             "portrait house tree sky sea mountain city night day light dark").split()
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0 - i / 100) for i, w in enumerate(words)]
+    return T5TokenizerFast(vocab=vocab + [(",", -5.0), (".", -5.0)], extra_ids=0)
+
+
+def _tiny_flux():
+    """FLUX.1 layout (double + single stream transformer with guidance embedding, CLIP-L + T5, packed latents)."""
+    import diffusers
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
+    )
+    tokenizer_2 = tiny_t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096)
+    return diffusers.FluxPipeline(
+        transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=CLIPTextModel(_text_config("quick_gelu")),
+        tokenizer=clip_tokenizer("<|endoftext|>"), text_encoder_2=t5, tokenizer_2=tokenizer_2,
+    )
+
+
 def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int = 0):
     """A diffusers pipeline of `family` with tiny random weights (deterministic for a given seed)."""
     import diffusers
@@ -129,6 +166,8 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         return _tiny_ldm(scheduler)
     if family == "sd3":
         return _tiny_sd3()
+    if family == "flux":
+        return _tiny_flux()
     raise ValueError(f"no tiny builder for family {family!r} (choose from {', '.join(TINY_FAMILIES)})")
 
 

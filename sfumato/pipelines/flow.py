@@ -1,8 +1,10 @@
-"""SD3 (flow matching, MMDiT) txt2img through the diffusers pipeline, with sfumato's seeds and progress.
+"""SD3 and FLUX.1 (flow matching, transformer) txt2img through their diffusers pipelines, with sfumato's
+seeds and progress.
 
 The noise is drawn like every other family's (CPU, per-image seeds, variation seeds) and handed to the
-pipeline as `latents`, so seeds replay exactly. Prompts go to the pipeline's own encoders as plain text
-(CLIP-L + CLIP-G, and T5 when the model has it): A1111 emphasis syntax is not applied to this family.
+pipeline as `latents` (packed 2x2 for FLUX), so seeds replay exactly. Prompts go to the pipeline's own
+encoders as plain text (SD3: CLIP-L + CLIP-G, and T5 when present; FLUX: CLIP-L + T5): A1111 emphasis
+syntax is not applied to these families. FLUX's cfg_scale is its distilled guidance; it has no negative prompt.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from sfumato.sampling.samplers import make_scheduler
 
 def check_flow_request(family: str, request: GenerationRequest) -> None:
     """Refuse what the flow pipelines do not do yet, before any work."""
-    if family != "sd3":
-        raise UnsupportedModel(f"{family} models are detected but cannot generate yet (only SD3 of the flow families)")
+    if family == "flux" and request.negative_prompt:
+        raise UnsupportedModel("FLUX models take no negative prompt (guidance is distilled); remove it")
     unsupported = [name for name, used in (("init image / inpainting", request.init_image),
                                            ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile))
                    if used]
@@ -31,8 +33,14 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
                         progress) -> list[Image.Image]:
     pipe = model.pipe
     scale = model.vae_scale
-    shape = (pipe.transformer.config.in_channels, request.height // scale, request.width // scale)
-    noise = batch_noise(shape, generators_for(seeds), subseeds, request.subseed_strength)
+    flux = model.family == "flux"
+    channels = pipe.vae.config.latent_channels if flux else pipe.transformer.config.in_channels
+    height, width = request.height // scale, request.width // scale
+    if flux and (height % 2 or width % 2):
+        raise UnsupportedModel(f"FLUX sizes must be multiples of {2 * scale} px")
+    noise = batch_noise((channels, height, width), generators_for(seeds), subseeds, request.subseed_strength)
+    if flux:
+        noise = pipe._pack_latents(noise, len(seeds), channels, height, width)
     pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=True)
     progress.add_total(request.steps)
 
@@ -41,7 +49,7 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
         return {}
 
     count = len(seeds)
-    return pipe(prompt=[request.prompt] * count, negative_prompt=[request.negative_prompt] * count,
-                num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
-                width=request.width, latents=noise.to(model.device, model.dtype), callback_on_step_end=on_step,
-                output_type="pil").images
+    extra = {} if flux else {"negative_prompt": [request.negative_prompt] * count}
+    return pipe(prompt=[request.prompt] * count, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                height=request.height, width=request.width, latents=noise.to(model.device, model.dtype),
+                callback_on_step_end=on_step, output_type="pil", **extra).images
