@@ -231,3 +231,20 @@ def test_flux_generates_with_packed_sfumato_noise(tmp_path):
     assert single[14:17, 14:17, 0].flatten().tolist() == pytest.approx([108, 136, 173, 135, 220, 166, 208, 243, 170], abs=3)
     with pytest.raises(UnsupportedModel, match="negative prompt"):
         engine.generate(dataclasses.replace(request, negative_prompt="blurry"))
+
+
+def test_sdxl_refiner_refines_an_image(tmp_path):
+    """The refiner family: second text encoder only, aesthetic-score time ids (5 values), img2img."""
+    from PIL import Image
+
+    from sfumato.models.tiny import build_tiny
+
+    folder = build_tiny("sdxl-refiner", tmp_path / "refiner")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    engine = Engine(folder)
+    assert engine.describe().family.name == "sdxl-refiner"
+    request = GenerationRequest("red apple", seed=7, steps=4, width=32, height=32, init_image=str(tmp_path / "red.png"),
+                                strength=0.3)
+    first = np.asarray(engine.generate(request).images[0].image)
+    np.testing.assert_array_equal(first, np.asarray(engine.generate(request).images[0].image))
+    assert first[14:17, 14:17, 0].flatten().tolist() == pytest.approx([169, 148, 140, 121, 145, 139, 110, 186, 205], abs=3)

@@ -13,7 +13,7 @@ import torch
 from sfumato.models.families import FAMILIES
 from sfumato.models.singlefile import clip_tokenizer
 
-TINY_FAMILIES = ("sd1", "sd2", "sdxl", "ldm", "sd3", "flux")
+TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm", "sd3", "flux")
 
 
 def _text_config(act: str, projection: int = 32):
@@ -164,6 +164,18 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         )
     if family == "ldm":
         return _tiny_ldm(scheduler)
+    if family == "sdxl-refiner":
+        unet = UNet2DConditionModel(
+            **common, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=72, cross_attention_dim=32,
+        )
+        return diffusers.StableDiffusionXLImg2ImgPipeline(
+            unet=unet, vae=_vae(), scheduler=scheduler, text_encoder=None, tokenizer=None,
+            text_encoder_2=CLIPTextModelWithProjection(_text_config("gelu")), tokenizer_2=clip_tokenizer("!"),
+            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        )
     if family == "sd3":
         return _tiny_sd3()
     if family == "flux":
