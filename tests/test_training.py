@@ -195,6 +195,10 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     latest = ckpt.latest_checkpoint(tmp_path)
     assert latest.name == "step-0000001"
     assert torch.equal(ckpt.load_checkpoint(latest)[0]["w"], torch.ones(3))
+    monkeypatch.undo()
+    for step in (3, 4, 5):
+        ckpt.save_checkpoint(tmp_path, step, {"w": param}, None, optimizer, scheduler, {}, keep=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-0000004", "step-0000005"]
 
 
 def test_scratch_training_writes_a_model_sfumato_generates_with(tiny_ldm, squares, tmp_path):
