@@ -15,14 +15,24 @@ def embedded_model() -> Path | None:
     return EMBEDDED_DIR if (EMBEDDED_DIR / "model_index.json").exists() else None
 
 
-def export_half(source: Path, target: Path, defaults: dict[str, Any]) -> Path:
-    """Write a trained ldm-family model as fp16 safetensors with `defaults` (sampler, steps, cfg) in sfumato.json."""
+def export_half(source: Path, target: Path, defaults: dict[str, Any], checkpoint: Path | None = None) -> Path:
+    """Write a trained ldm-family model as fp16 safetensors with `defaults` (sampler, steps, cfg) in sfumato.json.
+
+    With `checkpoint` (a `sfumato train scratch` checkpoint folder), its EMA weights (else its trained
+    weights) replace the UNet's: a run can be exported while it is still training.
+    """
     import torch
+    from safetensors.torch import load_file
 
     from sfumato.models.loader import load_model
     from sfumato.training.methods import save_model_folder
 
     loaded = load_model(source, device="cpu", dtype="float32")
+    if checkpoint is not None:
+        weights = checkpoint / ("ema.safetensors" if (checkpoint / "ema.safetensors").exists() else "trainable.safetensors")
+        missing, unexpected = loaded.pipe.unet.load_state_dict(load_file(str(weights)), strict=False)
+        if unexpected or [k for k in missing if not k.endswith(("position_ids",))]:
+            raise ValueError(f"{weights} does not match the UNet ({len(missing)} missing, {len(unexpected)} unexpected)")
     loaded.pipe.unet.to(torch.float16)
     loaded.pipe.vae.to(torch.float16)
     settings = {**loaded.info.settings, **defaults}
