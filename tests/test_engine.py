@@ -215,12 +215,13 @@ def test_midjourney_flags_resolve(engine_sd1):
     assert (resolved.seed, resolved.steps, resolved.tile, resolved.prompt) == (5, 2, True, "apple")
 
 
-def test_missing_inputs_fail_cleanly(engine_sd1):
+def test_missing_inputs_fail_cleanly(engine_sd1, monkeypatch):
     with pytest.raises(ModelNotFound):
         engine_sd1.generate(req(init_image="/nonexistent.png"))
     with pytest.raises(ModelNotFound):
         engine_sd1.generate(req(model="/nonexistent-model"))
-    with pytest.raises(InvalidRequest):
+    monkeypatch.setattr("sfumato.models.embedded.embedded_model", lambda: None)  # an install without it
+    with pytest.raises(InvalidRequest, match="no model given"):
         Engine().generate(req())
 
 
