@@ -233,3 +233,16 @@ def test_prediction_type_override(engine_sd1):
     assert np.abs(np.asarray(vpred.images[0].image, dtype=np.float32) - eps).max() > 1
     with pytest.raises(InvalidRequest, match="prediction_type"):
         engine_sd1.generate(dataclasses.replace(base, prediction_type="flow"))
+
+
+def test_fp16_sdxl_vae_is_upcast_for_decoding(sdxl, monkeypatch):
+    """SDXL's VAE config says force_upcast: an fp16 model decodes in fp32 and goes back to fp16."""
+    engine = Engine(sdxl, dtype="float16")
+    model = engine.load()
+    seen = []
+    original = model.pipe.vae.decode
+    monkeypatch.setattr(model.pipe.vae, "decode", lambda *a, **k: (seen.append(model.pipe.vae.dtype), original(*a, **k))[1])
+    image = np.asarray(engine.generate(req(sampler="Euler")).images[0].image)
+    assert model.pipe.vae.config.force_upcast and seen == [torch.float32]
+    assert model.pipe.vae.dtype == torch.float16 and model.pipe.unet.dtype == torch.float16
+    assert image.std() > 0

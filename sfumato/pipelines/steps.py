@@ -115,11 +115,25 @@ def _blend_known_region(scheduler, latents: torch.Tensor, state: InpaintState, t
     return (1 - state.mask) * known + state.mask * latents
 
 
+@contextlib.contextmanager
+def vae_precision(vae) -> Iterator[None]:
+    """Run an fp16 VAE in fp32 inside the block when its config asks (`force_upcast`: SDXL's VAE overflows in fp16)."""
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
 @torch.no_grad()
 def encode_images(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> scaled latents (the mean of the VAE posterior: deterministic)."""
     vae = model.pipe.vae
-    latents = vae.encode(pixels.to(model.device, vae.dtype)).latent_dist.mode()
+    with vae_precision(vae):
+        latents = vae.encode(pixels.to(model.device, vae.dtype)).latent_dist.mode()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return ((latents - shift) * vae.config.scaling_factor).to(model.dtype)
 
@@ -129,7 +143,8 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> pixels in [0, 1], [B, 3, H, W] float32 on the CPU."""
     vae = model.pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
-    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
+    with vae_precision(vae):
+        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
     return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
 
 
