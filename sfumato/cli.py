@@ -299,7 +299,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if method == "vae":
         from sfumato.training.vae import train_vae
 
-        config.validate() if config.model else None
         print(train_vae(dataclasses.replace(config, model=None), args.vae_config, args.kl_weight,
                         say=lambda m: print(m, file=sys.stderr)))
         return 0

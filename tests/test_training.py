@@ -339,3 +339,22 @@ def test_train_lora_from_the_cli_with_a_toml_config(sd1, squares, tmp_path, caps
     assert report["steps"] == 2 and report["images"] == 6
     assert (out / "lora" / "pytorch_lora_weights.safetensors").exists()
     assert (out / "lora" / "lora-kohya.safetensors").exists()
+
+
+def test_train_vae_from_the_cli_and_resume(squares, tmp_path, capsys):
+    from diffusers import AutoencoderKL
+
+    from sfumato.cli import main
+
+    vae_config = tmp_path / "vae.json"
+    vae_config.write_text('{"block_out_channels": [32, 32], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],'
+                          ' "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "mid_block_add_attention": false}')
+    args = ["train", "vae", "--data", str(squares), "--output", str(tmp_path / "run"), "--resolution", "16",
+            "--batch-size", "4", "--learning-rate", "1e-3", "--checkpoint-every", "2", "--vae-config", str(vae_config)]
+    assert main([*args, "--steps", "2"]) == 0
+    assert main([*args, "--steps", "4", "--resume"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    vae = AutoencoderKL.from_pretrained(out)
+    assert vae.config.scaling_factor != 0.18215 and vae.config.sample_size == 16
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 1 + 4
+    assert (tmp_path / "run" / "reconstructions.png").exists() and (tmp_path / "run" / "loss.png").exists()

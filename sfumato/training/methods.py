@@ -188,11 +188,10 @@ def save_model_folder(pipe, folder: Path, settings: dict[str, Any] | None = None
         target = folder / name
         if target.exists():
             shutil.rmtree(target)
-        if library == "transformers" and name.startswith("tokenizer"):
+        if name.startswith(("tokenizer", "scheduler")):
             component.save_pretrained(str(target))
         else:
-            component.save_pretrained(str(target), safe_serialization=True) if name != "scheduler" else \
-                component.save_pretrained(str(target))
+            component.save_pretrained(str(target), safe_serialization=True)
     for key in ("requires_safety_checker", "force_zeros_for_empty_prompt", "requires_aesthetics_score"):
         if key in pipe.config:
             index[key] = pipe.config[key]

@@ -7,7 +7,6 @@ unchanged: every process reads the same deterministic batch order and trains on 
 from __future__ import annotations
 
 import gc
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from sfumato.errors import InvalidRequest
 from sfumato.models import home
 from sfumato.training import checkpoints as ckpt
 from sfumato.training.buckets import BucketPlan, epoch_batches, make_buckets, plan_buckets
@@ -167,7 +165,7 @@ def features_caption(features: Features, index: int, row: int, config: TrainConf
     """The caption text for live encoding: dropout -> "", else the chosen variant (tags shuffled if asked)."""
     if row == 0:
         return ""
-    caption = rng.choice([c for c in features.dataset.examples[index].captions]) or ""
+    caption = rng.choice(features.dataset.examples[index].captions) or ""
     return shuffle_tags(caption, rng, config.keep_tags) if config.shuffle_tags else caption
 
 
@@ -313,10 +311,3 @@ def _progress_bar(total: int, initial: int, main: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-
-def steps_for_epochs(epochs: float, dataset_size: int, batch_size: int) -> int:
-    return max(1, math.ceil(epochs * dataset_size / batch_size))
-
-
-__all__ = ["train", "TrainResult", "InvalidRequest"]
