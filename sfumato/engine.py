@@ -43,6 +43,11 @@ def default_model() -> str | None:
     return str(embedded) if embedded else None
 
 
+def _prompt_encoder(loaded: LoadedModel) -> PromptEncoder:
+    """The prompt encoder of a loaded model (chunk length from its sfumato.json, 75 tokens by default)."""
+    return PromptEncoder(loaded.pipe, loaded.family, int(loaded.info.settings.get("text_chunk_length", 75)))
+
+
 class _Progress:
     def __init__(self, callback: ProgressCallback | None):
         self.callback, self.done, self.total = callback, 0, 0
@@ -71,9 +76,7 @@ class Engine:
     def with_model(cls, loaded: LoadedModel) -> "Engine":
         """An engine around an already loaded (e.g. in-training) model."""
         engine = cls(loaded.info.path, device=str(loaded.device))
-        engine._loaded = loaded
-        chunk_length = int(loaded.info.settings.get("text_chunk_length", 75))
-        engine._encoder = PromptEncoder(loaded.pipe, loaded.family, chunk_length)
+        engine._loaded, engine._encoder = loaded, _prompt_encoder(loaded)
         return engine
 
     # ------------------------------------------------------------------ models
@@ -95,8 +98,7 @@ class Engine:
         if self._loaded is None or self._loaded.info.path != path:
             self._loaded = None  # free the old model before loading the new one
             self._loaded = load_model(path, self.device, self.dtype)
-            chunk_length = int(self._loaded.info.settings.get("text_chunk_length", 75))
-            self._encoder = PromptEncoder(self._loaded.pipe, self._loaded.family, chunk_length)
+            self._encoder = _prompt_encoder(self._loaded)
         return self._loaded
 
     # ---------------------------------------------------------------- requests

@@ -29,18 +29,27 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def random_to_json(rng: random.Random | None = None) -> list[Any]:
+    """A Python `random` state (the module's, or `rng`'s) as JSON."""
+    version, state, gauss = (rng or random).getstate()
+    return [version, list(state), gauss]
+
+
+def random_from_json(data: list[Any], rng: random.Random | None = None) -> None:
+    version, state, gauss = data
+    (rng or random).setstate((version, tuple(state), gauss))
+
+
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """torch, numpy and Python RNG states as tensors + JSON."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, state, gauss = random.getstate()
-    meta = {"python": [version, list(state), gauss], "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    meta = {"python": random_to_json(), "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
     return {"rng.torch": torch.get_rng_state()}, meta
 
 
 def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    version, state, gauss = meta["python"]
-    random.setstate((version, tuple(state), gauss))
+    random_from_json(meta["python"])
     name, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 

@@ -224,7 +224,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, say: Ca
                 shadow.copy_(ema_tensors[name])
             ema.optimization_step = state.get("ema_step", step)
         ckpt.restore_rng(opt_tensors, state["rng"])
-        rng.setstate((state["py_rng"][0], tuple(state["py_rng"][1]), state["py_rng"][2]))
+        ckpt.random_from_json(state["py_rng"], rng)
         step, epoch, position, losses = state["step"], state["epoch"], state["position"], state["losses"]
         quiet(f"resumed from {latest.name} (step {step})")
     log = TrainLog(run_dir, main)
@@ -267,7 +267,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, say: Ca
         last = step == config.steps
         if main and (step % config.checkpoint_every == 0 or last):
             extra = {"epoch": epoch, "position": position, "losses": losses, "ema_step": ema.optimization_step if ema else 0,
-                     "py_rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]]}
+                     "py_rng": ckpt.random_to_json(rng)}
             ema_state = dict(zip(setup.trainable, ema.shadow_params)) if ema else None
             ckpt.save_checkpoint(run_dir, step, setup.trainable, ema_state, optimizer, lr_scheduler, extra,
                                  config.keep_checkpoints)

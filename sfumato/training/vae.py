@@ -63,7 +63,7 @@ def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: flo
         ckpt.load_optimizer(optimizer, opt_tensors, state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         ckpt.restore_rng(opt_tensors, state["rng"])
-        rng.setstate((state["py_rng"][0], tuple(state["py_rng"][1]), state["py_rng"][2]))
+        ckpt.random_from_json(state["py_rng"], rng)
         step, losses = state["step"], state["losses"]
         say(f"resumed from {latest.name} (step {step})")
     log = TrainLog(run_dir)
@@ -91,7 +91,7 @@ def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: flo
         bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.0f}")
         bar.update(1)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            extra = {"losses": losses, "py_rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]]}
+            extra = {"losses": losses, "py_rng": ckpt.random_to_json(rng)}
             ckpt.save_checkpoint(run_dir, step, dict(vae.state_dict()), None, optimizer, lr_scheduler, extra,
                                  config.keep_checkpoints)
     bar.close()
