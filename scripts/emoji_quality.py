@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from sfumato.engine import Engine
-from sfumato.evaluation.features import EXTRACTOR_NAME, frechet_distance, image_features, retrieval_ranks
+from sfumato.evaluation.features import EXTRACTOR_NAME, image_features
+from sfumato.evaluation.metrics import frechet_distance, retrieval_ranks
 from sfumato.pipelines.steps import decode_latents, denoise, initial_noise, set_timesteps, to_pil
 from sfumato.prompts.encode import Conditioning
 from sfumato.sampling.samplers import make_scheduler

@@ -7,9 +7,12 @@ time, reused across requests: switching sampler or LoRA weights never reloads it
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from sfumato.errors import InvalidRequest
 from sfumato.models import home
@@ -20,12 +23,12 @@ from sfumato.models.lora import apply_loras, check_loras, lora_hashes
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
-from sfumato.pipelines.tasks import generate_batch
-from sfumato.prompts.encode import PromptEncoder
+from sfumato.pipelines.tasks import Guidance, generate_batch
+from sfumato.prompts.encode import Conditioning, PromptEncoder
 from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
 from sfumato.prompts.lora_tags import extract_lora_tags
 from sfumato.requests import GeneratedImage, GenerationRequest, GenerationResult
-from sfumato.sampling.samplers import get_sampler
+from sfumato.sampling.samplers import get_sampler, sampler_has_own_noise
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far)
 
@@ -171,3 +174,72 @@ class Engine:
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes)
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
         return GenerationResult(results, resolved, time.perf_counter() - started)
+
+    def generate_many(self, requests: list[GenerationRequest],
+                      progress: ProgressCallback | None = None) -> list[GenerationResult]:
+        """Generate several requests, running compatible ones together as one batch.
+
+        Requests batch together when they share everything but prompt, negative prompt, seed and
+        cfg_scale (see `batch_key`); every image equals the one its request gives alone, up to float
+        rounding. Others run one after another. Results come back in request order.
+        """
+        resolved = [self.resolve(r) for r in requests]
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(resolved):
+            groups.setdefault(batch_key(request, index), []).append(index)
+        results: list[GenerationResult | None] = [None] * len(resolved)
+        for indices in groups.values():
+            if len(indices) == 1:
+                results[indices[0]] = self.generate(resolved[indices[0]], progress)
+                continue
+            for index, result in zip(indices, self._generate_together([resolved[i] for i in indices], progress)):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _generate_together(self, jobs: list[GenerationRequest],
+                           progress: ProgressCallback | None) -> list[GenerationResult]:
+        started = time.perf_counter()
+        model = self.load(jobs[0].model)
+        apply_loras(model, jobs[0].loras)
+        self._encoder.expansions = apply_embeddings(model, [t for j in jobs for t in (j.prompt, j.negative_prompt)])
+        rows = [(job, i) for job in jobs for i in range(job.batch_size)]
+        pairs = {id(job): self._encoder.encode_pair(job.prompt, job.negative_prompt, job.clip_skip, 1) for job in jobs}
+        if len({pairs[id(job)][0].embeds.shape for job in jobs}) > 1:  # prompts of different chunk counts
+            return [self.generate(job, progress) for job in jobs]
+        cond = _stack([pairs[id(job)][0] for job, _ in rows])
+        uncond = _stack([pairs[id(job)][1] for job, _ in rows])
+        cfg = torch.tensor([job.cfg_scale for job, _ in rows], dtype=torch.float32)
+        seeds = [job.seed + i for job, i in rows]
+        subseeds = [job.subseed + i for job, i in rows]
+        template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
+        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress),
+                                  Guidance(cond, uncond, cfg))
+        model_hash, hashes = model.hash, lora_hashes(jobs[0].loras) if jobs[0].loras else None
+        seconds = time.perf_counter() - started
+        out: dict[int, list[GeneratedImage]] = {id(job): [] for job in jobs}
+        for (job, i), picture, seed, subseed in zip(rows, pictures, seeds, subseeds):
+            text = infotext(job, seed, subseed, model.info.name, model_hash, hashes)
+            out[id(job)].append(GeneratedImage(picture, seed, subseed, text, job, i))
+        return [GenerationResult(out[id(job)], job, seconds) for job in jobs]
+
+
+def batch_key(request: GenerationRequest, index: int) -> tuple:
+    """Requests with equal keys can share one batch (`index` keeps unbatchable ones apart).
+
+    Everything that shapes the batch as a whole must match; prompt, negative prompt, seed and
+    cfg_scale stay per request. Edits, multi-batch requests, flow models and samplers with their own
+    noise source (seeded once per batch) run alone.
+    """
+    alone = (request.init_image is not None or request.batch_count > 1 or sampler_has_own_noise(request.sampler)
+             or request.model is None or describe(Path(request.model)).family.prediction_type == "flow")
+    if alone:
+        return ("alone", index)
+    shared = dataclasses.asdict(request)
+    for name in ("prompt", "negative_prompt", "seed", "subseed", "cfg_scale", "batch_size"):
+        shared.pop(name)
+    return (json.dumps(shared, sort_keys=True, default=str), request.cfg_scale > 1.0)
+
+
+def _stack(parts: list[Conditioning]) -> Conditioning:
+    pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
+    return Conditioning(torch.cat([p.embeds for p in parts]), pooled)

@@ -42,7 +42,8 @@ def test_red_apple_pinned_slice(engine):
 
 
 def test_ten_captions_retrieve_their_emoji(engine):
-    from sfumato.evaluation.features import image_features, retrieval_ranks
+    from sfumato.evaluation.features import image_features
+    from sfumato.evaluation.metrics import retrieval_ranks
     from sfumato.requests import GenerationRequest
 
     names = json.loads((DATA / "emoji10.json").read_text())

@@ -246,3 +246,28 @@ def test_fp16_sdxl_vae_is_upcast_for_decoding(sdxl, monkeypatch):
     assert model.pipe.vae.config.force_upcast and seen == [torch.float32]
     assert model.pipe.vae.dtype == torch.float16 and model.pipe.unet.dtype == torch.float16
     assert image.std() > 0
+
+
+def test_generate_many_batches_compatible_requests_like_running_alone(engine_sd1):
+    """Requests that differ only in prompt, negative prompt, seed and cfg_scale share one batch; each image
+    equals its request run alone (≤ 1/255), so the server's dynamic batching changes no pixel."""
+    from unittest import mock
+
+    import numpy as np
+
+    from sfumato.pipelines import tasks
+    from sfumato.requests import GenerationRequest
+
+    requests = [GenerationRequest("red apple", seed=1, steps=3, cfg_scale=5.0),
+                GenerationRequest("blue car", negative_prompt="ugly", seed=7, steps=3, cfg_scale=9.0, batch_size=2),
+                GenerationRequest("red apple", seed=1, steps=3, cfg_scale=1.0),  # unguided: runs on its own
+                GenerationRequest("red apple", seed=2, steps=4, cfg_scale=5.0)]  # other steps: on its own
+    with mock.patch.object(tasks, "denoise", wraps=tasks.denoise) as denoise:
+        together = engine_sd1.generate_many(requests)
+    assert [c.args[2].shape[0] for c in denoise.call_args_list] == [3, 1, 1]  # rows per denoise call
+    for request, result in zip(requests, together):
+        alone = engine_sd1.generate(request)
+        assert [i.seed for i in result.images] == [i.seed for i in alone.images]
+        for a, b in zip(result.images, alone.images):
+            assert np.abs(np.asarray(a.image, dtype=int) - np.asarray(b.image, dtype=int)).max() <= 1
+            assert a.infotext == b.infotext

@@ -190,3 +190,18 @@ def build_tiny(family: str, out: Path, inpainting: bool = False, seed: int = 0) 
     if family == "ldm":
         (Path(out) / "sfumato.json").write_text('{"family": "ldm", "text_chunk_length": 14}')
     return out
+
+
+def build_tiny_clip(out: Path, seed: int = 0) -> Path:
+    """A tiny random transformers `CLIPModel` folder (with the real CLIP tokenizer), for CLIP-score tests."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=16)
+    config = CLIPConfig(text_config=_text_config("quick_gelu", 16).to_dict(), vision_config=vision.to_dict(),
+                        projection_dim=16)
+    CLIPModel(config).eval().save_pretrained(str(out), safe_serialization=True)
+    clip_tokenizer("<|endoftext|>").save_pretrained(str(out))
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(out))
+    return Path(out)

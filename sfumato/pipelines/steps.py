@@ -73,11 +73,16 @@ def added_conditioning(model: LoadedModel, cond: Conditioning, uncond: Condition
 
 @torch.no_grad()
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-            uncond: Conditioning, cfg_scale: float, generators: list[torch.Generator], width: int, height: int,
-            inpaint: InpaintState | None = None, on_step: StepCallback | None = None) -> torch.Tensor:
-    """Run the sampler over `timesteps` with classifier-free guidance (skipped when cfg_scale <= 1)."""
+            uncond: Conditioning, cfg_scale: float | torch.Tensor, generators: list[torch.Generator], width: int,
+            height: int, inpaint: InpaintState | None = None, on_step: StepCallback | None = None) -> torch.Tensor:
+    """Run the sampler over `timesteps` with classifier-free guidance (skipped when cfg_scale <= 1).
+
+    `cfg_scale` is one number, or one per batch row (requests batched together keep their own guidance).
+    """
     unet = model.pipe.unet
-    guided = cfg_scale > 1.0
+    guided = bool((torch.as_tensor(cfg_scale) > 1.0).any())
+    if isinstance(cfg_scale, torch.Tensor):
+        cfg_scale = cfg_scale.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
     context = torch.cat([uncond.embeds, cond.embeds]) if guided else cond.embeds
     added = added_conditioning(model, cond, uncond, width, height, guided)
     class_labels = None  # the pooled text vector, for UNets with a projection class embedding (ldm family)

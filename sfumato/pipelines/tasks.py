@@ -60,16 +60,27 @@ def prepare_source(request: GenerationRequest) -> Source | None:
     return Source(imgs.fit(image, request.width, request.height), mask)
 
 
+@dataclass
+class Guidance:
+    """Conditioning of every batch row and its guidance scale (one number, or one per row)."""
+
+    cond: Conditioning
+    uncond: Conditioning
+    cfg_scale: float | torch.Tensor
+
+
 def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
-                   subseeds: list[int], progress: Progress) -> list[Image.Image]:
-    """One batch of images for a resolved request."""
-    cond, uncond = encoder.encode_pair(request.prompt, request.negative_prompt, request.clip_skip, len(seeds))
+                   subseeds: list[int], progress: Progress, guidance: Guidance | None = None) -> list[Image.Image]:
+    """One batch of images for a resolved request (`guidance` given: rows of several requests together)."""
+    if guidance is None:
+        cond, uncond = encoder.encode_pair(request.prompt, request.negative_prompt, request.clip_skip, len(seeds))
+        guidance = Guidance(cond, uncond, request.cfg_scale)
     source = prepare_source(request)
     with seamless_tiling(model, request.tile):
-        latents = first_pass(model, request, cond, uncond, seeds, subseeds, source, progress)
+        latents = first_pass(model, request, guidance, seeds, subseeds, source, progress)
         width, height = request.width, request.height
         if request.hires_scale > 1.0:
-            latents, width, height = hires_pass(model, request, cond, uncond, latents, seeds, subseeds, progress)
+            latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress)
         pixels = decode_latents(model, latents)
     images = to_pil(pixels)
     if source is not None and source.mask is not None and request.inpaint_full_image_overlay:
@@ -86,8 +97,7 @@ def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
     return make_scheduler(request.sampler, config, seed)
 
 
-def first_pass(model: LoadedModel, request: GenerationRequest, cond: Conditioning, uncond: Conditioning,
-               seeds: list[int], subseeds: list[int], source: Source | None, progress: Progress) -> torch.Tensor:
+def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, seeds: list[int], subseeds: list[int], source: Source | None, progress: Progress) -> torch.Tensor:
     scheduler = _scheduler(model, request, seeds[0])
     noise, generators = initial_noise(model, request.width, request.height, seeds, subseeds, request.subseed_strength)
     strength = 1.0 if source is None else request.strength
@@ -105,7 +115,7 @@ def first_pass(model: LoadedModel, request: GenerationRequest, cond: Conditionin
         else:
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
-    return denoise(model, scheduler, latents, timesteps, cond, uncond, request.cfg_scale, generators,
+    return denoise(model, scheduler, latents, timesteps, guidance.cond, guidance.uncond, guidance.cfg_scale, generators,
                    request.width, request.height, inpaint, progress.step)
 
 
@@ -130,8 +140,7 @@ def hires_size(request: GenerationRequest) -> tuple[int, int]:
             int(round(request.height * request.hires_scale / 8)) * 8)
 
 
-def hires_pass(model: LoadedModel, request: GenerationRequest, cond: Conditioning, uncond: Conditioning,
-               latents: torch.Tensor, seeds: list[int], subseeds: list[int],
+def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, latents: torch.Tensor, seeds: list[int], subseeds: list[int],
                progress: Progress) -> tuple[torch.Tensor, int, int]:
     """Upscale the first pass (in latent or pixel space) and refine it with img2img."""
     width, height = hires_size(request)
@@ -150,6 +159,6 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, cond: Conditionin
         return upscaled, width, height
     noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
-    refined = denoise(model, scheduler, noisy, timesteps, cond, uncond, request.cfg_scale, generators, width, height,
-                      None, progress.step)
+    refined = denoise(model, scheduler, noisy, timesteps, guidance.cond, guidance.uncond, guidance.cfg_scale,
+                      generators, width, height, None, progress.step)
     return refined, width, height

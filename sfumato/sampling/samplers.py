@@ -72,6 +72,16 @@ def get_sampler(name: str, flow: bool = False) -> Sampler:
     raise UnknownSampler(f"unknown sampler {name!r}; choose one of: {', '.join(registry)}")
 
 
+def sampler_has_own_noise(name: str | None, flow: bool = False) -> bool:
+    """Whether the sampler draws noise from its own seeded source (one per batch, not per image)."""
+    import diffusers
+
+    if not name:
+        return False
+    cls = getattr(diffusers, get_sampler(name, flow).scheduler)
+    return "noise_sampler_seed" in inspect.signature(cls.__init__).parameters
+
+
 def make_scheduler(name: str, base_config: dict[str, Any], seed: int = 0, flow: bool = False):
     """A fresh scheduler for sampler `name`, built on the model's own scheduler config.
 
