@@ -18,15 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from sfumato.engine import Engine
 from sfumato.evaluation.features import EXTRACTOR_NAME, image_features
 from sfumato.evaluation.metrics import frechet_distance, retrieval_ranks
-from sfumato.pipelines.steps import decode_latents, denoise, initial_noise, set_timesteps, to_pil
-from sfumato.prompts.encode import Conditioning
-from sfumato.sampling.samplers import make_scheduler
+from sfumato.requests import GenerationRequest
 from sfumato.training.report import image_grid
 
 PARAPHRASES = [
@@ -59,25 +56,14 @@ def load_reference(data: Path, size: int) -> tuple[list[str], list[Image.Image]]
     return [r["name"] for r in rows], images
 
 
-@torch.no_grad()
 def generate_many(engine: Engine, prompts: list[str], seeds: list[int], sampler: str, steps: int, cfg: float,
                   batch: int = 128) -> list[Image.Image]:
-    """One image per (prompt, seed), many prompts per batch, with the engine's own steps."""
-    model = engine.load()
-    encoder = engine._encoder
-    size = model.info.native_size
+    """One image per (prompt, seed); the engine batches up to `batch` prompts together."""
     out: list[Image.Image] = []
     for start in range(0, len(prompts), batch):
-        chunk, chunk_seeds = prompts[start:start + batch], seeds[start:start + batch]
-        pairs = [encoder.encode_pair(p, "", 1, 1) for p in chunk]
-        cond = Conditioning(torch.cat([c.embeds for c, _ in pairs]), torch.cat([c.pooled for c, _ in pairs]))
-        uncond = Conditioning(torch.cat([u.embeds for _, u in pairs]), torch.cat([u.pooled for _, u in pairs]))
-        latents, generators = initial_noise(model, size, size, chunk_seeds, chunk_seeds, 0.0)
-        scheduler = make_scheduler(sampler, model.scheduler_config, chunk_seeds[0])
-        timesteps = set_timesteps(scheduler, steps, 1.0, model.device)
-        latents = latents * scheduler.init_noise_sigma
-        latents = denoise(model, scheduler, latents, timesteps, cond, uncond, cfg, generators, size, size)
-        out.extend(to_pil(decode_latents(model, latents)))
+        requests = [GenerationRequest(prompt=p, seed=s, sampler=sampler, steps=steps, cfg_scale=cfg)
+                    for p, s in zip(prompts[start:start + batch], seeds[start:start + batch])]
+        out.extend(r.images[0].image for r in engine.generate_many(requests))
         print(f"  generated {len(out)}/{len(prompts)}", file=sys.stderr)
     return out
 

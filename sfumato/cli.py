@@ -41,6 +41,22 @@ def _outpaint_arg(text: str) -> dict[str, int]:
     return pads
 
 
+def _add_safety_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--safety", choices=["off", "blur", "block"], default=os.environ.get("SFUMATO_SAFETY", "blur"),
+                        help="image check: blur (default) or block images the NSFW classifier flags, or off")
+    parser.add_argument("--safety-threshold", type=float, default=0.8, help="NSFW score that triggers the check")
+    parser.add_argument("--safety-policy", default=os.environ.get("SFUMATO_SAFETY_POLICY"),
+                        help="prompt policy TOML (default: the packaged one; 'off' disables it)")
+
+
+def _engine(args: argparse.Namespace, model: str | None = None):
+    from sfumato.engine import Engine
+    from sfumato.safety.classifier import SafetySettings
+
+    safety = SafetySettings(args.safety, args.safety_threshold, args.safety_policy)
+    return Engine(model, device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), safety=safety)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sfumato", description="Generate, edit, train, evaluate and serve latent-diffusion models.")
     parser.add_argument("--version", action="version", version=f"sfumato {__version__}")
@@ -79,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dry-run", action="store_true", help="print the fully resolved request and exit")
     gen.add_argument("--device")
     gen.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    _add_safety_args(gen)
 
     info = commands.add_parser("info", help="print the generation parameters stored in a PNG")
     info.add_argument("image", type=Path)
@@ -89,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--output", "-o", type=Path, required=True)
     replay.add_argument("--model", help="use this model instead of the recorded path")
     replay.add_argument("--device")
+    _add_safety_args(replay)
 
     convert = commands.add_parser("convert", help="pickle -> safetensors, single file <-> diffusers folder")
     convert.add_argument("source", type=Path)
@@ -205,6 +223,7 @@ def _add_eval_parsers(commands) -> None:
     grid.add_argument("--seed", type=int, default=-1)
     grid.add_argument("--min-cell", type=int, default=128, help="enlarge smaller cells to this many pixels")
     grid.add_argument("--output", "-o", type=Path, required=True)
+    _add_safety_args(grid)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
@@ -246,16 +265,20 @@ def _save_images(result, paths: list[Path]) -> list[dict[str, Any]]:
     for item, path in zip(result.images, paths):
         record = {"request": item.request.to_dict(), "batch_index": item.batch_index, "model_sha256": model_sha,
                   "version": __version__}
+        if item.nsfw:
+            record["nsfw"] = True
         save_png(item.image, path, item.infotext, record)
-        saved.append({"path": str(path), "seed": item.seed, "subseed": item.subseed, "infotext": item.infotext})
+        saved.append({"path": str(path), "seed": item.seed, "subseed": item.subseed, "infotext": item.infotext,
+                      "nsfw": item.nsfw})
+    for reason in result.blocked:
+        print(f"sfumato: {reason}", file=sys.stderr)
     return saved
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from sfumato.engine import Engine
     from sfumato.output import dated_output_paths, explicit_output_paths
 
-    engine = Engine(device=args.device, dtype=args.dtype)
+    engine = _engine(args)
     request = request_from_args(args)
     if args.dry_run:
         print(json.dumps(engine.resolve(request).to_dict(), indent=2, sort_keys=True))
@@ -297,7 +320,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sfumato.engine import Engine
     from sfumato.models.home import sha256
     from sfumato.output import read_png
 
@@ -305,7 +327,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     request = record.request
     if args.model:
         request = dataclasses.replace(request, model=args.model)
-    engine = Engine(device=args.device)
+    engine = _engine(args)
     if record.model_sha256 and sha256(engine.model_path(request.model)) != record.model_sha256:
         print("sfumato: warning: the model's hash differs from the recorded one; the image will differ",
               file=sys.stderr)
@@ -514,7 +536,6 @@ def _eval_steps(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from sfumato.engine import Engine
     from sfumato.evaluation.grid import parse_axis, xyz_grid
 
     axes = [parse_axis(args.x), parse_axis(args.y) if args.y else None, parse_axis(args.z) if args.z else None]
@@ -525,7 +546,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
                              width=args.width, height=args.height)
     bar = _Bar()
     try:
-        image, results = xyz_grid(Engine(), base, axes, args.min_cell, bar)
+        image, results = xyz_grid(_engine(args), base, axes, args.min_cell, bar)
     finally:
         bar.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from sfumato.errors import InvalidRequest
+from sfumato.errors import ImageBlocked, InvalidRequest
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
@@ -28,6 +28,9 @@ from sfumato.prompts.encode import Conditioning, PromptEncoder
 from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
 from sfumato.prompts.lora_tags import extract_lora_tags
 from sfumato.requests import GeneratedImage, GenerationRequest, GenerationResult
+from sfumato.safety.classifier import SafetySettings, nsfw_scores
+from sfumato.safety.classifier import blur as blur_image
+from sfumato.safety.policy import PromptPolicy
 from sfumato.sampling.samplers import get_sampler, sampler_has_own_noise
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far)
@@ -69,9 +72,12 @@ class _Progress:
 class Engine:
     """Turns generation requests into images. `model` is the default for requests that name none."""
 
-    def __init__(self, model: str | Path | None = None, device: str | None = None, dtype: str | None = None):
+    def __init__(self, model: str | Path | None = None, device: str | None = None, dtype: str | None = None,
+                 safety: SafetySettings | None = None):
         self.default_model = str(model) if model is not None else None
         self.device, self.dtype = device, dtype
+        self.safety = safety or SafetySettings(mode="off")  # the library default: prompt policy on, image check off
+        self._policy = None if self.safety.policy == "off" else PromptPolicy.load(self.safety.policy)
         self._loaded: LoadedModel | None = None
         self._encoder: PromptEncoder | None = None
 
@@ -109,6 +115,8 @@ class Engine:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Apply prompt tags and flags, model defaults and random seeds; validate. Loads no weights."""
         request = dataclasses.replace(request).validate()
+        if self._policy is not None:
+            self._policy.check(request.prompt)
         info = self.describe(request.model)
         family = info.family
         flow = family.prediction_type == "flow"
@@ -151,7 +159,17 @@ class Engine:
         return request.width or info.native_size, request.height or info.native_size
 
     def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
-        """Generate `batch_count` batches of `batch_size` images; image k uses seed + k (A1111)."""
+        """Generate `batch_count` batches of `batch_size` images; image k uses seed + k (A1111).
+
+        Raises `PromptBlocked` for a denied prompt and `ImageBlocked` when the safety check (mode
+        `block`) withholds every image; withheld images are listed in `result.blocked`.
+        """
+        result = self._generate(request, progress)
+        if not result.images and result.blocked:
+            raise ImageBlocked("every image was withheld: " + "; ".join(result.blocked))
+        return result
+
+    def _generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
         started = time.perf_counter()
         resolved = self.resolve(request)
         model = self.load(resolved.model)
@@ -173,7 +191,26 @@ class Engine:
             for i, picture in enumerate(pictures):
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes)
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
-        return GenerationResult(results, resolved, time.perf_counter() - started)
+        return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
+
+    def _screen(self, result: GenerationResult) -> GenerationResult:
+        """Apply the image safety check: blur and flag, or withhold, images scoring at or above the threshold."""
+        if self.safety.mode == "off" or not result.images:
+            return result
+        scores = nsfw_scores([item.image for item in result.images])
+        kept = []
+        for item, score in zip(result.images, scores):
+            item.nsfw_score = score
+            if score < self.safety.threshold:
+                kept.append(item)
+            elif self.safety.mode == "blur":
+                item.image, item.nsfw = blur_image(item.image), True
+                kept.append(item)
+            else:
+                result.blocked.append(f"image with seed {item.seed} withheld by the safety check "
+                                      f"(NSFW score {score:.2f} >= {self.safety.threshold:g})")
+        result.images = kept
+        return result
 
     def generate_many(self, requests: list[GenerationRequest],
                       progress: ProgressCallback | None = None) -> list[GenerationResult]:
@@ -181,7 +218,8 @@ class Engine:
 
         Requests batch together when they share everything but prompt, negative prompt, seed and
         cfg_scale (see `batch_key`); every image equals the one its request gives alone, up to float
-        rounding. Others run one after another. Results come back in request order.
+        rounding. Others run one after another. Results come back in request order; a request whose images
+        the safety check withheld has none, and says why in `blocked`. A denied prompt raises `PromptBlocked`.
         """
         resolved = [self.resolve(r) for r in requests]
         groups: dict[tuple, list[int]] = {}
@@ -190,7 +228,7 @@ class Engine:
         results: list[GenerationResult | None] = [None] * len(resolved)
         for indices in groups.values():
             if len(indices) == 1:
-                results[indices[0]] = self.generate(resolved[indices[0]], progress)
+                results[indices[0]] = self._generate(resolved[indices[0]], progress)
                 continue
             for index, result in zip(indices, self._generate_together([resolved[i] for i in indices], progress)):
                 results[index] = result
@@ -205,7 +243,7 @@ class Engine:
         rows = [(job, i) for job in jobs for i in range(job.batch_size)]
         pairs = {id(job): self._encoder.encode_pair(job.prompt, job.negative_prompt, job.clip_skip, 1) for job in jobs}
         if len({pairs[id(job)][0].embeds.shape for job in jobs}) > 1:  # prompts of different chunk counts
-            return [self.generate(job, progress) for job in jobs]
+            return [self._generate(job, progress) for job in jobs]
         cond = _stack([pairs[id(job)][0] for job, _ in rows])
         uncond = _stack([pairs[id(job)][1] for job, _ in rows])
         cfg = torch.tensor([job.cfg_scale for job, _ in rows], dtype=torch.float32)
@@ -220,7 +258,7 @@ class Engine:
         for (job, i), picture, seed, subseed in zip(rows, pictures, seeds, subseeds):
             text = infotext(job, seed, subseed, model.info.name, model_hash, hashes)
             out[id(job)].append(GeneratedImage(picture, seed, subseed, text, job, i))
-        return [GenerationResult(out[id(job)], job, seconds) for job in jobs]
+        return [self._screen(GenerationResult(out[id(job)], job, seconds)) for job in jobs]
 
 
 def batch_key(request: GenerationRequest, index: int) -> tuple:

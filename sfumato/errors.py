@@ -42,3 +42,11 @@ class PickleRefused(UnsupportedModel):
             f"{path} is a pickle checkpoint, which can run arbitrary code and is never loaded for generation; "
             f"convert it once with: sfumato convert {path} OUT.safetensors --allow-pickle"
         )
+
+
+class PromptBlocked(SfumatoError):
+    """The prompt policy denies the prompt (the message names the category, never the rule)."""
+
+
+class ImageBlocked(SfumatoError):
+    """Every generated image was withheld by the image safety check in `block` mode."""

@@ -142,6 +142,8 @@ class GeneratedImage:
     infotext: str
     request: GenerationRequest  # resolved request of the batch that produced this image
     batch_index: int  # position inside that batch (replay regenerates the batch and takes this one)
+    nsfw: bool = False  # flagged by the image safety check (and blurred)
+    nsfw_score: float | None = None  # the classifier's P(NSFW), when the check ran
 
 
 @dataclass
@@ -149,6 +151,7 @@ class GenerationResult:
     images: list[GeneratedImage]
     request: GenerationRequest  # fully resolved request (seeds, sizes, sampler, steps)
     seconds: float = 0.0
+    blocked: list[str] = field(default_factory=list)  # why images were withheld (safety mode `block`)
 
 
 def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:

@@ -147,6 +147,7 @@ def xyz_grid(engine, base: GenerationRequest, axes: list[Axis | None], min_cell:
     if len(flat) > 1000:
         raise InvalidRequest(f"the grid has {len(flat)} cells; at most 1000")
     results = engine.generate_many(flat, progress)
-    images = iter(r.images[0].image for r in results)
+    images = iter(r.images[0].image if r.images else Image.new("RGB", (r.request.width, r.request.height), "gray")
+                  for r in results)  # a cell withheld by the safety check stays grey
     cells = [[[next(images) for _ in row] for row in plane] for plane in requests]
     return draw_grid(cells, axes, min_cell), results

@@ -1,0 +1,1 @@
+"""Safety: a prompt policy checked before generation and an image classifier applied after it, by the engine."""
