@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--inpainting", action="store_true")
     _add_train_parser(commands)
     _add_eval_parsers(commands)
+    _add_serve_parser(commands)
 
     data = commands.add_parser("data", help="build training datasets")
     data.add_argument("dataset", choices=["emoji"], help="emoji: Noto Color Emoji renders with CLDR captions")
@@ -226,6 +227,28 @@ def _add_eval_parsers(commands) -> None:
     _add_safety_args(grid)
 
 
+def _add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="HTTP server: OpenAI Images, A1111 /sdapi/v1 and native jobs APIs")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs --api-key)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--model", "-m", help="default model (else $SFUMATO_MODEL or the embedded one)")
+    serve.add_argument("--api-key", default=os.environ.get("SFUMATO_API_KEY"), help="require Authorization: Bearer KEY")
+    serve.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind without a key")
+    serve.add_argument("--max-batch-size", type=int, default=8, help="images per batch across jobs (1 = no batching)")
+    serve.add_argument("--queue-size", type=int, default=256, help="unfinished jobs before answering 429")
+    serve.add_argument("--data-dir", type=Path, default=Path("sfumato-server"), help="job database and images")
+    serve.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
+    serve.add_argument("--max-side", type=int, default=2048)
+    serve.add_argument("--max-steps", type=int, default=150)
+    serve.add_argument("--max-images", type=int, default=16, help="images per request")
+    serve.add_argument("--max-prompt-chars", type=int, default=4000)
+    serve.add_argument("--max-upload-mb", type=int, default=20)
+    serve.add_argument("--device")
+    serve.add_argument("--safety", choices=["off", "blur", "block"], default="blur")
+    serve.add_argument("--safety-threshold", type=float, default=0.8)
+    serve.add_argument("--safety-policy", default=os.environ.get("SFUMATO_SAFETY_POLICY"))
+
+
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, sampler=args.sampler,
@@ -258,16 +281,12 @@ class _Bar:
 
 def _save_images(result, paths: list[Path]) -> list[dict[str, Any]]:
     from sfumato.models.home import sha256
-    from sfumato.output import save_png
+    from sfumato.output import save_generated
 
     model_sha = sha256(Path(result.request.model))
     saved = []
     for item, path in zip(result.images, paths):
-        record = {"request": item.request.to_dict(), "batch_index": item.batch_index, "model_sha256": model_sha,
-                  "version": __version__}
-        if item.nsfw:
-            record["nsfw"] = True
-        save_png(item.image, path, item.infotext, record)
+        save_generated(item, path, model_sha)
         saved.append({"path": str(path), "seed": item.seed, "subseed": item.subseed, "infotext": item.infotext,
                       "nsfw": item.nsfw})
     for reason in result.blocked:
@@ -555,7 +574,29 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sfumato.server.app import create_app
+    from sfumato.server.settings import Limits, ServerSettings
+
+    limits = Limits(max_side=args.max_side, max_pixels=args.max_side ** 2, max_steps=args.max_steps,
+                    max_images=args.max_images, max_prompt_chars=args.max_prompt_chars,
+                    max_upload_bytes=args.max_upload_mb * 2**20)
+    settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=args.api_key,
+                              insecure_no_auth=args.insecure_no_auth, max_batch_size=args.max_batch_size,
+                              queue_size=args.queue_size, data_dir=args.data_dir,
+                              cors_origins=tuple(args.cors_origin), safety=args.safety,
+                              safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
+                              limits=limits, device=args.device)
+    app = create_app(settings.check())
+    print(f"sfumato serving {app.state.service.current_model or 'no model'} on http://{args.host}:{args.port} "
+          f"(docs at /docs{', API key required' if args.api_key else ''})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
             "models": cmd_models, "make-tiny": cmd_make_tiny}
 
 

@@ -34,6 +34,11 @@ from sfumato.safety.policy import PromptPolicy
 from sfumato.sampling.samplers import get_sampler, sampler_has_own_noise
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far)
+PreviewCallback = Callable[[torch.Tensor], None]  # the batch's latents after a step
+
+
+class Interrupted(Exception):
+    """Raised by a progress or preview callback to stop a generation between two steps."""
 
 
 def default_model() -> str | None:
@@ -55,18 +60,20 @@ def _prompt_encoder(loaded: LoadedModel) -> PromptEncoder:
 
 
 class _Progress:
-    def __init__(self, callback: ProgressCallback | None):
-        self.callback, self.done, self.total = callback, 0, 0
+    def __init__(self, callback: ProgressCallback | None, preview: PreviewCallback | None = None):
+        self.callback, self.preview, self.done, self.total = callback, preview, 0, 0
 
     def add_total(self, steps: int) -> None:
         self.total += steps
         if self.callback:
             self.callback(self.done, self.total)
 
-    def step(self) -> None:
+    def step(self, latents: torch.Tensor | None = None) -> None:
         self.done += 1
         if self.callback:
             self.callback(self.done, self.total)
+        if self.preview is not None and latents is not None:
+            self.preview(latents)
 
 
 class Engine:
@@ -158,18 +165,20 @@ class Engine:
             return max(8, width // 8 * 8), max(8, height // 8 * 8)
         return request.width or info.native_size, request.height or info.native_size
 
-    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
+                 preview: PreviewCallback | None = None) -> GenerationResult:
         """Generate `batch_count` batches of `batch_size` images; image k uses seed + k (A1111).
 
         Raises `PromptBlocked` for a denied prompt and `ImageBlocked` when the safety check (mode
         `block`) withholds every image; withheld images are listed in `result.blocked`.
         """
-        result = self._generate(request, progress)
+        result = self._generate(request, progress, preview)
         if not result.images and result.blocked:
             raise ImageBlocked("every image was withheld: " + "; ".join(result.blocked))
         return result
 
-    def _generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+    def _generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
+                  preview: PreviewCallback | None = None) -> GenerationResult:
         started = time.perf_counter()
         resolved = self.resolve(request)
         model = self.load(resolved.model)
@@ -177,7 +186,7 @@ class Engine:
         self._encoder.expansions = apply_embeddings(model, [resolved.prompt, resolved.negative_prompt])
         hashes = lora_hashes(resolved.loras) if resolved.loras else None
         model_hash = model.hash  # hashing reads the cache file: once per request, not once per image
-        tracker = _Progress(progress)
+        tracker = _Progress(progress, preview)
         results: list[GeneratedImage] = []
         for batch in range(resolved.batch_count):
             first = batch * resolved.batch_size
@@ -192,6 +201,13 @@ class Engine:
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes)
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
         return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
+
+    def preview_image(self, latents: torch.Tensor):
+        """A quick look at the first image of a batch in progress (decoded by the loaded model's VAE)."""
+        from sfumato.pipelines.steps import decode_latents, to_pil
+
+        with torch.no_grad():
+            return to_pil(decode_latents(self._loaded, latents[:1]))[0]
 
     def _screen(self, result: GenerationResult) -> GenerationResult:
         """Apply the image safety check: blur and flag, or withhold, images scoring at or above the threshold."""
@@ -212,8 +228,8 @@ class Engine:
         result.images = kept
         return result
 
-    def generate_many(self, requests: list[GenerationRequest],
-                      progress: ProgressCallback | None = None) -> list[GenerationResult]:
+    def generate_many(self, requests: list[GenerationRequest], progress: ProgressCallback | None = None,
+                      preview: PreviewCallback | None = None) -> list[GenerationResult]:
         """Generate several requests, running compatible ones together as one batch.
 
         Requests batch together when they share everything but prompt, negative prompt, seed and
@@ -228,14 +244,15 @@ class Engine:
         results: list[GenerationResult | None] = [None] * len(resolved)
         for indices in groups.values():
             if len(indices) == 1:
-                results[indices[0]] = self._generate(resolved[indices[0]], progress)
+                results[indices[0]] = self._generate(resolved[indices[0]], progress, preview)
                 continue
-            for index, result in zip(indices, self._generate_together([resolved[i] for i in indices], progress)):
+            for index, result in zip(indices, self._generate_together([resolved[i] for i in indices], progress,
+                                                                      preview)):
                 results[index] = result
         return results  # type: ignore[return-value]
 
-    def _generate_together(self, jobs: list[GenerationRequest],
-                           progress: ProgressCallback | None) -> list[GenerationResult]:
+    def _generate_together(self, jobs: list[GenerationRequest], progress: ProgressCallback | None,
+                           preview: PreviewCallback | None) -> list[GenerationResult]:
         started = time.perf_counter()
         model = self.load(jobs[0].model)
         apply_loras(model, jobs[0].loras)
@@ -243,14 +260,14 @@ class Engine:
         rows = [(job, i) for job in jobs for i in range(job.batch_size)]
         pairs = {id(job): self._encoder.encode_pair(job.prompt, job.negative_prompt, job.clip_skip, 1) for job in jobs}
         if len({pairs[id(job)][0].embeds.shape for job in jobs}) > 1:  # prompts of different chunk counts
-            return [self._generate(job, progress) for job in jobs]
+            return [self._generate(job, progress, preview) for job in jobs]
         cond = _stack([pairs[id(job)][0] for job, _ in rows])
         uncond = _stack([pairs[id(job)][1] for job, _ in rows])
         cfg = torch.tensor([job.cfg_scale for job, _ in rows], dtype=torch.float32)
         seeds = [job.seed + i for job, i in rows]
         subseeds = [job.subseed + i for job, i in rows]
         template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
-        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress),
+        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview),
                                   Guidance(cond, uncond, cfg))
         model_hash, hashes = model.hash, lora_hashes(jobs[0].loras) if jobs[0].loras else None
         seconds = time.perf_counter() - started

@@ -78,6 +78,15 @@ class StoredRecord:
     parameters: str | None
 
 
+def save_generated(item, path: Path, model_sha256: str | None) -> Path:
+    """Save a `GeneratedImage` as PNG with its infotext and the sfumato record that replays it."""
+    record = {"request": item.request.to_dict(), "batch_index": item.batch_index, "model_sha256": model_sha256,
+              "version": __version__}
+    if item.nsfw:
+        record["nsfw"] = True
+    return save_png(item.image, path, item.infotext, record)
+
+
 def save_png(image: Image.Image, path: Path, parameters: str, record: dict[str, Any]) -> Path:
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)

@@ -45,7 +45,7 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
     progress.add_total(request.steps)
 
     def on_step(_pipe, _index, _timestep, _tensors):
-        progress.step()
+        progress.step()  # packed/sequence latents: no preview
         return {}
 
     count = len(seeds)

@@ -15,7 +15,7 @@ from sfumato.models.loader import LoadedModel
 from sfumato.prompts.encode import Conditioning
 from sfumato.sampling.noise import batch_noise, generators_for
 
-StepCallback = Callable[[], None]
+StepCallback = Callable[[torch.Tensor], None]  # called after each step with the latents
 
 
 @dataclass
@@ -108,7 +108,7 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
         if inpaint is not None and inpaint.masked_image_latents is None:
             latents = _blend_known_region(scheduler, latents, inpaint, timesteps, i)
         if on_step:
-            on_step()
+            on_step(latents)
     return latents
 
 

@@ -1,0 +1,215 @@
+"""AUTOMATIC1111's `/sdapi/v1` API with its field names and response shapes, so A1111 clients work unmodified."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict
+
+from sfumato.errors import InvalidRequest
+from sfumato.models.home import sha256
+from sfumato.output import parse_infotext
+from sfumato.requests import GenerationRequest
+from sfumato.sampling.samplers import get_sampler, sampler_names
+from sfumato.server.uploads import decode_base64, open_image, png_base64, store_image
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # styles, restore_faces, alwayson_scripts, save_images, ...
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # older clients
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int | None = None
+    cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    tiling: bool = False
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    denoising_strength: float | None = None
+    override_settings: dict[str, Any] = {}
+    send_images: bool = True
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = []
+    mask: str | None = None
+    mask_blur: int = 4
+    inpainting_mask_invert: int = 0
+    inpaint_full_res: bool = False
+    inpainting_fill: int = 1
+
+
+class PngInfoRequest(BaseModel):
+    image: str
+
+
+HR_UPSCALERS = {"latent": "latent", "latent (nearest)": "latent-nearest", "lanczos": "lanczos", "bicubic": "bicubic"}
+
+
+def _sampler(body: Txt2ImgRequest) -> str | None:
+    name = body.sampler_name or body.sampler_index
+    if not name:
+        return None
+    if body.scheduler and body.scheduler.lower() not in ("automatic", "") and \
+            not name.lower().endswith(body.scheduler.lower()):
+        name = f"{name} {body.scheduler}"
+    return get_sampler(name).name
+
+
+def _request(body: Txt2ImgRequest, model: str | None) -> GenerationRequest:
+    upscaler = HR_UPSCALERS.get((body.hr_upscaler or "latent").lower())
+    if body.enable_hr and upscaler is None:
+        raise InvalidRequest(f"hr_upscaler {body.hr_upscaler!r} is not available; use one of {list(HR_UPSCALERS)}")
+    return GenerationRequest(
+        prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=_sampler(body),
+        steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, subseed=body.subseed,
+        subseed_strength=body.subseed_strength, width=body.width, height=body.height, batch_size=body.batch_size,
+        batch_count=body.n_iter, tile=body.tiling,
+        hires_scale=body.hr_scale if body.enable_hr else 1.0,
+        hires_strength=body.denoising_strength if body.enable_hr and body.denoising_strength is not None else 0.55,
+        hires_steps=body.hr_second_pass_steps or None, hires_upscaler=upscaler or "latent",
+        clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", 1)),
+    )
+
+
+def add_routes(app: FastAPI, service, guarded: list) -> None:
+    def model_for(body: Txt2ImgRequest) -> str | None:
+        return body.override_settings.get("sd_model_checkpoint") or service.current_model
+
+    async def run(body: Txt2ImgRequest, request: GenerationRequest) -> dict:
+        job = await run_in_threadpool(service.submit, request)
+        done = await service.wait(job)
+        result, resolved = done.result, done.result["request"]
+        model_name = next((n for n, p in service.models.items() if p == resolved["model"]), resolved["model"])
+        info = {
+            "prompt": resolved["prompt"], "all_prompts": [resolved["prompt"]] * len(result["seeds"]),
+            "negative_prompt": resolved["negative_prompt"],
+            "all_negative_prompts": [resolved["negative_prompt"]] * len(result["seeds"]),
+            "seed": result["seeds"][0], "all_seeds": result["seeds"], "subseed": result["subseeds"][0],
+            "all_subseeds": result["subseeds"], "subseed_strength": resolved["subseed_strength"],
+            "width": resolved["width"], "height": resolved["height"], "sampler_name": resolved["sampler"],
+            "cfg_scale": resolved["cfg_scale"], "steps": resolved["steps"], "batch_size": resolved["batch_size"],
+            "restore_faces": False, "sd_model_name": model_name, "seed_resize_from_w": -1,
+            "seed_resize_from_h": -1, "denoising_strength": resolved["strength"] if resolved["init_image"] else None,
+            "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result["infotexts"],
+            "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created)),
+            "clip_skip": resolved["clip_skip"], "is_using_inpainting_conditioning": False,
+            "nsfw": result["nsfw"], "job_id": done.id,
+        }
+        images = [png_base64(service.image_file(i)) for i in result["images"]] if body.send_images else []
+        parameters = body.model_dump(exclude={"init_images", "mask"})
+        return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+
+    @app.post("/sdapi/v1/txt2img", tags=["a1111"], dependencies=guarded)
+    async def txt2img(body: Txt2ImgRequest):
+        return await run(body, _request(body, model_for(body)))
+
+    @app.post("/sdapi/v1/img2img", tags=["a1111"], dependencies=guarded)
+    async def img2img(body: Img2ImgRequest):
+        if not body.init_images:
+            raise InvalidRequest("init_images must hold one base64 image")
+        limits, folder = service.settings.limits, service.store.uploads_dir
+        init = open_image(decode_base64(body.init_images[0], limits, "init_images[0]"), limits, "init_images[0]")
+        request = _request(body, model_for(body))
+        fields: dict[str, Any] = {"init_image": store_image(init, folder),
+                                  "strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
+                                  "mask_blur": body.mask_blur}
+        if body.mask:
+            mask = open_image(decode_base64(body.mask, limits, "mask"), limits, "mask").convert("L")
+            if body.inpainting_mask_invert:
+                mask = mask.point(lambda v: 255 - v)
+            fields["mask"] = store_image(mask, folder)
+        return await run(body, dataclasses.replace(request, **fields))
+
+    @app.get("/sdapi/v1/progress", tags=["a1111"], dependencies=guarded)
+    def progress(skip_current_image: bool = False):
+        p = service.worker.progress
+        running = bool(p.job_ids)
+        fraction = p.step / p.total if running and p.total else 0.0
+        elapsed = time.time() - p.started if running else 0.0
+        eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+        image = None
+        if running and p.preview_png and not skip_current_image:
+            image = base64.b64encode(p.preview_png).decode()
+        queued = service.store.counts().get("queued", 0)
+        return {"progress": fraction, "eta_relative": eta, "current_image": image, "textinfo": None,
+                "current_task": p.job_ids[0] if running else None,
+                "state": {"skipped": False, "interrupted": False, "job": p.job_ids[0] if running else "",
+                          "job_count": len(p.job_ids) + queued, "job_timestamp": time.strftime(
+                              "%Y%m%d%H%M%S", time.localtime(p.started or time.time())), "job_no": 0,
+                          "sampling_step": p.step if running else 0, "sampling_steps": p.total if running else 0}}
+
+    @app.post("/sdapi/v1/interrupt", tags=["a1111"], dependencies=guarded)
+    def interrupt():
+        service.worker.interrupt()
+        return {}
+
+    @app.post("/sdapi/v1/skip", tags=["a1111"], dependencies=guarded)
+    def skip():
+        service.worker.interrupt()  # one batch runs at a time: skipping it is interrupting it
+        return {}
+
+    @app.get("/sdapi/v1/options", tags=["a1111"], dependencies=guarded)
+    def get_options():
+        return {"sd_model_checkpoint": _title(service, service.current_model), "samples_format": "png",
+                "CLIP_stop_at_last_layers": 1, "sd_checkpoint_hash": _hash(service, service.current_model)}
+
+    @app.post("/sdapi/v1/options", tags=["a1111"], dependencies=guarded)
+    def set_options(body: dict[str, Any]):
+        if "sd_model_checkpoint" in body:
+            name = str(body["sd_model_checkpoint"]).split(" [")[0]
+            service.model_path(name)  # 404 for unknown names
+            service.current_model = name
+        return None
+
+    @app.get("/sdapi/v1/sd-models", tags=["a1111"], dependencies=guarded)
+    def sd_models():
+        return [{"title": _title(service, name), "model_name": name, "hash": _hash(service, name)[:10],
+                 "sha256": _hash(service, name), "filename": name, "config": None} for name in service.models]
+
+    @app.get("/sdapi/v1/samplers", tags=["a1111"], dependencies=guarded)
+    def samplers():
+        return [{"name": name, "aliases": [], "options": {}} for name in sampler_names()]
+
+    @app.post("/sdapi/v1/refresh-checkpoints", tags=["a1111"], dependencies=guarded)
+    def refresh_checkpoints():
+        service.refresh_models()
+        return None
+
+    @app.post("/sdapi/v1/png-info", tags=["a1111"], dependencies=guarded)
+    def png_info(body: PngInfoRequest):
+        limits = service.settings.limits
+        image = open_image(decode_base64(body.image, limits), limits)
+        items = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if isinstance(v, str)}
+        info = items.pop("parameters", "")
+        return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
+
+
+def _hash(service, name: str) -> str:
+    try:
+        return sha256(Path(service.models[name]))
+    except (KeyError, OSError):
+        return ""
+
+
+def _title(service, name: str) -> str:
+    digest = _hash(service, name)
+    return f"{name} [{digest[:10]}]" if digest else name
+

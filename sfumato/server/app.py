@@ -1,0 +1,326 @@
+"""The FastAPI application: auth, errors, limits, the job queue, and the native jobs API.
+
+Dialects (`openai_api`, `a1111`) only translate their wire format into `GenerationRequest`s and
+call `Service.submit` / `Service.wait`; no generation logic lives in a route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from sfumato import __version__
+from sfumato.engine import Engine, default_model
+from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
+from sfumato.models.catalog import list_models
+from sfumato.requests import GenerationRequest
+from sfumato.safety.classifier import SafetySettings
+from sfumato.server.settings import ServerSettings
+from sfumato.server.store import FINAL, Job, JobStore, QueueFull
+from sfumato.server.uploads import decode_base64, open_image, store_image
+from sfumato.server.worker import Worker
+
+RETRY_AFTER_S = 5
+
+
+class Service:
+    """Everything the routes share: settings, store, worker, engine and the model registry."""
+
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        safety = SafetySettings(settings.safety, settings.safety_threshold, settings.safety_policy)
+        self.engine = Engine(device=settings.device, safety=safety)
+        self.store = JobStore(settings.data_dir, settings.queue_size)
+        self.worker = Worker(self.store, self.engine, settings.max_batch_size)
+        self.models: dict[str, str] = {}
+        self.current_model: str = ""
+        self.refresh_models()
+
+    def refresh_models(self) -> None:
+        """Model names clients may use: the server's model and the checkpoints in $SFUMATO_HOME/models."""
+        models = {}
+        chosen = self.settings.model or default_model()
+        if chosen:
+            path = Path(chosen) if Path(chosen).exists() else None
+            models[path.name if path else chosen] = str(path) if path else chosen
+        for entry in list_models():
+            if entry.kind == "checkpoint" and not entry.format.startswith(("pickle", "unsupported")):
+                models.setdefault(entry.name, entry.path)
+        self.models = models
+        if self.current_model not in models:
+            self.current_model = next(iter(models), "")
+
+    def model_path(self, name: str | None) -> str:
+        """Resolve a client's model name; never a filesystem path from the client."""
+        if not name or name in ("dall-e-2", "dall-e-3", "gpt-image-1"):
+            name = self.current_model
+        name = name.split(" [")[0]  # A1111 titles carry " [hash]"
+        if name not in self.models:
+            raise ModelNotFound(f"model {name!r} not found (GET /sdapi/v1/sd-models lists the names)")
+        return self.models[name]
+
+    def upload(self, data: bytes | str, what: str, keep_alpha: bool = False) -> str:
+        limits = self.settings.limits
+        raw = decode_base64(data, limits, what) if isinstance(data, str) else data
+        return store_image(open_image(raw, limits, what), self.store.uploads_dir, keep_alpha)
+
+    def check_limits(self, request: GenerationRequest) -> None:
+        limits = self.settings.limits
+        if len(request.prompt) > limits.max_prompt_chars or len(request.negative_prompt) > limits.max_prompt_chars:
+            raise InvalidRequest(f"prompt is longer than {limits.max_prompt_chars} characters")
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value is not None and value > limits.max_side:
+                raise InvalidRequest(f"{name} {value} is larger than this server's limit of {limits.max_side}")
+        if request.width and request.height and request.width * request.height > limits.max_pixels:
+            raise InvalidRequest(f"{request.width}x{request.height} is more than {limits.max_pixels} pixels")
+        if request.steps is not None and request.steps > limits.max_steps:
+            raise InvalidRequest(f"steps {request.steps} is more than this server's limit of {limits.max_steps}")
+        if request.batch_size * request.batch_count > limits.max_images:
+            raise InvalidRequest(f"{request.batch_size * request.batch_count} images requested; at most "
+                                 f"{limits.max_images} per request")
+        if request.hires_scale > 1 and request.width and request.height and \
+                request.width * request.height * request.hires_scale ** 2 > limits.max_pixels:
+            raise InvalidRequest("the hires fix size is larger than this server's pixel limit")
+
+    def submit(self, request: GenerationRequest) -> Job:
+        """Validate, resolve (model, seeds, defaults, prompt policy) and queue durably."""
+        request = dataclasses.replace(request, model=self.model_path(request.model))
+        self.check_limits(request)
+        resolved = self.engine.resolve(request)
+        self.check_limits(resolved)
+        try:
+            job = self.store.add(resolved.to_dict())
+        except QueueFull:
+            raise HTTPException(429, "the queue is full; retry later",
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        self.worker.wake()
+        return job
+
+    async def wait(self, job: Job, timeout: float = 3600) -> Job:
+        """Wait for a job to finish; a failed job raises its error (400), a cancelled one 409."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.store.get(job.id)
+            if current.status in FINAL:
+                break
+            if time.monotonic() > deadline:
+                raise HTTPException(504, f"job {job.id} is still {current.status}; poll /api/v1/jobs/{job.id}")
+            await asyncio.sleep(0.05)
+        if current.status == "failed":
+            raise SfumatoError(current.error or "generation failed")
+        if current.status == "cancelled":
+            raise HTTPException(409, f"job {job.id} was cancelled")
+        return current
+
+    def image_file(self, image_id: str) -> Path:
+        path = self.store.image_path(image_id)
+        if path is None:
+            raise HTTPException(404, "image not found")
+        return path
+
+
+def error_body(message: str, kind: str, status: int) -> dict[str, Any]:
+    """One JSON error shape every client understands: OpenAI's `error` object and FastAPI's `detail`."""
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}, "detail": message}
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    from contextlib import asynccontextmanager
+
+    settings.check()
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        service.worker.start()
+        yield
+        service.worker.stop()
+        service.store.close()
+
+    app = FastAPI(title="sfumato", version=__version__, lifespan=lifespan,
+                  description="OpenAI Images, AUTOMATIC1111 /sdapi/v1 and native jobs APIs over one engine.")
+    app.state.service = service
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+
+    @app.exception_handler(SfumatoError)
+    async def _sfumato_error(_request: Request, exc: SfumatoError):
+        return JSONResponse(error_body(str(exc), type(exc).__name__, exc.http_status), status_code=exc.http_status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException):
+        return JSONResponse(error_body(str(exc.detail), "http_error", exc.status_code), status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "invalid request")
+        body = error_body(message, "invalid_request_error", 422)
+        body["errors"] = json.loads(json.dumps(exc.errors(), default=str))
+        return JSONResponse(body, status_code=422)
+
+    def authorize(request: Request) -> None:
+        if not settings.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer KEY)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorize)]
+
+    @app.get("/healthz", tags=["server"])
+    def healthz():
+        return {"status": "ok", "version": __version__, "model": service.current_model,
+                "recovered_jobs": service.store.recovered}
+
+    @app.get("/metrics", tags=["server"], dependencies=guarded, response_class=PlainTextResponse)
+    def metrics():
+        counts = service.store.counts()
+        p = service.worker.progress
+        lines = ["# HELP sfumato_queue_depth Jobs waiting to run.", "# TYPE sfumato_queue_depth gauge",
+                 f"sfumato_queue_depth {counts.get('queued', 0)}",
+                 "# HELP sfumato_jobs_running Jobs running now.", "# TYPE sfumato_jobs_running gauge",
+                 f"sfumato_jobs_running {counts.get('running', 0)}",
+                 "# HELP sfumato_jobs_total Finished jobs by status.", "# TYPE sfumato_jobs_total counter"]
+        lines += [f'sfumato_jobs_total{{status="{s}"}} {counts.get(s, 0)}' for s in FINAL]
+        lines += ["# HELP sfumato_step_seconds Time per denoising step (whole batch).",
+                  "# TYPE sfumato_step_seconds summary", f"sfumato_step_seconds_sum {p.step_seconds:.6f}",
+                  f"sfumato_step_seconds_count {p.steps_done}"]
+        return "\n".join(lines) + "\n"
+
+    @app.get("/api/v1/images/{image_id}.png", tags=["native"], dependencies=guarded)
+    def image(image_id: str):
+        return FileResponse(service.image_file(image_id), media_type="image/png")
+
+    _native_routes(app, service, guarded)
+    from sfumato.server import a1111, openai_api
+
+    openai_api.add_routes(app, service, guarded)
+    a1111.add_routes(app, service, guarded)
+    return app
+
+
+class JobRequest(BaseModel):
+    """Native job body: the engine's request fields; `init_image` and `mask` are base64 images, never paths."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+    init_image: str | None = None
+    mask: str | None = None
+    mask_blur: int = 4
+    strength: float = 0.75
+    outpaint: dict[str, int] = {}
+    tile: bool = False
+    hires_scale: float = 1.0
+    hires_strength: float = 0.55
+    hires_steps: int | None = None
+    hires_upscaler: str = "latent"
+    loras: list[tuple[str, float]] = []
+
+
+def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
+    @app.post("/api/v1/jobs", tags=["native"], dependencies=guarded, status_code=202)
+    def create_job(body: JobRequest):
+        fields = body.model_dump()
+        if fields["loras"]:
+            raise InvalidRequest("LoRAs are not available over the API yet")
+        if fields["init_image"]:
+            fields["init_image"] = service.upload(fields["init_image"], "init_image")
+        if fields["mask"]:
+            fields["mask"] = service.upload(fields["mask"], "mask")
+        job = service.submit(GenerationRequest(**fields))
+        return {"id": job.id, "status": job.status, "url": f"/api/v1/jobs/{job.id}",
+                "events": f"/api/v1/jobs/{job.id}/events"}
+
+    def get_or_404(job_id: str) -> Job:
+        job = service.store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"job {job_id} not found")
+        return job
+
+    @app.get("/api/v1/jobs", tags=["native"], dependencies=guarded)
+    def list_jobs(limit: int = 50):
+        return {"jobs": [j.to_dict() for j in service.store.recent(max(1, min(limit, 500)))]}
+
+    @app.get("/api/v1/jobs/{job_id}", tags=["native"], dependencies=guarded)
+    def get_job(job_id: str):
+        job = get_or_404(job_id)
+        out = job.to_dict()
+        p = service.worker.progress
+        if job.status == "running" and job_id in p.job_ids:
+            out["progress"] = {"step": p.step, "total": p.total}
+        return out
+
+    @app.delete("/api/v1/jobs/{job_id}", tags=["native"], dependencies=guarded)
+    def cancel_job(job_id: str):
+        job = get_or_404(job_id)
+        if not service.worker.cancel(job_id):
+            raise HTTPException(409, f"job {job_id} already {job.status}")
+        return {"id": job_id, "status": "cancelled"}
+
+    @app.get("/api/v1/jobs/{job_id}/events", tags=["native"], dependencies=guarded)
+    async def job_events(job_id: str):
+        get_or_404(job_id)
+        return StreamingResponse(_events(service, job_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(service: Service, job_id: str):
+    """Server-Sent Events: queued, progress (step, total, preview), then completed | failed | cancelled."""
+    import base64
+
+    def event(name: str, data: dict) -> str:
+        return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+    last: tuple | None = None
+    sent_queued = False
+    while True:
+        job = service.store.get(job_id)
+        if job.status == "queued" and not sent_queued:
+            position = [j.id for j in service.store.queued()].index(job_id) if job.status == "queued" else 0
+            yield event("queued", {"id": job_id, "position": position})
+            sent_queued = True
+        elif job.status == "running":
+            p = service.worker.progress
+            if job_id in p.job_ids and (p.step, p.total, p.preview_step) != last:
+                last = (p.step, p.total, p.preview_step)
+                data = {"id": job_id, "step": p.step, "total": p.total}
+                if p.preview_png:
+                    data["preview"] = base64.b64encode(p.preview_png).decode()
+                yield event("progress", data)
+        elif job.status in FINAL:
+            yield event(job.status, job.to_dict())
+            return
+        await asyncio.sleep(0.1)

@@ -1,0 +1,58 @@
+"""Server settings and request limits: one object, filled from CLI flags, passed to every part."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sfumato.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Largest accepted values; anything beyond gets a 422 with a JSON error."""
+
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 150
+    max_images: int = 16  # images per request (n, batch_size × n_iter)
+    max_prompt_chars: int = 4000
+    max_upload_bytes: int = 20 * 2**20
+    max_upload_pixels: int = 4096 * 4096
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    model: str | None = None
+    api_key: str | None = None
+    insecure_no_auth: bool = False
+    max_batch_size: int = 8
+    queue_size: int = 256
+    data_dir: Path = Path("sfumato-server")
+    cors_origins: tuple[str, ...] = ()
+    safety: str = "blur"
+    safety_threshold: float = 0.8
+    safety_policy: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    device: str | None = None
+
+    def check(self) -> ServerSettings:
+        """Refuse settings that would expose an open server; validate sizes."""
+        if not is_loopback(self.host) and not self.api_key and not self.insecure_no_auth:
+            raise InvalidRequest(f"refusing to listen on {self.host} without --api-key (anyone on the network could "
+                                 "use it); pass --api-key KEY, or --insecure-no-auth if you really mean it")
+        if self.max_batch_size < 1 or self.queue_size < 1:
+            raise InvalidRequest("--max-batch-size and --queue-size must be at least 1")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,175 @@
+"""The one thread that owns the engine: takes queued jobs, batches compatible ones, stores results.
+
+Request handling never waits on it: routes only read and write the job store and the live
+`Progress`. Jobs that share model, size, sampler and steps run together up to `max_batch_size`
+images (`Engine.generate_many`; each image equals its job run alone). Cancelling a job of a running
+batch stops the batch between two steps; its other jobs go back to the queue.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from sfumato.engine import Engine, Interrupted, batch_key
+from sfumato.errors import SfumatoError
+from sfumato.models.home import sha256
+from sfumato.output import save_generated
+from sfumato.requests import GenerationRequest
+from sfumato.server.store import Job, JobStore
+
+log = logging.getLogger("sfumato.server")
+PREVIEW_EVERY_S = 0.5
+
+
+@dataclass
+class Progress:
+    """What the running batch is doing now (read by /progress, SSE and /metrics)."""
+
+    job_ids: list[str] = field(default_factory=list)
+    step: int = 0
+    total: int = 0
+    started: float = 0.0
+    preview_png: bytes | None = None
+    preview_step: int = 0
+    steps_done: int = 0  # lifetime counters for /metrics
+    step_seconds: float = 0.0
+    interrupt_all: bool = False
+
+
+class Worker:
+    def __init__(self, store: JobStore, engine: Engine, max_batch_size: int):
+        self.store, self.engine, self.max_batch_size = store, engine, max_batch_size
+        self.progress = Progress()
+        self._cancelled: set[str] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_step = 0.0
+        self._last_preview = 0.0
+        self._thread = threading.Thread(target=self._loop, name="sfumato-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job (a running one stops at its next step)."""
+        if not self.store.cancel(job_id):
+            return False
+        self._cancelled.add(job_id)
+        return True
+
+    def interrupt(self) -> list[str]:
+        """Cancel whatever runs now (A1111 /interrupt)."""
+        ids = list(self.progress.job_ids)
+        for job_id in ids:
+            self.cancel(job_id)
+        return ids
+
+    # ------------------------------------------------------------------ loop
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            jobs = self._next_batch()
+            if not jobs:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self._run(jobs)
+            except Exception:  # never let one bad batch kill the worker
+                log.error("batch failed:\n%s", traceback.format_exc())
+                for job in jobs:
+                    self.store.fail(job.id, "internal error while generating (see the server log)")
+
+    def _next_batch(self) -> list[Job]:
+        queued = self.store.queued()
+        if not queued:
+            return []
+        keys = {}
+        for position, job in enumerate(queued):
+            try:
+                keys[job.id] = batch_key(GenerationRequest.from_dict(job.request), position)
+            except SfumatoError as exc:
+                self.store.fail(job.id, str(exc))
+        queued = [j for j in queued if j.id in keys]
+        if not queued:
+            return []
+        first = queued[0]
+        batch, images = [first], int(first.request.get("batch_size", 1))
+        for job in queued[1:]:
+            size = int(job.request.get("batch_size", 1))
+            if keys[job.id] == keys[first.id] and images + size <= self.max_batch_size:
+                batch.append(job)
+                images += size
+        return [job for job in batch if self.store.start(job.id)]
+
+    def _run(self, jobs: list[Job]) -> None:
+        requests = [GenerationRequest.from_dict(job.request) for job in jobs]
+        p = self.progress
+        p.job_ids, p.step, p.total, p.started, p.preview_png = [j.id for j in jobs], 0, 0, time.time(), None
+        self._last_step = time.perf_counter()
+        try:
+            results = self.engine.generate_many(requests, self._on_step, self._on_latents)
+        except Interrupted:
+            for job in jobs:
+                if job.id not in self._cancelled:
+                    self.store.requeue(job.id)  # batch-mates of a cancelled job run again
+            return
+        except SfumatoError as exc:
+            for job in jobs:
+                self.store.fail(job.id, str(exc))
+            return
+        finally:
+            p.job_ids = []
+        model_sha = sha256(self.engine.model_path(requests[0].model))
+        for job, result in zip(jobs, results):
+            if job.id in self._cancelled:
+                continue
+            if not result.images:
+                self.store.fail(job.id, "; ".join(result.blocked) or "no image was produced")
+                continue
+            ids = []
+            for k, item in enumerate(result.images):
+                image_id = f"{job.id}-{k}"
+                save_generated(item, self.store.images_dir / f"{image_id}.png", model_sha)
+                ids.append(image_id)
+            self.store.complete(job.id, {
+                "images": ids, "seeds": [i.seed for i in result.images], "subseeds": [i.subseed for i in result.images],
+                "infotexts": [i.infotext for i in result.images], "nsfw": [i.nsfw for i in result.images],
+                "blocked": result.blocked, "seconds": round(result.seconds, 3), "request": result.request.to_dict(),
+                "batch_jobs": len(jobs)})
+
+    def _check_cancelled(self) -> None:
+        if any(job_id in self._cancelled for job_id in self.progress.job_ids):
+            raise Interrupted()
+
+    def _on_step(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        p = self.progress
+        p.step, p.total = done, total
+        p.steps_done += 1
+        p.step_seconds += now - self._last_step
+        self._last_step = now
+        self._check_cancelled()
+
+    def _on_latents(self, latents) -> None:
+        now = time.perf_counter()
+        if now - self._last_preview < PREVIEW_EVERY_S:
+            return
+        self._last_preview = now
+        buffer = io.BytesIO()
+        self.engine.preview_image(latents).save(buffer, format="PNG")
+        self.progress.preview_png, self.progress.preview_step = buffer.getvalue(), self.progress.step
+        self._check_cancelled()
