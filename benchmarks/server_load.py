@@ -1,0 +1,125 @@
+"""Load test of `sfumato serve` on loopback: dynamic batching vs none, latency, errors and memory growth.
+
+    python benchmarks/server_load.py [--model M] [--clients 16] [--requests 1000] [--unbatched-requests 96]
+
+Starts the server twice as a subprocess (`--max-batch-size 16`, then `--max-batch-size 1`), with
+the embedded model by default, and lets 16 concurrent clients send OpenAI `images/generations`
+requests (distinct prompts and seeds) until the request count is reached. Prints throughput with
+batching vs without as a ratio (target >= 3x), p50/p95 latency, errors (target 0) and the server's
+RSS after 100 and after all requests of the batched run (target <= 10 % growth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+
+PROMPTS = ["red apple", "grinning face", "rocket", "dog face", "pizza", "sun", "red heart", "ghost", "fire",
+           "snowman", "rainbow", "cat face", "thumbs up", "banana", "star", "t-rex"]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model: str | None, batch: int, data_dir: str) -> tuple[subprocess.Popen, str]:
+    port = _port()
+    cmd = [sys.executable, "-m", "sfumato.cli", "serve", "--port", str(port), "--max-batch-size", str(batch),
+           "--data-dir", data_dir, "--safety", "off", "--queue-size", "4096"]
+    if model:
+        cmd += ["--model", model]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("server did not start")
+
+
+def _run(base: str, clients: int, total: int, process: subprocess.Popen, rss_at: int = 100) -> dict:
+    latencies: list[float] = []
+    errors = [0]
+    counter = [0]
+    rss_early: list[float] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with httpx.Client(timeout=600) as http:
+            while True:
+                with lock:
+                    if counter[0] >= total:
+                        return
+                    n = counter[0]
+                    counter[0] += 1
+                started = time.perf_counter()
+                try:
+                    r = http.post(base + "/v1/images/generations",
+                                  json={"prompt": PROMPTS[n % len(PROMPTS)], "seed": n, "response_format": "b64_json"})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    latencies.append(time.perf_counter() - started)
+                    errors[0] += 0 if ok else 1
+                    if len(latencies) == rss_at:
+                        rss_early.append(psutil.Process(process.pid).memory_info().rss / 2**20)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    latencies.sort()
+    return {"requests": len(latencies), "seconds": seconds, "throughput": len(latencies) / seconds,
+            "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
+            "errors": errors[0], "rss_early": rss_early[0] if rss_early else None,
+            "rss_end": psutil.Process(process.pid).memory_info().rss / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--unbatched-requests", type=int, default=96)
+    parser.add_argument("--data-dir", default="/tmp/sfumato-server-bench")
+    args = parser.parse_args()
+    results = {}
+    for label, batch, total in (("batched", 16, args.requests), ("unbatched", 1, args.unbatched_requests)):
+        process, base = _start(args.model, batch, os.path.join(args.data_dir, label))
+        try:
+            _run(base, 2, 4, process)  # warm up: model load, first batches
+            results[label] = _run(base, args.clients, total, process)
+        finally:
+            process.terminate()
+            process.wait(30)
+        r = results[label]
+        print(f"{label:9s} (--max-batch-size {batch:2d}): {r['requests']} requests in {r['seconds']:.1f} s = "
+              f"{r['throughput']:.2f} req/s; p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s; errors {r['errors']}")
+    b, u = results["batched"], results["unbatched"]
+    print(f"throughput ratio batched / unbatched: {b['throughput'] / u['throughput']:.2f}x (target >= 3x)")
+    if b["rss_early"]:
+        growth = (b["rss_end"] - b["rss_early"]) / b["rss_early"]
+        print(f"server RSS after 100 requests {b['rss_early']:.0f} MiB, after {b['requests']}: {b['rss_end']:.0f} MiB "
+              f"({growth:+.1%}; target <= +10%)")
+
+
+if __name__ == "__main__":
+    main()
