@@ -5,6 +5,8 @@
   an extra graph output. Its only head is sfw/nsfw, so it gives no Inception Score.
 - `inception:PATH`: the standard FID Inception-v3 (pytorch-fid weights converted to safetensors),
   2048-d pool features and 1008 class logits (for IS).
+- `classifier:PATH`: a small CNN trained on a labelled reference set (`sfumato.evaluation.classifier`),
+  for in-domain retrieval adherence; 128-d features.
 """
 
 from __future__ import annotations
@@ -99,9 +101,18 @@ def _inception_runner(path: Path):
 
 @lru_cache(maxsize=4)
 def load_extractor(spec: str = DEFAULT_EXTRACTOR) -> Extractor:
-    """`open-nsfw`, or `inception:PATH` (a `.safetensors` path alone also means Inception)."""
+    """`open-nsfw`, `inception:PATH` (a `.safetensors` path alone also means Inception), or `classifier:PATH`
+    (a reference classifier from `sfumato.evaluation.classifier`)."""
     if spec == DEFAULT_EXTRACTOR:
         return Extractor(EXTRACTOR_NAME, _nsfw_run)
+    if spec.startswith("classifier:"):
+        from sfumato.evaluation.classifier import classifier_runner
+
+        path = Path(spec.removeprefix("classifier:"))
+        if not path.is_file():
+            raise ModelNotFound(f"classifier weights {path} not found")
+        run, name = classifier_runner(path)
+        return Extractor(name, run, batch_size=256)
     path = Path(spec.removeprefix("inception:"))
     if not spec.startswith("inception:") and path.suffix != ".safetensors":
         raise InvalidRequest(f"unknown extractor {spec!r}: use open-nsfw or inception:PATH.safetensors")

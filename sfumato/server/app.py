@@ -57,6 +57,7 @@ class Service:
             if entry.kind == "checkpoint" and not entry.format.startswith(("pickle", "unsupported")):
                 models.setdefault(entry.name, entry.path)
         self.models = models
+        self.loras = {e.name: e.path for e in list_models() if e.kind == "lora" and e.format == "safetensors"}
         if self.current_model not in models:
             self.current_model = next(iter(models), "")
 
@@ -68,6 +69,15 @@ class Service:
         if name not in self.models:
             raise ModelNotFound(f"model {name!r} not found (GET /sdapi/v1/sd-models lists the names)")
         return self.models[name]
+
+    def lora_paths(self, loras: list) -> list[tuple[str, float]]:
+        """LoRA names (from GET /api/v1/loras) -> paths inside the models home; unknown names -> 404."""
+        out = []
+        for name, weight in loras:
+            if name not in self.loras:
+                raise ModelNotFound(f"LoRA {name!r} not found (GET /api/v1/loras lists the names)")
+            out.append((self.loras[name], float(weight)))
+        return out
 
     def upload(self, data: bytes | str, what: str, keep_alpha: bool = False) -> str:
         limits = self.settings.limits
@@ -212,11 +222,26 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return FileResponse(service.image_file(image_id), media_type="image/png")
 
     _native_routes(app, service, guarded)
+    _ui_routes(app)
     from sfumato.server import a1111, openai_api
 
     openai_api.add_routes(app, service, guarded)
     a1111.add_routes(app, service, guarded)
     return app
+
+
+STATIC = Path(__file__).with_name("static")
+
+
+def _ui_routes(app: FastAPI) -> None:
+    """The browser UI: static files that use only the public APIs (no key needed to load the page itself)."""
+    from fastapi.staticfiles import StaticFiles
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
 
 
 class JobRequest(BaseModel):
@@ -254,8 +279,7 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
     @app.post("/api/v1/jobs", tags=["native"], dependencies=guarded, status_code=202)
     def create_job(body: JobRequest):
         fields = body.model_dump()
-        if fields["loras"]:
-            raise InvalidRequest("LoRAs are not available over the API yet")
+        fields["loras"] = service.lora_paths(fields["loras"])
         if fields["init_image"]:
             fields["init_image"] = service.upload(fields["init_image"], "init_image")
         if fields["mask"]:
@@ -269,6 +293,10 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
         return job
+
+    @app.get("/api/v1/loras", tags=["native"], dependencies=guarded)
+    def loras():
+        return {"loras": sorted(service.loras)}
 
     @app.get("/api/v1/jobs", tags=["native"], dependencies=guarded)
     def list_jobs(limit: int = 50):

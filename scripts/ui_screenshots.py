@@ -1,0 +1,81 @@
+"""Screenshots of the web UI's main screens for docs/, served with the embedded model.
+
+    python scripts/ui_screenshots.py [--out docs]
+
+Starts `sfumato serve` on a free loopback port, drives Debian's Chromium with Playwright (headless),
+generates a few emoji, and saves docs/ui-generate.png, ui-edit.png, ui-gallery.png, ui-phone.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import sync_playwright
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    args = parser.parse_args()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tempfile.mkdtemp(prefix="sfumato-ui-")
+    server = subprocess.Popen([sys.executable, "-m", "sfumato.cli", "serve", "--port", str(port), "--data-dir", data],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(base + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        for seed, prompt in enumerate(["red apple", "rocket", "grinning face", "pizza", "ghost", "rainbow"]):
+            httpx.post(base + "/sdapi/v1/txt2img", json={"prompt": prompt, "seed": seed}, timeout=120)
+        args.out.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(base + "/")
+            page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+            page.fill("#prompt", "red apple, (shiny:1.2) --no leaves")
+            page.fill("#seed", "7")
+            page.fill("#batch_size", "4")
+            page.click("#generate")
+            page.wait_for_selector("#results img", timeout=120_000)
+            page.screenshot(path=str(args.out / "ui-generate.png"))
+            page.click("#results .actions button:has-text('Send to edit')")
+            box = page.locator("#mask-canvas").bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6, steps=10)
+            page.mouse.up()
+            page.screenshot(path=str(args.out / "ui-edit.png"))
+            page.click("#tab-gallery")
+            page.wait_for_selector("#gallery img")
+            time.sleep(1)
+            page.screenshot(path=str(args.out / "ui-gallery.png"))
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.goto(base + "/")
+            phone.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+            phone.screenshot(path=str(args.out / "ui-phone.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(f"screenshots in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The web UI in real Chromium (Debian's /usr/bin/chromium via Playwright) against a live server on loopback.
+
+Screenshots go to test-artifacts/ui/ (or $SFUMATO_UI_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+ARTIFACTS = Path(os.environ.get("SFUMATO_UI_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts" / "ui"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
+    from test_server import _free_port, _serve
+
+    from sfumato.models.tiny import build_tiny
+
+    model = models_dir / "sd1-ui"
+    if not model.exists():
+        build_tiny("sd1", model)
+    port = _free_port()
+    process = _serve(model, tmp_path_factory.mktemp("ui-server"), port, "--max-batch-size", "1")
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(server + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    yield page
+    context.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _small(page, steps: int = 2) -> None:
+    page.fill("#width", "64")
+    page.fill("#height", "64")
+    page.fill("#steps", str(steps))
+
+
+def test_generate_and_see_it_in_the_gallery(page, server):
+    page.fill("#prompt", "red apple, (shiny:1.2) --no leaves")
+    assert page.inner_text("#prompt-flags") == "flags: --no"
+    assert page.locator("#prompt-highlight .em").inner_text() == "(shiny:1.2)"
+    _small(page)
+    page.fill("#seed", "42")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#results img", timeout=60_000)
+    assert page.inner_text("#progress-text").startswith("done")
+    _shot(page, "generate")
+    page.click("#tab-gallery")
+    page.wait_for_selector("#gallery img", timeout=30_000)
+    assert "seed 42" in page.get_attribute("#gallery img", "alt")
+    page.click("#gallery .actions button:has-text('Info')")
+    assert page.inner_text("#details").startswith("red apple, (shiny:1.2)\nNegative prompt: leaves")
+    _shot(page, "gallery")
+
+
+def test_inpaint_with_a_drawn_mask(page, server, tmp_path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(init)
+    page.click("#tab-edit")
+    page.set_input_files("#init-file", str(init))
+    page.wait_for_function("document.getElementById('use-init').checked")
+    box = page.locator("#mask-canvas").bounding_box()
+    def stroke(fraction_x: float) -> None:  # a vertical brush stroke at this fraction of the width
+        page.mouse.move(box["x"] + box["width"] * fraction_x, box["y"] + 4)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * fraction_x, box["y"] + box["height"] - 4, steps=12)
+        page.mouse.up()
+
+    stroke(0.5)
+    page.click("#mask-undo")  # undo removes the middle stroke
+    stroke(0.1)
+    _shot(page, "edit")
+    page.fill("#prompt", "blue sky")
+    page.fill("#steps", "3")
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=60_000)
+    job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+    assert job["status"] == "completed" and job["request"]["mask"] and job["request"]["init_image"]
+    mask = Image.open(job["request"]["mask"]).convert("L")
+    assert mask.getpixel((6, 32)) == 255 and mask.getpixel((32, 32)) == 0 and mask.getpixel((60, 32)) == 0
+
+
+def test_cancel_a_queued_job_from_the_queue_view(page, server):
+    slow = httpx.post(server + "/api/v1/jobs", json={"prompt": "slow", "width": 256, "height": 256,
+                                                      "steps": 150}).json()["id"]
+    queued = httpx.post(server + "/api/v1/jobs", json={"prompt": "waiting", "width": 64, "height": 64,
+                                                        "steps": 2}).json()["id"]
+    page.click("#tab-queue")
+    page.wait_for_selector(f"tr[data-job='{queued}'] button", timeout=10_000)
+    _shot(page, "queue")
+    page.click(f"tr[data-job='{queued}'] button")
+    deadline = time.time() + 10
+    while httpx.get(f"{server}/api/v1/jobs/{queued}").json()["status"] != "cancelled":
+        assert time.time() < deadline
+        time.sleep(0.1)
+    httpx.delete(f"{server}/api/v1/jobs/{slow}")
+
+
+def test_drop_a_png_to_read_its_parameters(page, server):
+    body = {"prompt": "a lighthouse at dusk", "negative_prompt": "fog", "seed": 1234, "steps": 2, "width": 64,
+            "height": 64, "sampler": "DDIM"}
+    done = httpx.post(server + "/sdapi/v1/txt2img", json={**body, "sampler_name": "DDIM"}, timeout=60).json()
+    png = done["images"][0]
+    page.evaluate("""async (b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], 'old.png', {type: 'image/png'}));
+        document.getElementById('prompt').dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true}));
+    }""", png)
+    page.wait_for_function("document.getElementById('prompt').value === 'a lighthouse at dusk'")
+    assert page.input_value("#negative_prompt") == "fog" and page.input_value("#seed") == "1234"
+    assert page.input_value("#sampler") == "DDIM" and page.input_value("#steps") == "2"
+
+
+def test_phone_width_layout_and_errors(browser, server):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.goto(server + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    form, result = page.locator("#generate-form").bounding_box(), page.locator("#view-result").bounding_box()
+    assert result["y"] >= form["y"] + form["height"] - 1  # stacked, not side by side
+    page.fill("#prompt", "x")
+    page.fill("#steps", "1000")
+    page.evaluate("document.getElementById('steps').removeAttribute('max')")
+    page.click("#generate")
+    page.wait_for_selector("#message:not([hidden])")
+    assert page.inner_text("#message").startswith("Invalid request: ")
+    _shot(page, "phone")
+    page.click("#tab-settings")
+    page.select_option("#theme", "dark")
+    page.click("#save-settings")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    _shot(page, "phone-dark-settings")
+    context.close()
+
