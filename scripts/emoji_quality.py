@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from sfumato.engine import Engine
-from sfumato.evaluation.features import EXTRACTOR_NAME, image_features
+from sfumato.evaluation.features import EXTRACTOR_NAME, load_extractor
 from sfumato.evaluation.metrics import frechet_distance, retrieval_ranks
 from sfumato.requests import GenerationRequest
 from sfumato.training.report import image_grid
@@ -68,39 +68,70 @@ def generate_many(engine: Engine, prompts: list[str], seeds: list[int], sampler:
     return out
 
 
+def _retrieval(extractor, real: list[Image.Image], cache: Path | None, queries: dict[str, tuple[list, list[int]]]
+               ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Ranks of each query set's targets among the real renders, with one extractor (gallery features cached)."""
+    if cache is not None and cache.exists() and len(np.load(cache)) == len(real):
+        gallery = np.load(cache)
+    else:
+        gallery = extractor.features(real)
+        if cache is not None:
+            np.save(cache, gallery)
+    features = {name: extractor.features(images) for name, (images, _) in queries.items()}
+    ranks = {name: retrieval_ranks(features[name], gallery, targets) for name, (_, targets) in queries.items()}
+    return ranks, gallery, features
+
+
+def classifier_extractor(path: Path, real: list[Image.Image], size: int):
+    """The reference classifier at `path`, trained (seeded, a few minutes) when the file does not exist yet."""
+    from sfumato.evaluation.classifier import save_classifier, train_classifier
+
+    if not path.exists():
+        print(f"training the reference classifier -> {path}", file=sys.stderr)
+        model = train_classifier(real, size, progress=lambda e, n, loss: print(f"  epoch {e}/{n} loss {loss:.3f}",
+                                                                              file=sys.stderr))
+        save_classifier(model, path, size)
+    return load_extractor(f"classifier:{path}")
+
+
 def evaluate(model: str, data: Path, sampler: str | None, steps: int | None, cfg: float | None, limit: int | None,
-             out_dir: Path | None) -> dict:
+             out_dir: Path | None, classifier: Path | None = None) -> dict:
     engine = Engine(model)
     info = engine.describe()
     family = info.family
     sampler, steps = sampler or family.default_sampler, steps or family.default_steps
     cfg = cfg if cfg is not None else family.default_cfg_scale
     names, real = load_reference(data, info.native_size)
-    cache = data / f"features-{EXTRACTOR_NAME}-{info.native_size}px.npy"
-    if cache.exists() and len(np.load(cache)) == len(real):
-        real_features = np.load(cache)
-    else:
-        real_features = image_features(real)
-        np.save(cache, real_features)
     index = {n: i for i, n in enumerate(names)}
     chosen = list(range(len(names)))[:: max(1, len(names) // limit)] if limit else list(range(len(names)))
     started = time.perf_counter()
     generated = generate_many(engine, [names[i] for i in chosen], chosen, sampler, steps, cfg)
     seconds = time.perf_counter() - started
-    ranks = retrieval_ranks(image_features(generated), real_features, chosen)
     para = [(p, index[t]) for p, t in PARAPHRASES if t in index]
     para_images = generate_many(engine, [p for p, _ in para], [1000 + i for i in range(len(para))], sampler, steps, cfg)
-    para_ranks = retrieval_ranks(image_features(para_images), real_features, [t for _, t in para])
-    gen_features = image_features(generated)
+    queries = {"names": (generated, chosen), "paraphrases": (para_images, [t for _, t in para])}
+    nsfw = load_extractor()
+    ranks, gallery, features = _retrieval(nsfw, real, data / f"features-{EXTRACTOR_NAME}-{info.native_size}px.npy",
+                                          queries)
     report = {
         "model": str(info.path), "sampler": sampler, "steps": steps, "cfg_scale": cfg, "size": info.native_size,
         "extractor": EXTRACTOR_NAME, "emoji": len(chosen), "gallery": len(names),
-        "top1": float((ranks == 0).mean()), "top5": float((ranks < 5).mean()),
-        "paraphrases": len(para), "paraphrase_top5": float((para_ranks < 5).mean()),
-        "paraphrase_top1": float((para_ranks == 0).mean()),
-        "fid": frechet_distance(gen_features, real_features[chosen]) if len(chosen) > 64 else None,
+        "top1": float((ranks["names"] == 0).mean()), "top5": float((ranks["names"] < 5).mean()),
+        "paraphrases": len(para), "paraphrase_top5": float((ranks["paraphrases"] < 5).mean()),
+        "paraphrase_top1": float((ranks["paraphrases"] == 0).mean()),
+        "fid": frechet_distance(features["names"], gallery[chosen]) if len(chosen) > 64 else None,
         "seconds_per_image_batched": seconds / len(chosen),
     }
+    if classifier is not None:
+        extractor = classifier_extractor(classifier, real, info.native_size)
+        ranks, _, _ = _retrieval(extractor, real, None, queries)
+        real_ranks = retrieval_ranks(extractor.features(real), extractor.features(real), list(range(len(real))))
+        report["classifier"] = {
+            "extractor": extractor.name, "top1": float((ranks["names"] == 0).mean()),
+            "top5": float((ranks["names"] < 5).mean()), "paraphrase_top1": float((ranks["paraphrases"] == 0).mean()),
+            "paraphrase_top5": float((ranks["paraphrases"] < 5).mean()),
+            "real_renders_top1": float((real_ranks == 0).mean()),
+        }
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         grid = [im for i in range(min(32, len(chosen))) for im in (real[chosen[i]], generated[i])]
@@ -119,8 +150,11 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float)
     parser.add_argument("--limit", type=int, help="evaluate about this many emoji (evenly spaced)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--classifier", type=Path,
+                        help="also score with a reference classifier trained on the renders (trained here if missing)")
     args = parser.parse_args()
-    print(json.dumps(evaluate(args.model, args.data, args.sampler, args.steps, args.cfg_scale, args.limit, args.out),
+    print(json.dumps(evaluate(args.model, args.data, args.sampler, args.steps, args.cfg_scale, args.limit, args.out,
+                              args.classifier),
                      indent=2))
 
 

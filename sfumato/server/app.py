@@ -11,13 +11,14 @@ import dataclasses
 import hmac
 import json
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 from sfumato import __version__
 from sfumato.engine import Engine, default_model
@@ -244,35 +245,31 @@ def _ui_routes(app: FastAPI) -> None:
     app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
 
 
-class JobRequest(BaseModel):
-    """Native job body: the engine's request fields; `init_image` and `mask` are base64 images, never paths."""
+NOT_ON_THE_WIRE = {"inpaint_full_image_overlay", "prediction_type"}
 
-    model_config = ConfigDict(extra="forbid")
-    prompt: str
-    negative_prompt: str = ""
-    model: str | None = None
-    sampler: str | None = None
-    steps: int | None = None
-    cfg_scale: float | None = None
-    seed: int = -1
-    subseed: int = -1
-    subseed_strength: float = 0.0
-    width: int | None = None
-    height: int | None = None
-    batch_size: int = 1
-    batch_count: int = 1
-    clip_skip: int = 1
-    init_image: str | None = None
-    mask: str | None = None
-    mask_blur: int = 4
-    strength: float = 0.75
-    outpaint: dict[str, int] = {}
-    tile: bool = False
-    hires_scale: float = 1.0
-    hires_strength: float = 0.55
-    hires_steps: int | None = None
-    hires_upscaler: str = "latent"
-    loras: list[tuple[str, float]] = []
+
+def _job_request_model() -> type[BaseModel]:
+    """The native job body: `GenerationRequest`'s fields (one definition), unknown fields refused.
+
+    Over HTTP `init_image` and `mask` are base64 images, never paths, and `loras` are names from
+    GET /api/v1/loras.
+    """
+    hints = typing.get_type_hints(GenerationRequest)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(GenerationRequest):
+        if f.name in NOT_ON_THE_WIRE:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = ...
+        fields[f.name] = (hints[f.name], default)
+    return create_model("JobRequest", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+JobRequest = _job_request_model()
 
 
 def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
