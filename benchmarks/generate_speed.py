@@ -26,7 +26,6 @@ def build_sd15_random(out: Path) -> Path:
     """SD 1.5 architecture (UNet, VAE, CLIP-L) with random weights, saved as a diffusers folder (fp16 on disk)."""
     import diffusers
     import torch
-    from accelerate import init_empty_weights  # noqa: F401  (real init below: weights must be finite)
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from sfumato.models.families import SD1

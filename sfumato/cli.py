@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("output", type=Path)
     tiny.add_argument("--inpainting", action="store_true")
     _add_train_parser(commands)
-    _add_eval_parsers(commands)
+    from sfumato.cli_eval import add_eval_parsers
+
+    add_eval_parsers(commands)
     _add_serve_parser(commands)
 
     data = commands.add_parser("data", help="build training datasets")
@@ -159,72 +161,6 @@ def _add_train_parser(commands) -> None:
         else:
             kind = next((t for t in (int, float) if t is hint or t in typing.get_args(hint)), str)
             train.add_argument(flag, type=kind, default=argparse.SUPPRESS)
-
-
-def _add_eval_parsers(commands) -> None:
-    """`sfumato eval METRIC ...` and `sfumato grid`."""
-    ev = commands.add_parser("eval", help="measure images and models: fid, kid, is, clip-score, psnr, ssim, steps ...")
-    metrics = ev.add_subparsers(dest="metric", required=True, parser_class=_Parser)
-    extractor_help = "open-nsfw (default, offline) or inception:PATH.safetensors (pytorch-fid weights)"
-    for name, helptext in (("fid", "Fréchet distance of features"), ("kid", "kernel distance (polynomial MMD²)"),
-                           ("is", "Inception Score (needs class logits)"), ("clip-score", "CLIP score of captions"),
-                           ("adherence", "top-k retrieval of each image's prompt among labelled references")):
-        sub = metrics.add_parser(name, help=helptext)
-        sub.add_argument("--fake", type=Path, required=True, help="folder of generated images")
-        sub.add_argument("--real", type=Path, required=name in ("fid", "kid", "adherence"),
-                         help="folder of reference images")
-        sub.add_argument("--extractor", default="open-nsfw", help=extractor_help)
-        sub.add_argument("--save", type=Path, help="append the result to DIR/metrics.jsonl (for `eval report`)")
-        sub.add_argument("--json", action="store_true")
-        if name == "kid":
-            sub.add_argument("--subsets", type=int, default=100)
-            sub.add_argument("--subset-size", type=int, default=1000)
-        if name == "is":
-            sub.add_argument("--splits", type=int, default=10)
-        if name == "clip-score":
-            sub.add_argument("--clip-model", type=Path, required=True, help="local transformers CLIPModel folder")
-            sub.add_argument("--captions", type=Path, help="one caption per image (default: PNG prompts/metadata)")
-    for name in ("psnr", "ssim"):
-        sub = metrics.add_parser(name, help=f"{name.upper()} of two images, or two folders matched by file name")
-        sub.add_argument("a", type=Path)
-        sub.add_argument("b", type=Path)
-        sub.add_argument("--save", type=Path)
-        sub.add_argument("--json", action="store_true")
-    sub = metrics.add_parser("tssim", help="temporal SSIM: mean SSIM of consecutive frames (GIF/WebP or folder)")
-    sub.add_argument("frames", type=Path)
-    sub.add_argument("--save", type=Path)
-    sub.add_argument("--json", action="store_true")
-    steps = metrics.add_parser("steps", help="quality vs steps and seconds per sampler -> CSV + PNG plots")
-    steps.add_argument("--model", "-m")
-    steps.add_argument("--prompts", type=Path, required=True, help="one prompt per line")
-    steps.add_argument("--samplers", default="Euler a,DPM++ 2M Karras,DDIM,UniPC", help="comma-separated")
-    steps.add_argument("--steps", default="4,8,12,20,30,50", help="comma-separated step counts")
-    steps.add_argument("--seed", type=int, default=0)
-    steps.add_argument("--cfg-scale", type=float)
-    steps.add_argument("--reference-sampler", default="DPM++ 2M")
-    steps.add_argument("--reference-steps", type=int, default=100)
-    steps.add_argument("--real", type=Path, help="reference images (FID; adherence when labelled by metadata.jsonl)")
-    steps.add_argument("--extractor", default="open-nsfw", help=extractor_help)
-    steps.add_argument("--clip-model", type=Path)
-    steps.add_argument("--out", type=Path, required=True, help="output folder (CSV, plots, sweep.json)")
-    report = metrics.add_parser("report", help="write DIR/report.md from an evaluation folder")
-    report.add_argument("folder", type=Path)
-    report.add_argument("--metric", dest="pick", help="metric that picks the recommended setting (default: top1, fid, ...)")
-
-    grid = commands.add_parser("grid", help="A1111-style X/Y/Z grid: any request field on any axis")
-    grid.add_argument("prompt")
-    grid.add_argument("--x", required=True, metavar="FIELD=V1,V2", help='e.g. "sampler=Euler a,DDIM"')
-    grid.add_argument("--y", metavar="FIELD=V1,V2", help='e.g. "steps=10,20,30"')
-    grid.add_argument("--z", metavar="FIELD=V1,V2")
-    grid.add_argument("--model", "-m")
-    grid.add_argument("--negative", "--negative-prompt", dest="negative_prompt", default="")
-    for flag, kind in (("--steps", int), ("--cfg-scale", float), ("--sampler", str), ("--width", int),
-                       ("--height", int)):
-        grid.add_argument(flag, type=kind)
-    grid.add_argument("--seed", type=int, default=-1)
-    grid.add_argument("--min-cell", type=int, default=128, help="enlarge smaller cells to this many pixels")
-    grid.add_argument("--output", "-o", type=Path, required=True)
-    _add_safety_args(grid)
 
 
 def _add_serve_parser(commands) -> None:
@@ -441,139 +377,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_metric(args: argparse.Namespace, record: dict, text: str) -> None:
-    if getattr(args, "save", None):
-        from sfumato.evaluation.report import save_metric
-
-        save_metric(args.save, record)
-    print(json.dumps(record, indent=2) if getattr(args, "json", False) else text)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
-    from sfumato.evaluation import images as ev_images
-    from sfumato.evaluation import metrics
-
-    if args.metric == "report":
-        from sfumato.evaluation.report import write_report
-
-        print(write_report(args.folder, args.pick))
-        return 0
-    if args.metric == "steps":
-        return _eval_steps(args)
-    if args.metric in ("psnr", "ssim"):
-        pairs = ev_images.load_pairs(args.a, args.b)
-        fn = metrics.psnr if args.metric == "psnr" else metrics.ssim
-        values = {name: fn(a, b) for name, a, b in pairs}
-        mean = float(np.mean(list(values.values())))
-        record = {"metric": args.metric, "value": mean, "pairs": len(values), "a": str(args.a), "b": str(args.b)}
-        unit = " dB" if args.metric == "psnr" else ""
-        _print_metric(args, record | ({"per_image": values} if len(values) > 1 else {}),
-                      f"{args.metric.upper()}: {mean:.4f}{unit} (mean of {len(values)} pair(s))")
-        return 0
-    if args.metric == "tssim":
-        mean, values = metrics.temporal_ssim(ev_images.load_frames(args.frames))
-        _print_metric(args, {"metric": "temporal_ssim", "value": mean, "frames": len(values) + 1,
-                             "per_pair": values, "source": str(args.frames)},
-                      f"temporal SSIM: {mean:.4f} over {len(values) + 1} frames")
-        return 0
-    fake = ev_images.load_folder(args.fake, "--fake folder")
-    record: dict[str, Any] = {"metric": args.metric, "fake": str(args.fake), "fake_images": len(fake)}
-    if args.metric == "clip-score":
-        from sfumato.evaluation.clip_score import ClipScorer
-
-        scorer = ClipScorer(args.clip_model)
-        value = float(scorer.scores(fake, ev_images.image_captions(args.fake, args.captions)).mean())
-        _print_metric(args, record | {"value": value, "model": scorer.name},
-                      f"CLIP score ({scorer.name}): {value:.3f} over {len(fake)} images")
-        return 0
-    from sfumato.evaluation.features import load_extractor
-
-    extractor = load_extractor(args.extractor)
-    record["extractor"] = extractor.name
-    bar = tqdm(total=len(fake), unit="img", desc="features", file=sys.stderr, disable=None)
-    if args.metric == "is":
-        mean, std = metrics.inception_score(extractor.logits(fake, bar.update), args.splits)
-        bar.close()
-        _print_metric(args, record | {"value": mean, "std": std},
-                      f"IS ({extractor.name}): {mean:.3f} ± {std:.3f} over {len(fake)} images")
-        return 0
-    real = ev_images.load_folder(args.real, "--real folder")
-    record |= {"real": str(args.real), "real_images": len(real)}
-    if args.metric == "adherence":
-        from sfumato.evaluation.sweep import labelled_reference
-
-        real, labels = labelled_reference(args.real)
-        prompts = ev_images.image_captions(args.fake)
-        index = {label: i for i, label in enumerate(labels) if label}
-        missing = [p for p in prompts if p not in index]
-        if missing:
-            raise InvalidRequest(f"{len(missing)} prompts have no labelled reference image (e.g. {missing[0]!r}); "
-                                 "label --real images by name/text in its metadata.jsonl")
-        bar.total = len(fake) + len(real)
-        ranks = metrics.retrieval_ranks(extractor.features(fake, bar.update), extractor.features(real, bar.update),
-                                        [index[p] for p in prompts])
-        bar.close()
-        top1, top5 = metrics.top_k_accuracy(ranks, 1), metrics.top_k_accuracy(ranks, 5)
-        _print_metric(args, record | {"value": top1, "top1": top1, "top5": top5},
-                      f"adherence ({extractor.name}): top-1 {top1:.1%}, top-5 {top5:.1%} over {len(fake)} images "
-                      f"against {len(real)} references")
-        return 0
-    bar.total = len(fake) + len(real)
-    fake_f, real_f = extractor.features(fake, bar.update), extractor.features(real, bar.update)
-    bar.close()
-    if args.metric == "fid":
-        value = metrics.frechet_distance(fake_f, real_f)
-        _print_metric(args, record | {"value": value},
-                      f"FID ({extractor.name}): {value:.3f}  [{len(real)} real, {len(fake)} fake]")
-    else:
-        mean, std = metrics.kernel_inception_distance(fake_f, real_f, args.subsets, args.subset_size)
-        _print_metric(args, record | {"value": mean, "std": std},
-                      f"KID ({extractor.name}): {mean:.5f} ± {std:.5f}  [{len(real)} real, {len(fake)} fake]")
-    return 0
-
-
-def _eval_steps(args: argparse.Namespace) -> int:
-    from sfumato.engine import Engine
-    from sfumato.evaluation.report import write_report
-    from sfumato.evaluation.sweep import SweepConfig, read_prompts, run_sweep
-
-    try:
-        steps = [int(s) for s in args.steps.split(",") if s.strip()]
-    except ValueError:
-        raise InvalidRequest(f"--steps must be comma-separated integers, got {args.steps!r}") from None
-    config = SweepConfig(model=args.model, prompts=read_prompts(args.prompts),
-                         samplers=[s.strip() for s in args.samplers.split(",") if s.strip()], steps=steps,
-                         seed=args.seed, cfg_scale=args.cfg_scale, reference_sampler=args.reference_sampler,
-                         reference_steps=args.reference_steps, real=str(args.real) if args.real else None,
-                         extractor=args.extractor, clip_model=str(args.clip_model) if args.clip_model else None)
-    rows = run_sweep(Engine(), config, args.out, say=lambda m: print(m, file=sys.stderr))
-    print(f"{len(rows)} rows -> {args.out / 'steps.csv'}; report: {write_report(args.out)}")
-    return 0
-
-
-def cmd_grid(args: argparse.Namespace) -> int:
-    from sfumato.evaluation.grid import parse_axis, xyz_grid
-
-    axes = [parse_axis(args.x), parse_axis(args.y) if args.y else None, parse_axis(args.z) if args.z else None]
-    if axes[1] is None and axes[2] is not None:
-        axes = [axes[0], axes[2], None]
-    base = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
-                             sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
-                             width=args.width, height=args.height)
-    bar = _Bar()
-    try:
-        image, results = xyz_grid(_engine(args), base, axes, args.min_cell, bar)
-    finally:
-        bar.close()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.output)
-    print(f"{args.output} ({len(results)} cells, seed {results[0].images[0].seed})")
-    return 0
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -594,6 +397,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(docs at /docs{', API key required' if args.api_key else ''})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sfumato.cli_eval import cmd_eval as run
+
+    return run(args)
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from sfumato.cli_eval import cmd_grid as run
+
+    return run(args)
 
 
 COMMANDS = {"serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
