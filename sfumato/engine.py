@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -87,6 +88,7 @@ class Engine:
         self._policy = None if self.safety.policy == "off" else PromptPolicy.load(self.safety.policy)
         self._loaded: LoadedModel | None = None
         self._encoder: PromptEncoder | None = None
+        self._load_lock = threading.Lock()
 
     @classmethod
     def with_model(cls, loaded: LoadedModel) -> "Engine":
@@ -111,11 +113,21 @@ class Engine:
 
     def load(self, name: str | None = None) -> LoadedModel:
         path = self.model_path(name)
-        if self._loaded is None or self._loaded.info.path != path:
-            self._loaded = None  # free the old model before loading the new one
-            self._loaded = load_model(path, self.device, self.dtype)
-            self._encoder = _prompt_encoder(self._loaded)
-        return self._loaded
+        with self._load_lock:
+            if self._loaded is None or self._loaded.info.path != path:
+                self._loaded = None  # free the old model before loading the new one
+                self._loaded = load_model(path, self.device, self.dtype)
+                self._encoder = _prompt_encoder(self._loaded)
+            return self._loaded
+
+    def token_counts(self, prompt: str, model: str | None = None) -> tuple[list[int], int]:
+        """Tokens per chunk of `prompt` as the model's tokenizer splits it (flags and LoRA tags removed)."""
+        loaded = self.load(model)
+        if loaded.info.family.prediction_type == "flow":
+            raise InvalidRequest("token counts are available for CLIP/BERT-conditioned (UNet) models")
+        text, _ = extract_lora_tags(prompt)
+        text, _ = split_flags(text)
+        return self._encoder.token_counts(text)
 
     # ---------------------------------------------------------------- requests
 

@@ -115,6 +115,14 @@ def test_native_jobs_sse_and_image(client):
     assert client.get(f"/api/v1/jobs/{'0' * 32}").status_code == 404
 
 
+def test_token_counts_use_the_model_tokenizer(client):
+    r = client.post("/api/v1/tokens", json={"prompt": "red apple, (shiny:1.2) <lora:x:1> --no leaves"})
+    assert r.json() == {"chunks": [4], "chunk_length": 75}
+    assert client.post("/api/v1/tokens", json={"prompt": "a cat BREAK a dog"}).json()["chunks"] == [2, 2]
+    assert client.post("/api/v1/tokens", json={"prompt": ", ".join(["red apple"] * 40)}).json()["chunks"] == [75, 44]
+    assert client.post("/api/v1/tokens", json={"prompt": "x --bogus 1"}).status_code == 422
+
+
 def test_validation_errors_are_json_422(client):
     for body in ({"prompt": "x", "steps": 1000}, {"prompt": "x", "width": 100000, "height": 64},
                  {"prompt": "x", "batch_size": 17}, {"prompt": 5}, {"prompt": "x", "unknown_field": 1},

@@ -69,6 +69,7 @@ def _small(page, steps: int = 2) -> None:
 def test_generate_and_see_it_in_the_gallery(page, server):
     page.fill("#prompt", "red apple, (shiny:1.2) --no leaves")
     assert page.inner_text("#prompt-flags") == "flags: --no"
+    page.wait_for_function("document.getElementById('prompt-tokens').textContent === '4/75 tokens'")  # model tokenizer
     assert page.locator("#prompt-highlight .em").inner_text() == "(shiny:1.2)"
     _small(page)
     page.fill("#seed", "42")

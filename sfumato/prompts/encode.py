@@ -30,6 +30,7 @@ class Conditioning:
 class Chunk:
     ids: list[int]
     weights: list[float]
+    tokens: int = 0  # prompt tokens in this chunk (without start, end and padding)
 
 
 def special_tokens(tokenizer) -> tuple[int, int, int, int]:
@@ -54,7 +55,7 @@ def tokenize_weighted(tokenizer, prompt: str, chunk_length: int = CHUNK_LENGTH) 
     def close_chunk() -> None:
         nonlocal ids, weights, last_comma
         padding = chunk_length - len(ids)
-        chunks.append(Chunk([bos, *ids, eos] + [pad] * padding, [1.0, *weights, 1.0] + [1.0] * padding))
+        chunks.append(Chunk([bos, *ids, eos] + [pad] * padding, [1.0, *weights, 1.0] + [1.0] * padding, len(ids)))
         ids, weights, last_comma = [], [], -1
 
     for text, weight in parse_prompt_attention(prompt):
@@ -159,6 +160,12 @@ class PromptEncoder:
             if tokens != name:
                 prompt = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", tokens, prompt)
         return prompt
+
+    def token_counts(self, prompt: str) -> tuple[list[int], int]:
+        """Tokens per chunk of a prompt (A1111 syntax, BREAK, comma backtracking) and the chunk length."""
+        slot = self.slots[0]
+        chunks = tokenize_weighted(slot.tokenizer, self._expand(prompt), slot.chunk_length)
+        return [c.tokens for c in chunks], slot.chunk_length
 
     def _encode_one(self, prompt: str, clip_skip: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Chunks with all encoders' features concatenated, and the pooled vector of the last encoder."""

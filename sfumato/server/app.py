@@ -272,6 +272,11 @@ def _job_request_model() -> type[BaseModel]:
 JobRequest = _job_request_model()
 
 
+class TokensRequest(BaseModel):
+    prompt: str
+    model: str | None = None
+
+
 def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
     @app.post("/api/v1/jobs", tags=["native"], dependencies=guarded, status_code=202)
     def create_job(body: JobRequest):
@@ -290,6 +295,12 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
         return job
+
+    @app.post("/api/v1/tokens", tags=["native"], dependencies=guarded)
+    def tokens(body: TokensRequest):
+        """Tokens per chunk of a prompt with the model's own tokenizer (for the UI's counter)."""
+        counts, length = service.engine.token_counts(body.prompt, service.model_path(body.model))
+        return {"chunks": counts, "chunk_length": length}
 
     @app.get("/api/v1/loras", tags=["native"], dependencies=guarded)
     def loras():

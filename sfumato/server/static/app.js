@@ -102,12 +102,24 @@ function approximateTokens(text) {  // CLIP BPE is about one token per word piec
   return (plain.toLowerCase().match(/[a-z]+|\d|[^\sa-z\d()\[\]]/g) || []).length;
 }
 
+function showTokens(chunks, length, exact) {
+  const last = chunks[chunks.length - 1] || 0;
+  const label = chunks.length > 1 ? `chunk ${chunks.length}: ` : "";
+  $("prompt-tokens").textContent = `${label}${exact ? "" : "≈"}${last}/${length} tokens`;
+}
+
+let tokenTimer = null;
 function updatePromptInfo() {
   const text = $("prompt").value;
   const chunks = text.split(/\bBREAK\b/).map(approximateTokens);
-  const total = chunks.reduce((a, b) => a + b, 0);
-  const limit = Math.max(1, chunks.length, Math.ceil(total / 75)) * 75;
-  $("prompt-tokens").textContent = `${total}/${limit} tokens`;
+  showTokens(chunks, 75, false);  // instant estimate, replaced by the model tokenizer's count
+  clearTimeout(tokenTimer);
+  tokenTimer = setTimeout(async () => {
+    try {
+      const counts = await api("/api/v1/tokens", { method: "POST", body: JSON.stringify({ prompt: text, model: $("model").value || null }) });
+      if ($("prompt").value === text) showTokens(counts.chunks, counts.chunk_length, true);
+    } catch (error) { /* keep the estimate (e.g. an unknown flag while typing) */ }
+  }, 250);
   const flags = [...text.matchAll(FLAG_RE)].map((m) => m[0]);
   $("prompt-flags").textContent = flags.length ? "flags: " + flags.join(" ") : "";
   $("prompt-highlight").innerHTML = highlight(text);
