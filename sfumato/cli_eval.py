@@ -138,12 +138,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _print_metric(args, record | {"value": mean, "std": std},
                       f"IS ({extractor.name}): {mean:.3f} ± {std:.3f} over {len(fake)} images")
         return 0
-    real = ev_images.load_folder(args.real, "--real folder")
+    from sfumato.evaluation.sweep import labelled_reference
+
+    real, labels = labelled_reference(args.real)  # metadata.jsonl rows (subfolders allowed), else the folder's images
     record |= {"real": str(args.real), "real_images": len(real)}
     if args.metric == "adherence":
-        from sfumato.evaluation.sweep import labelled_reference
-
-        real, labels = labelled_reference(args.real)
         prompts = ev_images.image_captions(args.fake)
         index = {label: i for i, label in enumerate(labels) if label}
         missing = [p for p in prompts if p not in index]

@@ -70,7 +70,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def train_classifier(images: list[Image.Image], size: int = 32, epochs: int = 60, seed: int = 0,
+def train_classifier(images: list[Image.Image], size: int = 32, epochs: int = 40, seed: int = 0,
                      progress: Callable[[int, int, float], None] | None = None) -> ReferenceClassifier:
     """Train to recognise image i as class i (one class per reference image)."""
     torch.manual_seed(seed)

@@ -101,11 +101,26 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """Greedy word wrap to `width` pixels (a single long word stays on its line)."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
 def _text_block(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], text: str, font) -> None:
     left, top, right, bottom = box
-    w = draw.textlength(text, font=font)
-    draw.text((left + max(0, (right - left - w) / 2), top + (bottom - top - font.size) / 2), text, fill="black",
-              font=font)
+    lines = _wrap(draw, text, font, right - left - 4)
+    line_h = font.size + 2
+    y = top + (bottom - top - line_h * len(lines)) / 2
+    for line in lines:
+        w = draw.textlength(line, font=font)
+        draw.text((left + max(0, (right - left - w) / 2), y), line, fill="black", font=font)
+        y += line_h
 
 
 def draw_grid(cells: list[list[list[Image.Image]]], axes: list[Axis | None], min_cell: int = 128) -> Image.Image:
@@ -115,9 +130,10 @@ def draw_grid(cells: list[list[list[Image.Image]]], axes: list[Axis | None], min
     scale = max(1, -(-min_cell // min(cw, ch)))
     cw, ch = cw * scale, ch * scale
     font = _font(max(12, min(28, cw // 9)))
-    label_h = font.size * 2 + 8
-    left = 0 if y is None else int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)
-                                       for t in y.labels)) + 16
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = max([len(_wrap(measure, t, font, cw - 4)) for a in (x, z) if a is not None for t in a.labels] or [1])
+    label_h = (font.size + 2) * lines + 12
+    left = 0 if y is None else int(max(measure.textlength(t, font=font) for t in y.labels)) + 16
     top = (label_h if x is not None else 0) + (label_h if z is not None else 0)
     cols, rows = len(cells[0][0]), len(cells[0])
     block_w, gap = left + cols * cw, 16

@@ -59,19 +59,30 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def labelled_reference(folder: Path) -> tuple[list[Image.Image], list[str | None]]:
-    """The images of `folder` and their labels (`name`, else the first `text`, from metadata.jsonl)."""
+    """Reference images and labels: the rows of `folder/metadata.jsonl` (`file_name`, and `name` or the first
+    `text` as label; files may sit in subfolders), else the images directly in `folder`, unlabelled."""
     from sfumato.evaluation.images import image_files
 
-    files = image_files(Path(folder), "reference folder")
-    labels: dict[str, str] = {}
-    meta = Path(folder) / "metadata.jsonl"
-    if meta.is_file():
-        for line in meta.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                text = row.get("name") or row.get("text")
-                labels[row["file_name"]] = text[0] if isinstance(text, list) else text
-    return [Image.open(p).convert("RGB") for p in files], [labels.get(p.name) for p in files]
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        files = image_files(folder, "reference folder")
+        return [Image.open(p).convert("RGB") for p in files], [None] * len(files)
+    images, labels = [], []
+    root = folder.resolve()
+    for line in meta.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        path = (folder / row["file_name"]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise InvalidRequest(f"{meta}: {row['file_name']!r} is not an image inside {folder}")
+        text = row.get("name") or row.get("text")
+        images.append(Image.open(path).convert("RGB"))
+        labels.append(text[0] if isinstance(text, list) else text)
+    if not images:
+        raise InvalidRequest(f"{meta} lists no images")
+    return images, labels
 
 
 class _Scorer:
