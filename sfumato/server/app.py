@@ -121,13 +121,15 @@ class Service:
     async def wait(self, job: Job, timeout: float = 3600) -> Job:
         """Wait for a job to finish; a failed job raises its error (400), a cancelled one 409."""
         deadline = time.monotonic() + timeout
+        delay = 0.02
         while True:
             current = self.store.get(job.id)
             if current.status in FINAL:
                 break
             if time.monotonic() > deadline:
                 raise HTTPException(504, f"job {job.id} is still {current.status}; poll /api/v1/jobs/{job.id}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)  # quick for short jobs, light on the database for long ones
         if current.status == "failed":
             raise SfumatoError(current.error or "generation failed")
         if current.status == "cancelled":

@@ -9,6 +9,7 @@ batch stops the batch between two steps; its other jobs go back to the queue.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import threading
 import time
@@ -50,6 +51,8 @@ class Worker:
         self._stop = threading.Event()
         self._last_step = 0.0
         self._last_preview = 0.0
+        self._keys: dict[str, tuple] = {}  # job id -> batch key (computed once per job)
+        self._serial = itertools.count()  # keeps the keys of jobs that must run alone distinct
         self._thread = threading.Thread(target=self._loop, name="sfumato-worker", daemon=True)
 
     def start(self) -> None:
@@ -99,10 +102,13 @@ class Worker:
             return []
         keys = {}
         for position, job in enumerate(queued):
-            try:
-                keys[job.id] = batch_key(GenerationRequest.from_dict(job.request), position)
-            except SfumatoError as exc:
-                self.store.fail(job.id, str(exc))
+            if job.id not in self._keys:
+                try:
+                    self._keys[job.id] = batch_key(GenerationRequest.from_dict(job.request), next(self._serial))
+                except SfumatoError as exc:
+                    self.store.fail(job.id, str(exc))
+                    continue
+            keys[job.id] = self._keys[job.id]
         queued = [j for j in queued if j.id in keys]
         if not queued:
             return []
@@ -113,6 +119,8 @@ class Worker:
             if keys[job.id] == keys[first.id] and images + size <= self.max_batch_size:
                 batch.append(job)
                 images += size
+        for job in batch:
+            self._keys.pop(job.id, None)
         return [job for job in batch if self.store.start(job.id)]
 
     def _run(self, jobs: list[Job]) -> None:
