@@ -125,7 +125,7 @@ def test_fid_inception_from_a_converted_pickle(tmp_path, capsys):
     torch.manual_seed(0)
     net = FIDInceptionV3().eval()
     state = net.state_dict()
-    # 94 BasicConv2d (conv + 5 BN tensors each) + fc: torchvision Inception3 without aux logits, 1008 classes
+    # 94 BasicConv2d (conv + 5 BN tensors each) + fc: the reference Inception3 layout without aux logits, 1008 classes
     assert len(state) == 94 * 6 + 2 and state["fc.weight"].shape == (1008, 2048)
     torch.save(state, tmp_path / "pt_inception.pth")
     target = tmp_path / "inception.safetensors"

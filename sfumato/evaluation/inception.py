@@ -1,9 +1,9 @@
-"""The FID Inception-v3 (TensorFlow's 2015-12-05 graph as ported by pytorch-fid), without torchvision.
+"""The FID Inception-v3 (TensorFlow's 2015-12-05 graph as ported by pytorch-fid), in plain torch.
 
-Module and parameter names follow torchvision's `Inception3` so the pytorch-fid weights load as they
+Module and parameter names follow the reference `Inception3` layout so the pytorch-fid weights load as they
 are: convert `pt_inception-2015-12-05-6726825d.pth` once with
 `sfumato convert pt_inception-2015-12-05-6726825d.pth inception.safetensors --allow-pickle` and pass
-`--extractor inception:inception.safetensors`. The FID variant differs from torchvision's: average
+`--extractor inception:inception.safetensors`. The FID variant differs from the ImageNet one: average
 pools ignore padding, the last block max-pools, and the classifier has 1008 outputs.
 """
 
