@@ -128,8 +128,8 @@ def evaluate(model: str, data: Path, sampler: str | None, steps: int | None, cfg
     }
     if classifier is not None:
         extractor = classifier_extractor(classifier, real, info.native_size)
-        ranks, _, _ = _retrieval(extractor, real, None, queries)
-        real_ranks = retrieval_ranks(extractor.features(real), extractor.features(real), list(range(len(real))))
+        ranks, gallery, _ = _retrieval(extractor, real, None, queries)
+        real_ranks = retrieval_ranks(gallery, gallery, list(range(len(real))))
         report["classifier"] = {
             "extractor": extractor.name, "top1": float((ranks["names"] == 0).mean()),
             "top5": float((ranks["names"] < 5).mean()), "paraphrase_top1": float((ranks["paraphrases"] == 0).mean()),

@@ -49,12 +49,12 @@ def _add_safety_args(parser: argparse.ArgumentParser) -> None:
                         help="prompt policy TOML (default: the packaged one; 'off' disables it)")
 
 
-def _engine(args: argparse.Namespace, model: str | None = None):
+def _engine(args: argparse.Namespace):
     from sfumato.engine import Engine
     from sfumato.safety.classifier import SafetySettings
 
     safety = SafetySettings(args.safety, args.safety_threshold, args.safety_policy)
-    return Engine(model, device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), safety=safety)
+    return Engine(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), safety=safety)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,9 +180,7 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--max-prompt-chars", type=int, default=4000)
     serve.add_argument("--max-upload-mb", type=int, default=20)
     serve.add_argument("--device")
-    serve.add_argument("--safety", choices=["off", "blur", "block"], default="blur")
-    serve.add_argument("--safety-threshold", type=float, default=0.8)
-    serve.add_argument("--safety-policy", default=os.environ.get("SFUMATO_SAFETY_POLICY"))
+    _add_safety_args(serve)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:

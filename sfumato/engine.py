@@ -184,15 +184,15 @@ class Engine:
         Raises `PromptBlocked` for a denied prompt and `ImageBlocked` when the safety check (mode
         `block`) withholds every image; withheld images are listed in `result.blocked`.
         """
-        result = self._generate(request, progress, preview)
+        result = self._run(self.resolve(request), progress, preview)
         if not result.images and result.blocked:
             raise ImageBlocked("every image was withheld: " + "; ".join(result.blocked))
         return result
 
-    def _generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
-                  preview: PreviewCallback | None = None) -> GenerationResult:
+    def _run(self, resolved: GenerationRequest, progress: ProgressCallback | None = None,
+             preview: PreviewCallback | None = None) -> GenerationResult:
+        """Generate a request that `resolve` has already prepared."""
         started = time.perf_counter()
-        resolved = self.resolve(request)
         model = self.load(resolved.model)
         apply_loras(model, resolved.loras)
         self._encoder.expansions = apply_embeddings(model, [resolved.prompt, resolved.negative_prompt])
@@ -256,7 +256,7 @@ class Engine:
         results: list[GenerationResult | None] = [None] * len(resolved)
         for indices in groups.values():
             if len(indices) == 1:
-                results[indices[0]] = self._generate(resolved[indices[0]], progress, preview)
+                results[indices[0]] = self._run(resolved[indices[0]], progress, preview)
                 continue
             for index, result in zip(indices, self._generate_together([resolved[i] for i in indices], progress,
                                                                       preview)):
@@ -272,7 +272,7 @@ class Engine:
         rows = [(job, i) for job in jobs for i in range(job.batch_size)]
         pairs = {id(job): self._encoder.encode_pair(job.prompt, job.negative_prompt, job.clip_skip, 1) for job in jobs}
         if len({pairs[id(job)][0].embeds.shape for job in jobs}) > 1:  # prompts of different chunk counts
-            return [self._generate(job, progress, preview) for job in jobs]
+            return [self._run(job, progress, preview) for job in jobs]
         cond = _stack([pairs[id(job)][0] for job, _ in rows])
         uncond = _stack([pairs[id(job)][1] for job, _ in rows])
         cfg = torch.tensor([job.cfg_scale for job, _ in rows], dtype=torch.float32)

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from sfumato.evaluation.images import unit_tensor
+
 
 class ReferenceClassifier(nn.Module):
     def __init__(self, classes: int, width: int = 32):
@@ -38,12 +40,6 @@ class ReferenceClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.head(F.dropout(self.features(pixels), 0.2, self.training))
-
-
-def to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
-    arrays = [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32) / 255
-              for im in images]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -75,7 +71,7 @@ def train_classifier(images: list[Image.Image], size: int = 32, epochs: int = 40
     """Train to recognise image i as class i (one class per reference image)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    data = to_tensor(images, size)
+    data = unit_tensor(images, size)
     model = ReferenceClassifier(len(images))
     batch = 128
     steps = epochs * math.ceil(len(images) / batch)
@@ -123,7 +119,7 @@ def classifier_runner(path: Path):
 
     @torch.no_grad()
     def run(images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        x = to_tensor(images, size)
+        x = unit_tensor(images, size)
         feats = model.features(x)
         return feats.numpy(), model.head(feats).numpy()
 

@@ -86,14 +86,14 @@ def _nsfw_run(images: list[Image.Image]) -> tuple[np.ndarray, None]:
 def _inception_runner(path: Path):
     import torch
 
+    from sfumato.evaluation.images import unit_tensor
     from sfumato.evaluation.inception import load_fid_inception
 
     model = load_fid_inception(str(path))
 
     @torch.no_grad()
     def run(images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        pixels = torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]))
-        pooled, logits = model(pixels.permute(0, 3, 1, 2))
+        pooled, logits = model(unit_tensor(images))
         return pooled.numpy(), logits.numpy()
 
     return run
@@ -124,6 +124,6 @@ def load_extractor(spec: str = DEFAULT_EXTRACTOR) -> Extractor:
     return Extractor(INCEPTION_NAME, _inception_runner(path), batch_size=16)
 
 
-def image_features(images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
+def image_features(images: list[Image.Image]) -> np.ndarray:
     """[N, 1024] float32 Open-NSFW features (images are resized to 224 px by the extractor's preprocessing)."""
     return load_extractor().features(images)

@@ -11,6 +11,17 @@ from sfumato.errors import InvalidRequest, ModelNotFound
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
 
+def unit_tensor(images: list[Image.Image], size: int | None = None):
+    """RGB images -> float tensor [B, 3, H, W] in [0, 1] (resized to size×size with Lanczos when given)."""
+    import numpy as np
+    import torch
+
+    if size is not None:
+        images = [im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS) for im in images]
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
 def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:

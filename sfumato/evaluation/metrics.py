@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from sfumato.errors import InvalidRequest
+from sfumato.evaluation.images import unit_tensor
 
 SQRTM_EPS = 1e-6
 
@@ -87,13 +88,6 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _tensor(images: list[Image.Image]):
-    import torch
-
-    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-                                      for im in images])).permute(0, 3, 1, 2).contiguous()
-
-
 def _check_pair(a: Image.Image, b: Image.Image) -> None:
     if a.size != b.size:
         raise InvalidRequest(f"image sizes differ: {a.size[0]}x{a.size[1]} vs {b.size[0]}x{b.size[1]}")
@@ -104,7 +98,7 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     _check_pair(a, b)
-    x, y = _tensor([a]), _tensor([b])
+    x, y = unit_tensor([a]), unit_tensor([b])
     if bool((x == y).all()):
         return float("inf")
     return float(peak_signal_noise_ratio(x, y, data_range=1.0))
@@ -121,8 +115,8 @@ def ssim(a: Image.Image, b: Image.Image) -> float:
     _check_pair(a, b)
     if min(a.size) < 11:
         raise InvalidRequest(f"SSIM needs images of at least 11x11 pixels, got {a.size[0]}x{a.size[1]}")
-    _, full = structural_similarity_index_measure(_tensor([a]).double(), _tensor([b]).double(), data_range=1.0,
-                                                  return_full_image=True)
+    _, full = structural_similarity_index_measure(unit_tensor([a]).double(), unit_tensor([b]).double(),
+                                                  data_range=1.0, return_full_image=True)
     return float(full[..., 5:-5, 5:-5].mean())
 
 

@@ -18,7 +18,7 @@ from sfumato.models.home import sha256
 from sfumato.output import parse_infotext
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import get_sampler, sampler_names
-from sfumato.server.uploads import decode_base64, open_image, png_base64, store_image
+from sfumato.server.uploads import png_base64
 
 
 class Txt2ImgRequest(BaseModel):
@@ -125,17 +125,15 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     async def img2img(body: Img2ImgRequest):
         if not body.init_images:
             raise InvalidRequest("init_images must hold one base64 image")
-        limits, folder = service.settings.limits, service.store.uploads_dir
-        init = open_image(decode_base64(body.init_images[0], limits, "init_images[0]"), limits, "init_images[0]")
         request = _request(body, model_for(body))
-        fields: dict[str, Any] = {"init_image": store_image(init, folder),
+        fields: dict[str, Any] = {"init_image": service.upload(body.init_images[0], "init_images[0]"),
                                   "strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
                                   "mask_blur": body.mask_blur}
         if body.mask:
-            mask = open_image(decode_base64(body.mask, limits, "mask"), limits, "mask").convert("L")
+            mask = service.open_upload(body.mask, "mask").convert("L")
             if body.inpainting_mask_invert:
                 mask = mask.point(lambda v: 255 - v)
-            fields["mask"] = store_image(mask, folder)
+            fields["mask"] = service.keep(mask)
         return await run(body, dataclasses.replace(request, **fields))
 
     @app.get("/sdapi/v1/progress", tags=["a1111"], dependencies=guarded)
@@ -195,8 +193,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @app.post("/sdapi/v1/png-info", tags=["a1111"], dependencies=guarded)
     def png_info(body: PngInfoRequest):
-        limits = service.settings.limits
-        image = open_image(decode_base64(body.image, limits), limits)
+        image = service.open_upload(body.image, "image")
         items = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if isinstance(v, str)}
         info = items.pop("parameters", "")
         return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}

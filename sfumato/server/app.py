@@ -80,10 +80,17 @@ class Service:
             out.append((self.loras[name], float(weight)))
         return out
 
-    def upload(self, data: bytes | str, what: str, keep_alpha: bool = False) -> str:
+    def open_upload(self, data: bytes | str, what: str):
+        """An uploaded image (raw bytes or base64), checked against the upload limits."""
         limits = self.settings.limits
-        raw = decode_base64(data, limits, what) if isinstance(data, str) else data
-        return store_image(open_image(raw, limits, what), self.store.uploads_dir, keep_alpha)
+        return open_image(decode_base64(data, limits, what) if isinstance(data, str) else data, limits, what)
+
+    def keep(self, image) -> str:
+        """Store an uploaded or derived image (PNG, named by content) and return the path a request may use."""
+        return store_image(image, self.store.uploads_dir)
+
+    def upload(self, data: bytes | str, what: str) -> str:
+        return self.keep(self.open_upload(data, what))
 
     def check_limits(self, request: GenerationRequest) -> None:
         limits = self.settings.limits
@@ -347,7 +354,7 @@ async def _events(service: Service, job_id: str):
     while True:
         job = service.store.get(job_id)
         if job.status == "queued" and not sent_queued:
-            position = [j.id for j in service.store.queued()].index(job_id) if job.status == "queued" else 0
+            position = [j.id for j in service.store.queued()].index(job_id)
             yield event("queued", {"id": job_id, "position": position})
             sent_queued = True
         elif job.status == "running":

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest
-from sfumato.server.uploads import UploadTooLarge, alpha_to_mask, open_image, png_base64, store_image
+from sfumato.server.uploads import alpha_to_mask, png_base64
 
 VARIATION_STRENGTH = 0.6
 
@@ -63,11 +63,8 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         return await respond(http, request, body.response_format)
 
     async def read_upload(upload: UploadFile, what: str):
-        limit = service.settings.limits.max_upload_bytes
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            raise UploadTooLarge(f"{what} is larger than {limit // 2**20} MiB")
-        return open_image(data, service.settings.limits, what)
+        data = await upload.read(service.settings.limits.max_upload_bytes + 1)  # one byte over: "too large"
+        return service.open_upload(data, what)
 
     @app.post("/v1/images/edits", tags=["openai"], dependencies=guarded)
     async def edits(http: Request, image: UploadFile = File(...), prompt: str = Form(...),
@@ -83,12 +80,11 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         if "A" not in mask_source.getbands():
             raise InvalidRequest("the mask (or the image, when no mask is sent) needs an alpha channel: "
                                  "transparent pixels mark the area to edit")
-        folder = service.store.uploads_dir
         width, height = parse_size(size)
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, model=model, seed=seed,
                                     steps=steps, cfg_scale=cfg_scale, sampler=sampler, width=width, height=height,
-                                    batch_size=n, init_image=store_image(picture, folder),
-                                    mask=store_image(alpha_to_mask(mask_source), folder), strength=1.0)
+                                    batch_size=n, init_image=service.keep(picture),
+                                    mask=service.keep(alpha_to_mask(mask_source)), strength=1.0)
         return await respond(http, request, response_format)
 
     @app.post("/v1/images/variations", tags=["openai"], dependencies=guarded)
@@ -98,6 +94,6 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         picture = await read_upload(image, "image")
         width, height = parse_size(size)
         request = GenerationRequest(prompt=prompt, model=model, seed=seed, steps=steps, width=width, height=height,
-                                    batch_size=n, init_image=store_image(picture, service.store.uploads_dir),
+                                    batch_size=n, init_image=service.keep(picture),
                                     strength=VARIATION_STRENGTH)
         return await respond(http, request, response_format)

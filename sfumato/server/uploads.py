@@ -56,9 +56,9 @@ def open_image(data: bytes, limits: Limits, what: str = "image") -> Image.Image:
     return image
 
 
-def store_image(image: Image.Image, folder: Path, keep_alpha: bool = False) -> str:
-    """Save as PNG under `folder`, named by content hash; return the path (only the server uses it)."""
-    image = image.convert("RGBA" if keep_alpha else "RGB")
+def store_image(image: Image.Image, folder: Path) -> str:
+    """Save as RGB PNG under `folder`, named by content hash; return the path (only the server uses it)."""
+    image = image.convert("RGB")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     data = buffer.getvalue()

@@ -39,7 +39,6 @@ class Progress:
     preview_step: int = 0
     steps_done: int = 0  # lifetime counters for /metrics
     step_seconds: float = 0.0
-    interrupt_all: bool = False
 
 
 class Worker:
@@ -97,7 +96,9 @@ class Worker:
                     self.store.fail(job.id, "internal error while generating (see the server log)")
 
     def _next_batch(self) -> list[Job]:
+        self._cancelled.clear()  # nothing runs now; a cancel from here on finds its job queued or started
         queued = self.store.queued()
+        self._keys = {job.id: self._keys[job.id] for job in queued if job.id in self._keys}
         if not queued:
             return []
         keys = {}

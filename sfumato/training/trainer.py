@@ -21,7 +21,7 @@ from sfumato.training import checkpoints as ckpt
 from sfumato.training.buckets import BucketPlan, epoch_batches, make_buckets, plan_buckets
 from sfumato.training.cache import CacheStats, cache_key, cached_latents, cached_texts, weights_fingerprint
 from sfumato.training.config import TrainConfig
-from sfumato.training.data import Dataset, load_pixels, scan_folder, shuffle_tags
+from sfumato.training.data import Dataset, load_pixels, shuffle_tags
 from sfumato.training.methods import TrainSetup, build_setup, encode_captions
 from sfumato.training.report import TrainLog
 
