@@ -12,8 +12,11 @@ RSS after 100 and after all requests of the batched run (target <= 10 % growth).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -93,6 +96,13 @@ def _run(base: str, clients: int, total: int, process: subprocess.Popen, rss_at:
             "rss_end": psutil.Process(process.pid).memory_info().rss / 2**20}
 
 
+def _mean_batch(data_dir: str) -> float:
+    """Jobs per batch, averaged over the completed jobs of a run (from the server's own job store)."""
+    with sqlite3.connect(os.path.join(data_dir, "jobs.sqlite3")) as db:
+        sizes = [json.loads(r)["batch_jobs"] for (r,) in db.execute("SELECT result FROM jobs WHERE status='completed'")]
+    return statistics.mean(sizes) if sizes else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model")
@@ -103,6 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for label, batch, total in (("batched", 16, args.requests), ("unbatched", 1, args.unbatched_requests)):
+        shutil.rmtree(os.path.join(args.data_dir, label), ignore_errors=True)  # a fresh job store per run
         process, base = _start(args.model, batch, os.path.join(args.data_dir, label))
         try:
             _run(base, 2, 4, process)  # warm up: model load, first batches
@@ -112,7 +123,8 @@ def main() -> None:
             process.wait(30)
         r = results[label]
         print(f"{label:9s} (--max-batch-size {batch:2d}): {r['requests']} requests in {r['seconds']:.1f} s = "
-              f"{r['throughput']:.2f} req/s; p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s; errors {r['errors']}")
+              f"{r['throughput']:.2f} req/s; p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s; errors {r['errors']}; "
+              f"mean batch {_mean_batch(os.path.join(args.data_dir, label)):.1f} jobs")
     b, u = results["batched"], results["unbatched"]
     print(f"throughput ratio batched / unbatched: {b['throughput'] / u['throughput']:.2f}x (target >= 3x)")
     if b["rss_early"]:

@@ -171,6 +171,8 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--api-key", default=os.environ.get("SFUMATO_API_KEY"), help="require Authorization: Bearer KEY")
     serve.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind without a key")
     serve.add_argument("--max-batch-size", type=int, default=8, help="images per batch across jobs (1 = no batching)")
+    serve.add_argument("--batch-wait-ms", type=float, default=30.0,
+                       help="how long a batch that is not full waits for more compatible jobs")
     serve.add_argument("--queue-size", type=int, default=256, help="unfinished jobs before answering 429")
     serve.add_argument("--data-dir", type=Path, default=Path("sfumato-server"), help="job database and images")
     serve.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
@@ -386,7 +388,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_upload_bytes=args.max_upload_mb * 2**20)
     settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=args.api_key,
                               insecure_no_auth=args.insecure_no_auth, max_batch_size=args.max_batch_size,
-                              queue_size=args.queue_size, data_dir=args.data_dir,
+                              batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size, data_dir=args.data_dir,
                               cors_origins=tuple(args.cors_origin), safety=args.safety,
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
                               limits=limits, device=args.device)

@@ -189,6 +189,30 @@ def test_batching_gives_the_same_pixels_as_running_alone(tmp_path, sd1):
             assert np.abs(served - np.asarray(alone, dtype=int)).max() <= 1
 
 
+@pytest.mark.parametrize("wait_ms, expected", [(800, [2, 2]), (0, [1, 1])])
+def test_a_batch_that_is_not_full_waits_for_late_jobs(tmp_path, sd1, wait_ms, expected):
+    with TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=4, batch_wait_ms=wait_ms))) as client:
+        first = client.post("/api/v1/jobs", json={"prompt": "red apple", "seed": 1, **SMALL}).json()["id"]
+        time.sleep(0.2)  # the worker has seen the first job by now
+        second = client.post("/api/v1/jobs", json={"prompt": "blue car", "seed": 2, **SMALL}).json()["id"]
+        assert [_wait(client, i)["result"]["batch_jobs"] for i in (first, second)] == expected
+
+
+def test_store_tells_listeners_once_when_a_job_finishes(tmp_path):
+    from sfumato.server.store import JobStore
+
+    store = JobStore(tmp_path, queue_size=8)
+    heard = []
+    store.on_final.append(heard.append)
+    done, failed, cancelled = (store.add({"prompt": p}).id for p in "abc")
+    store.start(done)
+    store.complete(done, {"images": []})
+    store.fail(failed, "bad")
+    assert store.cancel(cancelled) and not store.cancel(cancelled) and not store.cancel(done)
+    store.fail(done, "too late")  # already completed: no second notice
+    assert heard == [done, failed, cancelled]
+
+
 def test_cancel_queued_and_running_jobs(tmp_path, sd1):
     client = TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=1)))
     slow = client.post("/api/v1/jobs", json={"prompt": "slow", "width": 128, "height": 128, "steps": 150}).json()["id"]

@@ -15,9 +15,11 @@ def embedded_model() -> Path | None:
     return EMBEDDED_DIR if (EMBEDDED_DIR / "model_index.json").exists() else None
 
 
-def export_half(source: Path, target: Path, defaults: dict[str, Any], checkpoint: Path | None = None) -> Path:
-    """Write a trained ldm-family model as fp16 safetensors with `defaults` (sampler, steps, cfg) in sfumato.json.
+def export_trained(source: Path, target: Path, defaults: dict[str, Any], checkpoint: Path | None = None,
+                half: bool = True) -> Path:
+    """Write a trained ldm-family model as (by default fp16) safetensors with `defaults` (sampler, steps, cfg) in sfumato.json.
 
+    `half=False` keeps fp32 (a base for a further `sfumato train full` run).
     With `checkpoint` (a `sfumato train scratch` checkpoint folder), its EMA weights (else its trained
     weights) replace the UNet's: a run can be exported while it is still training.
     """
@@ -33,8 +35,9 @@ def export_half(source: Path, target: Path, defaults: dict[str, Any], checkpoint
         missing, unexpected = loaded.pipe.unet.load_state_dict(load_file(str(weights)), strict=False)
         if unexpected or [k for k in missing if not k.endswith(("position_ids",))]:
             raise ValueError(f"{weights} does not match the UNet ({len(missing)} missing, {len(unexpected)} unexpected)")
-    loaded.pipe.unet.to(torch.float16)
-    loaded.pipe.vae.to(torch.float16)
+    if half:
+        loaded.pipe.unet.to(torch.float16)
+        loaded.pipe.vae.to(torch.float16)
     settings = {**loaded.info.settings, **defaults}
     save_model_folder(loaded.pipe, target, settings)
     return target

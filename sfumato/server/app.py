@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import hmac
 import json
+import threading
 import time
 import typing
 from pathlib import Path
@@ -42,7 +43,10 @@ class Service:
         safety = SafetySettings(settings.safety, settings.safety_threshold, settings.safety_policy)
         self.engine = Engine(device=settings.device, safety=safety)
         self.store = JobStore(settings.data_dir, settings.queue_size)
-        self.worker = Worker(self.store, self.engine, settings.max_batch_size)
+        self.worker = Worker(self.store, self.engine, settings.max_batch_size, settings.batch_wait_ms / 1000)
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._waiters_lock = threading.Lock()
+        self.store.on_final.append(self._job_finished)
         self.models: dict[str, str] = {}
         self.current_model: str = ""
         self.refresh_models()
@@ -125,18 +129,42 @@ class Service:
         self.worker.wake()
         return job
 
+    def _job_finished(self, job_id: str) -> None:
+        """Wake the requests waiting on a job (called from the worker thread or a route)."""
+        with self._waiters_lock:
+            waiters = self._waiters.pop(job_id, [])
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
     async def wait(self, job: Job, timeout: float = 3600) -> Job:
-        """Wait for a job to finish; a failed job raises its error (400), a cancelled one 409."""
+        """Wait for a job to finish; a failed job raises its error (400), a cancelled one 409.
+
+        The store wakes the waiter the moment the job finishes (clients resubmit at once, so the next
+        batch fills up); a slow poll stays as a safety net.
+        """
         deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            current = self.store.get(job.id)
-            if current.status in FINAL:
-                break
-            if time.monotonic() > deadline:
-                raise HTTPException(504, f"job {job.id} is still {current.status}; poll /api/v1/jobs/{job.id}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)  # quick for short jobs, light on the database for long ones
+        event = asyncio.Event()
+        with self._waiters_lock:
+            self._waiters.setdefault(job.id, []).append((asyncio.get_running_loop(), event))
+        try:
+            while True:
+                current = self.store.get(job.id)
+                if current.status in FINAL:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise HTTPException(504, f"job {job.id} is still {current.status}; poll /api/v1/jobs/{job.id}")
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            with self._waiters_lock:
+                rest = [w for w in self._waiters.get(job.id, []) if w[1] is not event]
+                if rest:
+                    self._waiters[job.id] = rest
+                else:
+                    self._waiters.pop(job.id, None)
         if current.status == "failed":
             raise SfumatoError(current.error or "generation failed")
         if current.status == "cancelled":

@@ -30,6 +30,7 @@ class ServerSettings:
     api_key: str | None = None
     insecure_no_auth: bool = False
     max_batch_size: int = 8
+    batch_wait_ms: float = 30.0  # a batch that is not full waits this long for more compatible jobs
     queue_size: int = 256
     data_dir: Path = Path("sfumato-server")
     cors_origins: tuple[str, ...] = ()
@@ -46,6 +47,8 @@ class ServerSettings:
                                  "use it); pass --api-key KEY, or --insecure-no-auth if you really mean it")
         if self.max_batch_size < 1 or self.queue_size < 1:
             raise InvalidRequest("--max-batch-size and --queue-size must be at least 1")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise InvalidRequest("--batch-wait-ms must be between 0 and 10000")
         return self
 
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 FINAL = ("completed", "failed", "cancelled")
 
@@ -72,6 +72,7 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self.recovered = self._db.execute("UPDATE jobs SET status='queued', started=NULL WHERE status='running'").rowcount
+        self.on_final: list[Callable[[str], None]] = []  # called with a job id when the job finishes (any thread)
 
     def _one(self, sql: str, args: tuple = ()) -> Job | None:
         with self._lock:
@@ -119,18 +120,25 @@ class JobStore:
     def requeue(self, job_id: str) -> None:
         self._set("UPDATE jobs SET status='queued', started=NULL WHERE id=? AND status='running'", (job_id,))
 
+    def _finish(self, job_id: str, sql: str, args: tuple) -> bool:
+        changed = self._set(sql, args) == 1
+        if changed:
+            for listener in self.on_final:
+                listener(job_id)
+        return changed
+
     def complete(self, job_id: str, result: dict[str, Any]) -> None:
-        self._set("UPDATE jobs SET status='completed', finished=?, result=? WHERE id=? AND status='running'",
-                  (time.time(), json.dumps(result), job_id))
+        self._finish(job_id, "UPDATE jobs SET status='completed', finished=?, result=? WHERE id=? AND status='running'",
+                     (time.time(), json.dumps(result), job_id))
 
     def fail(self, job_id: str, error: str) -> None:
-        self._set("UPDATE jobs SET status='failed', finished=?, error=? WHERE id=? AND status IN ('queued','running')",
-                  (time.time(), error, job_id))
+        self._finish(job_id, "UPDATE jobs SET status='failed', finished=?, error=? WHERE id=? AND status IN "
+                     "('queued','running')", (time.time(), error, job_id))
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it already finished."""
-        return self._set("UPDATE jobs SET status='cancelled', finished=? WHERE id=? AND status IN "
-                         "('queued','running')", (time.time(), job_id)) == 1
+        return self._finish(job_id, "UPDATE jobs SET status='cancelled', finished=? WHERE id=? AND status IN "
+                            "('queued','running')", (time.time(), job_id))
 
     def image_path(self, image_id: str) -> Path | None:
         """The PNG of an image id, only inside the images folder (anything else -> None)."""

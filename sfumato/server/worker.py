@@ -2,7 +2,8 @@
 
 Request handling never waits on it: routes only read and write the job store and the live
 `Progress`. Jobs that share model, size, sampler and steps run together up to `max_batch_size`
-images (`Engine.generate_many`; each image equals its job run alone). Cancelling a job of a running
+images (`Engine.generate_many`; each image equals its job run alone); a batch that is not full waits
+`batch_wait_s` for more jobs first (clients that just got a result are resubmitting). Cancelling a job of a running
 batch stops the batch between two steps; its other jobs go back to the queue.
 """
 
@@ -42,8 +43,8 @@ class Progress:
 
 
 class Worker:
-    def __init__(self, store: JobStore, engine: Engine, max_batch_size: int):
-        self.store, self.engine, self.max_batch_size = store, engine, max_batch_size
+    def __init__(self, store: JobStore, engine: Engine, max_batch_size: int, batch_wait_s: float = 0.0):
+        self.store, self.engine, self.max_batch_size, self.batch_wait_s = store, engine, max_batch_size, batch_wait_s
         self.progress = Progress()
         self._cancelled: set[str] = set()
         self._wake = threading.Event()
@@ -83,7 +84,13 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            jobs = self._next_batch()
+            batch = self._pick()
+            if batch and self.batch_wait_s and _images(batch) < self.max_batch_size:
+                self._stop.wait(self.batch_wait_s)
+                batch = self._pick()
+            jobs = [job for job in batch if self.store.start(job.id)]
+            for job in batch:
+                self._keys.pop(job.id, None)
             if not jobs:
                 self._wake.wait(0.5)
                 self._wake.clear()
@@ -95,7 +102,8 @@ class Worker:
                 for job in jobs:
                     self.store.fail(job.id, "internal error while generating (see the server log)")
 
-    def _next_batch(self) -> list[Job]:
+    def _pick(self) -> list[Job]:
+        """The oldest queued job and the compatible ones behind it, up to `max_batch_size` images (not started)."""
         self._cancelled.clear()  # nothing runs now; a cancel from here on finds its job queued or started
         queued = self.store.queued()
         self._keys = {job.id: self._keys[job.id] for job in queued if job.id in self._keys}
@@ -114,15 +122,11 @@ class Worker:
         if not queued:
             return []
         first = queued[0]
-        batch, images = [first], int(first.request.get("batch_size", 1))
+        batch = [first]
         for job in queued[1:]:
-            size = int(job.request.get("batch_size", 1))
-            if keys[job.id] == keys[first.id] and images + size <= self.max_batch_size:
+            if keys[job.id] == keys[first.id] and _images(batch) + _images([job]) <= self.max_batch_size:
                 batch.append(job)
-                images += size
-        for job in batch:
-            self._keys.pop(job.id, None)
-        return [job for job in batch if self.store.start(job.id)]
+        return batch
 
     def _run(self, jobs: list[Job]) -> None:
         requests = [GenerationRequest.from_dict(job.request) for job in jobs]
@@ -182,3 +186,7 @@ class Worker:
         self.engine.preview_image(latents).save(buffer, format="PNG")
         self.progress.preview_png, self.progress.preview_step = buffer.getvalue(), self.progress.step
         self._check_cancelled()
+
+
+def _images(jobs: list[Job]) -> int:
+    return sum(int(job.request.get("batch_size", 1)) for job in jobs)
