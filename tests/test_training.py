@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
@@ -214,10 +215,52 @@ def test_scratch_training_writes_a_model_sfumato_generates_with(tiny_ldm, square
     (tmp_path / "unet.json").write_text(json.dumps(unet_config))
     result = train(_config("scratch", squares, tmp_path / "run", unet_config=str(tmp_path / "unet.json"),
                            vae=str(tiny_ldm / "vae"), text_encoder=str(tmp_path / "te"), text_chunk_length=14,
-                           validate_every=3, validation_prompts=["red square"], validation_steps=2), say=_quiet)
+                           validate_every=3, validation_prompts=["red square"], validation_steps=2,
+                           validation_retrieval=4), say=_quiet)
     assert (tmp_path / "run" / "samples" / "step-0000006.png").exists()
+    with open(tmp_path / "run" / "validation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["extractor"], r["examples"]) for r in rows] == [("3", "open-nsfw-resnet50-pool1024", "4"),
+                                                                          ("6", "open-nsfw-resnet50-pool1024", "4")]
+    assert all(0.0 <= float(r["top1"]) <= float(r["top5"]) == 1.0 for r in rows)  # top-5 among 4 is always a hit
+    assert Image.open(tmp_path / "run" / "validation.png").size == (700, 400)
     image = Engine(result.output).generate(GenerationRequest("red square", seed=3, steps=3)).images[0].image
     assert image.size == (16, 16)  # native size: UNet sample_size 8 x VAE factor 2
+
+
+class _Replay:
+    """An engine that 'generates' given images, to check the probe's bookkeeping."""
+
+    def __init__(self, images):
+        self.images, self.prompts = images, []
+
+    def generate_many(self, requests):
+        from types import SimpleNamespace
+
+        out = []
+        for r in requests:
+            self.prompts.append(r.prompt)
+            out.append(SimpleNamespace(images=[SimpleNamespace(image=self.images[r.seed])]))
+        return out
+
+
+def test_validation_retrieval_pairs_each_caption_with_its_own_image(squares):
+    from sfumato.training.buckets import plan_buckets
+    from sfumato.training.data import load_pixels, scan_folder
+    from sfumato.training.validation import RetrievalProbe, _pil
+
+    dataset = scan_folder(squares)
+    plan = plan_buckets([(32, 32)] * len(dataset.examples), [(32, 32)], batch_size=2)
+    probe = RetrievalProbe.build(3, "open-nsfw", dataset, plan)
+    picked = [0, 2, 5]  # evenly spaced over 6 examples
+    assert probe.prompts == [dataset.examples[i].captions[0] for i in picked] and probe.sizes == [(32, 32)] * 3
+    real = [_pil(load_pixels(dataset.examples[i].path, 32, 32)) for i in picked]
+    engine = _Replay(real)
+    assert probe.score(engine, steps=2) == {"extractor": "open-nsfw-resnet50-pool1024", "examples": 3,
+                                            "top1": 1.0, "top5": 1.0}
+    assert engine.prompts == probe.prompts
+    shifted = _Replay(real[1:] + real[:1])  # every caption gets another example's image
+    assert probe.score(shifted, steps=2)["top1"] == 0.0
 
 
 def _engine_image(model: Path, prompt: str = "red square", **kw) -> np.ndarray:

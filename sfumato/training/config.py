@@ -52,6 +52,8 @@ class TrainConfig:
     validation_prompts: list[str] = field(default_factory=list)
     validation_steps: int = 20
     validation_seed: int = 1
+    validation_retrieval: int = 0  # generate N training captions at each validation, retrieve among their images
+    validation_extractor: str = "open-nsfw"  # features for that retrieval (any `eval` extractor, e.g. classifier:PATH)
     log_every: int = 10
     # scratch
     unet_config: str | None = None  # a diffusers UNet2DConditionModel config.json
@@ -94,6 +96,8 @@ class TrainConfig:
             raise InvalidRequest("mixed-precision must be no, bf16 or fp16")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
             raise InvalidRequest("prediction-type must be epsilon or v_prediction")
+        if self.validation_retrieval < 0:
+            raise InvalidRequest("validation-retrieval must be 0 (off) or a number of examples")
         if self.resolution % 8:
             raise InvalidRequest("resolution must be a multiple of 8")
         return self

@@ -131,7 +131,8 @@ class TrainSetup:
 
     # ------------------------------------------------------------ validation
 
-    def validation_images(self, config: TrainConfig, parked: Path) -> list:
+    def validate(self, config: TrainConfig, parked: Path, probe=None) -> tuple[list, dict | None]:
+        """The validation grid's images, and the retrieval scores of `probe` (a `RetrievalProbe`) when given."""
         from sfumato.engine import Engine
         from sfumato.models.loader import LoadedModel
         from sfumato.requests import GenerationRequest
@@ -144,7 +145,8 @@ class TrainSetup:
             for prompt in config.validation_prompts:
                 request = GenerationRequest(prompt=prompt, seed=config.validation_seed, steps=config.validation_steps)
                 images.extend(r.image for r in engine.generate(request).images)
-            return images
+            scores = probe.score(engine, config.validation_steps) if probe is not None else None
+            return images, scores
         finally:
             self.park_frozen(parked, keep_text=self.live_text)
 

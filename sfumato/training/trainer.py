@@ -24,6 +24,7 @@ from sfumato.training.config import TrainConfig
 from sfumato.training.data import Dataset, load_pixels, shuffle_tags
 from sfumato.training.methods import TrainSetup, build_setup, encode_captions
 from sfumato.training.report import TrainLog
+from sfumato.training.validation import RetrievalProbe, record as record_retrieval
 
 ProgressCallback = Callable[[dict], None]
 
@@ -229,6 +230,10 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, say: Ca
         quiet(f"resumed from {latest.name} (step {step})")
     log = TrainLog(run_dir, main)
     log.truncate(step)
+    validating = bool(config.validate_every and (config.validation_prompts or config.validation_retrieval))
+    probe = None
+    if main and validating and config.validation_retrieval:
+        probe = RetrievalProbe.build(config.validation_retrieval, config.validation_extractor, dataset, features.plan)
     batches = epoch_batches(features.plan, config.batch_size, config.seed, epoch)
     setup.model.train()
     started, seen = time.perf_counter(), 0
@@ -271,9 +276,14 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, say: Ca
             ema_state = dict(zip(setup.trainable, ema.shadow_params)) if ema else None
             ckpt.save_checkpoint(run_dir, step, setup.trainable, ema_state, optimizer, lr_scheduler, extra,
                                  config.keep_checkpoints)
-        if main and config.validate_every and config.validation_prompts and (step % config.validate_every == 0 or last):
+        if main and validating and (step % config.validate_every == 0 or last):
             with _ema_weights(ema, params):
-                log.grid(step, setup.validation_images(config, Path(config.output) / ".parked"))
+                images, scores = setup.validate(config, Path(config.output) / ".parked", probe)
+            log.grid(step, images)
+            if scores:
+                record_retrieval(run_dir, step, scores)
+                quiet(f"step {step}: validation retrieval top-1 {scores['top1']:.1%}, top-5 {scores['top5']:.1%} "
+                      f"among {scores['examples']} ({scores['extractor']})")
             setup.model.train()
         accelerator.wait_for_everyone()
     if bar is not None:
