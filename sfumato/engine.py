@@ -189,13 +189,19 @@ class Engine:
             raise ImageBlocked("every image was withheld: " + "; ".join(result.blocked))
         return result
 
+    def _prepare(self, model_name: str | None, loras: list[tuple[str, float]], requests: list[GenerationRequest]):
+        """Load the model, activate the LoRAs and the embeddings these requests name."""
+        model = self.load(model_name)
+        apply_loras(model, loras)
+        self._encoder.expansions = apply_embeddings(model, [t for r in requests for t in (r.prompt, r.negative_prompt)])
+        self._encoder.state = tuple(loras)  # LoRAs may change the text encoder: cached prompt features depend on them
+        return model
+
     def _run(self, resolved: GenerationRequest, progress: ProgressCallback | None = None,
              preview: PreviewCallback | None = None) -> GenerationResult:
         """Generate a request that `resolve` has already prepared."""
         started = time.perf_counter()
-        model = self.load(resolved.model)
-        apply_loras(model, resolved.loras)
-        self._encoder.expansions = apply_embeddings(model, [resolved.prompt, resolved.negative_prompt])
+        model = self._prepare(resolved.model, resolved.loras, [resolved])
         hashes = lora_hashes(resolved.loras) if resolved.loras else None
         model_hash = model.hash  # hashing reads the cache file: once per request, not once per image
         tracker = _Progress(progress, preview)
@@ -266,11 +272,10 @@ class Engine:
     def _generate_together(self, jobs: list[GenerationRequest], progress: ProgressCallback | None,
                            preview: PreviewCallback | None) -> list[GenerationResult]:
         started = time.perf_counter()
-        model = self.load(jobs[0].model)
-        apply_loras(model, jobs[0].loras)
-        self._encoder.expansions = apply_embeddings(model, [t for j in jobs for t in (j.prompt, j.negative_prompt)])
+        model = self._prepare(jobs[0].model, jobs[0].loras, jobs)
         rows = [(job, i) for job in jobs for i in range(job.batch_size)]
-        pairs = {id(job): self._encoder.encode_pair(job.prompt, job.negative_prompt, job.clip_skip, 1) for job in jobs}
+        encoded = self._encoder.encode_pairs([(job.prompt, job.negative_prompt) for job in jobs], jobs[0].clip_skip)
+        pairs = {id(job): pair for job, pair in zip(jobs, encoded)}
         if len({pairs[id(job)][0].embeds.shape for job in jobs}) > 1:  # prompts of different chunk counts
             return [self._run(job, progress, preview) for job in jobs]
         cond = _stack([pairs[id(job)][0] for job, _ in rows])

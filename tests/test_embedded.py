@@ -12,9 +12,9 @@ from PIL import Image
 from sfumato.models.embedded import embedded_model
 
 DATA = Path(__file__).parent / "data"
-PINNED_RED_APPLE = [252, 252, 252, 251, 251, 251, 253, 255, 255]  # red channel, centre 3x3, seed 1, defaults
-PINNED_RED_APPLE_GREEN = [69, 72, 78, 70, 76, 82, 75, 84, 89]  # green channel of the same pixels
-MIN_TOP1_OF_10 = 7  # a conservative bar (measured: 9/10 at step 4000)
+PINNED_RED_APPLE = [249, 249, 251, 246, 247, 249, 248, 252, 254]  # red channel, centre 3x3, seed 1, defaults
+PINNED_RED_APPLE_GREEN = [70, 78, 86, 68, 77, 84, 72, 83, 89]  # green channel of the same pixels
+MIN_TOP1_OF_10 = 7  # a conservative bar (measured: 9/10 at step 4,000; 8/10 for the shipped cooldown model)
 pytestmark = pytest.mark.skipif(embedded_model() is None, reason="the embedded model is not in this checkout")
 
 

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from sfumato.errors import PromptSyntaxError
 from sfumato.prompts import extract_lora_tags, parse_prompt_attention, split_flags
@@ -100,3 +101,48 @@ def test_sd2_pads_with_exclamation(tokenizer):
     sd2 = clip_tokenizer("!")
     chunk = tokenize_weighted(sd2, "cat")[0]
     assert chunk.ids[:3] == [49406, 2368, 49407] and chunk.ids[3:] == [0] * 74
+
+
+# ---------------------------------------------------------------------- batched, cached encoding
+
+MIXED = ["a red (apple:1.4), still life", "", "dog " * 90, "cat BREAK [hat]", "a red (apple:1.4), still life"]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_prompts_encoded_together_equal_prompts_encoded_alone(family, sd1, sdxl):
+    from sfumato.engine import _prompt_encoder
+    from sfumato.models.loader import load_model
+
+    loaded = load_model({"sd1": sd1, "sdxl": sdxl}[family], dtype="float32")
+    together = _prompt_encoder(loaded).encode_many(MIXED, clip_skip=1)
+    for prompt, (chunks, pooled) in zip(MIXED, together):
+        alone_chunks, alone_pooled = _prompt_encoder(loaded).encode_many([prompt], clip_skip=1)[0]
+        assert [c.shape for c in chunks] == [c.shape for c in alone_chunks]
+        assert len(chunks) == (2 if prompt.startswith("dog") or "BREAK" in prompt else 1)
+        for a, b in zip(chunks, alone_chunks):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert (pooled is None) == (family == "sd1")
+        if pooled is not None:
+            torch.testing.assert_close(pooled, alone_pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_encoded_prompts_are_cached_per_lora_state(sd1):
+    from sfumato.engine import _prompt_encoder
+    from sfumato.models.loader import load_model
+
+    loaded = load_model(sd1, dtype="float32")
+    encoder = _prompt_encoder(loaded)
+    passes = []
+    loaded.pipe.text_encoder.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
+    first = encoder.encode_pairs([("red apple", ""), ("blue car", "")], clip_skip=1)
+    assert passes == [3]  # one pass: "red apple", "", "blue car" (the empty negative once)
+    again = encoder.encode_pairs([("blue car", ""), ("red apple", "")], clip_skip=1)
+    assert passes == [3]  # all cached
+    assert torch.equal(again[1][0].embeds, first[0][0].embeds)
+    encoder.state = (("some-lora", 0.8),)  # another LoRA set may change the text encoder: encode again
+    encoder.encode_pair("red apple", "", clip_skip=1, batch_size=1)
+    assert passes == [3, 1, 1]  # a single pair: prompt and negative in separate passes, as diffusers does
+    encoder.encode_pair("red apple", "", clip_skip=1, batch_size=1)
+    assert passes == [3, 1, 1]
+    encoder.encode_pair("red apple", "", clip_skip=2, batch_size=1)
+    assert passes == [3, 1, 1, 1, 1]

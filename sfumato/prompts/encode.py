@@ -10,6 +10,7 @@ weights scale each token's embedding, then the chunk is rescaled to keep its ori
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from sfumato.prompts.attention import parse_prompt_attention
 
 CHUNK_LENGTH = 75
+CACHE_ENTRIES = 64  # encoded prompts kept per model (the empty negative prompt, prompts repeated across jobs)
 COMMA_BACKTRACK = 20
 
 
@@ -126,18 +128,17 @@ class TextEncoderSlot:
         return torch.tensor(rows, device=self.encoder.device)
 
     @torch.no_grad()
-    def encode_chunk(self, chunk: Chunk, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden, pooled = self.forward_ids(torch.tensor([chunk.ids], device=self.encoder.device), clip_skip)
-        return apply_emphasis(hidden, chunk.weights), pooled
-
-    def encode(self, prompt: str, clip_skip: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        pieces, pooled = [], None
-        for i, chunk in enumerate(tokenize_weighted(self.tokenizer, prompt, self.chunk_length)):
-            hidden, chunk_pooled = self.encode_chunk(chunk, clip_skip)
-            pieces.append(hidden)
-            if i == 0:
-                pooled = chunk_pooled
-        return pieces, pooled
+    def encode_many(self, prompts: list[str], clip_skip: int) -> list[tuple[list[torch.Tensor], torch.Tensor | None]]:
+        """Each prompt's chunks [1, T, D] (emphasis applied) and first-chunk pooled vector; one encoder pass for all."""
+        chunked = [tokenize_weighted(self.tokenizer, prompt, self.chunk_length) for prompt in prompts]
+        ids = torch.tensor([chunk.ids for chunks in chunked for chunk in chunks], device=self.encoder.device)
+        hidden, pooled = self.forward_ids(ids, clip_skip)
+        out, row = [], 0
+        for chunks in chunked:
+            pieces = [apply_emphasis(hidden[row + i:row + i + 1], chunk.weights) for i, chunk in enumerate(chunks)]
+            out.append((pieces, None if pooled is None else pooled[row:row + 1]))
+            row += len(chunks)
+        return out
 
 
 class PromptEncoder:
@@ -152,8 +153,9 @@ class PromptEncoder:
             if getattr(pipe, enc, None) is not None
         ]
         self.force_zeros_for_empty_prompt = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
-        self._empty: dict[int, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
         self.expansions: dict[str, str] = {}  # textual-inversion names -> their multi-vector tokens
+        self.state: tuple = ()  # what else shapes the text features (the active LoRAs); part of the cache key
+        self._cache: OrderedDict[tuple, tuple[list[torch.Tensor], torch.Tensor | None]] = OrderedDict()
 
     def _expand(self, prompt: str) -> str:
         for name, tokens in self.expansions.items():
@@ -167,32 +169,62 @@ class PromptEncoder:
         chunks = tokenize_weighted(slot.tokenizer, self._expand(prompt), slot.chunk_length)
         return [c.tokens for c in chunks], slot.chunk_length
 
-    def _encode_one(self, prompt: str, clip_skip: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Chunks with all encoders' features concatenated, and the pooled vector of the last encoder."""
-        prompt = self._expand(prompt)
-        per_slot = [slot.encode(prompt, clip_skip) for slot in self.slots]
-        n_chunks = len(per_slot[0][0])
-        chunks = [torch.cat([pieces[i] for pieces, _ in per_slot], dim=-1) for i in range(n_chunks)]
-        return chunks, per_slot[-1][1]
+    def encode_many(self, prompts: list[str], clip_skip: int) -> list[tuple[list[torch.Tensor], torch.Tensor | None]]:
+        """Chunks with all encoders' features concatenated, and the pooled vector of the last encoder, per prompt.
+
+        Prompts not seen lately are encoded together (one pass per encoder); results are kept in a small
+        LRU cache keyed by the expanded prompt, `clip_skip` and `state`. Returned tensors are shared: never
+        modify them in place.
+        """
+        keys = [(self.state, self._expand(prompt), clip_skip) for prompt in prompts]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._cache))
+        if missing:
+            per_slot = [slot.encode_many([key[1] for key in missing], clip_skip) for slot in self.slots]
+            for j, key in enumerate(missing):
+                pieces = [encoded[j] for encoded in per_slot]
+                chunks = [torch.cat([p[0][i] for p in pieces], dim=-1) for i in range(len(pieces[0][0]))]
+                self._cache[key] = (chunks, pieces[-1][1])
+        out = []
+        for key in keys:
+            self._cache.move_to_end(key)
+            out.append(self._cache[key])
+        while len(self._cache) > CACHE_ENTRIES:
+            self._cache.popitem(last=False)
+        return out
 
     def _empty_chunk(self, clip_skip: int) -> torch.Tensor:
-        if clip_skip not in self._empty:
-            self._empty[clip_skip] = self._encode_one("", clip_skip)
-        return self._empty[clip_skip][0][0]
+        return self.encode_many([""], clip_skip)[0][0][0]
 
     def encode_pair(
         self, prompt: str, negative_prompt: str, clip_skip: int, batch_size: int
     ) -> tuple[Conditioning, Conditioning]:
-        """Conditional and unconditional conditioning, padded to the same number of chunks."""
-        cond_chunks, cond_pooled = self._encode_one(prompt, clip_skip)
-        uncond_chunks, uncond_pooled = self._encode_one(negative_prompt, clip_skip)
+        """Conditional and unconditional conditioning, padded to the same number of chunks.
+
+        The two prompts go through the encoder in separate passes, as in diffusers, so single requests match
+        a diffusers pipeline to float precision; `encode_pairs` batches across requests instead.
+        """
+        positive, negative = (self.encode_many([text], clip_skip)[0] for text in (prompt, negative_prompt))
+        return self._pair(positive, negative, negative_prompt == "", clip_skip, batch_size)
+
+    def encode_pairs(
+        self, pairs: list[tuple[str, str]], clip_skip: int, batch_size: int = 1
+    ) -> list[tuple[Conditioning, Conditioning]]:
+        """`encode_pair` for several (prompt, negative prompt) pairs, encoded together."""
+        encoded = self.encode_many([text for pair in pairs for text in pair], clip_skip)
+        return [self._pair(encoded[2 * k], encoded[2 * k + 1], negative == "", clip_skip, batch_size)
+                for k, (_, negative) in enumerate(pairs)]
+
+    def _pair(self, positive, negative, empty_negative: bool, clip_skip: int,
+              batch_size: int) -> tuple[Conditioning, Conditioning]:
+        (cond_chunks, cond_pooled), (uncond_chunks, uncond_pooled) = positive, negative
+        cond_chunks, uncond_chunks = list(cond_chunks), list(uncond_chunks)
         while len(cond_chunks) < len(uncond_chunks):
             cond_chunks.append(self._empty_chunk(clip_skip))
         while len(uncond_chunks) < len(cond_chunks):
             uncond_chunks.append(self._empty_chunk(clip_skip))
         cond = torch.cat(cond_chunks, dim=1)
         uncond = torch.cat(uncond_chunks, dim=1)
-        if self.force_zeros_for_empty_prompt and negative_prompt == "":
+        if self.force_zeros_for_empty_prompt and empty_negative:
             uncond = torch.zeros_like(uncond)
             uncond_pooled = torch.zeros_like(uncond_pooled) if uncond_pooled is not None else None
 
