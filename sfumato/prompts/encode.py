@@ -135,8 +135,9 @@ class TextEncoderSlot:
         hidden, pooled = self.forward_ids(ids, clip_skip)
         out, row = [], 0
         for chunks in chunked:
-            pieces = [apply_emphasis(hidden[row + i:row + i + 1], chunk.weights) for i, chunk in enumerate(chunks)]
-            out.append((pieces, None if pooled is None else pooled[row:row + 1]))
+            # clones: a cached prompt must not keep the whole batch's tensors alive
+            pieces = [apply_emphasis(hidden[row + i:row + i + 1].clone(), chunk.weights) for i, chunk in enumerate(chunks)]
+            out.append((pieces, None if pooled is None else pooled[row:row + 1].clone()))
             row += len(chunks)
         return out
 
