@@ -134,7 +134,10 @@ class Service:
         with self._waiters_lock:
             waiters = self._waiters.pop(job_id, [])
         for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that request's event loop has closed: nobody is waiting any more
+                pass
 
     async def wait(self, job: Job, timeout: float = 3600) -> Job:
         """Wait for a job to finish; a failed job raises its error (400), a cancelled one 409.
