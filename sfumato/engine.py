@@ -194,7 +194,8 @@ class Engine:
         model = self.load(model_name)
         apply_loras(model, loras)
         self._encoder.expansions = apply_embeddings(model, [t for r in requests for t in (r.prompt, r.negative_prompt)])
-        self._encoder.state = tuple(loras)  # LoRAs may change the text encoder: cached prompt features depend on them
+        # LoRAs may change the text encoder: cached prompt features depend on them
+        self._encoder.state = tuple((str(name), float(weight)) for name, weight in loras)
         return model
 
     def _run(self, resolved: GenerationRequest, progress: ProgressCallback | None = None,

@@ -24,7 +24,7 @@ from sfumato.training.config import TrainConfig
 from sfumato.training.data import Dataset, load_pixels, shuffle_tags
 from sfumato.training.methods import TrainSetup, build_setup, encode_captions
 from sfumato.training.report import TrainLog
-from sfumato.training.validation import RetrievalProbe, record as record_retrieval
+from sfumato.training.validation import RetrievalProbe
 
 ProgressCallback = Callable[[dict], None]
 
@@ -281,7 +281,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, say: Ca
                 images, scores = setup.validate(config, Path(config.output) / ".parked", probe)
             log.grid(step, images)
             if scores:
-                record_retrieval(run_dir, step, scores)
+                log.retrieval(step, scores)
                 quiet(f"step {step}: validation retrieval top-1 {scores['top1']:.1%}, top-5 {scores['top5']:.1%} "
                       f"among {scores['examples']} ({scores['extractor']})")
             setup.model.train()

@@ -3,14 +3,12 @@
 A fixed, evenly spaced sample of N training examples is generated from each example's first caption
 (seed = its position in the sample) and every generated image is retrieved among the N real images by
 cosine similarity of a fixed feature extractor. Top-1 / top-5 go to `validation.csv` and
-`validation.png` in the run folder, so a run shows learning, not only a falling loss.
+`validation.png` in the run folder (`TrainLog.retrieval`), so a run shows learning, not only a falling loss.
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +17,6 @@ from PIL import Image
 from sfumato.training.buckets import BucketPlan
 from sfumato.training.data import Dataset, load_pixels
 
-HEADER = ["step", "extractor", "examples", "top1", "top5"]
 BATCH = 16
 
 
@@ -63,43 +60,6 @@ class RetrievalProbe:
 
 def _pil(pixels) -> Image.Image:
     """[3, H, W] in [-1, 1] -> RGB image (exactly what the model trains on)."""
-    array = ((pixels.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
-    return Image.fromarray(array)
+    from sfumato.pipelines.steps import to_pil
 
-
-def record(run_dir: Path, step: int, scores: dict[str, Any]) -> Path:
-    """Append a row to `validation.csv` (rows after `step` from an earlier attempt are dropped) and redraw the plot."""
-    path = run_dir / "validation.csv"
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) < step]
-    rows.append([step, scores["extractor"], scores["examples"], f"{scores['top1']:.4f}", f"{scores['top5']:.4f}"])
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(HEADER)
-        writer.writerows(rows)
-    return plot(run_dir, rows)
-
-
-def plot(run_dir: Path, rows: list[list]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [int(r[0]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, [100 * float(r[3]) for r in rows], marker="o", color="#c0392b", label="top-1")
-    ax.plot(steps, [100 * float(r[4]) for r in rows], marker="o", color="#2471a3", label="top-5")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"retrieval among {rows[-1][2]} (%)")
-    ax.set_title(f"validation retrieval ({rows[-1][1]})")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = run_dir / "validation.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return to_pil(((pixels + 1) / 2).clamp(0, 1)[None])[0]
