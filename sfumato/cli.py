@@ -14,6 +14,7 @@ from sfumato.errors import InvalidRequest, SfumatoError
 from sfumato.requests import HIRES_UPSCALERS, GenerationRequest
 
 EXIT_USAGE = 2
+EXIT_RUNTIME = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -168,7 +169,11 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback needs --api-key)")
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--model", "-m", help="default model (else $SFUMATO_MODEL or the embedded one)")
-    serve.add_argument("--api-key", default=os.environ.get("SFUMATO_API_KEY"), help="require Authorization: Bearer KEY")
+    serve.add_argument("--api-key", default=os.environ.get("SFUMATO_API_KEY"),
+                       help="require Authorization: Bearer KEY (visible in `ps`: prefer $SFUMATO_API_KEY or "
+                            "--api-key-file)")
+    serve.add_argument("--api-key-file", type=Path, default=os.environ.get("SFUMATO_API_KEY_FILE"),
+                       help="read the API key from this file (first line); or set $SFUMATO_API_KEY_FILE")
     serve.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind without a key")
     serve.add_argument("--max-batch-size", type=int, default=8, help="images per batch across jobs (1 = no batching)")
     serve.add_argument("--batch-wait-ms", type=float, default=30.0,
@@ -176,6 +181,9 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--queue-size", type=int, default=256, help="unfinished jobs before answering 429")
     serve.add_argument("--data-dir", type=Path, default=Path("sfumato-server"), help="job database and images")
     serve.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
+    serve.add_argument("--allowed-host", action="append", default=[],
+                       help="answer requests for this Host name besides loopback names and the bind address "
+                            "(repeatable; e.g. the name a reverse proxy forwards)")
     serve.add_argument("--max-side", type=int, default=2048)
     serve.add_argument("--max-steps", type=int, default=150)
     serve.add_argument("--max-images", type=int, default=16, help="images per request")
@@ -233,11 +241,17 @@ def _save_images(result, paths: list[Path]) -> list[dict[str, Any]]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from sfumato.output import dated_output_paths, explicit_output_paths
 
+    from sfumato.output import check_output, check_writable
+
     engine = _engine(args)
     request = request_from_args(args)
     if args.dry_run:
         print(json.dumps(engine.resolve(request).to_dict(), indent=2, sort_keys=True))
         return 0
+    if args.output:  # a bad output path fails before the work, not after it
+        check_output(args.output)
+    else:
+        check_writable(Path(os.environ.get("SFUMATO_OUTPUTS", "outputs")))
     bar = _Bar()
     try:
         result = engine.generate(request, progress=bar)
@@ -377,6 +391,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key-file / $SFUMATO_API_KEY_FILE, else --api-key / $SFUMATO_API_KEY."""
+    if not args.api_key_file:
+        return args.api_key or None
+    try:
+        key = Path(args.api_key_file).read_text().strip().splitlines()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the API key file {args.api_key_file}: {exc.strerror or exc}") from None
+    if not key or not key[0].strip():
+        raise InvalidRequest(f"the API key file {args.api_key_file} is empty")
+    return key[0].strip()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -386,15 +413,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_side=args.max_side, max_pixels=args.max_side ** 2, max_steps=args.max_steps,
                     max_images=args.max_images, max_prompt_chars=args.max_prompt_chars,
                     max_upload_bytes=args.max_upload_mb * 2**20)
-    settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=args.api_key,
+    settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=_api_key(args),
                               insecure_no_auth=args.insecure_no_auth, max_batch_size=args.max_batch_size,
                               batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size, data_dir=args.data_dir,
-                              cors_origins=tuple(args.cors_origin), safety=args.safety,
+                              cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allowed_host), safety=args.safety,
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
                               limits=limits, device=args.device)
     app = create_app(settings.check())
     print(f"sfumato serving {app.state.service.current_model or 'no model'} on http://{args.host}:{args.port} "
-          f"(docs at /docs{', API key required' if args.api_key else ''})", file=sys.stderr, flush=True)
+          f"(docs at /docs{', API key required' if settings.api_key else ''})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -431,17 +458,43 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr: exit 2 for bad input, 1 when the work failed,
+    130 for Ctrl-C. `SFUMATO_DEBUG=1` adds the traceback of unexpected errors."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("info", "models"):
-        _quiet_libraries()
     try:
+        if args.command not in ("info", "models"):
+            _quiet_libraries()
         return COMMANDS[args.command](args)
     except SfumatoError as exc:
-        print(f"sfumato: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("sfumato: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        return _fail(f"this needs the Python package {exc.name!r}, which is not installed: "
+                     f"pip install {_PIP_NAMES.get(exc.name or '', exc.name)}", EXIT_RUNTIME)
+    except OSError as exc:  # full disk, permissions, unreadable files outside what the commands check up front
+        from sfumato.output import write_error
+
+        return _fail(str(write_error(Path(exc.filename or "a file"), exc)), EXIT_RUNTIME)
+    except MemoryError:
+        return _fail("out of memory: try a smaller size or batch, or --dtype float16", EXIT_RUNTIME)
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("SFUMATO_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return _fail(f"internal error ({type(exc).__name__}: {first}); rerun with SFUMATO_DEBUG=1 for the "
+                     "traceback and report it", EXIT_RUNTIME)
+
+
+_PIP_NAMES = {"cv2": "opencv-python-headless", "PIL": "pillow", "skimage": "scikit-image", "yaml": "pyyaml"}
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"sfumato: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """User-facing failures: one exception type per kind, each with a message a user can act on.
 
-Adapters map `SfumatoError` to exit code 2 (CLI) or an HTTP 4xx (server) in one place.
+Adapters map `SfumatoError` to its exit code (2: bad input, 1: the machine failed the work) or HTTP status
+in one place (`cli.main`, the server's exception handler).
 """
 
 
@@ -8,6 +9,24 @@ class SfumatoError(Exception):
     """Base class for every error a user can fix by changing their input."""
 
     http_status = 400
+    exit_code = 2
+
+
+class RuntimeFailure(SfumatoError):
+    """The input was fine but the machine could not do the work: a full disk, an unwritable or unreadable folder."""
+
+    http_status = 503
+    exit_code = 1
+
+
+class OutOfSpace(RuntimeFailure):
+    """The disk filled up while writing; nothing half-written is kept."""
+
+    http_status = 507
+
+
+class MissingDependency(RuntimeFailure):
+    """An optional package is not installed; the message names the exact `pip install`."""
 
 
 class InvalidRequest(SfumatoError):

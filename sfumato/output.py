@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sfumato import __version__
-from sfumato.errors import InvalidRequest, ModelNotFound
+from sfumato.errors import InvalidRequest, ModelNotFound, OutOfSpace, RuntimeFailure
 from sfumato.requests import GenerationRequest
 
 SFUMATO_KEY = "sfumato"
@@ -91,11 +93,35 @@ def save_png(image: Image.Image, path: Path, parameters: str, record: dict[str, 
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters)
     info.add_text(SFUMATO_KEY, json.dumps(record, sort_keys=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp, format="PNG", pnginfo=info)
+        tmp.replace(path)  # readers see a whole PNG or none
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+    except BaseException:  # Ctrl-C mid-write: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_error(path: Path, exc: OSError) -> RuntimeFailure:
+    """The one-line error for a failed write (a full disk gets its own type)."""
+    if exc.errno == errno.ENOSPC:
+        return OutOfSpace(f"no space left on the device writing {path}; free some space and retry")
+    return RuntimeFailure(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and make sure files can be written there, before any work starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidRequest(f"output folder {folder} is not writable")
 
 
 def read_png(path: Path) -> StoredRecord:
@@ -125,18 +151,29 @@ def dated_output_paths(root: Path, seeds: list[int], when: _dt.date | None = Non
 
 def numbered_paths(folder: Path, seeds: list[int]) -> list[Path]:
     """`folder/<n>-<seed>.png` with n continuing after the highest number already there."""
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable(folder)
     numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d+)-", p.name))]
     start = max(numbers, default=-1) + 1
     return [folder / f"{start + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
 
 
-def explicit_output_paths(output: Path, seeds: list[int]) -> list[Path]:
-    """`-o OUT.png`: OUT.png for one image, OUT-0.png, OUT-1.png ... for several; `-o FOLDER`: numbered files."""
+def check_output(output: Path) -> None:
+    """Refuse an output that cannot be written (bad suffix, uncreatable or read-only folder) before generating."""
     if output.is_dir() or not output.suffix:
-        return numbered_paths(output, seeds)
+        check_writable(output)
+        return
     if output.suffix.lower() != ".png":
         raise InvalidRequest(f"output {output} must be a .png file or a folder")
+    check_writable(output.parent)
+    if output.exists() and not os.access(output, os.W_OK):
+        raise InvalidRequest(f"output file {output} is not writable")
+
+
+def explicit_output_paths(output: Path, seeds: list[int]) -> list[Path]:
+    """`-o OUT.png`: OUT.png for one image, OUT-0.png, OUT-1.png ... for several; `-o FOLDER`: numbered files."""
+    check_output(output)
+    if output.is_dir() or not output.suffix:
+        return numbered_paths(output, seeds)
     if len(seeds) == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(len(seeds))]

@@ -24,6 +24,7 @@ from sfumato.server.app import create_app  # noqa: E402
 from sfumato.server.settings import Limits, ServerSettings  # noqa: E402
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
+LOCAL = "http://127.0.0.1:7860"  # a loopback Host: the server answers no other name by default
 
 
 def _settings(tmp_path, model, **changes) -> ServerSettings:
@@ -33,7 +34,7 @@ def _settings(tmp_path, model, **changes) -> ServerSettings:
 
 @pytest.fixture
 def client(tmp_path, sd1):
-    with TestClient(create_app(_settings(tmp_path, sd1))) as c:
+    with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as c:
         yield c
 
 
@@ -146,7 +147,7 @@ def test_no_path_traversal(client):
 
 def test_upload_limits_and_bombs(tmp_path, sd1):
     limits = Limits(max_upload_bytes=200_000, max_upload_pixels=1024 * 1024)
-    with TestClient(create_app(_settings(tmp_path, sd1, limits=limits))) as client:
+    with TestClient(create_app(_settings(tmp_path, sd1, limits=limits)), base_url=LOCAL) as client:
         noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8))
         r = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [_b64(noise)]})
         assert r.status_code == 413 and "MiB" in r.json()["error"]["message"]
@@ -163,7 +164,7 @@ def test_upload_limits_and_bombs(tmp_path, sd1):
 
 
 def test_full_queue_answers_429_with_retry_after(tmp_path, sd1):
-    client = TestClient(create_app(_settings(tmp_path, sd1, queue_size=2)))  # no `with`: the worker never starts
+    client = TestClient(create_app(_settings(tmp_path, sd1, queue_size=2)), base_url=LOCAL)  # no `with`: the worker never starts
     for _ in range(2):
         assert client.post("/api/v1/jobs", json={"prompt": "x", **SMALL}).status_code == 202
     r = client.post("/api/v1/jobs", json={"prompt": "x", **SMALL})
@@ -175,7 +176,7 @@ def test_batching_gives_the_same_pixels_as_running_alone(tmp_path, sd1):
     from sfumato.requests import GenerationRequest
 
     app = create_app(_settings(tmp_path, sd1, max_batch_size=4))
-    client = TestClient(app)  # queue first, then start the worker so the jobs batch
+    client = TestClient(app, base_url=LOCAL)  # queue first, then start the worker so the jobs batch
     bodies = [{"prompt": p, "seed": s, "cfg_scale": c, **SMALL}
               for p, s, c in (("red apple", 1, 7.0), ("blue car", 2, 4.0), ("green tree", 3, 9.0))]
     ids = [client.post("/api/v1/jobs", json=b).json()["id"] for b in bodies]
@@ -191,7 +192,7 @@ def test_batching_gives_the_same_pixels_as_running_alone(tmp_path, sd1):
 
 @pytest.mark.parametrize("wait_ms, expected", [(800, [2, 2]), (0, [1, 1])])
 def test_a_batch_that_is_not_full_waits_for_late_jobs(tmp_path, sd1, wait_ms, expected):
-    with TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=4, batch_wait_ms=wait_ms))) as client:
+    with TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=4, batch_wait_ms=wait_ms)), base_url=LOCAL) as client:
         first = client.post("/api/v1/jobs", json={"prompt": "red apple", "seed": 1, **SMALL}).json()["id"]
         time.sleep(0.2)  # the worker has seen the first job by now
         second = client.post("/api/v1/jobs", json={"prompt": "blue car", "seed": 2, **SMALL}).json()["id"]
@@ -214,7 +215,7 @@ def test_store_tells_listeners_once_when_a_job_finishes(tmp_path):
 
 
 def test_cancel_queued_and_running_jobs(tmp_path, sd1):
-    client = TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=1)))
+    client = TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=1)), base_url=LOCAL)
     slow = client.post("/api/v1/jobs", json={"prompt": "slow", "width": 128, "height": 128, "steps": 150}).json()["id"]
     queued = client.post("/api/v1/jobs", json={"prompt": "queued", **SMALL}).json()["id"]
     with client:
@@ -237,7 +238,7 @@ def test_cancel_queued_and_running_jobs(tmp_path, sd1):
 
 
 def test_auth_required_when_a_key_is_set(tmp_path, sd1):
-    with TestClient(create_app(_settings(tmp_path, sd1, api_key="s3cret"))) as client:
+    with TestClient(create_app(_settings(tmp_path, sd1, api_key="s3cret")), base_url=LOCAL) as client:
         assert client.get("/healthz").status_code == 200
         r = client.get("/sdapi/v1/sd-models")
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"

@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
-from sfumato.errors import PickleRefused, UnsupportedModel
+from safetensors import SafetensorError
+
+from sfumato.errors import PickleRefused, SfumatoError, UnsupportedModel
 from sfumato.models import singlefile
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.home import refuse_pickle, short_hash
@@ -61,13 +63,35 @@ def load_model(path: Path, device: str | None = None, dtype: str | None = None) 
     info = describe(path)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dev, dtype)
-    if info.format == "diffusers":
-        pipe = _load_folder(info, torch_dtype)
-    else:
-        pipe = _assemble(info, singlefile.load_components(info, torch_dtype))
+    try:
+        if info.format == "diffusers":
+            pipe = _load_folder(info, torch_dtype)
+        else:
+            pipe = _assemble(info, singlefile.load_components(info, torch_dtype))
+    except SfumatoError:
+        raise
+    except (RuntimeError, ValueError, KeyError, IndexError, TypeError, SafetensorError) as exc:
+        # truncated or corrupt tensors, wrong shapes: the file is broken, not the program
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UnsupportedModel(f"{path}: cannot load this model ({type(exc).__name__}: {first})") from None
+    check_tokenizers(info, pipe)
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(info, pipe, dev, torch_dtype)
+
+
+def check_tokenizers(info: ModelInfo, pipe) -> None:
+    """Refuse a text encoder with fewer token embeddings than its tokenizer has ids (it would fail mid-generation)."""
+    for suffix in ("", "_2", "_3"):
+        tokenizer, encoder = getattr(pipe, f"tokenizer{suffix}", None), getattr(pipe, f"text_encoder{suffix}", None)
+        if tokenizer is None or encoder is None or not hasattr(encoder, "get_input_embeddings"):
+            continue
+        rows = encoder.get_input_embeddings().num_embeddings
+        if len(tokenizer) > rows:
+            raise UnsupportedModel(
+                f"{info.path}: text_encoder{suffix} has {rows} token embeddings but its tokenizer has {len(tokenizer)} "
+                f"ids; the file's text encoder does not match the {info.family.name} tokenizer (wrong family, or a "
+                f"pruned/corrupt text encoder)")
 
 
 def _load_folder(info: ModelInfo, torch_dtype: torch.dtype):

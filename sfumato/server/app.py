@@ -27,6 +27,7 @@ from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.models.catalog import list_models
 from sfumato.requests import GenerationRequest
 from sfumato.safety.classifier import SafetySettings
+from sfumato.server.guard import BrowserGuard, HostPolicy
 from sfumato.server.settings import ServerSettings
 from sfumato.server.store import FINAL, Job, JobStore, QueueFull
 from sfumato.server.uploads import decode_base64, open_image, store_image
@@ -65,6 +66,12 @@ class Service:
         self.loras = {e.name: e.path for e in list_models() if e.kind == "lora" and e.format == "safetensors"}
         if self.current_model not in models:
             self.current_model = next(iter(models), "")
+
+    def load_default_model(self) -> None:
+        """Load the server's model now: a missing or broken model stops start-up instead of failing every job."""
+        if not self.current_model:
+            raise ModelNotFound("no model to serve: pass --model PATH or set SFUMATO_MODEL")
+        self.engine.load(self.models[self.current_model])
 
     def model_path(self, name: str | None) -> str:
         """Resolve a client's model name; never a filesystem path from the client."""
@@ -191,6 +198,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     settings.check()
     service = Service(settings)
+    service.load_default_model()  # a server whose model cannot load refuses to start (one line from the CLI)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -208,6 +216,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"])
+    # outermost: no route, static file or error handler runs for a forged Host or a cross-site write
+    app.add_middleware(BrowserGuard, policy=HostPolicy(settings.host, settings.allowed_hosts, settings.cors_origins))
 
     @app.exception_handler(SfumatoError)
     async def _sfumato_error(_request: Request, exc: SfumatoError):

@@ -27,13 +27,14 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 7860
     model: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in logs or reprs
     insecure_no_auth: bool = False
     max_batch_size: int = 8
     batch_wait_ms: float = 30.0  # a batch that is not full waits this long for more compatible jobs
     queue_size: int = 256
     data_dir: Path = Path("sfumato-server")
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback names and the bind address
     safety: str = "blur"
     safety_threshold: float = 0.8
     safety_policy: str | None = None
