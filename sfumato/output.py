@@ -108,10 +108,10 @@ def save_png(image: Image.Image, path: Path, parameters: str, record: dict[str, 
 
 
 def write_error(path: Path, exc: OSError) -> RuntimeFailure:
-    """The one-line error for a failed write (a full disk gets its own type)."""
+    """The one-line error for a failed read or write (a full disk gets its own type)."""
     if exc.errno == errno.ENOSPC:
         return OutOfSpace(f"no space left on the device writing {path}; free some space and retry")
-    return RuntimeFailure(f"cannot write {path}: {exc.strerror or exc}")
+    return RuntimeFailure(f"cannot read or write {path}: {exc.strerror or exc}")
 
 
 def check_writable(folder: Path) -> None:
@@ -138,7 +138,7 @@ def read_png(path: Path) -> StoredRecord:
         raise InvalidRequest(f"{path} carries no generation metadata")
     try:
         record = json.loads(text[SFUMATO_KEY])
-        request = GenerationRequest.from_dict(record["request"])
+        request = GenerationRequest.from_dict(record["request"]).validate()
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidRequest(f"{path}: corrupt sfumato metadata ({exc})") from None
     return StoredRecord(request, int(record.get("batch_index", 0)), record.get("model_sha256"), text.get("parameters"))
