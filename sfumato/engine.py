@@ -24,8 +24,9 @@ from sfumato.models.lora import apply_loras, check_loras, lora_hashes
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
-from sfumato.pipelines.tasks import Guidance, generate_batch
-from sfumato.prompts.encode import Conditioning, PromptEncoder
+from sfumato.pipelines.tasks import BatchPrompts, generate_batch
+from sfumato.prompts.encode import PromptEncoder
+from sfumato.prompts.schedule import has_syntax
 from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
 from sfumato.prompts.lora_tags import extract_lora_tags
 from sfumato.requests import GeneratedImage, GenerationRequest, GenerationResult
@@ -279,14 +280,12 @@ class Engine:
         pairs = {id(job): pair for job, pair in zip(jobs, encoded)}
         if len({pairs[id(job)][0].embeds.shape for job in jobs}) > 1:  # prompts of different chunk counts
             return [self._run(job, progress, preview) for job in jobs]
-        cond = _stack([pairs[id(job)][0] for job, _ in rows])
-        uncond = _stack([pairs[id(job)][1] for job, _ in rows])
         cfg = torch.tensor([job.cfg_scale for job, _ in rows], dtype=torch.float32)
+        texts = BatchPrompts([job.prompt for job, _ in rows], [job.negative_prompt for job, _ in rows], cfg)
         seeds = [job.seed + i for job, i in rows]
         subseeds = [job.subseed + i for job, i in rows]
         template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
-        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview),
-                                  Guidance(cond, uncond, cfg))
+        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview), texts)
         model_hash, hashes = model.hash, lora_hashes(jobs[0].loras) if jobs[0].loras else None
         seconds = time.perf_counter() - started
         out: dict[int, list[GeneratedImage]] = {id(job): [] for job in jobs}
@@ -304,15 +303,11 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     noise source (seeded once per batch) run alone.
     """
     alone = (request.init_image is not None or request.batch_count > 1 or sampler_has_own_noise(request.sampler)
-             or request.model is None or describe(Path(request.model)).family.prediction_type == "flow")
+             or request.model is None or describe(Path(request.model)).family.prediction_type == "flow"
+             or has_syntax(request.prompt) or has_syntax(request.negative_prompt))
     if alone:
         return ("alone", index)
     shared = dataclasses.asdict(request)
     for name in ("prompt", "negative_prompt", "seed", "subseed", "cfg_scale", "batch_size"):
         shared.pop(name)
     return (json.dumps(shared, sort_keys=True, default=str), request.cfg_scale > 1.0)
-
-
-def _stack(parts: list[Conditioning]) -> Conditioning:
-    pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])
-    return Conditioning(torch.cat([p.embeds for p in parts]), pooled)

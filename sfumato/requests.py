@@ -57,6 +57,20 @@ class GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
         if not isinstance(self.prompt, str):
             raise InvalidRequest("prompt must be a string")
+        for name in ("negative_prompt", "hires_upscaler"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidRequest(f"{name} must be a string")
+        for name in ("model", "sampler", "init_image", "mask", "prediction_type"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise InvalidRequest(f"{name} must be a string or null")
+        for name in ("tile", "inpaint_full_image_overlay"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidRequest(f"{name} must be true or false")
+        if not isinstance(self.outpaint, dict):
+            raise InvalidRequest("outpaint must map sides (left, right, up, down) to pixels")
+        if not isinstance(self.loras, (list, tuple)) or not all(
+                isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in self.loras):
+            raise InvalidRequest("loras must be a list of (name, weight) pairs")
         _check_range("steps", self.steps, 1, 150, integer=True)
         _check_range("cfg_scale", self.cfg_scale, 0.0, 30.0)
         _check_range("batch_size", self.batch_size, 1, 64, integer=True)
@@ -98,7 +112,7 @@ class GenerationRequest:
         if self.outpaint and self.mask:
             raise InvalidRequest("outpaint builds its own mask; do not pass --mask with it")
         for name, weight in self.loras:
-            if not isinstance(name, str) or not name:
+            if not isinstance(name, str) or not name or "\x00" in name:
                 raise InvalidRequest("each LoRA needs a name or path")
             _check_range(f"LoRA {name} weight", weight, -10.0, 10.0)
         return self
@@ -127,8 +141,11 @@ class GenerationRequest:
         if "prompt" not in data:
             raise InvalidRequest("a request needs a prompt")
         data = dict(data)
-        data["loras"] = [(str(name), float(weight)) for name, weight in data.get("loras", [])]
-        data["outpaint"] = dict(data.get("outpaint") or {})
+        try:
+            data["loras"] = [(str(name), float(weight)) for name, weight in data.get("loras") or []]
+            data["outpaint"] = dict(data.get("outpaint") or {})
+        except (TypeError, ValueError):
+            raise InvalidRequest("loras must be [name, weight] pairs and outpaint a mapping of sides to pixels") from None
         return cls(**data)
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from sfumato.models.loader import LoadedModel
-from sfumato.prompts.encode import Conditioning
+from sfumato.pipelines.guidance import Guidance
 from sfumato.sampling.noise import batch_noise, generators_for
 
 StepCallback = Callable[[torch.Tensor], None]  # called after each step with the latents
@@ -53,57 +53,48 @@ def set_timesteps(scheduler, steps: int, strength: float, device: torch.device) 
     return timesteps
 
 
-def added_conditioning(model: LoadedModel, cond: Conditioning, uncond: Conditioning, width: int, height: int,
-                       guided: bool) -> dict[str, torch.Tensor] | None:
-    """SDXL's pooled text embeddings and size/crop (or aesthetic score) time ids."""
-    if cond.pooled is None or model.pipe.unet.config.addition_embed_type != "text_time":
+def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative_rows: list[bool], width: int,
+                       height: int) -> dict[str, torch.Tensor] | None:
+    """SDXL's pooled text embeddings and size/crop (or aesthetic score) time ids, one row per UNet row."""
+    if pooled is None or model.pipe.unet.config.addition_embed_type != "text_time":
         return None
-    batch = cond.embeds.shape[0]
     if getattr(model.pipe.config, "requires_aesthetics_score", False):
         positive, negative = [height, width, 0, 0, 6.0], [height, width, 0, 0, 2.5]
     else:
         positive = negative = [height, width, 0, 0, height, width]
-    dtype, device = cond.embeds.dtype, model.device
-    time_ids = torch.tensor([positive], dtype=dtype, device=device).repeat(batch, 1)
-    if not guided:
-        return {"text_embeds": cond.pooled, "time_ids": time_ids}
-    negative_ids = torch.tensor([negative], dtype=dtype, device=device).repeat(batch, 1)
-    return {"text_embeds": torch.cat([uncond.pooled, cond.pooled]), "time_ids": torch.cat([negative_ids, time_ids])}
+    ids = [negative if is_negative else positive for is_negative in negative_rows]
+    return {"text_embeds": pooled, "time_ids": torch.tensor(ids, dtype=pooled.dtype, device=model.device)}
 
 
 @torch.no_grad()
-def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-            uncond: Conditioning, cfg_scale: float | torch.Tensor, generators: list[torch.Generator], width: int,
-            height: int, inpaint: InpaintState | None = None, on_step: StepCallback | None = None) -> torch.Tensor:
-    """Run the sampler over `timesteps` with classifier-free guidance (skipped when cfg_scale <= 1).
-
-    `cfg_scale` is one number, or one per batch row (requests batched together keep their own guidance).
-    """
+def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
+            generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
+            on_step: StepCallback | None = None) -> torch.Tensor:
+    """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
+    and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`)."""
     unet = model.pipe.unet
-    guided = bool((torch.as_tensor(cfg_scale) > 1.0).any())
-    if isinstance(cfg_scale, torch.Tensor):
-        cfg_scale = cfg_scale.to(latents.device, latents.dtype).view(-1, 1, 1, 1)
-    context = torch.cat([uncond.embeds, cond.embeds]) if guided else cond.embeds
-    added = added_conditioning(model, cond, uncond, width, height, guided)
-    class_labels = None  # the pooled text vector, for UNets with a projection class embedding (ldm family)
-    if unet.config.class_embed_type is not None and cond.pooled is not None:
-        class_labels = torch.cat([uncond.pooled, cond.pooled]) if guided else cond.pooled
+    rows = torch.tensor(guidance.row_images(), device=latents.device)
+    negative_rows = guidance.row_is_negative()
     concat = None
     if inpaint is not None and inpaint.masked_image_latents is not None:
-        concat = torch.cat([inpaint.mask, inpaint.masked_image_latents], dim=1)
-        concat = torch.cat([concat, concat]) if guided else concat
+        concat = torch.cat([inpaint.mask, inpaint.masked_image_latents], dim=1)[rows]
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     step_kwargs = {"generator": generators} if takes_generator and len(generators) == latents.shape[0] else {}
+    fixed = None
     for i, t in enumerate(timesteps):
-        model_input = torch.cat([latents, latents]) if guided else latents
-        model_input = scheduler.scale_model_input(model_input, t)
+        if fixed is None or not guidance.static:
+            cond = guidance.at(i)
+            added = added_conditioning(model, cond.pooled, negative_rows, width, height)
+            # the pooled text vector, for UNets with a projection class embedding (ldm family)
+            class_labels = cond.pooled if unet.config.class_embed_type is not None else None
+            fixed = (cond.embeds, added, class_labels)
+        context, added, class_labels = fixed
+        model_input = scheduler.scale_model_input(latents[rows], t)
         if concat is not None:
             model_input = torch.cat([model_input, concat], dim=1)
         prediction = unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
                           class_labels=class_labels, return_dict=False)[0]
-        if guided:
-            negative, positive = prediction.chunk(2)
-            prediction = negative + cfg_scale * (positive - negative)
+        prediction = guidance.combine(prediction)
         latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
         if inpaint is not None and inpaint.masked_image_latents is None:
             latents = _blend_known_region(scheduler, latents, inpaint, timesteps, i)

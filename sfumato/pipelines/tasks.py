@@ -26,7 +26,8 @@ from sfumato.pipelines.steps import (
     set_timesteps,
     to_pil,
 )
-from sfumato.prompts.encode import Conditioning, PromptEncoder
+from sfumato.pipelines.guidance import Guidance, build_guidance
+from sfumato.prompts.encode import PromptEncoder
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import make_scheduler
 
@@ -61,25 +62,36 @@ def prepare_source(request: GenerationRequest) -> Source | None:
 
 
 @dataclass
-class Guidance:
-    """Conditioning of every batch row and its guidance scale (one number, or one per row)."""
+class BatchPrompts:
+    """The texts of every image of a batch (rows of several requests together, or one request's wildcards)."""
 
-    cond: Conditioning
-    uncond: Conditioning
-    cfg_scale: float | torch.Tensor
+    prompts: list[str]
+    negatives: list[str]
+    cfg_scale: float | torch.Tensor  # one number, or one per image
+
+    @classmethod
+    def of(cls, request: GenerationRequest, images: int) -> "BatchPrompts":
+        return cls([request.prompt] * images, [request.negative_prompt] * images, request.cfg_scale)
+
+
+def guidance_for(encoder: PromptEncoder, request: GenerationRequest, texts: BatchPrompts,
+                 hires: bool = False) -> Guidance:
+    """The scheduled conditioning of a pass: the first pass over `steps`, the hires pass over its own steps."""
+    hires_steps = (request.hires_steps or request.steps) if hires else None
+    return build_guidance(encoder, texts.prompts, texts.negatives, texts.cfg_scale, request.clip_skip, request.steps,
+                          hires_steps)
 
 
 def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
-                   subseeds: list[int], progress: Progress, guidance: Guidance | None = None) -> list[Image.Image]:
-    """One batch of images for a resolved request (`guidance` given: rows of several requests together)."""
-    if guidance is None:
-        cond, uncond = encoder.encode_pair(request.prompt, request.negative_prompt, request.clip_skip, len(seeds))
-        guidance = Guidance(cond, uncond, request.cfg_scale)
+                   subseeds: list[int], progress: Progress, texts: BatchPrompts | None = None) -> list[Image.Image]:
+    """One batch of images for a resolved request (`texts` given: each image's own prompt, negative and CFG)."""
+    texts = texts or BatchPrompts.of(request, len(seeds))
     source = prepare_source(request)
     with seamless_tiling(model, request.tile):
-        latents = first_pass(model, request, guidance, seeds, subseeds, source, progress)
+        latents = first_pass(model, request, guidance_for(encoder, request, texts), seeds, subseeds, source, progress)
         width, height = request.width, request.height
         if request.hires_scale > 1.0:
+            guidance = guidance_for(encoder, request, texts, hires=True)
             latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress)
         pixels = decode_latents(model, latents)
     images = to_pil(pixels)
@@ -115,8 +127,8 @@ def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
         else:
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
-    return denoise(model, scheduler, latents, timesteps, guidance.cond, guidance.uncond, guidance.cfg_scale, generators,
-                   request.width, request.height, inpaint, progress.step)
+    return denoise(model, scheduler, latents, timesteps, guidance, generators, request.width, request.height, inpaint,
+                   progress.step)
 
 
 def _inpaint_state(model: LoadedModel, source: Source, init_latents: torch.Tensor,
@@ -159,6 +171,5 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
         return upscaled, width, height
     noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
-    refined = denoise(model, scheduler, noisy, timesteps, guidance.cond, guidance.uncond, guidance.cfg_scale,
-                      generators, width, height, None, progress.step)
+    refined = denoise(model, scheduler, noisy, timesteps, guidance, generators, width, height, None, progress.step)
     return refined, width, height

@@ -193,7 +193,7 @@ class PromptEncoder:
             self._cache.popitem(last=False)
         return out
 
-    def _empty_chunk(self, clip_skip: int) -> torch.Tensor:
+    def empty_chunk(self, clip_skip: int) -> torch.Tensor:
         return self.encode_many([""], clip_skip)[0][0][0]
 
     def encode_pair(
@@ -220,9 +220,9 @@ class PromptEncoder:
         (cond_chunks, cond_pooled), (uncond_chunks, uncond_pooled) = positive, negative
         cond_chunks, uncond_chunks = list(cond_chunks), list(uncond_chunks)
         while len(cond_chunks) < len(uncond_chunks):
-            cond_chunks.append(self._empty_chunk(clip_skip))
+            cond_chunks.append(self.empty_chunk(clip_skip))
         while len(uncond_chunks) < len(cond_chunks):
-            uncond_chunks.append(self._empty_chunk(clip_skip))
+            uncond_chunks.append(self.empty_chunk(clip_skip))
         cond = torch.cat(cond_chunks, dim=1)
         uncond = torch.cat(uncond_chunks, dim=1)
         if self.force_zeros_for_empty_prompt and empty_negative:

@@ -6,6 +6,7 @@ by a crash go back to `queued` and run again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -13,7 +14,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from sfumato.errors import OutOfSpace, RuntimeFailure
 
 FINAL = ("completed", "failed", "cancelled")
 
@@ -65,6 +68,8 @@ class JobStore:
         self.uploads_dir = self.data_dir / "uploads"
         for folder in (self.images_dir, self.uploads_dir):
             folder.mkdir(parents=True, exist_ok=True)
+            for partial in folder.glob("*.part"):  # a PNG half-written when the process was killed
+                partial.unlink(missing_ok=True)
         self.queue_size = queue_size
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.data_dir / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
@@ -86,8 +91,9 @@ class JobStore:
             if pending >= self.queue_size:
                 raise QueueFull(pending)
             job_id = uuid.uuid4().hex
-            self._db.execute("INSERT INTO jobs (id, status, request, created) VALUES (?, 'queued', ?, ?)",
-                             (job_id, json.dumps(request), time.time()))
+            with storage_errors():
+                self._db.execute("INSERT INTO jobs (id, status, request, created) VALUES (?, 'queued', ?, ?)",
+                                 (job_id, json.dumps(request), time.time()))
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job | None:
@@ -110,7 +116,7 @@ class JobStore:
         return [_job(r) for r in rows]
 
     def _set(self, sql: str, args: tuple) -> int:
-        with self._lock:
+        with self._lock, storage_errors():
             return self._db.execute(sql, args).rowcount
 
     def start(self, job_id: str) -> bool:
@@ -147,9 +153,39 @@ class JobStore:
         path = self.images_dir / f"{image_id}.png"
         return path if path.is_file() else None
 
+    def integrity(self) -> str:
+        """SQLite's own integrity check: "ok" for a consistent database."""
+        with self._lock:
+            return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def is_whole_png(path: Path) -> bool:
+    """True when the file starts with the PNG signature and ends with the IEND chunk (not truncated)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            handle.seek(-len(PNG_END), 2)
+            return head == b"\x89PNG\r\n\x1a\n" and handle.read() == PNG_END
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """SQLite's disk-full and I/O failures as the one-line errors the adapters map (507 / 503)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc).lower():
+            raise OutOfSpace("the server's disk is full; jobs cannot be stored until space is freed") from None
+        raise RuntimeFailure(f"the job store failed: {exc}") from None
 
 
 def _job(row: tuple) -> Job:

@@ -47,6 +47,7 @@ class Worker:
         self.store, self.engine, self.max_batch_size, self.batch_wait_s = store, engine, max_batch_size, batch_wait_s
         self.progress = Progress()
         self._cancelled: set[str] = set()
+        self._unsettled: set[str] = set()  # running jobs the store could not mark failed (a full disk)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_step = 0.0
@@ -84,23 +85,40 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            batch = self._pick()
-            if batch and self.batch_wait_s and _images(batch) < self.max_batch_size:
-                self._stop.wait(self.batch_wait_s)
-                batch = self._pick()
-            jobs = [job for job in batch if self.store.start(job.id)]
-            for job in batch:
-                self._keys.pop(job.id, None)
-            if not jobs:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
             try:
-                self._run(jobs)
-            except Exception:  # never let one bad batch kill the worker
+                self._next()
+            except Exception as exc:  # the store itself failed (a full disk): keep the worker, retry shortly
+                log.error("worker: %s", exc if isinstance(exc, SfumatoError) else traceback.format_exc())
+                self._stop.wait(1.0)
+
+    def _next(self) -> None:
+        """Pick, start and run one batch (or wait a little when nothing is queued)."""
+        for job_id in list(self._unsettled):  # jobs whose failure could not be stored run again: nothing is lost
+            self.store.requeue(job_id)
+            self._unsettled.discard(job_id)
+        batch = self._pick()
+        if batch and self.batch_wait_s and _images(batch) < self.max_batch_size:
+            self._stop.wait(self.batch_wait_s)
+            batch = self._pick()
+        jobs = [job for job in batch if self.store.start(job.id)]
+        for job in batch:
+            self._keys.pop(job.id, None)
+        if not jobs:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            return
+        try:
+            self._run(jobs)
+        except Exception as exc:  # never let one bad batch kill the worker
+            known = isinstance(exc, SfumatoError)
+            message = str(exc) if known else "internal error while generating (see the server log)"
+            if not known:
                 log.error("batch failed:\n%s", traceback.format_exc())
-                for job in jobs:
-                    self.store.fail(job.id, "internal error while generating (see the server log)")
+            for job in jobs:
+                try:
+                    self.store.fail(job.id, message)
+                except SfumatoError:  # the store cannot write either (disk full): queue it again once it can
+                    self._unsettled.add(job.id)
 
     def _pick(self) -> list[Job]:
         """The oldest queued job and the compatible ones behind it, up to `max_batch_size` images (not started)."""
@@ -154,10 +172,16 @@ class Worker:
                 self.store.fail(job.id, "; ".join(result.blocked) or "no image was produced")
                 continue
             ids = []
-            for k, item in enumerate(result.images):
-                image_id = f"{job.id}-{k}"
-                save_generated(item, self.store.images_dir / f"{image_id}.png", model_sha)
-                ids.append(image_id)
+            try:
+                for k, item in enumerate(result.images):
+                    image_id = f"{job.id}-{k}"
+                    save_generated(item, self.store.images_dir / f"{image_id}.png", model_sha)
+                    ids.append(image_id)
+            except SfumatoError as exc:  # disk full: this job fails cleanly, its saved images are removed
+                for image_id in ids:
+                    (self.store.images_dir / f"{image_id}.png").unlink(missing_ok=True)
+                self.store.fail(job.id, str(exc))
+                continue
             self.store.complete(job.id, {
                 "images": ids, "seeds": [i.seed for i in result.images], "subseeds": [i.subseed for i in result.images],
                 "infotexts": [i.infotext for i in result.images], "nsfw": [i.nsfw for i in result.images],

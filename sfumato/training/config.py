@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -116,4 +119,25 @@ def load_toml(path: Path) -> dict[str, Any]:
     unknown = sorted(set(values) - FIELDS)
     if unknown:
         raise InvalidRequest(f"{path}: unknown training settings {', '.join(unknown)}")
+    for key, value in values.items():
+        check_type(key, value)
     return values
+
+
+def check_type(name: str, value: Any) -> None:
+    """Refuse a setting whose value has the wrong type (`steps = "many"`), naming the expected one."""
+    hint = _HINTS[name]
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind in (str, bool) and isinstance(value, kind):
+            return
+        if typing.get_origin(kind) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return
+    expected = " or ".join(getattr(k, "__name__", str(k)) for k in allowed if k is not type(None))
+    raise InvalidRequest(f"training setting {name.replace('_', '-')} must be {expected}, got {value!r}"[:300])
