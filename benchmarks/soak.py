@@ -212,8 +212,8 @@ def soak(model: str, work: Path, total: int, clients: int = 8) -> dict:
     def one(client: httpx.Client, n: int) -> None:
         kind = n % 4
         if kind == 0:
-            r = client.post(base + "/v1/images/generations", json={"prompt": f"soak {n % 50}", "size": "64x64", "n": 1,
-                                                                   "response_format": "b64_json"}, timeout=120)
+            r = client.post(base + "/sdapi/v1/txt2img", json={"prompt": f"soak {n % 50}", "seed": n, "steps": 1,
+                                                              "width": 32, "height": 32}, timeout=120)
         elif kind == 1:
             r = client.get(base + "/api/v1/jobs?limit=20")
         elif kind == 2:

@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, default="latent")
     gen.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                      help="override the model's prediction type (for a mis-detected single file)")
+    gen.add_argument("--style", action="append", default=[], metavar="NAME",
+                     help="apply a style from $SFUMATO_HOME/styles.csv (repeatable, A1111 format)")
+    gen.add_argument("--combinatorial", action="store_true",
+                     help="dynamic prompts: one image per combination of {a|b} variants and __wildcards__")
     gen.add_argument("--output", "-o", type=Path, help="PNG file or folder (default: outputs/<date>/)")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     gen.add_argument("--dry-run", action="store_true", help="print the fully resolved request and exit")
@@ -202,6 +206,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         mask_blur=args.mask_blur, strength=args.strength, outpaint=args.outpaint, tile=args.tile,
         hires_scale=args.hires_scale, hires_strength=args.hires_strength, hires_steps=args.hires_steps,
         hires_upscaler=args.hires_upscaler, loras=list(args.lora), prediction_type=args.prediction_type,
+        styles=list(args.style), combinatorial=args.combinatorial,
     )
 
 
@@ -246,7 +251,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     engine = _engine(args)
     request = request_from_args(args)
     if args.dry_run:
-        print(json.dumps(engine.resolve(request).to_dict(), indent=2, sort_keys=True))
+        resolved = engine.resolve(request)
+        print(json.dumps({**resolved.to_dict(), "schedule": engine.schedule(resolved)}, indent=2, sort_keys=True))
         return 0
     if args.output:  # a bad output path fails before the work, not after it
         check_output(args.output)

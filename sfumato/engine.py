@@ -26,7 +26,8 @@ from sfumato.pipelines import images as imgs
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
 from sfumato.pipelines.tasks import BatchPrompts, generate_batch
 from sfumato.prompts.encode import PromptEncoder
-from sfumato.prompts.schedule import has_syntax
+from sfumato.prompts.dynamic import apply_styles, has_dynamic, image_prompts
+from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and
 from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
 from sfumato.prompts.lora_tags import extract_lora_tags
 from sfumato.requests import GeneratedImage, GenerationRequest, GenerationResult
@@ -121,14 +122,35 @@ class Engine:
                 self._encoder = _prompt_encoder(self._loaded)
             return self._loaded
 
-    def token_counts(self, prompt: str, model: str | None = None) -> tuple[list[int], int]:
-        """Tokens per chunk of `prompt` as the model's tokenizer splits it (flags and LoRA tags removed)."""
+    def token_counts(self, prompt: str, model: str | None = None, steps: int = 20) -> tuple[list[int], int, list[dict]]:
+        """Tokens per chunk of `prompt` as the model's tokenizer splits it (flags and LoRA tags removed): the largest
+        count over its AND parts and scheduled texts, the chunk length, and each scheduled text's own counts."""
         loaded = self.load(model)
         if loaded.info.family.prediction_type == "flow":
             raise InvalidRequest("token counts are available for CLIP/BERT-conditioned (UNet) models")
         text, _ = extract_lora_tags(prompt)
         text, _ = split_flags(text)
-        return self._encoder.token_counts(text)
+        texts = []
+        for part, weight in split_and(text):
+            for end, scheduled in prompt_schedule(part, steps):
+                counts, length = self._encoder.token_counts(scheduled)
+                texts.append({"text": scheduled, "weight": weight, "until_step": end, "chunks": counts})
+        largest = max(texts, key=lambda t: (sum(t["chunks"]), len(t["chunks"])))["chunks"]
+        return largest, length, texts
+
+    def schedule(self, resolved: GenerationRequest) -> dict:
+        """What each pass will encode: per image prompt, its AND parts with weights and scheduled texts (--dry-run)."""
+        def passes(text: str) -> dict:
+            out = {"first_pass": [[end, t] for end, t in prompt_schedule(text, resolved.steps)]}
+            if resolved.hires_scale > 1:
+                hires = prompt_schedule(text, resolved.steps, resolved.hires_steps or resolved.steps)
+                out["hires_pass"] = [[end, t] for end, t in hires]
+            return out
+
+        prompts = list(dict.fromkeys(resolved.image_prompts or [resolved.prompt]))
+        return {"prompts": [{"prompt": p, "parts": [{"weight": w, **passes(t)} for t, w in split_and(p)]}
+                            for p in prompts],
+                "negative_prompt": passes(resolved.negative_prompt)}
 
     # ---------------------------------------------------------------- requests
 
@@ -140,9 +162,13 @@ class Engine:
         info = self.describe(request.model)
         family = info.family
         flow = family.prediction_type == "flow"
-        prompt, tag_loras = extract_lora_tags(request.prompt)
+        styled, negative = request.prompt, request.negative_prompt
+        if request.template is None:  # not yet resolved (a replayed request keeps what it resolved to)
+            styled, negative = apply_styles(request.prompt, request.negative_prompt, request.styles)
+        prompt, tag_loras = extract_lora_tags(styled)
         prompt, flags = split_flags(prompt)
-        changes: dict = {"prompt": prompt, "model": str(info.path), "loras": [*request.loras, *tag_loras]}
+        changes: dict = {"prompt": prompt, "negative_prompt": negative, "model": str(info.path),
+                         "loras": [*request.loras, *tag_loras]}
         changes["sampler"] = get_sampler(request.sampler or family.default_sampler, flow).name
         steps = request.steps or family.default_steps
         if flags.quality is not None:
@@ -152,7 +178,7 @@ class Engine:
         if flags.stylize is not None:
             changes["cfg_scale"] = stylize_to_cfg(flags.stylize)
         if flags.no:
-            changes["negative_prompt"] = ", ".join(p for p in (request.negative_prompt, flags.no) if p)
+            changes["negative_prompt"] = ", ".join(p for p in (negative, flags.no) if p)
         if flags.seed is not None:
             changes["seed"] = flags.seed
         if flags.tile:
@@ -161,10 +187,27 @@ class Engine:
             changes["subseed_strength"] = flags.chaos / 100.0
         changes["width"], changes["height"] = self._size(request, info, flags.aspect_ratio)
         resolved = dataclasses.replace(request, **changes).with_seeds_resolved().validate()
+        if resolved.template is None and (request.styles or has_dynamic(resolved.prompt)):
+            resolved = self._expand_dynamic(resolved, request.prompt)
         if flow:
             check_flow_request(family.name, resolved)
         check_loras(resolved.loras)
         return resolved
+
+    def _expand_dynamic(self, resolved: GenerationRequest, template: str) -> GenerationRequest:
+        """Keep the template; give each image its own resolved prompt (drawn with its seed, or all combinations)."""
+        changes: dict = {"template": template}
+        if has_dynamic(resolved.prompt):
+            count = resolved.batch_size * resolved.batch_count
+            prompts = image_prompts(resolved.prompt, [resolved.seed + k for k in range(count)], resolved.combinatorial)
+            if resolved.combinatorial:  # every combination once; a last partial batch repeats from the start
+                changes["batch_count"] = -(-len(prompts) // resolved.batch_size)
+                prompts = [prompts[k % len(prompts)] for k in range(changes["batch_count"] * resolved.batch_size)]
+            if self._policy is not None:
+                for text in dict.fromkeys(prompts):
+                    self._policy.check(text)
+            changes["image_prompts"] = prompts
+        return dataclasses.replace(resolved, **changes).validate()
 
     def _size(self, request: GenerationRequest, info: ModelInfo, aspect: tuple[int, int] | None) -> tuple[int, int]:
         if aspect is not None:
@@ -213,12 +256,14 @@ class Engine:
             seeds = [resolved.seed + first + i for i in range(resolved.batch_size)]
             subseeds = [resolved.subseed + first + i for i in range(resolved.batch_size)]
             batch_request = dataclasses.replace(resolved, seed=seeds[0], subseed=subseeds[0], batch_count=1)
+            prompts = resolved.image_prompts[first:first + resolved.batch_size] or [resolved.prompt] * len(seeds)
             if model.info.family.prediction_type == "flow":
-                pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker)
+                pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker, prompts)
             else:
-                pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker)
+                texts = BatchPrompts(prompts, [resolved.negative_prompt] * len(seeds), resolved.cfg_scale)
+                pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker, texts)
             for i, picture in enumerate(pictures):
-                text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes)
+                text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i])
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
         return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
 
@@ -303,6 +348,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     noise source (seeded once per batch) run alone.
     """
     alone = (request.init_image is not None or request.batch_count > 1 or sampler_has_own_noise(request.sampler)
+             or bool(request.image_prompts)
              or request.model is None or describe(Path(request.model)).family.prediction_type == "flow"
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))
     if alone:

@@ -23,9 +23,9 @@ HIRES_UPSCALER_NAMES = {"latent": "Latent", "latent-nearest": "Latent (nearest)"
 
 
 def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: str, model_hash: str,
-             lora_hashes: dict[str, str] | None = None) -> str:
-    """The A1111 `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
-    prompt = request.prompt + "".join(f" <lora:{Path(n).stem}:{w:g}>" for n, w in request.loras)
+             lora_hashes: dict[str, str] | None = None, image_prompt: str | None = None) -> str:
+    """The A1111 `parameters` text: prompt (this image's, for dynamic prompts), negative prompt, `Key: value` pairs."""
+    prompt = (image_prompt or request.prompt) + "".join(f" <lora:{Path(n).stem}:{w:g}>" for n, w in request.loras)
     fields: list[tuple[str, Any]] = [
         ("Steps", request.steps), ("Sampler", request.sampler), ("CFG scale", f"{request.cfg_scale:g}"),
         ("Seed", seed), ("Size", f"{request.width}x{request.height}"), ("Model hash", model_hash),
@@ -48,6 +48,10 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Tiling", "True"))
     if lora_hashes:
         fields.append(("Lora hashes", '"' + ", ".join(f"{k}: {v}" for k, v in lora_hashes.items()) + '"'))
+    if request.template is not None and request.template != (image_prompt or request.prompt):
+        fields.append(("Template", json.dumps(request.template)))  # Dynamic Prompts writes the same field
+    if request.styles:
+        fields.append(("Styles", json.dumps(", ".join(request.styles))))
     fields.append(("Version", f"sfumato {__version__}"))
     text = prompt
     if request.negative_prompt:

@@ -52,6 +52,10 @@ class GenerationRequest:
     hires_upscaler: str = "latent"
     loras: list[tuple[str, float]] = field(default_factory=list)
     prediction_type: str | None = None  # override the model's (epsilon / v_prediction), for mis-detected files
+    styles: list[str] = field(default_factory=list)  # names in $SFUMATO_HOME/styles.csv, applied in order
+    combinatorial: bool = False  # dynamic prompts: every combination instead of one random draw per image
+    template: str | None = None  # the prompt as given, once styles/dynamic prompts were resolved (set by the engine)
+    image_prompts: list[str] = field(default_factory=list)  # each image's resolved dynamic prompt (set by the engine)
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -63,7 +67,12 @@ class GenerationRequest:
         for name in ("model", "sampler", "init_image", "mask", "prediction_type"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string or null")
-        for name in ("tile", "inpaint_full_image_overlay"):
+        for name in ("styles", "image_prompts"):
+            if not isinstance(getattr(self, name), list) or not all(isinstance(v, str) for v in getattr(self, name)):
+                raise InvalidRequest(f"{name} must be a list of strings")
+        if self.template is not None and not isinstance(self.template, str):
+            raise InvalidRequest("template must be a string or null")
+        for name in ("tile", "inpaint_full_image_overlay", "combinatorial"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequest(f"{name} must be true or false")
         if not isinstance(self.outpaint, dict):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from sfumato.errors import UnsupportedModel
 from sfumato.models.loader import LoadedModel
+from sfumato.prompts.schedule import has_syntax
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.sampling.samplers import make_scheduler
@@ -27,10 +28,14 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                    if used]
     if unsupported:
         raise UnsupportedModel(f"{family} supports txt2img only for now, not {', '.join(unsupported)}")
+    if has_syntax(request.prompt) or has_syntax(request.negative_prompt):
+        raise UnsupportedModel(f"{family} prompts go to its own text encoders as plain text: prompt editing, "
+                               "alternation and AND are not supported there (styles and dynamic prompts are)")
 
 
 def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int],
-                        progress) -> list[Image.Image]:
+                        progress, prompts: list[str] | None = None) -> list[Image.Image]:
+    """One batch through the diffusers SD3/FLUX pipeline; `prompts` are the images' own (dynamic) prompts."""
     pipe = model.pipe
     scale = model.vae_scale
     flux = model.family == "flux"
@@ -50,6 +55,6 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
 
     count = len(seeds)
     extra = {} if flux else {"negative_prompt": [request.negative_prompt] * count}
-    return pipe(prompt=[request.prompt] * count, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+    return pipe(prompt=prompts or [request.prompt] * count, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
                 height=request.height, width=request.width, latents=noise.to(model.device, model.dtype),
                 callback_on_step_end=on_step, output_type="pil", **extra).images

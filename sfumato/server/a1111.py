@@ -16,15 +16,17 @@ from pydantic import BaseModel, ConfigDict
 from sfumato.errors import InvalidRequest
 from sfumato.models.home import sha256
 from sfumato.output import parse_infotext
+from sfumato.prompts.dynamic import load_styles
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import get_sampler, sampler_names
 from sfumato.server.uploads import png_base64
 
 
 class Txt2ImgRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # styles, restore_faces, alwayson_scripts, save_images, ...
+    model_config = ConfigDict(extra="ignore")  # restore_faces, alwayson_scripts, save_images, ...
     prompt: str = ""
     negative_prompt: str = ""
+    styles: list[str] = []
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0
@@ -85,11 +87,17 @@ def _request(body: Txt2ImgRequest, model: str | None) -> GenerationRequest:
         hires_scale=body.hr_scale if body.enable_hr else 1.0,
         hires_strength=body.denoising_strength if body.enable_hr and body.denoising_strength is not None else 0.55,
         hires_steps=body.hr_second_pass_steps or None, hires_upscaler=upscaler or "latent",
-        clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", 1)),
+        clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", 1)), styles=list(body.styles),
     )
 
 
 def add_routes(app: FastAPI, service, guarded: list) -> None:
+    @app.get("/sdapi/v1/prompt-styles", tags=["a1111"], dependencies=guarded)
+    def prompt_styles():
+        """The styles of $SFUMATO_HOME/styles.csv, as A1111 lists them."""
+        return [{"name": name, "prompt": prompt, "negative_prompt": negative}
+                for name, (prompt, negative) in load_styles().items()]
+
     def model_for(body: Txt2ImgRequest) -> str | None:
         return body.override_settings.get("sd_model_checkpoint") or service.current_model
 
@@ -99,7 +107,9 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         result, resolved = done.result, done.result["request"]
         model_name = next((n for n, p in service.models.items() if p == resolved["model"]), resolved["model"])
         info = {
-            "prompt": resolved["prompt"], "all_prompts": [resolved["prompt"]] * len(result["seeds"]),
+            "prompt": resolved["prompt"],
+            "all_prompts": resolved.get("image_prompts") or [resolved["prompt"]] * len(result["seeds"]),
+            "styles": resolved.get("styles", []),
             "negative_prompt": resolved["negative_prompt"],
             "all_negative_prompts": [resolved["negative_prompt"]] * len(result["seeds"]),
             "seed": result["seeds"][0], "all_seeds": result["seeds"], "subseed": result["subseeds"][0],
@@ -109,7 +119,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             "restore_faces": False, "sd_model_name": model_name, "seed_resize_from_w": -1,
             "seed_resize_from_h": -1, "denoising_strength": resolved["strength"] if resolved["init_image"] else None,
             "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result["infotexts"],
-            "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created)),
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(done.created)),
             "clip_skip": resolved["clip_skip"], "is_using_inpainting_conditioning": False,
             "nsfw": result["nsfw"], "job_id": done.id,
         }

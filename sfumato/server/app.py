@@ -306,7 +306,7 @@ def _ui_routes(app: FastAPI) -> None:
     app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
 
 
-NOT_ON_THE_WIRE = {"inpaint_full_image_overlay", "prediction_type"}
+NOT_ON_THE_WIRE = {"inpaint_full_image_overlay", "prediction_type", "template", "image_prompts"}
 
 
 def _job_request_model() -> type[BaseModel]:
@@ -360,8 +360,8 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
     @app.post("/api/v1/tokens", tags=["native"], dependencies=guarded)
     def tokens(body: TokensRequest):
         """Tokens per chunk of a prompt with the model's own tokenizer (for the UI's counter)."""
-        counts, length = service.engine.token_counts(body.prompt, service.model_path(body.model))
-        return {"chunks": counts, "chunk_length": length}
+        counts, length, texts = service.engine.token_counts(body.prompt, service.model_path(body.model))
+        return {"chunks": counts, "chunk_length": length, "scheduled": texts}
 
     @app.get("/api/v1/loras", tags=["native"], dependencies=guarded)
     def loras():
