@@ -118,7 +118,8 @@ def test_native_jobs_sse_and_image(client):
 
 def test_token_counts_use_the_model_tokenizer(client):
     r = client.post("/api/v1/tokens", json={"prompt": "red apple, (shiny:1.2) <lora:x:1> --no leaves"})
-    assert r.json() == {"chunks": [4], "chunk_length": 75}
+    assert r.json() == {"chunks": [4], "chunk_length": 75, "scheduled": [
+        {"chunks": [4], "text": "red apple, (shiny:1.2)", "until_step": 20, "weight": 1.0}]}
     assert client.post("/api/v1/tokens", json={"prompt": "a cat BREAK a dog"}).json()["chunks"] == [2, 2]
     assert client.post("/api/v1/tokens", json={"prompt": ", ".join(["red apple"] * 40)}).json()["chunks"] == [75, 44]
     assert client.post("/api/v1/tokens", json={"prompt": "x --bogus 1"}).status_code == 422
