@@ -15,43 +15,23 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import psutil
+from live_server import start_server
 
 PROMPTS = ["red apple", "grinning face", "rocket", "dog face", "pizza", "sun", "red heart", "ghost", "fire",
            "snowman", "rainbow", "cat face", "thumbs up", "banana", "star", "t-rex"]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(model: str | None, batch: int, data_dir: str) -> tuple[subprocess.Popen, str]:
-    port = _port()
-    cmd = [sys.executable, "-m", "sfumato.cli", "serve", "--port", str(port), "--max-batch-size", str(batch),
-           "--data-dir", data_dir, "--safety", "off", "--queue-size", "4096"]
-    if model:
-        cmd += ["--model", model]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("server did not start")
+    flags = ["--max-batch-size", str(batch), "--data-dir", data_dir, "--safety", "off", "--queue-size", "4096"]
+    return start_server(*flags, *(["--model", model] if model else []), timeout_s=60)
 
 
 def _run(base: str, clients: int, total: int, process: subprocess.Popen, rss_at: int = 100) -> dict:

@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from live_server import start_server
 
 SMALL = {"width": 64, "height": 64, "steps": 2, "sampler": "Euler"}
 FAILURES: list[str] = []
@@ -41,28 +41,9 @@ def check(ok: bool, what: str) -> None:
         FAILURES.append(what)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve(model: str, data_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = _port()
-    cmd = [sys.executable, "-m", "sfumato.cli", "serve", "--model", model, "--port", str(port), "--data-dir",
-           str(data_dir), "--safety", "off", "--queue-size", "4096", *extra]
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            if process.poll() is not None:
-                raise SystemExit("server exited: " + process.stderr.read()[-2000:])
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("server did not start")
+    return start_server("--model", model, "--data-dir", str(data_dir), "--safety", "off", "--queue-size", "4096",
+                        *extra)
 
 
 def stop(process: subprocess.Popen) -> str:

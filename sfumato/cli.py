@@ -244,9 +244,7 @@ def _save_images(result, paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from sfumato.output import dated_output_paths, explicit_output_paths
-
-    from sfumato.output import check_output, check_writable
+    from sfumato.output import check_output, check_writable, dated_output_paths, explicit_output_paths
 
     engine = _engine(args)
     request = request_from_args(args)
@@ -296,12 +294,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sfumato.models.home import sha256
-    from sfumato.output import read_png
+    from sfumato.output import check_output, read_png
 
     record = read_png(args.image)
     request = record.request
     if args.model:
         request = dataclasses.replace(request, model=args.model)
+    check_output(args.output)
     engine = _engine(args)
     if record.model_sha256 and sha256(engine.model_path(request.model)) != record.model_sha256:
         print("sfumato: warning: the model's hash differs from the recorded one; the image will differ",
@@ -422,7 +421,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=_api_key(args),
                               insecure_no_auth=args.insecure_no_auth, max_batch_size=args.max_batch_size,
                               batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size, data_dir=args.data_dir,
-                              cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allowed_host), safety=args.safety,
+                              cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allowed_host),
+                              safety=args.safety,
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
                               limits=limits, device=args.device)
     app = create_app(settings.check())

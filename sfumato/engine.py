@@ -321,9 +321,11 @@ class Engine:
         started = time.perf_counter()
         model = self._prepare(jobs[0].model, jobs[0].loras, jobs)
         rows = [(job, i) for job in jobs for i in range(job.batch_size)]
-        encoded = self._encoder.encode_pairs([(job.prompt, job.negative_prompt) for job in jobs], jobs[0].clip_skip)
-        pairs = {id(job): pair for job, pair in zip(jobs, encoded)}
-        if len({pairs[id(job)][0].embeds.shape for job in jobs}) > 1:  # prompts of different chunk counts
+        # all new prompts in one encoder pass (cached for the batch); a job alone pads its prompt and negative to
+        # the longer of the two, so jobs batch only when that chunk count agrees
+        encoded = self._encoder.encode_many([t for job in jobs for t in (job.prompt, job.negative_prompt)],
+                                            jobs[0].clip_skip)
+        if len({max(len(encoded[2 * k][0]), len(encoded[2 * k + 1][0])) for k in range(len(jobs))}) > 1:
             return [self._run(job, progress, preview) for job in jobs]
         cfg = torch.tensor([job.cfg_scale for job, _ in rows], dtype=torch.float32)
         texts = BatchPrompts([job.prompt for job, _ in rows], [job.negative_prompt for job, _ in rows], cfg)

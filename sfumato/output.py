@@ -174,8 +174,9 @@ def check_output(output: Path) -> None:
 
 
 def explicit_output_paths(output: Path, seeds: list[int]) -> list[Path]:
-    """`-o OUT.png`: OUT.png for one image, OUT-0.png, OUT-1.png ... for several; `-o FOLDER`: numbered files."""
-    check_output(output)
+    """`-o OUT.png`: OUT.png for one image, OUT-0.png, OUT-1.png ... for several; `-o FOLDER`: numbered files.
+
+    Callers check the output with `check_output` before generating."""
     if output.is_dir() or not output.suffix:
         return numbered_paths(output, seeds)
     if len(seeds) == 1:

@@ -115,3 +115,21 @@ def test_generate_many_runs_scheduled_prompts_alone_and_correctly(engine):
     results = engine.generate_many(requests)
     first, second = (np.asarray(r.images[0].image, dtype=int) for r in results[:2])
     assert np.abs(first - second).max() <= 1
+
+
+def test_grid_prompt_sr_over_an_edited_prompt(sd1, tmp_path, capsys):
+    """Prompt S/R replaces inside the editing syntax; every cell is the image its own prompt gives alone."""
+    from PIL import Image
+
+    from sfumato.cli import main
+    from sfumato.engine import Engine
+
+    out = tmp_path / "grid.png"
+    assert main(["grid", "a [cat:dog:2] x", "--model", str(sd1), "--x", "prompt_sr=cat,fox", "--seed", "3",
+                 "--steps", "4", "--width", "32", "--height", "32", "--sampler", "Euler", "-o", str(out)]) == 0
+    assert "2 cells, seed 3" in capsys.readouterr().out
+    assert Image.open(out).width >= 64
+    engine = Engine(sd1)
+    fox = _image(engine, "a [fox:dog:2] x", seed=3)
+    cat = _image(engine, "a [cat:dog:2] x", seed=3)
+    assert np.abs(fox - cat).max() > 0

@@ -129,20 +129,21 @@ def test_prompts_encoded_together_equal_prompts_encoded_alone(family, sd1, sdxl)
 def test_encoded_prompts_are_cached_per_lora_state(sd1):
     from sfumato.engine import _prompt_encoder
     from sfumato.models.loader import load_model
+    from sfumato.pipelines.guidance import build_guidance
 
     loaded = load_model(sd1, dtype="float32")
     encoder = _prompt_encoder(loaded)
     passes = []
     loaded.pipe.text_encoder.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
-    first = encoder.encode_pairs([("red apple", ""), ("blue car", "")], clip_skip=1)
-    assert passes == [3]  # one pass: "red apple", "", "blue car" (the empty negative once)
-    again = encoder.encode_pairs([("blue car", ""), ("red apple", "")], clip_skip=1)
+    first = build_guidance(encoder, ["red apple", "blue car"], ["", ""], 7.0, clip_skip=1, steps=20)
+    assert passes == [3]  # one pass: "red apple", "blue car", "" (the empty negative once)
+    again = build_guidance(encoder, ["blue car", "red apple"], ["", ""], 7.0, clip_skip=1, steps=20)
     assert passes == [3]  # all cached
-    assert torch.equal(again[1][0].embeds, first[0][0].embeds)
+    assert torch.equal(again.encoded["red apple"].embeds, first.encoded["red apple"].embeds)
     encoder.state = (("some-lora", 0.8),)  # another LoRA set may change the text encoder: encode again
-    encoder.encode_pair("red apple", "", clip_skip=1, batch_size=1)
+    build_guidance(encoder, ["red apple"], [""], 7.0, clip_skip=1, steps=20)
     assert passes == [3, 1, 1]  # a single pair: prompt and negative in separate passes, as diffusers does
-    encoder.encode_pair("red apple", "", clip_skip=1, batch_size=1)
+    build_guidance(encoder, ["red apple"], [""], 7.0, clip_skip=1, steps=20)
     assert passes == [3, 1, 1]
-    encoder.encode_pair("red apple", "", clip_skip=2, batch_size=1)
+    build_guidance(encoder, ["red apple"], [""], 7.0, clip_skip=2, steps=20)
     assert passes == [3, 1, 1, 1, 1]

@@ -30,7 +30,12 @@ def server(tmp_path_factory, models_dir):
     if not model.exists():
         build_tiny("sd1", model)
     port = _free_port()
-    process = _serve(model, tmp_path_factory.mktemp("ui-server"), port, "--max-batch-size", "1")
+    home = tmp_path_factory.mktemp("ui-home")
+    (home / "styles.csv").write_text('name,prompt,negative_prompt\nsharp,"highly detailed",blurry\n'
+                                     'cinematic,"cinematic still of {prompt}",cartoon\n')
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SFUMATO_HOME", str(home))
+        process = _serve(model, tmp_path_factory.mktemp("ui-server"), port, "--max-batch-size", "1")
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
@@ -166,3 +171,24 @@ def test_phone_width_layout_and_errors(browser, server):
     _shot(page, "phone-dark-settings")
     context.close()
 
+
+
+def test_styles_picker_and_prompt_language(page, server):
+    """Styles from the server's styles.csv go into the request; editing, AND and wildcards are highlighted and the
+    counter reports the longest of the scheduled prompts."""
+    assert page.eval_on_selector_all("#styles option", "o => o.map(x => x.value)") == ["sharp", "cinematic"]
+    page.fill("#prompt", "a [cat:big red dog:0.5] AND a {red|blue} bird")
+    assert page.locator("#prompt-highlight .sched").inner_text() == "[cat:big red dog:0.5]"
+    assert page.locator("#prompt-highlight .and").inner_text() == "AND"
+    assert page.locator("#prompt-highlight .dyn").inner_text() == "{red|blue}"
+    page.wait_for_function("document.getElementById('prompt-tokens').textContent.includes('scheduled prompts')")
+    assert page.inner_text("#prompt-tokens") == "7/75 tokens (longest of 3 scheduled prompts)"
+    page.select_option("#styles", ["sharp"])
+    _small(page, steps=1)
+    page.fill("#seed", "5")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector("#results img", timeout=60_000)
+    job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+    assert job["request"]["styles"] == ["sharp"] and job["request"]["negative_prompt"] == "blurry"
+    assert job["request"]["template"] == "a [cat:big red dog:0.5] AND a {red|blue} bird"
+    assert job["request"]["image_prompts"][0].endswith("bird, highly detailed")

@@ -90,12 +90,10 @@ class Guidance:
         negative, positive = prediction[:count], prediction[count:]
         if self.plain:
             return negative + cfg * (positive - negative)
-        delta = torch.zeros_like(negative)
-        row = 0
-        for b, parts in enumerate(self.parts):
-            for part in parts:
-                delta[b] += part.weight * (positive[row] - negative[b])
-                row += 1
+        owners = torch.tensor(self.row_images()[count:], device=prediction.device)
+        weights = torch.tensor([p.weight for parts in self.parts for p in parts], device=prediction.device,
+                               dtype=prediction.dtype).view(-1, *([1] * (prediction.dim() - 1)))
+        delta = torch.zeros_like(negative).index_add_(0, owners, weights * (positive - negative[owners]))
         return negative + cfg * delta
 
 

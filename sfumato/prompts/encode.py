@@ -194,42 +194,5 @@ class PromptEncoder:
         return out
 
     def empty_chunk(self, clip_skip: int) -> torch.Tensor:
+        """The encoded empty prompt's chunk: pads shorter prompts to a batch's chunk count."""
         return self.encode_many([""], clip_skip)[0][0][0]
-
-    def encode_pair(
-        self, prompt: str, negative_prompt: str, clip_skip: int, batch_size: int
-    ) -> tuple[Conditioning, Conditioning]:
-        """Conditional and unconditional conditioning, padded to the same number of chunks.
-
-        The two prompts go through the encoder in separate passes, as in diffusers, so single requests match
-        a diffusers pipeline to float precision; `encode_pairs` batches across requests instead.
-        """
-        positive, negative = (self.encode_many([text], clip_skip)[0] for text in (prompt, negative_prompt))
-        return self._pair(positive, negative, negative_prompt == "", clip_skip, batch_size)
-
-    def encode_pairs(
-        self, pairs: list[tuple[str, str]], clip_skip: int, batch_size: int = 1
-    ) -> list[tuple[Conditioning, Conditioning]]:
-        """`encode_pair` for several (prompt, negative prompt) pairs, encoded together."""
-        encoded = self.encode_many([text for pair in pairs for text in pair], clip_skip)
-        return [self._pair(encoded[2 * k], encoded[2 * k + 1], negative == "", clip_skip, batch_size)
-                for k, (_, negative) in enumerate(pairs)]
-
-    def _pair(self, positive, negative, empty_negative: bool, clip_skip: int,
-              batch_size: int) -> tuple[Conditioning, Conditioning]:
-        (cond_chunks, cond_pooled), (uncond_chunks, uncond_pooled) = positive, negative
-        cond_chunks, uncond_chunks = list(cond_chunks), list(uncond_chunks)
-        while len(cond_chunks) < len(uncond_chunks):
-            cond_chunks.append(self.empty_chunk(clip_skip))
-        while len(uncond_chunks) < len(cond_chunks):
-            uncond_chunks.append(self.empty_chunk(clip_skip))
-        cond = torch.cat(cond_chunks, dim=1)
-        uncond = torch.cat(uncond_chunks, dim=1)
-        if self.force_zeros_for_empty_prompt and empty_negative:
-            uncond = torch.zeros_like(uncond)
-            uncond_pooled = torch.zeros_like(uncond_pooled) if uncond_pooled is not None else None
-
-        def batched(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.repeat(batch_size, *([1] * (t.dim() - 1)))
-
-        return (Conditioning(batched(cond), batched(cond_pooled)), Conditioning(batched(uncond), batched(uncond_pooled)))

@@ -29,6 +29,7 @@ from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.models.catalog import list_models
 from sfumato.requests import GenerationRequest
 from sfumato.safety.classifier import SafetySettings
+from sfumato.server.errors import error_body
 from sfumato.server.guard import BrowserGuard, HostPolicy
 from sfumato.server.settings import ServerSettings
 from sfumato.server.store import FINAL, Job, JobStore, QueueFull, is_whole_png
@@ -191,11 +192,6 @@ class Service:
         if not is_whole_png(path):  # damaged on disk (truncated copy, bad sector): never serve half a PNG
             raise HTTPException(410, f"image {image_id} is damaged on the server's disk; generate it again")
         return path
-
-
-def error_body(message: str, kind: str, status: int) -> dict[str, Any]:
-    """One JSON error shape every client understands: OpenAI's `error` object and FastAPI's `detail`."""
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}, "detail": message}
 
 
 def create_app(settings: ServerSettings) -> FastAPI:

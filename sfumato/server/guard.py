@@ -15,12 +15,13 @@ The `Host` header is never trusted for anything else: it only has to match the a
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from urllib.parse import urlsplit
 
+from sfumato.server.errors import error_body
+from sfumato.server.settings import is_loopback
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -36,12 +37,8 @@ def split_host(value: str) -> tuple[str, int | None]:
 
 
 def _is_loopback_name(host: str) -> bool:
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Loopback addresses, `localhost`, and `*.localhost` (which browsers resolve to loopback themselves)."""
+    return is_loopback(host) or host.endswith(".localhost")
 
 
 class HostPolicy:
@@ -106,8 +103,7 @@ class BrowserGuard:
 
 
 async def _refuse(send, status: int, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "forbidden", "param": None, "code": status},
-                       "detail": message}).encode()
+    body = json.dumps(error_body(message, "forbidden", status)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -91,8 +91,12 @@ function highlight(text) {
   let html = escapeHTML(text);
   html = html.replace(/&lt;lora:[^&]*&gt;/g, (m) => `<span class="lora">${m}</span>`);
   html = html.replace(/\(([^()]*)\)/g, (m) => `<span class="em">${m}</span>`);
-  html = html.replace(/\[([^\[\]]*)\]/g, (m) => `<span class="de">${m}</span>`);
+  // [from:to:when] / [to:when] prompt editing and [a|b] alternation, else [de-emphasis]
+  html = html.replace(/\[([^\[\]]*)\]/g, (m, inner) =>
+    /\|/.test(inner) || /:\s*[+-]?[\d.]+\s*$/.test(inner) ? `<span class="sched">${m}</span>` : `<span class="de">${m}</span>`);
+  html = html.replace(/\{[^{}]*\|[^{}]*\}|__[\w\-\/. ]+?__/g, (m) => `<span class="dyn">${m}</span>`);
   html = html.replace(/\bBREAK\b/g, '<span class="brk">BREAK</span>');
+  html = html.replace(/\bAND\b/g, '<span class="and">AND</span>');
   html = html.replace(FLAG_RE, (m) => `<span class="flag">${m}</span>`);
   return html;
 }
@@ -102,10 +106,12 @@ function approximateTokens(text) {  // CLIP BPE is about one token per word piec
   return (plain.toLowerCase().match(/[a-z]+|\d|[^\sa-z\d()\[\]]/g) || []).length;
 }
 
-function showTokens(chunks, length, exact) {
+function showTokens(chunks, length, exact, scheduled = 1) {
   const last = chunks[chunks.length - 1] || 0;
   const label = chunks.length > 1 ? `chunk ${chunks.length}: ` : "";
-  $("prompt-tokens").textContent = `${label}${exact ? "" : "≈"}${last}/${length} tokens`;
+  // AND parts and prompt editing encode several texts: show the longest and how many there are
+  const many = scheduled > 1 ? ` (longest of ${scheduled} scheduled prompts)` : "";
+  $("prompt-tokens").textContent = `${label}${exact ? "" : "≈"}${last}/${length} tokens${many}`;
 }
 
 let tokenTimer = null;
@@ -117,7 +123,7 @@ function updatePromptInfo() {
   tokenTimer = setTimeout(async () => {
     try {
       const counts = await api("/api/v1/tokens", { method: "POST", body: JSON.stringify({ prompt: text, model: $("model").value || null }) });
-      if ($("prompt").value === text) showTokens(counts.chunks, counts.chunk_length, true);
+      if ($("prompt").value === text) showTokens(counts.chunks, counts.chunk_length, true, (counts.scheduled || []).length);
     } catch (error) { /* keep the estimate (e.g. an unknown flag while typing) */ }
   }, 250);
   const flags = [...text.matchAll(FLAG_RE)].map((m) => m[0]);
@@ -140,6 +146,8 @@ function buildRequest() {
     batch_size: number("batch_size") || 1, batch_count: number("batch_count") || 1,
     hires_scale: number("hires_scale") || 1, hires_strength: number("hires_strength") ?? 0.55, tile: $("tile").checked,
   };
+  const styles = [...$("styles").selectedOptions].map((o) => o.value);
+  if (styles.length) request.styles = styles;
   const loras = state.loras.filter((l) => $("lora-on-" + l).checked).map((l) => [l, Number($("lora-w-" + l).value)]);
   if (loras.length) request.loras = loras;
   if ($("use-init").checked && state.initLoaded) {
@@ -157,6 +165,9 @@ function fillForm(request) {
   const set = (id, value) => { if (value !== undefined && value !== null) $(id).value = value; };
   set("prompt", request.prompt); set("negative_prompt", request.negative_prompt); set("steps", request.steps);
   set("cfg_scale", request.cfg_scale); set("seed", request.seed); set("width", request.width); set("height", request.height);
+  // a resolved request already carries its styles in the prompt: select none, or they would apply twice
+  const styles = request.template == null ? (request.styles || []) : [];
+  for (const option of $("styles").options) option.selected = styles.includes(option.value);
   if (request.sampler) {
     if (![...$("sampler").options].some((o) => o.value === request.sampler)) $("sampler").add(new Option(request.sampler, request.sampler));
     $("sampler").value = request.sampler;
@@ -395,7 +406,12 @@ async function loadQueue() {
 
 async function loadLists() {
   try {
-    const [models, samplers, loras] = await Promise.all([api("/sdapi/v1/sd-models"), api("/sdapi/v1/samplers"), api("/api/v1/loras")]);
+    const [models, samplers, loras, styles] = await Promise.all([api("/sdapi/v1/sd-models"), api("/sdapi/v1/samplers"),
+                                                                 api("/api/v1/loras"), api("/sdapi/v1/prompt-styles")]);
+    $("styles").replaceChildren(...styles.map((s) => new Option(s.name, s.name)));
+    $("styles").title = styles.map((s) => `${s.name}: ${s.prompt}`).join("\n");
+    $("styles-empty").hidden = styles.length > 0;
+    $("styles").hidden = styles.length === 0;
     $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
     state.loras = loras.loras;
