@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and, text_at
 from sfumato.requests import GenerationRequest
@@ -133,3 +134,35 @@ def test_grid_prompt_sr_over_an_edited_prompt(sd1, tmp_path, capsys):
     fox = _image(engine, "a [fox:dog:2] x", seed=3)
     cat = _image(engine, "a [cat:dog:2] x", seed=3)
     assert np.abs(fox - cat).max() > 0
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_models_follow_edited_and_alternating_prompts(tmp_path, family):
+    """SD3/FLUX: the pipeline gets each step's embeddings through its step callback; the equalities hold there too."""
+    from sfumato.engine import Engine
+    from sfumato.errors import UnsupportedModel
+    from sfumato.models.tiny import build_tiny
+
+    engine = Engine(build_tiny(family, tmp_path / family))
+    kw = dict(steps=4, width=32, height=32, cfg_scale=None)
+
+    def image(prompt, **extra):
+        return np.asarray(engine.generate(GenerationRequest(prompt, seed=7, **{**kw, **extra})).images[0].image,
+                          dtype=int)
+
+    assert np.abs(image("a [cat:dog:0] x") - image("a dog x")).max() <= 1
+    assert np.abs(image("a [cat:dog:99] x") - image("a cat x")).max() <= 1
+    assert np.abs(image("[cat|dog]", steps=1) - image("cat", steps=1)).max() <= 1
+    if family == "sd3":  # the tiny FLUX's text barely moves its images (cat vs dog: <= 4 levels); SD3's does
+        switched = image("a [cat:dog:1] x")  # late steps of 4 barely move the tiny flow models: switch after 1
+        assert np.abs(switched - image("a cat x")).max() > 1 and np.abs(switched - image("a dog x")).max() > 1
+    # the step callback hands the pipeline the text of the step it starts (A1111: step i uses end_step >= i)
+    from sfumato.pipelines.flow import ScheduledEmbeddings
+
+    scheduled = ScheduledEmbeddings(engine.load().pipe, family == "flux", ["a [cat:dog:1] x"], [""], 4, True)
+    cat, dog = scheduled._encode("a cat x")[0], scheduled._encode("a dog x")[0]
+    assert torch.equal(scheduled.first_inputs()["prompt_embeds"], cat) and not torch.equal(cat, dog)
+    assert torch.equal(scheduled.step_outputs(1)["prompt_embeds"][-1:], cat)
+    assert torch.equal(scheduled.step_outputs(2)["prompt_embeds"][-1:], dog)
+    with pytest.raises(UnsupportedModel, match="AND"):
+        engine.generate(GenerationRequest("a cat AND a dog", seed=1, **kw))

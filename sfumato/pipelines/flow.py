@@ -4,16 +4,18 @@ seeds and progress.
 The noise is drawn like every other family's (CPU, per-image seeds, variation seeds) and handed to the
 pipeline as `latents` (packed 2x2 for FLUX), so seeds replay exactly. Prompts go to the pipeline's own
 encoders as plain text (SD3: CLIP-L + CLIP-G, and T5 when present; FLUX: CLIP-L + T5): A1111 emphasis
-syntax is not applied to these families. FLUX's cfg_scale is its distilled guidance; it has no negative prompt.
+syntax is not applied to these families, but prompt editing and alternation are (`ScheduledEmbeddings`).
+FLUX's cfg_scale is its distilled guidance; it has no negative prompt.
 """
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from sfumato.errors import UnsupportedModel
 from sfumato.models.loader import LoadedModel
-from sfumato.prompts.schedule import has_syntax
+from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and, text_at
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.sampling.samplers import make_scheduler
@@ -28,9 +30,9 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                    if used]
     if unsupported:
         raise UnsupportedModel(f"{family} supports txt2img only for now, not {', '.join(unsupported)}")
-    if has_syntax(request.prompt) or has_syntax(request.negative_prompt):
-        raise UnsupportedModel(f"{family} prompts go to its own text encoders as plain text: prompt editing, "
-                               "alternation and AND are not supported there (styles and dynamic prompts are)")
+    if any(len(split_and(text)) > 1 for text in (request.prompt, request.negative_prompt)):
+        raise UnsupportedModel(f"{family} does not support AND (composable diffusion) yet; prompt editing, "
+                               "alternation, styles and dynamic prompts work")
 
 
 def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int],
@@ -49,12 +51,66 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
     pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=True)
     progress.add_total(request.steps)
 
-    def on_step(_pipe, _index, _timestep, _tensors):
-        progress.step()  # packed/sequence latents: no preview
-        return {}
-
     count = len(seeds)
-    extra = {} if flux else {"negative_prompt": [request.negative_prompt] * count}
-    return pipe(prompt=prompts or [request.prompt] * count, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-                height=request.height, width=request.width, latents=noise.to(model.device, model.dtype),
-                callback_on_step_end=on_step, output_type="pil", **extra).images
+    prompts = prompts or [request.prompt] * count
+    negatives = [request.negative_prompt] * count
+    scheduled = None
+    if any(has_syntax(text) for text in (*prompts, request.negative_prompt)):
+        scheduled = ScheduledEmbeddings(pipe, flux, prompts, negatives, request.steps, request.cfg_scale > 1)
+
+    def on_step(_pipe, index, _timestep, _tensors):
+        progress.step()  # packed/sequence latents: no preview
+        return scheduled.step_outputs(index + 1) if scheduled is not None else {}
+
+    if scheduled is not None:  # prompt editing / alternation: embeddings per step, through the step callback
+        texts = scheduled.first_inputs()
+    else:
+        texts = {"prompt": prompts} if flux else {"prompt": prompts, "negative_prompt": negatives}
+    callback_inputs = ["prompt_embeds"] if flux else ["prompt_embeds", "pooled_prompt_embeds"]
+    return pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
+                width=request.width, latents=noise.to(model.device, model.dtype), callback_on_step_end=on_step,
+                callback_on_step_end_tensor_inputs=callback_inputs, output_type="pil", **texts).images
+
+
+class ScheduledEmbeddings:
+    """Prompt editing and alternation for the diffusers SD3/FLUX pipelines: every scheduled text is encoded once by
+    the pipeline's own `encode_prompt`, and the step callback swaps in the next step's embeddings (A1111 schedule).
+    FLUX's pipeline lets a callback change only the T5 sequence, so its pooled CLIP vector stays the first step's."""
+
+    def __init__(self, pipe, flux: bool, prompts: list[str], negatives: list[str], steps: int, guided: bool):
+        self.pipe, self.flux, self.guided = pipe, flux, guided and not flux
+        self.positive = [prompt_schedule(text, steps) for text in prompts]
+        self.negative = [prompt_schedule(text, steps) for text in negatives]
+        self._encoded: dict[str, tuple] = {}
+
+    def _encode(self, text: str) -> tuple:
+        if text not in self._encoded:
+            device = self.pipe._execution_device
+            if self.flux:
+                embeds, pooled, _ = self.pipe.encode_prompt(prompt=[text], prompt_2=None, device=device)
+            else:
+                embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=[text], prompt_2=None, prompt_3=None,
+                                                               device=device, do_classifier_free_guidance=False)
+            self._encoded[text] = (embeds, pooled)
+        return self._encoded[text]
+
+    def _rows(self, schedules: list, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self._encode(text_at(schedule, step)) for schedule in schedules]
+        return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+
+    def first_inputs(self) -> dict:
+        embeds, pooled = self._rows(self.positive, 0)
+        out = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        if not self.flux:
+            out["negative_prompt_embeds"], out["negative_pooled_prompt_embeds"] = self._rows(self.negative, 0)
+        return out
+
+    def step_outputs(self, step: int) -> dict:
+        """What the pipeline's loop uses from `step` on (it concatenates negatives first when guided)."""
+        embeds, pooled = self._rows(self.positive, step)
+        if self.flux:
+            return {"prompt_embeds": embeds}
+        if self.guided:
+            negative, negative_pooled = self._rows(self.negative, step)
+            embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
