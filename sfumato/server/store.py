@@ -76,7 +76,7 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self.recovered = self._db.execute("UPDATE jobs SET status='queued', started=NULL WHERE status='running'").rowcount
+        self.recovered = self.requeue_running()
         self.on_final: list[Callable[[str], None]] = []  # called with a job id when the job finishes (any thread)
 
     def _one(self, sql: str, args: tuple = ()) -> Job | None:
@@ -122,6 +122,10 @@ class JobStore:
     def start(self, job_id: str) -> bool:
         return self._set("UPDATE jobs SET status='running', started=?, attempts=attempts+1 WHERE id=? AND "
                          "status='queued'", (time.time(), job_id)) == 1
+
+    def requeue_running(self) -> int:
+        """Put every `running` job back in the queue (after a crash, or a store failure mid-batch); how many."""
+        return self._set("UPDATE jobs SET status='queued', started=NULL WHERE status='running'", ())
 
     def requeue(self, job_id: str) -> None:
         self._set("UPDATE jobs SET status='queued', started=NULL WHERE id=? AND status='running'", (job_id,))

@@ -47,7 +47,7 @@ class Worker:
         self.store, self.engine, self.max_batch_size, self.batch_wait_s = store, engine, max_batch_size, batch_wait_s
         self.progress = Progress()
         self._cancelled: set[str] = set()
-        self._unsettled: set[str] = set()  # running jobs the store could not mark failed (a full disk)
+        self._store_failed = False  # a store write failed mid-batch (a full disk): some job may be left `running`
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_step = 0.0
@@ -89,13 +89,14 @@ class Worker:
                 self._next()
             except Exception as exc:  # the store itself failed (a full disk): keep the worker, retry shortly
                 log.error("worker: %s", exc if isinstance(exc, SfumatoError) else traceback.format_exc())
+                self._store_failed = True
                 self._stop.wait(1.0)
 
     def _next(self) -> None:
         """Pick, start and run one batch (or wait a little when nothing is queued)."""
-        for job_id in list(self._unsettled):  # jobs whose failure could not be stored run again: nothing is lost
-            self.store.requeue(job_id)
-            self._unsettled.discard(job_id)
+        if self._store_failed:  # nothing runs between batches: jobs left `running` by the failure run again
+            self.store.requeue_running()
+            self._store_failed = False
         batch = self._pick()
         if batch and self.batch_wait_s and _images(batch) < self.max_batch_size:
             self._stop.wait(self.batch_wait_s)
@@ -118,7 +119,7 @@ class Worker:
                 try:
                     self.store.fail(job.id, message)
                 except SfumatoError:  # the store cannot write either (disk full): queue it again once it can
-                    self._unsettled.add(job.id)
+                    self._store_failed = True
 
     def _pick(self) -> list[Job]:
         """The oldest queued job and the compatible ones behind it, up to `max_batch_size` images (not started)."""
