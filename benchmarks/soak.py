@@ -257,14 +257,15 @@ def train_kills(model: str, work: Path, kills: int) -> dict:
         Image.new("RGB", (64, 64), tuple(rng.randrange(256) for _ in range(3))).save(data / f"{k}.png")
         (data / f"{k}.txt").write_text(f"a square of colour {k}")
     run = work / "train-run"
-    steps = 40
+    steps = 60 * kills  # long enough that every kill lands inside the run (about 3 steps/s on 2 CPU cores)
     cmd = [sys.executable, "-m", "sfumato.cli", "train", "lora", "--model", model, "--data", str(data), "--output",
            str(run), "--steps", str(steps), "--batch-size", "2", "--resolution", "64", "--checkpoint-every", "2",
            "--keep-checkpoints", "2", "--log-every", "1", "--resume"]
     resumed_from = []
     for k in range(kills):
         process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(6.0, 14.0))  # imports take ~6 s; then anywhere in a step or a save
+        time.sleep(rng.uniform(8.0, 16.0))  # imports take ~6 s; then anywhere in a step or a save
+        check(process.poll() is None, f"kill {k}: the run was still training when killed")
         process.send_signal(signal.SIGKILL)
         process.wait()
         latest = latest_checkpoint(run)
@@ -276,6 +277,8 @@ def train_kills(model: str, work: Path, kills: int) -> dict:
                 ok, latest = False, f"{latest}: {exc}"
             check(ok, f"kill {k}: latest checkpoint {Path(str(latest)).name} loads")
         resumed_from.append(Path(str(latest)).name if latest else None)
+    reached = [int(name.split("-")[1]) for name in resumed_from if name]
+    check(reached == sorted(reached) and len(set(reached)) > 1, f"each resume went further: {reached}")
     done = subprocess.run(cmd, capture_output=True, text=True)
     check(done.returncode == 0, f"the final resumed run finished (exit {done.returncode})")
     final = json.loads(done.stdout) if done.returncode == 0 else {}
