@@ -1,6 +1,6 @@
 """The full schema-driven HTTP fuzz campaign: ≥ 2,000 generated requests against a live server on a tiny model.
 
-    python scripts/fuzz_http.py [--examples 100] [--report benchmarks/fuzz_http.json]
+    python scripts/fuzz_http.py [--examples 200] [--report benchmarks/fuzz_http.json]
 
 Runs tests/test_http_fuzz.py with more examples per operation and prints the request and status counts; exits
 non-zero when any request got a 5xx (each such request is printed, and becomes a test).
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=100, help="generated requests per API operation")
+    parser.add_argument("--examples", type=int, default=200, help="generated requests per API operation")
     parser.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "fuzz_http.json")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SFUMATO_FUZZ_EXAMPLES": str(args.examples),

@@ -3,12 +3,14 @@
     python scripts/ui_screenshots.py [--out docs]
 
 Starts `sfumato serve` on a free loopback port, drives Debian's Chromium with Playwright (headless),
-generates a few emoji, and saves docs/ui-generate.png, ui-edit.png, ui-gallery.png, ui-phone.png.
+generates a few emoji, and saves docs/ui-generate.png, ui-edit.png, ui-gallery.png, ui-phone.png and
+ui-prompt-language.png (a style, prompt editing, AND and a wildcard; the home holds an example styles.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -31,8 +33,13 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = tempfile.mkdtemp(prefix="sfumato-ui-")
+    home = Path(data) / "home"
+    (home / "wildcards").mkdir(parents=True)
+    (home / "styles.csv").write_text('name,prompt,negative_prompt\nclean,"{prompt}","blurry, dark"\nsketch,"{prompt}, pencil sketch",\n')
+    (home / "wildcards" / "fruit.txt").write_text("banana\ngrapes\npear\ncherries\n")
     server = subprocess.Popen([sys.executable, "-m", "sfumato.cli", "serve", "--port", str(port), "--data-dir", data],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "SFUMATO_HOME": str(home)})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -66,6 +73,19 @@ def main() -> None:
             page.wait_for_selector("#gallery img")
             time.sleep(1)
             page.screenshot(path=str(args.out / "ui-gallery.png"))
+            page = browser.new_page(viewport={"width": 1280, "height": 860})  # the edit tab left an init image
+            page.goto(base + "/")
+            page.wait_for_function("document.querySelectorAll('#styles option').length > 1")
+            page.fill("#prompt", "__fruit__ AND red heart :0.15")  # the style adds a negative prompt
+            page.fill("#batch_size", "4")
+            page.wait_for_function("document.getElementById('prompt-tokens').textContent.includes('scheduled')")
+            page.select_option("#styles", ["clean"])
+            page.fill("#seed", "3")
+            page.click("#generate")
+            page.wait_for_function("document.querySelectorAll('#results img').length === 4 && "
+                                   "document.getElementById('progress-text').textContent.startsWith('done')",
+                                   timeout=120_000)
+            page.screenshot(path=str(args.out / "ui-prompt-language.png"))
             phone = browser.new_page(viewport={"width": 390, "height": 844})
             phone.goto(base + "/")
             phone.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
