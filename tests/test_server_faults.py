@@ -4,7 +4,6 @@ secrets that never show up in reprs or logs. `benchmarks/soak.py` measures the s
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from sfumato.errors import OutOfSpace, RuntimeFailure  # noqa: E402
 from sfumato.server.app import create_app  # noqa: E402
 from sfumato.server.settings import ServerSettings  # noqa: E402
 from sfumato.server.store import storage_errors  # noqa: E402
+from test_server import _wait  # noqa: E402
 
 LOCAL = "http://127.0.0.1:7860"
 SMALL = {"width": 64, "height": 64, "steps": 1}
@@ -22,16 +22,6 @@ SMALL = {"width": 64, "height": 64, "steps": 1}
 
 def _app(tmp_path, model, **changes):
     return create_app(ServerSettings(model=str(model), data_dir=tmp_path / "server", safety="off", **changes))
-
-
-def _wait(client, job_id, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} is still {job['status']}")
 
 
 def test_sqlite_full_and_io_errors_become_our_errors():
