@@ -6,7 +6,9 @@ Starts the server twice as a subprocess (`--max-batch-size 16`, then `--max-batc
 the embedded model by default, and lets 16 concurrent clients send OpenAI `images/generations`
 requests (distinct prompts and seeds) until the request count is reached. Prints throughput with
 batching vs without as a ratio (target >= 3x), p50/p95 latency, errors (target 0) and the server's
-RSS after 100 and after all requests of the batched run (target <= 10 % growth).
+RSS after 100 and after all requests of the batched run (target <= 10 % growth), and the batched server's
+throughput against `Engine.generate_many` at the same batch size in this process (target >= 0.90). Any failed
+request stops it before a ratio is printed.
 """
 
 from __future__ import annotations
@@ -76,6 +78,20 @@ def _run(base: str, clients: int, total: int, process: subprocess.Popen, rss_at:
             "rss_end": psutil.Process(process.pid).memory_info().rss / 2**20}
 
 
+def _engine_throughput(model: str | None, batch: int, images: int) -> float:
+    """Images/s of `Engine.generate_many` in this process, on the server's requests (distinct prompts and seeds)."""
+    from sfumato.engine import Engine
+    from sfumato.requests import GenerationRequest
+
+    engine = Engine(model)
+    requests = [GenerationRequest(PROMPTS[n % len(PROMPTS)], seed=n) for n in range(images)]
+    engine.generate_many(requests[:batch])  # warm up: model load, prompt cache
+    started = time.perf_counter()
+    for first in range(0, images, batch):
+        engine.generate_many(requests[first:first + batch])
+    return images / (time.perf_counter() - started)
+
+
 def _mean_batch(data_dir: str) -> float:
     """Jobs per batch, averaged over the completed jobs of a run (from the server's own job store)."""
     with sqlite3.connect(os.path.join(data_dir, "jobs.sqlite3")) as db:
@@ -106,7 +122,13 @@ def main() -> None:
               f"{r['throughput']:.2f} req/s; p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s; errors {r['errors']}; "
               f"mean batch {_mean_batch(os.path.join(args.data_dir, label)):.1f} jobs")
     b, u = results["batched"], results["unbatched"]
+    failed = b["errors"] + u["errors"]
+    if failed:  # a ratio over failed requests means nothing
+        raise SystemExit(f"{failed} requests failed: no ratio reported")
+    engine = _engine_throughput(args.model, 16, max(32, args.requests // 8))
+    print(f"engine alone, generate_many({16}): {engine:.2f} images/s")
     print(f"throughput ratio batched / unbatched: {b['throughput'] / u['throughput']:.2f}x (target >= 3x)")
+    print(f"server batched / engine generate_many: {b['throughput'] / engine:.2f} (target >= 0.90)")
     if b["rss_early"]:
         growth = (b["rss_end"] - b["rss_early"]) / b["rss_early"]
         print(f"server RSS after 100 requests {b['rss_early']:.0f} MiB, after {b['requests']}: {b['rss_end']:.0f} MiB "

@@ -183,6 +183,9 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--batch-wait-ms", type=float, default=30.0,
                        help="how long a batch that is not full waits for more compatible jobs")
     serve.add_argument("--queue-size", type=int, default=256, help="unfinished jobs before answering 429")
+    serve.add_argument("--preview", choices=["cheap", "full", "off"], default="cheap",
+                       help="step previews while a client watches: a linear latent->RGB map (cheap), a VAE decode "
+                            "(full), or none")
     serve.add_argument("--data-dir", type=Path, default=Path("sfumato-server"), help="job database and images")
     serve.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
     serve.add_argument("--allowed-host", action="append", default=[],
@@ -424,7 +427,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allowed_host),
                               safety=args.safety,
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
-                              limits=limits, device=args.device)
+                              limits=limits, device=args.device, preview=args.preview)
     app = create_app(settings.check())
     print(f"sfumato serving {app.state.service.current_model or 'no model'} on http://{args.host}:{args.port} "
           f"(docs at /docs{', API key required' if settings.api_key else ''})", file=sys.stderr, flush=True)

@@ -267,12 +267,19 @@ class Engine:
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
         return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
 
-    def preview_image(self, latents: torch.Tensor):
-        """A quick look at the first image of a batch in progress (decoded by the loaded model's VAE)."""
+    def preview_image(self, latents: torch.Tensor, full: bool = False):
+        """A quick look at the first image of a batch in progress: a linear latent->RGB map fitted to the model's
+        VAE (cheap, the default), or a full VAE decode (`full`)."""
+        from sfumato.pipelines.preview import cheap_preview, fit_latent_rgb
         from sfumato.pipelines.steps import decode_latents, to_pil
 
-        with torch.no_grad():
-            return to_pil(decode_latents(self._loaded, latents[:1]))[0]
+        model = self._loaded
+        if full:
+            with torch.no_grad():
+                return to_pil(decode_latents(model, latents[:1]))[0]
+        if model.preview_factors is None:  # fitted once per loaded model
+            model.preview_factors = fit_latent_rgb(model)
+        return cheap_preview(latents, model.preview_factors, model.vae_scale)
 
     def _screen(self, result: GenerationResult) -> GenerationResult:
         """Apply the image safety check: blur and flag, or withhold, images scoring at or above the threshold."""

@@ -27,6 +27,7 @@ class LoadedModel:
     dtype: torch.dtype
     loras: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
     embeddings: dict[str, int] = field(default_factory=dict)  # textual-inversion token -> vector count
+    preview_factors: Any = None  # latent -> RGB map for cheap previews (pipelines.preview), fitted on first use
 
     @property
     def family(self) -> str:

@@ -149,6 +149,8 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     @app.get("/sdapi/v1/progress", tags=["a1111"], dependencies=guarded)
     def progress(skip_current_image: bool = False):
         p = service.worker.progress
+        if not skip_current_image:
+            service.worker.watch()
         running = bool(p.job_ids)
         fraction = p.step / p.total if running and p.total else 0.0
         elapsed = time.time() - p.started if running else 0.0

@@ -48,7 +48,8 @@ class Service:
         safety = SafetySettings(settings.safety, settings.safety_threshold, settings.safety_policy)
         self.engine = Engine(device=settings.device, safety=safety)
         self.store = JobStore(settings.data_dir, settings.queue_size)
-        self.worker = Worker(self.store, self.engine, settings.max_batch_size, settings.batch_wait_ms / 1000)
+        self.worker = Worker(self.store, self.engine, settings.max_batch_size, settings.batch_wait_ms / 1000,
+                             settings.preview)
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._waiters_lock = threading.Lock()
         self.store.on_final.append(self._job_finished)
@@ -406,6 +407,7 @@ async def _events(service: Service, job_id: str):
             yield event("queued", {"id": job_id, "position": position})
             sent_queued = True
         elif job.status == "running":
+            service.worker.watch()
             p = service.worker.progress
             if job_id in p.job_ids and (p.step, p.total, p.preview_step) != last:
                 last = (p.step, p.total, p.preview_step)

@@ -38,6 +38,7 @@ class ServerSettings:
     safety: str = "blur"
     safety_threshold: float = 0.8
     safety_policy: str | None = None
+    preview: str = "cheap"  # step previews while a client watches: cheap (latent->RGB map), full (VAE), off
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
 
@@ -48,6 +49,8 @@ class ServerSettings:
                                  "use it); pass --api-key KEY, or --insecure-no-auth if you really mean it")
         if self.max_batch_size < 1 or self.queue_size < 1:
             raise InvalidRequest("--max-batch-size and --queue-size must be at least 1")
+        if self.preview not in ("cheap", "full", "off"):
+            raise InvalidRequest("--preview must be cheap, full or off")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise InvalidRequest("--batch-wait-ms must be between 0 and 10000")
         return self

@@ -26,6 +26,8 @@ from sfumato.server.store import Job, JobStore
 
 log = logging.getLogger("sfumato.server")
 PREVIEW_EVERY_S = 0.5
+WATCH_S = 2.0  # previews keep being made this long after a client last asked
+PREVIEW_MODES = ("cheap", "full", "off")
 
 
 @dataclass
@@ -38,13 +40,16 @@ class Progress:
     started: float = 0.0
     preview_png: bytes | None = None
     preview_step: int = 0
+    watched_until: float = 0.0  # time.monotonic() until which a client wants previews (SSE, /progress)
     steps_done: int = 0  # lifetime counters for /metrics
     step_seconds: float = 0.0
 
 
 class Worker:
-    def __init__(self, store: JobStore, engine: Engine, max_batch_size: int, batch_wait_s: float = 0.0):
+    def __init__(self, store: JobStore, engine: Engine, max_batch_size: int, batch_wait_s: float = 0.0,
+                 preview: str = "cheap"):
         self.store, self.engine, self.max_batch_size, self.batch_wait_s = store, engine, max_batch_size, batch_wait_s
+        self.preview = preview  # cheap (latent->RGB map), full (VAE decode) or off
         self.progress = Progress()
         self._cancelled: set[str] = set()
         self._store_failed = False  # a store write failed mid-batch (a full disk): some job may be left `running`
@@ -73,6 +78,10 @@ class Worker:
             return False
         self._cancelled.add(job_id)
         return True
+
+    def watch(self) -> None:
+        """A client is looking at the progress: make previews for the next WATCH_S seconds."""
+        self.progress.watched_until = time.monotonic() + WATCH_S
 
     def interrupt(self) -> list[str]:
         """Cancel whatever runs now (A1111 /interrupt)."""
@@ -203,14 +212,14 @@ class Worker:
         self._check_cancelled()
 
     def _on_latents(self, latents) -> None:
-        now = time.perf_counter()
-        if now - self._last_preview < PREVIEW_EVERY_S:
+        """A preview every PREVIEW_EVERY_S, only while somebody watches (nobody pays for unseen previews)."""
+        now = time.monotonic()
+        if self.preview == "off" or now > self.progress.watched_until or now - self._last_preview < PREVIEW_EVERY_S:
             return
         self._last_preview = now
         buffer = io.BytesIO()
-        self.engine.preview_image(latents).save(buffer, format="PNG")
+        self.engine.preview_image(latents, full=self.preview == "full").save(buffer, format="PNG")
         self.progress.preview_png, self.progress.preview_step = buffer.getvalue(), self.progress.step
-        self._check_cancelled()
 
 
 def _images(jobs: list[Job]) -> int:
