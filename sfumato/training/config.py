@@ -12,7 +12,7 @@ from typing import Any
 
 from sfumato.errors import InvalidRequest
 
-METHODS = ("scratch", "full", "lora", "dreambooth", "oft", "textual-inversion")
+METHODS = ("scratch", "full", "lora", "dreambooth", "oft", "textual-inversion", "controlnet")
 
 
 @dataclass
@@ -77,6 +77,10 @@ class TrainConfig:
     token: str | None = None
     initializer_token: str | None = None
     num_vectors: int = 1
+    # controlnet
+    preprocessor: str = "canny"  # control maps computed from each training image (cached in memory)
+    threshold_a: float = -1.0  # the preprocessor's settings (-1: its default)
+    threshold_b: float = -1.0
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:

@@ -6,6 +6,8 @@ lora               peft LoRA on the UNet attention (optionally the text encoders
 dreambooth         full (or LoRA) fine-tune on instance images + engine-generated class images (prior loss)
 oft                peft orthogonal fine-tuning of the UNet attention
 textual-inversion  new token embeddings in the text encoder, saved in the A1111/diffusers format
+controlnet         a ControlNet (a trainable copy of the UNet encoder behind zero convolutions) on control maps
+                   that a preprocessor computes from each training image; the UNet stays frozen
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -71,6 +74,7 @@ class TrainSetup:
     _after_step: Callable[[], None] | None = None
     _save: Callable[[TrainConfig, Path], Path] | None = None
     _dataset: Callable[[TrainConfig, Callable[[str], None]], tuple[Dataset, list[float]]] | None = None
+    control_maps: Callable[[Any, list[int], list[bool]], torch.Tensor] | None = None  # (features, images, flips)
 
     def __post_init__(self):
         self.encoder = PromptEncoder(self.pipe, self.info.family.name, self.chunk_length)
@@ -85,7 +89,8 @@ class TrainSetup:
 
     # ---------------------------------------------------------------- steps
 
-    def predict(self, noisy, timesteps, embeds, pooled, width: int, height: int) -> torch.Tensor:
+    def predict(self, noisy, timesteps, embeds, pooled, width: int, height: int,
+                control: torch.Tensor | None = None) -> torch.Tensor:
         unet = self.model if self.model is self.pipe.unet or _wraps(self.model, self.pipe.unet) else self.pipe.unet
         kwargs: dict[str, Any] = {}
         if self.class_embed:
@@ -93,6 +98,10 @@ class TrainSetup:
         if self.time_ids:
             ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=embeds.dtype, device=embeds.device)
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": ids.repeat(embeds.shape[0], 1)}
+        if control is not None:  # the trained ControlNet's residuals go into the frozen UNet
+            down, mid = self.model(noisy, timesteps, encoder_hidden_states=embeds, controlnet_cond=control,
+                                   return_dict=False, **kwargs)
+            kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = down, mid
         return unet(noisy, timesteps, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
 
     def after_optimizer_step(self) -> None:
@@ -450,8 +459,56 @@ def build_textual_inversion(config: TrainConfig, device: torch.device, say: Call
     return setup
 
 
+def build_controlnet(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    from diffusers import ControlNetModel
+
+    from PIL import Image
+
+    from sfumato.control import preprocessors
+    from sfumato.training.data import load_pixels
+
+    preprocessor = preprocessors.get(config.preprocessor)
+    _, loaded = _load_base(config, device)
+    pipe = loaded.pipe
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    # the conditioning embedding halves the map once per latent down-scale of the VAE (3 times for SD's 8x)
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    channels = (16, 32, 96, 256)[: scale.bit_length()]
+    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=channels).to(device)
+    controlnet.requires_grad_(True)
+    chunk = int(loaded.info.settings.get("text_chunk_length", 75))
+    setup = TrainSetup(pipe, loaded.info, device, controlnet, dict(controlnet.named_parameters()), chunk_length=chunk)
+    cache: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def control_maps(features, indices: list[int], flips: list[bool]) -> torch.Tensor:
+        """The preprocessor's map of each image at its training size, in [0, 1] (computed once, kept in memory)."""
+        for key in zip(indices, flips):
+            if key not in cache:
+                example = features.dataset.examples[key[0]]
+                pixels = load_pixels(example.path, *features.plan.sizes[key[0]], key[1])
+                array = ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
+                mapped = preprocessors.run(preprocessor.name, Image.fromarray(array), None, config.threshold_a,
+                                           config.threshold_b)
+                cache[key] = torch.from_numpy(np.asarray(mapped)).permute(2, 0, 1).contiguous()
+        return torch.stack([cache[key] for key in zip(indices, flips)]).float().div(255).to(device)
+
+    def save(cfg: TrainConfig, run: Path) -> Path:
+        out = run / "controlnet"
+        controlnet.save_pretrained(str(out), safe_serialization=True)
+        (out / "sfumato.json").write_text(json.dumps({"preprocessor": preprocessor.name, "base": loaded.info.name,
+                                                      "family": loaded.info.family.name}, indent=2))
+        return out
+
+    setup.control_maps, setup._save = control_maps, save
+    say(f"ControlNet ({preprocessor.name} maps): {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f}M "
+        f"trainable parameters, conditioning embedding {channels}")
+    return setup
+
+
 BUILDERS = {"scratch": build_scratch, "full": build_full, "lora": build_lora, "dreambooth": build_dreambooth,
-            "oft": build_oft, "textual-inversion": build_textual_inversion}
+            "oft": build_oft, "textual-inversion": build_textual_inversion, "controlnet": build_controlnet}
 
 
 def build_setup(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:

@@ -150,7 +150,8 @@ def loss_for_batch(config: TrainConfig, setup: TrainSetup, features: Features, i
     prediction_type = config.prediction_type or scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     height, width = latents.shape[-2] * setup.vae_scale, latents.shape[-1] * setup.vae_scale
-    prediction = setup.predict(noisy, timesteps, embeds, pooled, width, height)
+    control = setup.control_maps(features, indices, flips) if setup.control_maps else None
+    prediction = setup.predict(noisy, timesteps, embeds, pooled, width, height, control)
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if config.min_snr_gamma:
         from diffusers.training_utils import compute_snr
