@@ -15,6 +15,9 @@ from typing import Callable
 
 import torch
 
+from sfumato.control.models import ControlModel, controlnet_dir, embedded_controlnet, load_control_model
+from sfumato.control.models import resolve as resolve_control
+from sfumato.control.units import ControlUnit, parse_units
 from sfumato.errors import ImageBlocked, InvalidRequest
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
@@ -36,6 +39,7 @@ from sfumato.safety.classifier import blur as blur_image
 from sfumato.safety.policy import PromptPolicy
 from sfumato.sampling.samplers import get_sampler, sampler_has_own_noise
 
+SHIPPED_MODULES = ("canny", "scribble", "threshold", "invert", "lineart", "softedge", "none")  # edge-like maps
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far)
 PreviewCallback = Callable[[torch.Tensor], None]  # the batch's latents after a step
 
@@ -91,6 +95,7 @@ class Engine:
         self._loaded: LoadedModel | None = None
         self._encoder: PromptEncoder | None = None
         self._load_lock = threading.Lock()
+        self._control_cache: dict[tuple[str, str, str], ControlModel] = {}
 
     @classmethod
     def with_model(cls, loaded: LoadedModel) -> "Engine":
@@ -189,10 +194,41 @@ class Engine:
         resolved = dataclasses.replace(request, **changes).with_seeds_resolved().validate()
         if resolved.template is None and (request.styles or has_dynamic(resolved.prompt)):
             resolved = self._expand_dynamic(resolved, request.prompt)
+        if resolved.controls:
+            resolved = dataclasses.replace(resolved, controls=self._resolve_units(resolved, info))
         if flow:
             check_flow_request(family.name, resolved)
         check_loras(resolved.loras)
         return resolved
+
+    def _resolve_units(self, request: GenerationRequest, info: ModelInfo) -> list[dict]:
+        """Normalised units; a unit without a model gets the control model shipped for the embedded base model."""
+        units = []
+        for index, unit in enumerate(parse_units(request.controls)):
+            if unit.model is None:
+                shipped = embedded_controlnet(info.name)
+                if shipped is None or unit.module not in SHIPPED_MODULES:
+                    raise InvalidRequest(f"control unit {index} ({unit.module}) needs a model: put ControlNets in "
+                                         f"{controlnet_dir()} and name one, or pass a path")
+                unit.model = shipped.name
+            resolve_control(unit.model)  # fail now, not after the first pass
+            imgs.load_image(unit.image, f"control unit {index} image")
+            units.append(unit.to_dict())
+        return units
+
+    def control_models(self, request: GenerationRequest) -> list[tuple[ControlUnit, ControlModel]]:
+        """The request's units with their loaded models (kept loaded across requests, keyed by path)."""
+        model = self._loaded
+        pairs = []
+        for unit in parse_units(request.controls):
+            path = resolve_control(unit.model)
+            key = (str(path), str(model.device), str(model.dtype))
+            if key not in self._control_cache:
+                if len(self._control_cache) >= 4:
+                    self._control_cache.pop(next(iter(self._control_cache)))
+                self._control_cache[key] = load_control_model(path, model.device, model.dtype, unit.model)
+            pairs.append((unit, self._control_cache[key]))
+        return pairs
 
     def _expand_dynamic(self, resolved: GenerationRequest, template: str) -> GenerationRequest:
         """Keep the template; give each image its own resolved prompt (drawn with its seed, or all combinations)."""
@@ -250,6 +286,7 @@ class Engine:
         hashes = lora_hashes(resolved.loras) if resolved.loras else None
         model_hash = model.hash  # hashing reads the cache file: once per request, not once per image
         tracker = _Progress(progress, preview)
+        controls = self.control_models(resolved) if resolved.controls else None
         results: list[GeneratedImage] = []
         for batch in range(resolved.batch_count):
             first = batch * resolved.batch_size
@@ -261,7 +298,8 @@ class Engine:
                 pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker, prompts)
             else:
                 texts = BatchPrompts(prompts, [resolved.negative_prompt] * len(seeds), resolved.cfg_scale)
-                pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker, texts)
+                pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker, texts,
+                                          controls)
             for i, picture in enumerate(pictures):
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i])
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
@@ -356,7 +394,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     cfg_scale stay per request. Edits, multi-batch requests, flow models and samplers with their own
     noise source (seeded once per batch) run alone.
     """
-    alone = (request.init_image is not None or request.batch_count > 1 or sampler_has_own_noise(request.sampler)
+    alone = (request.init_image is not None or request.batch_count > 1 or bool(request.controls) or sampler_has_own_noise(request.sampler)
              or bool(request.image_prompts)
              or request.model is None or describe(Path(request.model)).family.prediction_type == "flow"
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))

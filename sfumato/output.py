@@ -52,11 +52,33 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Template", json.dumps(request.template)))  # Dynamic Prompts writes the same field
     if request.styles:
         fields.append(("Styles", json.dumps(", ".join(request.styles))))
+    for index, unit in enumerate(request.controls):
+        fields.append((f"ControlNet {index}", control_infotext(unit)))
     fields.append(("Version", f"sfumato {__version__}"))
     text = prompt
     if request.negative_prompt:
         text += f"\nNegative prompt: {request.negative_prompt}"
     return text + "\n" + ", ".join(f"{key}: {value}" for key, value in fields)
+
+
+CONTROL_MODE_NAMES = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                      "control": "ControlNet is more important"}
+RESIZE_MODE_NAMES = {"just_resize": "Just Resize", "crop_and_resize": "Crop and Resize",
+                     "resize_and_fill": "Resize and Fill"}
+
+
+def control_infotext(unit: dict[str, Any]) -> str:
+    """One unit as the A1111 ControlNet extension writes it: `"Module: canny, Model: ..., Weight: 1, ..."`."""
+    def number(value: Any) -> str:
+        return "-1" if value is None else f"{value:g}"
+
+    parts = [("Module", unit["module"]), ("Model", Path(str(unit["model"])).stem), ("Weight", number(unit["weight"])),
+             ("Resize Mode", RESIZE_MODE_NAMES[unit["resize_mode"]]),
+             ("Processor Res", number(unit["processor_res"])), ("Threshold A", number(unit["threshold_a"])),
+             ("Threshold B", number(unit["threshold_b"])), ("Guidance Start", number(unit["guidance_start"])),
+             ("Guidance End", number(unit["guidance_end"])), ("Pixel Perfect", str(unit["pixel_perfect"])),
+             ("Control Mode", CONTROL_MODE_NAMES[unit["control_mode"]])]
+    return json.dumps(", ".join(f"{k}: {v}" for k, v in parts))
 
 
 def parse_infotext(text: str) -> dict[str, str]:

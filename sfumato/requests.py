@@ -56,6 +56,7 @@ class GenerationRequest:
     combinatorial: bool = False  # dynamic prompts: every combination instead of one random draw per image
     template: str | None = None  # the prompt as given, once styles/dynamic prompts were resolved (set by the engine)
     image_prompts: list[str] = field(default_factory=list)  # each image's resolved dynamic prompt (set by the engine)
+    controls: list[dict[str, Any]] = field(default_factory=list)  # ControlNet / T2I-Adapter units (control.units)
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -114,6 +115,9 @@ class GenerationRequest:
             _check_range(f"outpaint {side}", pixels, 0, MAX_SIDE, integer=True)
             if pixels % 8:
                 raise InvalidRequest(f"outpaint {side} must be a multiple of 8 pixels, got {pixels}")
+        from sfumato.control.units import parse_units
+
+        parse_units(self.controls)
         if self.mask and not self.init_image:
             raise InvalidRequest("a mask needs an init image (--init-image)")
         if self.outpaint and not self.init_image:

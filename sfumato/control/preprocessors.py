@@ -167,7 +167,7 @@ def resize_short_side(image: Image.Image, side: int) -> Image.Image:
     width, height = image.size
     scale = side / min(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resample = Image.Resampling.AREA if scale < 1 else Image.Resampling.LANCZOS
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.LANCZOS
     return image.resize(size, resample) if size != image.size else image
 
 

@@ -26,7 +26,8 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
     if family == "flux" and request.negative_prompt:
         raise UnsupportedModel("FLUX models take no negative prompt (guidance is distilled); remove it")
     unsupported = [name for name, used in (("init image / inpainting", request.init_image),
-                                           ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile))
+                                           ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile),
+                                           ("ControlNet units", bool(request.controls)))
                    if used]
     if unsupported:
         raise UnsupportedModel(f"{family} supports txt2img only for now, not {', '.join(unsupported)}")

@@ -69,9 +69,10 @@ def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative
 @torch.no_grad()
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
             generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
-            on_step: StepCallback | None = None) -> torch.Tensor:
+            on_step: StepCallback | None = None, control=None) -> torch.Tensor:
     """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
-    and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`)."""
+    and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`).
+    `control` (a `control.apply.ControlSet`) adds ControlNet residuals and T2I-Adapter features."""
     unet = model.pipe.unet
     rows = torch.tensor(guidance.row_images(), device=latents.device)
     negative_rows = guidance.row_is_negative()
@@ -90,10 +91,12 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
             fixed = (cond.embeds, added, class_labels)
         context, added, class_labels = fixed
         model_input = scheduler.scale_model_input(latents[rows], t)
+        extra = {} if control is None else control.unet_kwargs(i, len(timesteps), model_input, t, context, added,
+                                                                class_labels, negative_rows)
         if concat is not None:
             model_input = torch.cat([model_input, concat], dim=1)
         prediction = unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
-                          class_labels=class_labels, return_dict=False)[0]
+                          class_labels=class_labels, return_dict=False, **extra)[0]
         prediction = guidance.combine(prediction)
         latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
         if inpaint is not None and inpaint.masked_image_latents is None:

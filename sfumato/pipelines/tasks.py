@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sfumato.control.apply import ControlSet
+from sfumato.control.models import ControlModel
+from sfumato.control.units import ControlUnit
 from sfumato.models.loader import LoadedModel
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.steps import (
@@ -30,6 +33,9 @@ from sfumato.pipelines.guidance import Guidance, build_guidance
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import make_scheduler
+
+
+Controls = list[tuple[ControlUnit, ControlModel]]
 
 
 class Progress(Protocol):
@@ -83,16 +89,22 @@ def guidance_for(encoder: PromptEncoder, request: GenerationRequest, texts: Batc
 
 
 def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
-                   subseeds: list[int], progress: Progress, texts: BatchPrompts | None = None) -> list[Image.Image]:
-    """One batch of images for a resolved request (`texts` given: each image's own prompt, negative and CFG)."""
+                   subseeds: list[int], progress: Progress, texts: BatchPrompts | None = None,
+                   controls: Controls | None = None) -> list[Image.Image]:
+    """One batch of images for a resolved request (`texts` given: each image's own prompt, negative and CFG;
+    `controls`: the request's control units with their loaded models)."""
     texts = texts or BatchPrompts.of(request, len(seeds))
     source = prepare_source(request)
     with seamless_tiling(model, request.tile):
-        latents = first_pass(model, request, guidance_for(encoder, request, texts), seeds, subseeds, source, progress)
+        control = _control_set(model, controls, request.width, request.height)
+        latents = first_pass(model, request, guidance_for(encoder, request, texts), seeds, subseeds, source, progress,
+                             control)
         width, height = request.width, request.height
         if request.hires_scale > 1.0:
             guidance = guidance_for(encoder, request, texts, hires=True)
-            latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress)
+            control = _control_set(model, controls, *hires_size(request))
+            latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress,
+                                                control)
         pixels = decode_latents(model, latents)
     images = to_pil(pixels)
     if source is not None and source.mask is not None and request.inpaint_full_image_overlay:
@@ -102,6 +114,10 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
     return images
 
 
+def _control_set(model: LoadedModel, controls: Controls | None, width: int, height: int) -> ControlSet | None:
+    return ControlSet(controls, width, height, model.device, model.dtype) if controls else None
+
+
 def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
     config = model.scheduler_config
     if request.prediction_type:
@@ -109,7 +125,9 @@ def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
     return make_scheduler(request.sampler, config, seed)
 
 
-def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, seeds: list[int], subseeds: list[int], source: Source | None, progress: Progress) -> torch.Tensor:
+def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, seeds: list[int],
+               subseeds: list[int], source: Source | None, progress: Progress,
+               control: ControlSet | None = None) -> torch.Tensor:
     scheduler = _scheduler(model, request, seeds[0])
     noise, generators = initial_noise(model, request.width, request.height, seeds, subseeds, request.subseed_strength)
     strength = 1.0 if source is None else request.strength
@@ -128,7 +146,7 @@ def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     return denoise(model, scheduler, latents, timesteps, guidance, generators, request.width, request.height, inpaint,
-                   progress.step)
+                   progress.step, control)
 
 
 def _inpaint_state(model: LoadedModel, source: Source, init_latents: torch.Tensor,
@@ -152,8 +170,9 @@ def hires_size(request: GenerationRequest) -> tuple[int, int]:
             int(round(request.height * request.hires_scale / 8)) * 8)
 
 
-def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, latents: torch.Tensor, seeds: list[int], subseeds: list[int],
-               progress: Progress) -> tuple[torch.Tensor, int, int]:
+def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, latents: torch.Tensor,
+               seeds: list[int], subseeds: list[int], progress: Progress,
+               control: ControlSet | None = None) -> tuple[torch.Tensor, int, int]:
     """Upscale the first pass (in latent or pixel space) and refine it with img2img."""
     width, height = hires_size(request)
     scale = model.vae_scale
@@ -171,5 +190,6 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
         return upscaled, width, height
     noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
-    refined = denoise(model, scheduler, noisy, timesteps, guidance, generators, width, height, None, progress.step)
+    refined = denoise(model, scheduler, noisy, timesteps, guidance, generators, width, height, None, progress.step,
+                      control)
     return refined, width, height

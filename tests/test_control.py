@@ -1,0 +1,302 @@
+"""ControlNet and T2I-Adapter units on tiny random models: parity with plain diffusers, weights, guidance windows,
+control modes, tasks, and single-file round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sfumato.control.models import load_control_model, save_single_file
+from sfumato.engine import Engine
+from sfumato.errors import InvalidRequest
+from sfumato.pipelines import tasks
+from sfumato.requests import GenerationRequest
+
+SIZE = 32
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """ControlNets start with zero convolutions; give every weight a value so the residuals matter."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    return module
+
+
+def _controlnet(base, out, seed=0):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
+    net = _randomize(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16)), seed)
+    net.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sd1_controlnet(sd1, tmp_path_factory):
+    return _controlnet(sd1, tmp_path_factory.mktemp("cn") / "sd1-cn")
+
+
+@pytest.fixture(scope="module")
+def sd1_controlnet_b(sd1, tmp_path_factory):
+    return _controlnet(sd1, tmp_path_factory.mktemp("cn") / "sd1-cn-b", seed=1)
+
+
+@pytest.fixture(scope="module")
+def sdxl_controlnet(sdxl, tmp_path_factory):
+    return _controlnet(sdxl, tmp_path_factory.mktemp("cn") / "sdxl-cn")
+
+
+@pytest.fixture(scope="module")
+def sd1_adapter(tmp_path_factory):
+    from diffusers import T2IAdapter
+
+    adapter = _randomize(T2IAdapter(in_channels=3, channels=[32, 64], num_res_blocks=1, downscale_factor=2,
+                                    adapter_type="full_adapter"), 2)
+    out = tmp_path_factory.mktemp("t2i") / "sd1-adapter"
+    adapter.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def control_image(tmp_path_factory):
+    image = Image.new("RGB", (SIZE, SIZE), "black")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((6, 6, 26, 26), outline="white", width=2)
+    draw.line((0, 31, 31, 0), fill=(200, 120, 40), width=1)
+    path = tmp_path_factory.mktemp("img") / "control.png"
+    image.save(path)
+    return path
+
+
+def req(**kw):
+    base = dict(prompt="a red apple", negative_prompt="blurry", seed=1234, steps=4, width=SIZE, height=SIZE,
+                sampler="Euler", cfg_scale=7.0)
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+def unit(image, model, **kw):
+    return {"image": str(image), "model": str(model), "module": "none", **kw}
+
+
+def latents_of(engine, request, monkeypatch):
+    captured = {}
+    original = tasks.decode_latents
+
+    def spy(model, latents):
+        captured["latents"] = latents.clone()
+        return original(model, latents)
+
+    monkeypatch.setattr(tasks, "decode_latents", spy)
+    engine.generate(request)
+    monkeypatch.setattr(tasks, "decode_latents", original)
+    return captured["latents"]
+
+
+def _plain(pipe):
+    from sfumato.sampling.samplers import make_scheduler
+
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler("Euler", dict(pipe.scheduler.config))
+    return pipe
+
+
+def _diffusers_latents(pipe_class, base, nets, image, **kw):
+    pipe = _plain(pipe_class.from_pretrained(str(base), controlnet=nets, local_files_only=True))
+    images = [Image.open(image).convert("RGB")] * (len(nets) if isinstance(nets, list) else 1)
+    return pipe("a red apple", negative_prompt="blurry", image=images if isinstance(nets, list) else images[0],
+                num_inference_steps=4, guidance_scale=7.0, height=SIZE, width=SIZE,
+                generator=[torch.Generator().manual_seed(1234)], output_type="latent", **kw).images
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_controlnet_parity_with_diffusers(family, request, control_image, monkeypatch):
+    """Same tiny model and ControlNet, weight and guidance window as diffusers' ControlNet pipeline -> same latents."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+    base = request.getfixturevalue(family)
+    net_path = request.getfixturevalue(f"{family}_controlnet")
+    ours = latents_of(Engine(base), req(controls=[unit(control_image, net_path, weight=0.7, guidance_start=0.25,
+                                                       guidance_end=0.75)]), monkeypatch)
+    plain = latents_of(Engine(base), req(), monkeypatch)
+    pipe_class = StableDiffusionControlNetPipeline if family == "sd1" else StableDiffusionXLControlNetPipeline
+    theirs = _diffusers_latents(pipe_class, base, ControlNetModel.from_pretrained(str(net_path)), control_image,
+                                controlnet_conditioning_scale=0.7, control_guidance_start=0.25,
+                                control_guidance_end=0.75)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    assert (ours - plain).abs().max().item() > 1e-2  # the control changed the image
+
+
+def test_two_units_match_diffusers_multi_controlnet(sd1, sd1_controlnet, sd1_controlnet_b, control_image, monkeypatch):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    ours = latents_of(Engine(sd1), req(controls=[unit(control_image, sd1_controlnet, weight=0.6),
+                                                 unit(control_image, sd1_controlnet_b, weight=1.2)]), monkeypatch)
+    nets = [ControlNetModel.from_pretrained(str(p)) for p in (sd1_controlnet, sd1_controlnet_b)]
+    theirs = _diffusers_latents(StableDiffusionControlNetPipeline, sd1, nets, control_image,
+                                controlnet_conditioning_scale=[0.6, 1.2])
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_t2i_adapter_parity_with_diffusers(sd1, sd1_adapter, control_image, monkeypatch):
+    from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
+
+    ours = latents_of(Engine(sd1), req(controls=[unit(control_image, sd1_adapter, weight=0.8)]), monkeypatch)
+    pipe = _plain(StableDiffusionAdapterPipeline.from_pretrained(
+        str(sd1), adapter=T2IAdapter.from_pretrained(str(sd1_adapter)), local_files_only=True))
+    theirs = pipe("a red apple", negative_prompt="blurry", image=Image.open(control_image).convert("RGB"),
+                  num_inference_steps=4, guidance_scale=7.0, height=SIZE, width=SIZE, adapter_conditioning_scale=0.8,
+                  generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    plain = latents_of(Engine(sd1), req(), monkeypatch)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    assert (ours - plain).abs().max().item() > 1e-2
+
+
+def test_weight_zero_and_empty_window_equal_no_control(sd1, sd1_controlnet, control_image, monkeypatch):
+    engine = Engine(sd1)
+    plain = latents_of(engine, req(), monkeypatch)
+    zero = latents_of(engine, req(controls=[unit(control_image, sd1_controlnet, weight=0.0)]), monkeypatch)
+    late = latents_of(engine, req(controls=[unit(control_image, sd1_controlnet, guidance_start=1.0)]), monkeypatch)
+    assert torch.equal(plain, zero) and torch.equal(plain, late)
+    half = latents_of(engine, req(controls=[unit(control_image, sd1_controlnet, guidance_end=0.5)]), monkeypatch)
+    full = latents_of(engine, req(controls=[unit(control_image, sd1_controlnet)]), monkeypatch)
+    assert (half - plain).abs().max() > 1e-3 and (half - full).abs().max() > 1e-3
+
+
+def test_control_modes_follow_a1111(sd1, sd1_controlnet, control_image, monkeypatch):
+    """"My prompt is more important" weights residual k of n by 0.825^(n-1-k); "ControlNet is more important"
+    also leaves the negative rows uncontrolled. Both differ from balanced and from each other."""
+    from sfumato.control import apply
+
+    engine = Engine(sd1)
+    results = {mode: latents_of(engine, req(controls=[unit(control_image, sd1_controlnet, control_mode=mode)]),
+                                monkeypatch) for mode in ("balanced", "prompt", "control")}
+    assert (results["balanced"] - results["prompt"]).abs().max() > 1e-3
+    assert (results["prompt"] - results["control"]).abs().max() > 1e-3
+    seen = []
+    original = apply.ControlSet.unet_kwargs
+
+    def spy(self, *args):
+        out = original(self, *args)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(apply.ControlSet, "unet_kwargs", spy)
+    engine.generate(req(controls=[unit(control_image, sd1_controlnet, control_mode="control")]))
+    mid = seen[0]["mid_block_additional_residual"]
+    assert mid[0].abs().max() == 0 and mid[1].abs().max() > 0  # row 0 is the negative prompt
+    # A1111 names and numbers are accepted
+    same = latents_of(engine, req(controls=[unit(control_image, sd1_controlnet, control_mode=2)]), monkeypatch)
+    assert torch.equal(same, results["control"])
+    named = latents_of(engine, req(controls=[unit(control_image, sd1_controlnet,
+                                                  control_mode="My prompt is more important")]), monkeypatch)
+    assert torch.equal(named, results["prompt"])
+
+
+def test_control_with_img2img_inpaint_hires_and_batch(sd1, sd1_controlnet, control_image, tmp_path):
+    engine = Engine(sd1)
+    init = tmp_path / "init.png"
+    Image.new("RGB", (SIZE, SIZE), (90, 140, 200)).save(init)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (SIZE, SIZE), 255).save(mask)
+    controls = [unit(control_image, sd1_controlnet)]
+    for extra in ({"init_image": str(init), "strength": 0.6}, {"init_image": str(init), "mask": str(mask)},
+                  {"hires_scale": 1.5, "hires_steps": 2}, {"batch_size": 2}):
+        result = engine.generate(req(controls=controls, **extra))
+        plain = engine.generate(req(**extra))
+        assert result.images[0].image.size == plain.images[0].image.size
+        diff = np.abs(np.asarray(result.images[0].image, np.int16) - np.asarray(plain.images[0].image, np.int16))
+        assert diff.max() > 0, extra
+    assert len(result.images) == 2 and "ControlNet 0: " in result.images[0].infotext
+
+
+def test_resize_modes_and_preprocessor_in_the_unit(sd1, sd1_controlnet, tmp_path):
+    from sfumato.control.apply import control_map
+    from sfumato.control.units import ControlUnit
+
+    wide = tmp_path / "wide.png"
+    image = Image.new("RGB", (64, 32), "white")
+    ImageDraw.Draw(image).rectangle((20, 4, 44, 28), outline="black", width=2)
+    image.save(wide)
+    maps = {mode: np.asarray(control_map(ControlUnit(str(wide), "scribble", resize_mode=mode), SIZE, SIZE))
+            for mode in ("just_resize", "crop_and_resize", "resize_and_fill")}
+    assert all(m.shape == (SIZE, SIZE, 3) for m in maps.values())
+    # resize and fill: the 64x32 picture sits in the middle 32x16 band, black above and below
+    assert maps["resize_and_fill"][:7].max() == 0 and maps["resize_and_fill"][8:24].max() == 255
+    # crop and resize keeps the centre (the square's sides), just resize squeezes it
+    assert not np.array_equal(maps["crop_and_resize"], maps["just_resize"])
+    result = Engine(sd1).generate(req(controls=[{"image": str(wide), "module": "scribble",
+                                                 "model": str(sd1_controlnet), "resize_mode": "Resize and Fill"}]))
+    assert result.request.controls[0]["resize_mode"] == "resize_and_fill"
+
+
+def test_bad_units_fail_before_work(sd1, sd1_controlnet, control_image):
+    engine = Engine(sd1)
+    bad = [({"image": str(control_image), "model": str(sd1_controlnet), "weight": 3}, "weight"),
+           ({"image": str(control_image), "model": str(sd1_controlnet), "guidance_start": 0.8, "guidance_end": 0.2},
+            "guidance_start"),
+           ({"image": str(control_image), "model": str(sd1_controlnet), "module": "sparkles"}, "preprocessor"),
+           ({"image": str(control_image), "model": str(sd1_controlnet), "module": "depth"}, "depth"),
+           ({"image": str(control_image)}, "needs a model"),
+           ({"image": str(control_image), "model": "nope"}, "not found"),
+           ({"model": str(sd1_controlnet)}, "needs an image"),
+           ({"image": str(control_image), "model": str(sd1_controlnet), "control_mode": "loud"}, "control_mode")]
+    for spec, words in bad:
+        with pytest.raises(Exception) as info:
+            engine.generate(req(controls=[spec]))
+        assert words in str(info.value), (spec, str(info.value))
+    with pytest.raises(InvalidRequest, match="at most 8"):
+        GenerationRequest(prompt="x", controls=[{"image": "a"}] * 9).validate()
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "original"])
+def test_single_file_round_trip(sd1, sdxl, sd1_controlnet, sdxl_controlnet, control_image, tmp_path, layout,
+                                monkeypatch):
+    """A ControlNet written as one file (diffusers or A1111's `control_model.*` layout) loads back weight for weight,
+    and generates the same image as its folder."""
+    for folder in (sd1_controlnet, sdxl_controlnet):
+        net = load_control_model(folder).module
+        path = save_single_file(net, tmp_path / f"{folder.name}-{layout}.safetensors", layout)
+        back = load_control_model(path).module
+        assert set(net.state_dict()) == set(back.state_dict())
+        assert all(torch.equal(v, back.state_dict()[k]) for k, v in net.state_dict().items())
+    single = tmp_path / f"{sd1_controlnet.name}-{layout}.safetensors"
+    engine = Engine(sd1)
+    a = latents_of(engine, req(controls=[unit(control_image, sd1_controlnet)]), monkeypatch)
+    b = latents_of(engine, req(controls=[unit(control_image, single)]), monkeypatch)
+    assert torch.equal(a, b)
+
+
+def test_original_layout_without_metadata_uses_the_family_skeleton(tmp_path):
+    """An A1111 file carries no config: its cross-attention width picks SD1's skeleton."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import load_file, save_file
+
+    from sfumato.control.models import read_single_file
+    from sfumato.models.families import SD1
+
+    config = {k: v for k, v in SD1.skeleton["unet"].items() if k not in ("up_block_types", "out_channels",
+                                                                         "sample_size")}
+    config.update(block_out_channels=[32, 32, 32, 32], norm_num_groups=8, attention_head_dim=2, layers_per_block=1)
+    net = ControlNetModel(**config)
+    path = save_single_file(net, tmp_path / "a1111.safetensors", "original")
+    save_file(load_file(str(path)), str(tmp_path / "bare.safetensors"))  # drop the metadata
+    with pytest.raises(Exception, match="weights do not fit|size mismatch"):  # real SD1 widths, not these
+        load_control_model(tmp_path / "bare.safetensors")
+    (tmp_path / "bare.json").write_text(__import__("json").dumps({"_class_name": "ControlNetModel", **config}))
+    state, got = read_single_file(tmp_path / "bare.safetensors")
+    assert got["cross_attention_dim"] == 768
+    assert list(load_control_model(tmp_path / "bare.safetensors").module.config.block_out_channels) == [32, 32, 32, 32]
+
+
+def test_pickled_control_models_are_refused(tmp_path):
+    from sfumato.control.models import resolve
+    from sfumato.errors import PickleRefused
+
+    (tmp_path / "control_sd15_canny.pth").write_bytes(b"not really")
+    with pytest.raises(PickleRefused, match="sfumato convert"):
+        resolve(str(tmp_path / "control_sd15_canny.pth"))
