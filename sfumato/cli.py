@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply a style from $SFUMATO_HOME/styles.csv (repeatable, A1111 format)")
     gen.add_argument("--combinatorial", action="store_true",
                      help="dynamic prompts: one image per combination of {a|b} variants and __wildcards__")
+    gen.add_argument("--control", action="append", type=_control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
+                     help="a ControlNet / T2I-Adapter unit (repeatable): TYPE is the preprocessor (canny, scribble, "
+                          "softedge, lineart, tile, color, none, ...); without MODEL the embedded model uses its "
+                          "shipped sfumato-emoji-canny")
+    gen.add_argument("--control-start", type=float, default=0.0, help="control units start at this fraction of steps")
+    gen.add_argument("--control-end", type=float, default=1.0, help="control units stop after this fraction")
+    gen.add_argument("--control-mode", choices=["balanced", "prompt", "control"], default="balanced",
+                     help="A1111's control mode: balanced, my prompt is more important, ControlNet is more important")
+    gen.add_argument("--control-resize-mode", choices=["just_resize", "crop_and_resize", "resize_and_fill"],
+                     default="crop_and_resize")
     gen.add_argument("--output", "-o", type=Path, help="PNG file or folder (default: outputs/<date>/)")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     gen.add_argument("--dry-run", action="store_true", help="print the fully resolved request and exit")
@@ -119,7 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--allow-pickle", action="store_true", help="load a pickle with torch.load(weights_only=True)")
     convert.add_argument("--half", action="store_true", help="store float16 weights")
 
-    models = commands.add_parser("models", help="list models and LoRAs in $SFUMATO_HOME/models")
+    pre = commands.add_parser("preprocess", help="show a control map: run a preprocessor (annotator) on an image")
+    pre.add_argument("name", help="canny, scribble, threshold, softedge, lineart, shuffle, tile, blur, color, invert, "
+                                  "inpaint, none")
+    pre.add_argument("image", type=Path)
+    pre.add_argument("--output", "-o", type=Path, required=True)
+    pre.add_argument("--resolution", type=int, help="scale the short side to this first (default: as given)")
+    pre.add_argument("--threshold-a", type=float)
+    pre.add_argument("--threshold-b", type=float)
+
+    models = commands.add_parser("models", help="list models, LoRAs and control models in $SFUMATO_HOME/models")
     models.add_argument("--json", action="store_true")
 
     tiny = commands.add_parser("make-tiny", help="write a tiny random-weight model (for tests and demos)")
@@ -210,7 +229,50 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         hires_scale=args.hires_scale, hires_strength=args.hires_strength, hires_steps=args.hires_steps,
         hires_upscaler=args.hires_upscaler, loras=list(args.lora), prediction_type=args.prediction_type,
         styles=list(args.style), combinatorial=args.combinatorial,
+        controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
+                   "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
+                  for unit in args.control],
     )
+
+
+def _control_arg(text: str) -> dict[str, Any]:
+    """TYPE:IMAGE[:MODEL][:WEIGHT] -> a control unit."""
+    parts = text.split(":")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise argparse.ArgumentTypeError(f"expected TYPE:IMAGE[:MODEL][:WEIGHT], got {text!r}")
+    unit: dict[str, Any] = {"module": parts[0], "image": parts[1]}
+    rest = parts[2:]
+    if rest:
+        try:
+            unit["weight"] = float(rest[-1])
+            rest = rest[:-1]
+        except ValueError:
+            pass
+    if len(rest) > 1:
+        raise argparse.ArgumentTypeError(f"expected TYPE:IMAGE[:MODEL][:WEIGHT], got {text!r}")
+    if rest and rest[0]:
+        unit["model"] = rest[0]
+    return unit
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from sfumato.control import preprocessors
+    from sfumato.output import check_output
+    from sfumato.pipelines.images import load_image
+
+    if args.output.suffix.lower() != ".png":
+        raise InvalidRequest(f"output {args.output} must be a .png file")
+    check_output(args.output)
+    mapped = preprocessors.run(args.name, load_image(str(args.image), "image"), args.resolution, args.threshold_a,
+                               args.threshold_b)
+    try:
+        mapped.save(args.output)
+    except OSError as exc:
+        from sfumato.output import write_error
+
+        raise write_error(args.output, exc) from None
+    print(args.output)
+    return 0
 
 
 class _Bar:
@@ -448,7 +510,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
-            "models": cmd_models, "make-tiny": cmd_make_tiny}
+            "models": cmd_models, "make-tiny": cmd_make_tiny, "preprocess": cmd_preprocess}
 
 
 def _quiet_libraries() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,5 +49,26 @@ def _entries(folder: Path, kind: str) -> list[CatalogEntry]:
     return found
 
 
+def _control_entries() -> list[CatalogEntry]:
+    from sfumato.control.models import CLASSES, list_control_models, read_single_file
+
+    found = []
+    for path in list_control_models():
+        try:
+            if path.is_dir():
+                config = json.loads((path / "config.json").read_text())
+                fmt = "diffusers"
+            else:
+                _, config = read_single_file(path)
+                fmt = "safetensors"
+            family = CLASSES.get(config.get("_class_name"), "?")
+        except (SfumatoError, OSError, ValueError) as exc:
+            family, fmt = "?", f"unsupported: {exc}"
+        size = sum(p.stat().st_size for p in weight_files(path))
+        found.append(CatalogEntry("controlnet", path.stem if path.is_file() else path.name, str(path), family, fmt,
+                                  size, sha256(path)))
+    return found
+
+
 def list_models() -> list[CatalogEntry]:
-    return _entries(checkpoints_dir(), "checkpoint") + _entries(loras_dir(), "lora")
+    return _entries(checkpoints_dir(), "checkpoint") + _entries(loras_dir(), "lora") + _control_entries()

@@ -19,11 +19,12 @@ from sfumato.output import parse_infotext
 from sfumato.prompts.dynamic import load_styles
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import get_sampler, sampler_names
+from sfumato.server.controlnet_api import units_from_alwayson
 from sfumato.server.uploads import png_base64
 
 
 class Txt2ImgRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # restore_faces, alwayson_scripts, save_images, ...
+    model_config = ConfigDict(extra="ignore")  # restore_faces, save_images, ...
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] = []
@@ -47,6 +48,7 @@ class Txt2ImgRequest(BaseModel):
     denoising_strength: float | None = None
     override_settings: dict[str, Any] = {}
     send_images: bool = True
+    alwayson_scripts: dict[str, Any] = {}  # the ControlNet extension's units (other scripts are ignored)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -124,12 +126,16 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             "nsfw": result["nsfw"], "job_id": done.id,
         }
         images = [png_base64(service.image_file(i)) for i in result["images"]] if body.send_images else []
-        parameters = body.model_dump(exclude={"init_images", "mask"})
+        parameters = body.model_dump(exclude={"init_images", "mask", "alwayson_scripts"})
         return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+
+    def with_controls(body: Txt2ImgRequest, request: GenerationRequest) -> GenerationRequest:
+        units = units_from_alwayson(body.alwayson_scripts, service)
+        return dataclasses.replace(request, controls=units) if units else request
 
     @app.post("/sdapi/v1/txt2img", tags=["a1111"], dependencies=guarded)
     async def txt2img(body: Txt2ImgRequest):
-        return await run(body, _request(body, model_for(body)))
+        return await run(body, with_controls(body, _request(body, model_for(body))))
 
     @app.post("/sdapi/v1/img2img", tags=["a1111"], dependencies=guarded)
     async def img2img(body: Img2ImgRequest):
@@ -144,7 +150,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             if body.inpainting_mask_invert:
                 mask = mask.point(lambda v: 255 - v)
             fields["mask"] = service.keep(mask)
-        return await run(body, dataclasses.replace(request, **fields))
+        return await run(body, with_controls(body, dataclasses.replace(request, **fields)))
 
     @app.get("/sdapi/v1/progress", tags=["a1111"], dependencies=guarded)
     def progress(skip_current_image: bool = False):

@@ -68,7 +68,10 @@ class Service:
             if entry.kind == "checkpoint" and not entry.format.startswith(("pickle", "unsupported")):
                 models.setdefault(entry.name, entry.path)
         self.models = models
-        self.loras = {e.name: e.path for e in list_models() if e.kind == "lora" and e.format == "safetensors"}
+        entries = list_models()
+        self.loras = {e.name: e.path for e in entries if e.kind == "lora" and e.format == "safetensors"}
+        self.control_models = {e.name: e.path for e in entries
+                               if e.kind == "controlnet" and not e.format.startswith("unsupported")}
         if self.current_model not in models:
             self.current_model = next(iter(models), "")
 
@@ -111,6 +114,34 @@ class Service:
             if name not in self.loras:
                 raise ModelNotFound(f"LoRA {name!r} not found (GET /api/v1/loras lists the names)")
             out.append((self.loras[name], float(weight)))
+        return out
+
+    def control_model_path(self, name: str | None) -> str | None:
+        """A control model name (GET /controlnet/model_list; A1111's "name [hash]" too) -> its path; None or "None"
+        -> the default for the model (the shipped one for the embedded model). Paths are never accepted."""
+        if name is None or name.strip() in ("", "None", "none"):
+            return None
+        plain = name.split(" [")[0].strip()
+        if plain not in self.control_models:
+            raise ModelNotFound(f"control model {name!r} not found (GET /controlnet/model_list lists the names)")
+        return self.control_models[plain]
+
+    def control_units(self, units: list) -> list[dict]:
+        """Over HTTP a unit's `image` and `mask` are base64 images and its `model` a listed name."""
+        from sfumato.control.units import MAX_UNITS
+
+        if not isinstance(units, list) or len(units) > MAX_UNITS:
+            raise InvalidRequest(f"controls must be a list of at most {MAX_UNITS} units")
+        out = []
+        for index, unit in enumerate(units):
+            if not isinstance(unit, dict) or not isinstance(unit.get("image"), str) or not unit["image"]:
+                raise InvalidRequest(f"control unit {index} needs an image (base64)")
+            unit = dict(unit)
+            unit["image"] = self.upload(unit["image"], f"control unit {index} image")
+            if unit.get("mask"):
+                unit["mask"] = self.upload(unit["mask"], f"control unit {index} mask")
+            unit["model"] = self.control_model_path(unit.get("model"))
+            out.append(unit)
         return out
 
     def open_upload(self, data: bytes | str, what: str):
@@ -299,10 +330,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     _native_routes(app, service, guarded)
     _ui_routes(app)
-    from sfumato.server import a1111, openai_api
+    from sfumato.server import a1111, controlnet_api, openai_api
 
     openai_api.add_routes(app, service, guarded)
     a1111.add_routes(app, service, guarded)
+    controlnet_api.add_routes(app, service, guarded)
     return app
 
 
@@ -327,7 +359,8 @@ def _job_request_model() -> type[BaseModel]:
     """The native job body: `GenerationRequest`'s fields (one definition), unknown fields refused.
 
     Over HTTP `init_image` and `mask` are base64 images, never paths, and `loras` are names from
-    GET /api/v1/loras.
+    GET /api/v1/loras; each control unit's `image`/`mask` is base64 and its `model` a name from
+    GET /controlnet/model_list (or null for the default).
     """
     hints = typing.get_type_hints(GenerationRequest)
     fields: dict[str, Any] = {}
@@ -361,6 +394,7 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
             fields["init_image"] = service.upload(fields["init_image"], "init_image")
         if fields["mask"]:
             fields["mask"] = service.upload(fields["mask"], "mask")
+        fields["controls"] = service.control_units(fields["controls"])
         job = service.submit(GenerationRequest(**fields))
         return {"id": job.id, "status": job.status, "url": f"/api/v1/jobs/{job.id}",
                 "events": f"/api/v1/jobs/{job.id}/events"}

@@ -1,0 +1,52 @@
+"""Export a `sfumato train controlnet` run (a checkpoint's EMA weights) as the shipped sfumato-emoji-canny, fp16.
+
+    python scripts/export_emoji_controlnet.py RUN_DIR [--checkpoint step-0005000]
+        [--out sfumato/models/embedded/sfumato-emoji-canny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from sfumato.control.models import EMBEDDED_CONTROLNETS
+from sfumato.models.embedded import embedded_model
+from sfumato.training.checkpoints import latest_checkpoint
+
+
+def export(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    checkpoint = checkpoint or latest_checkpoint(run)
+    if checkpoint is None:
+        raise SystemExit(f"no checkpoint in {run / 'checkpoints'}")
+    base = embedded_model()
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet", torch_dtype=torch.float32)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96))
+    weights = load_file(str(checkpoint / "ema.safetensors")) if (checkpoint / "ema.safetensors").exists() else \
+        load_file(str(checkpoint / "trainable.safetensors"))
+    net.load_state_dict(weights, strict=True)
+    net.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
+    (out / "sfumato.json").write_text(json.dumps({"preprocessor": "canny", "base": "sfumato-emoji",
+                                                  "checkpoint": checkpoint.name}, indent=2))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--checkpoint", help="a checkpoint folder name (default: the latest)")
+    parser.add_argument("--out", type=Path, default=EMBEDDED_CONTROLNETS / "sfumato-emoji-canny")
+    args = parser.parse_args()
+    checkpoint = args.run / "checkpoints" / args.checkpoint if args.checkpoint else None
+    out = export(args.run, args.out, checkpoint)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"{out}: {size / 2**20:.2f} MiB")
+
+
+if __name__ == "__main__":
+    main()
