@@ -192,3 +192,57 @@ def test_styles_picker_and_prompt_language(page, server):
     assert job["request"]["styles"] == ["sharp"] and job["request"]["negative_prompt"] == "blurry"
     assert job["request"]["template"] == "a [cat:big red dog:0.5] AND a {red|blue} bird"
     assert job["request"]["image_prompts"][0].endswith("bird, highly detailed")
+
+
+@pytest.fixture(scope="module")
+def emoji_server(tmp_path_factory):
+    """A live server on the embedded model (with its shipped ControlNet)."""
+    from test_server import _free_port, _serve
+
+    from sfumato.control.models import embedded_controlnet
+    from sfumato.models.embedded import embedded_model
+
+    if embedded_model() is None or embedded_controlnet("sfumato-emoji") is None:
+        pytest.skip("the embedded model or its ControlNet is not installed")
+    port = _free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SFUMATO_HOME", str(tmp_path_factory.mktemp("ui-emoji-home")))
+        process = _serve(embedded_model(), tmp_path_factory.mktemp("ui-emoji"), port, "--max-batch-size", "1")
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+def test_draw_an_outline_and_get_an_emoji_that_follows_it(browser, emoji_server):
+    """The Control tab: draw a circle, preview its map, generate; the job carries the unit with the shipped model."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(emoji_server + "/")
+    page.wait_for_function("document.querySelectorAll('#control-module option').length > 5")
+    page.click("#tab-control")
+    box = page.locator("#control-canvas").bounding_box()
+    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.35
+    import math
+
+    page.mouse.move(cx + r, cy)
+    page.mouse.down()
+    for k in range(1, 41):
+        page.mouse.move(cx + r * math.cos(k * math.pi / 20), cy + r * math.sin(k * math.pi / 20))
+    page.mouse.up()
+    assert page.is_checked("#use-control")  # drawing turns the unit on
+    page.select_option("#control-module", "scribble")
+    page.click("#control-preview")
+    page.wait_for_selector("#control-map:not([hidden])")
+    _shot(page, "control")
+    page.fill("#prompt", "red apple")
+    page.fill("#seed", "11")
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=60_000)
+    job = httpx.get(emoji_server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+    assert job["status"] == "completed", job
+    unit = job["request"]["controls"][0]
+    assert unit["module"] == "scribble" and unit["model"] == "sfumato-emoji-canny"
+    drawn = Image.open(unit["image"]).convert("L").resize((32, 32))
+    assert drawn.getpixel((16, 16)) == 255 and min(drawn.getpixel((x, 16)) for x in range(24, 32)) < 128  # a ring
+    assert "ControlNet 0" in job["result"]["infotexts"][0]
+    context.close()

@@ -150,6 +150,12 @@ function buildRequest() {
   if (styles.length) request.styles = styles;
   const loras = state.loras.filter((l) => $("lora-on-" + l).checked).map((l) => [l, Number($("lora-w-" + l).value)]);
   if (loras.length) request.loras = loras;
+  if ($("use-control").checked) {
+    request.controls = [{ image: $("control-canvas").toDataURL("image/png"), module: $("control-module").value,
+                          model: $("control-model").value || null, weight: number("control-weight") ?? 1,
+                          guidance_start: number("control-start") ?? 0, guidance_end: number("control-end") ?? 1,
+                          control_mode: $("control-mode").value }];
+  }
   if ($("use-init").checked && state.initLoaded) {
     request.init_image = $("init-canvas").toDataURL("image/png");
     request.strength = number("strength") ?? 0.75;
@@ -330,6 +336,61 @@ function setupMask() {
   $("mask-clear").addEventListener("click", () => { state.maskHistory = []; ctx.clearRect(0, 0, canvas.width, canvas.height); });
 }
 
+// ------------------------------------------------------------------ control (ControlNet unit)
+
+function clearControl() {
+  const ctx = $("control-canvas").getContext("2d");
+  ctx.fillStyle = "#ffffff"; ctx.fillRect(0, 0, 256, 256);
+}
+
+function setupControl() {
+  const canvas = $("control-canvas");
+  const ctx = canvas.getContext("2d");
+  clearControl();
+  let last = null;
+  const point = (e) => {
+    const rect = canvas.getBoundingClientRect();
+    return [(e.clientX - rect.left) * canvas.width / rect.width, (e.clientY - rect.top) * canvas.height / rect.height];
+  };
+  const stroke = (e) => {
+    const [x, y] = point(e);
+    ctx.strokeStyle = "#000000"; ctx.lineCap = "round"; ctx.lineWidth = Number($("control-pen").value);
+    ctx.beginPath(); ctx.moveTo(...(last || [x, y])); ctx.lineTo(x, y); ctx.stroke();
+    last = [x, y];
+  };
+  canvas.addEventListener("pointerdown", (e) => { canvas.setPointerCapture(e.pointerId); last = null; stroke(e); $("use-control").checked = true; });
+  canvas.addEventListener("pointermove", (e) => { if (last) stroke(e); });
+  canvas.addEventListener("pointerup", () => { last = null; });
+  $("control-clear").addEventListener("click", () => { clearControl(); $("control-map").hidden = true; });
+  $("control-file").addEventListener("change", async () => {
+    const file = $("control-file").files[0];
+    if (!file) return;
+    const img = new Image();
+    img.src = await readFile(file);
+    await img.decode();
+    clearControl();
+    ctx.drawImage(img, 0, 0, 256, 256);
+    $("use-control").checked = true;
+  });
+  $("control-preview").addEventListener("click", async () => {
+    try {
+      const body = { controlnet_module: $("control-module").value, controlnet_processor_res: number("width") || 256,
+                     controlnet_input_images: [canvas.toDataURL("image/png")] };
+      const result = await api("/controlnet/detect", { method: "POST", body: JSON.stringify(body) });
+      $("control-map").src = "data:image/png;base64," + result.images[0];
+      $("control-map").hidden = false;
+    } catch (error) { show(error.message); }
+  });
+}
+
+async function loadControlLists() {
+  const [modules, models] = await Promise.all([api("/controlnet/module_list"), api("/controlnet/model_list")]);
+  const chosen = $("control-module").value;
+  $("control-module").replaceChildren(...modules.module_list.map((m) => new Option(m, m)));
+  $("control-module").value = modules.module_list.includes(chosen) ? chosen : "scribble";
+  $("control-model").replaceChildren(new Option("default (shipped)", ""), ...models.model_list.map((m) => new Option(m, m)));
+}
+
 function readFile(file) {
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
@@ -413,6 +474,7 @@ async function loadLists() {
     $("styles-empty").hidden = styles.length > 0;
     $("styles").hidden = styles.length === 0;
     $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
+    await loadControlLists();
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
     state.loras = loras.loras;
     $("lora-empty").hidden = state.loras.length > 0;
@@ -460,6 +522,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupSettings();
   setupSize();
   setupMask();
+  setupControl();
   setupDrops();
   $("prompt").addEventListener("input", updatePromptInfo);
   $("generate-form").addEventListener("submit", generate);
