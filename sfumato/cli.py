@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--init-image")
     gen.add_argument("--strength", type=float, default=0.75, help="denoising strength for img2img/inpaint")
     gen.add_argument("--mask", help="inpaint mask: white = repaint")
+    gen.add_argument("--instruction-edit", action="store_true",
+                     help="InstructPix2Pix: edit --init-image by the prompt (automatic with an InstructPix2Pix model)")
+    gen.add_argument("--image-cfg-scale", type=float, default=1.5,
+                     help="InstructPix2Pix image guidance: how closely the edit keeps the input image")
     gen.add_argument("--mask-blur", type=int, default=4)
     gen.add_argument("--outpaint", type=_outpaint_arg, default={}, help="e.g. left=64,down=32")
     gen.add_argument("--tile", action="store_true", help="seamless tiling")
@@ -228,8 +232,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         mask_blur=args.mask_blur, strength=args.strength, outpaint=args.outpaint, tile=args.tile,
         hires_scale=args.hires_scale, hires_strength=args.hires_strength, hires_steps=args.hires_steps,
         hires_upscaler=args.hires_upscaler, loras=list(args.lora), prediction_type=args.prediction_type,
-        styles=list(args.style), combinatorial=args.combinatorial,
-        controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
+        styles=list(args.style), combinatorial=args.combinatorial, instruction_edit=args.instruction_edit,
+        image_cfg_scale=args.image_cfg_scale, controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
                   for unit in args.control],
     )

@@ -191,6 +191,13 @@ class Engine:
         if flags.chaos is not None:
             changes["subseed_strength"] = flags.chaos / 100.0
         changes["width"], changes["height"] = self._size(request, info, flags.aspect_ratio)
+        instruct = info.configs.get("unet", {}).get("in_channels") == 8
+        if request.instruction_edit and not instruct:
+            raise InvalidRequest(f"{info.name} is not an InstructPix2Pix model (its UNet takes no image channels)")
+        if instruct:
+            if not request.init_image:
+                raise InvalidRequest(f"{info.name} is an InstructPix2Pix model: it edits an image (--init-image)")
+            changes["instruction_edit"] = True
         resolved = dataclasses.replace(request, **changes).with_seeds_resolved().validate()
         if resolved.template is None and (request.styles or has_dynamic(resolved.prompt)):
             resolved = self._expand_dynamic(resolved, request.prompt)

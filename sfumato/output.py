@@ -31,7 +31,9 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         ("Seed", seed), ("Size", f"{request.width}x{request.height}"), ("Model hash", model_hash),
         ("Model", model_name),
     ]
-    if request.init_image:
+    if request.instruction_edit:
+        fields.append(("Image CFG scale", f"{request.image_cfg_scale:g}"))
+    elif request.init_image:
         fields.append(("Denoising strength", f"{request.strength:g}"))
         if request.mask or request.outpaint:
             fields.append(("Mask blur", request.mask_blur))

@@ -57,6 +57,8 @@ class GenerationRequest:
     template: str | None = None  # the prompt as given, once styles/dynamic prompts were resolved (set by the engine)
     image_prompts: list[str] = field(default_factory=list)  # each image's resolved dynamic prompt (set by the engine)
     controls: list[dict[str, Any]] = field(default_factory=list)  # ControlNet / T2I-Adapter units (control.units)
+    instruction_edit: bool = False  # InstructPix2Pix: edit the init image by the prompt (set for 8-channel models)
+    image_cfg_scale: float = 1.5  # InstructPix2Pix's image guidance (A1111's "Image CFG Scale")
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -73,7 +75,7 @@ class GenerationRequest:
                 raise InvalidRequest(f"{name} must be a list of strings")
         if self.template is not None and not isinstance(self.template, str):
             raise InvalidRequest("template must be a string or null")
-        for name in ("tile", "inpaint_full_image_overlay", "combinatorial"):
+        for name in ("tile", "inpaint_full_image_overlay", "combinatorial", "instruction_edit"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequest(f"{name} must be true or false")
         if not isinstance(self.outpaint, dict):
@@ -87,6 +89,7 @@ class GenerationRequest:
         _check_range("batch_count", self.batch_count, 1, 1000, integer=True)
         _check_range("clip_skip", self.clip_skip, 1, 12, integer=True)
         _check_range("strength", self.strength, 0.0, 1.0)
+        _check_range("image_cfg_scale", self.image_cfg_scale, 0.0, 30.0)
         _check_range("subseed_strength", self.subseed_strength, 0.0, 1.0)
         _check_range("hires_strength", self.hires_strength, 0.0, 1.0)
         _check_range("hires_scale", self.hires_scale, 1.0, 4.0)
@@ -118,6 +121,13 @@ class GenerationRequest:
         from sfumato.control.units import parse_units
 
         parse_units(self.controls)
+        if self.instruction_edit:
+            if not self.init_image:
+                raise InvalidRequest("an instruction edit needs the image to edit (--init-image)")
+            used = [n for n, on in (("a mask", self.mask), ("outpainting", self.outpaint), ("control units",
+                    self.controls), ("hires fix", self.hires_scale > 1)) if on]
+            if used:
+                raise InvalidRequest(f"instruction edits do not take {', '.join(used)}")
         if self.mask and not self.init_image:
             raise InvalidRequest("a mask needs an init image (--init-image)")
         if self.outpaint and not self.init_image:

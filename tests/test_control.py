@@ -300,3 +300,47 @@ def test_pickled_control_models_are_refused(tmp_path):
     (tmp_path / "control_sd15_canny.pth").write_bytes(b"not really")
     with pytest.raises(PickleRefused, match="sfumato convert"):
         resolve(str(tmp_path / "control_sd15_canny.pth"))
+
+
+@pytest.fixture(scope="module")
+def ip2p(tmp_path_factory):
+    """A tiny InstructPix2Pix model: SD1's tiny pipeline with an 8-channel UNet."""
+    import diffusers
+    from diffusers import UNet2DConditionModel
+
+    from sfumato.models.tiny import build_tiny_pipeline
+
+    base = build_tiny_pipeline("sd1")
+    torch.manual_seed(3)
+    unet = UNet2DConditionModel(**{**dict(base.unet.config), "in_channels": 8})
+    pipe = diffusers.StableDiffusionInstructPix2PixPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet, scheduler=base.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    out = tmp_path_factory.mktemp("ip2p") / "tiny-ip2p"
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+def test_instruct_pix2pix_parity_with_diffusers(ip2p, control_image, monkeypatch):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    engine = Engine(ip2p)
+    request = req(prompt="make it snowy", init_image=str(control_image), image_cfg_scale=1.7)
+    ours = latents_of(engine, request, monkeypatch)
+    resolved = engine.resolve(request)
+    assert resolved.instruction_edit and "Image CFG scale: 1.7" in engine.generate(request).images[0].infotext
+    pipe = _plain(StableDiffusionInstructPix2PixPipeline.from_pretrained(str(ip2p), local_files_only=True))
+    theirs = pipe("make it snowy", negative_prompt="blurry", image=Image.open(control_image).convert("RGB"),
+                  num_inference_steps=4, guidance_scale=7.0, image_guidance_scale=1.7,
+                  generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    weaker = latents_of(engine, req(prompt="make it snowy", init_image=str(control_image), image_cfg_scale=1.0),
+                        monkeypatch)
+    assert (weaker - ours).abs().max() > 1e-3
+    with pytest.raises(InvalidRequest, match="edits an image"):
+        engine.generate(req(prompt="make it snowy"))
+
+
+def test_instruction_edit_needs_an_instruct_model(sd1, control_image):
+    with pytest.raises(InvalidRequest, match="not an InstructPix2Pix model"):
+        Engine(sd1).generate(req(init_image=str(control_image), instruction_edit=True))

@@ -30,8 +30,7 @@ class InpaintState:
 
 def latent_shape(model: LoadedModel, width: int, height: int) -> tuple[int, int, int]:
     scale = model.vae_scale
-    return (model.pipe.unet.config.in_channels if model.pipe.unet.config.in_channels != 9 else 4,
-            height // scale, width // scale)
+    return (model.pipe.unet.config.out_channels, height // scale, width // scale)
 
 
 def initial_noise(model: LoadedModel, width: int, height: int, seeds: list[int], subseeds: list[int],

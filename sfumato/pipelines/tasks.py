@@ -30,6 +30,7 @@ from sfumato.pipelines.steps import (
     to_pil,
 )
 from sfumato.pipelines.guidance import Guidance, build_guidance
+from sfumato.pipelines.instruct import instruct_latents
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import make_scheduler
@@ -95,6 +96,10 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
     `controls`: the request's control units with their loaded models)."""
     texts = texts or BatchPrompts.of(request, len(seeds))
     source = prepare_source(request)
+    if request.instruction_edit:
+        latents = instruct_latents(model, request, guidance_for(encoder, request, texts),
+                                   _scheduler(model, request, seeds[0]), seeds, subseeds, source.image, progress)
+        return to_pil(decode_latents(model, latents))
     with seamless_tiling(model, request.tile):
         control = _control_set(model, controls, request.width, request.height)
         latents = first_pass(model, request, guidance_for(encoder, request, texts), seeds, subseeds, source, progress,
