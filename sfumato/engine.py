@@ -6,6 +6,7 @@ time, reused across requests: switching sampler or LoRA weights never reloads it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -15,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from sfumato.control.ip_adapter import ip_adapter_loaded, resolve_adapter, resolve_encoder
 from sfumato.control.models import ControlModel, controlnet_dir, embedded_controlnet, load_control_model
 from sfumato.control.models import resolve as resolve_control
 from sfumato.control.units import ControlUnit, parse_units
@@ -27,7 +29,7 @@ from sfumato.models.lora import apply_loras, check_loras, lora_hashes
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
-from sfumato.pipelines.tasks import BatchPrompts, generate_batch
+from sfumato.pipelines.tasks import BatchPrompts, Controls, generate_batch
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.prompts.dynamic import apply_styles, has_dynamic, image_prompts
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and
@@ -203,6 +205,11 @@ class Engine:
             resolved = self._expand_dynamic(resolved, request.prompt)
         if resolved.controls:
             resolved = dataclasses.replace(resolved, controls=self._resolve_units(resolved, info))
+        if resolved.ip_adapter:
+            adapter = resolve_adapter(resolved.ip_adapter)
+            resolve_encoder(adapter, resolved.ip_image_encoder)
+            for index, path in enumerate(resolved.ip_images):
+                imgs.load_image(path, f"IP-Adapter image {index}")
         if flow:
             check_flow_request(family.name, resolved)
         check_loras(resolved.loras)
@@ -293,7 +300,18 @@ class Engine:
         hashes = lora_hashes(resolved.loras) if resolved.loras else None
         model_hash = model.hash  # hashing reads the cache file: once per request, not once per image
         tracker = _Progress(progress, preview)
-        controls = self.control_models(resolved) if resolved.controls else None
+        controls = Controls(self.control_models(resolved)) if resolved.controls or resolved.ip_adapter else None
+        with contextlib.ExitStack() as stack:
+            if resolved.ip_adapter:
+                adapter = resolve_adapter(resolved.ip_adapter)
+                encoder = resolve_encoder(adapter, resolved.ip_image_encoder)
+                stack.enter_context(ip_adapter_loaded(model.pipe, adapter, encoder, resolved.ip_scale))
+                controls.ip_images = [imgs.load_image(p, "IP-Adapter image").convert("RGB") for p in resolved.ip_images]
+            results = self._batches(resolved, model, tracker, controls, model_hash, hashes)
+        return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
+
+    def _batches(self, resolved: GenerationRequest, model: LoadedModel, tracker: "_Progress", controls,
+                 model_hash: str, hashes) -> list[GeneratedImage]:
         results: list[GeneratedImage] = []
         for batch in range(resolved.batch_count):
             first = batch * resolved.batch_size
@@ -310,7 +328,7 @@ class Engine:
             for i, picture in enumerate(pictures):
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i])
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
-        return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
+        return results
 
     def preview_image(self, latents: torch.Tensor, full: bool = False):
         """A quick look at the first image of a batch in progress: a linear latent->RGB map fitted to the model's
@@ -401,7 +419,8 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     cfg_scale stay per request. Edits, multi-batch requests, flow models and samplers with their own
     noise source (seeded once per batch) run alone.
     """
-    alone = (request.init_image is not None or request.batch_count > 1 or bool(request.controls) or sampler_has_own_noise(request.sampler)
+    alone = (request.init_image is not None or request.batch_count > 1 or bool(request.controls)
+             or request.ip_adapter is not None or sampler_has_own_noise(request.sampler)
              or bool(request.image_prompts)
              or request.model is None or describe(Path(request.model)).family.prediction_type == "flow"
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))

@@ -54,6 +54,9 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Template", json.dumps(request.template)))  # Dynamic Prompts writes the same field
     if request.styles:
         fields.append(("Styles", json.dumps(", ".join(request.styles))))
+    if request.ip_adapter:
+        fields.append(("IP-Adapter", json.dumps(f"{Path(request.ip_adapter).stem}: {request.ip_scale:g}, "
+                                                f"{len(request.ip_images)} image(s)")))
     for index, unit in enumerate(request.controls):
         fields.append((f"ControlNet {index}", control_infotext(unit)))
     fields.append(("Version", f"sfumato {__version__}"))

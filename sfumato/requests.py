@@ -57,6 +57,10 @@ class GenerationRequest:
     template: str | None = None  # the prompt as given, once styles/dynamic prompts were resolved (set by the engine)
     image_prompts: list[str] = field(default_factory=list)  # each image's resolved dynamic prompt (set by the engine)
     controls: list[dict[str, Any]] = field(default_factory=list)  # ControlNet / T2I-Adapter units (control.units)
+    ip_adapter: str | None = None  # IP-Adapter weights (path or name in $SFUMATO_HOME/models/ip-adapter)
+    ip_images: list[str] = field(default_factory=list)  # its reference images
+    ip_scale: float = 1.0
+    ip_image_encoder: str | None = None  # the CLIP vision encoder folder (default: image_encoder/ beside the adapter)
     instruction_edit: bool = False  # InstructPix2Pix: edit the init image by the prompt (set for 8-channel models)
     image_cfg_scale: float = 1.5  # InstructPix2Pix's image guidance (A1111's "Image CFG Scale")
 
@@ -67,10 +71,10 @@ class GenerationRequest:
         for name in ("negative_prompt", "hires_upscaler"):
             if not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string")
-        for name in ("model", "sampler", "init_image", "mask", "prediction_type"):
+        for name in ("model", "sampler", "init_image", "mask", "prediction_type", "ip_adapter", "ip_image_encoder"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string or null")
-        for name in ("styles", "image_prompts"):
+        for name in ("styles", "image_prompts", "ip_images"):
             if not isinstance(getattr(self, name), list) or not all(isinstance(v, str) for v in getattr(self, name)):
                 raise InvalidRequest(f"{name} must be a list of strings")
         if self.template is not None and not isinstance(self.template, str):
@@ -90,6 +94,12 @@ class GenerationRequest:
         _check_range("clip_skip", self.clip_skip, 1, 12, integer=True)
         _check_range("strength", self.strength, 0.0, 1.0)
         _check_range("image_cfg_scale", self.image_cfg_scale, 0.0, 30.0)
+        _check_range("ip_scale", self.ip_scale, 0.0, 2.0)
+        if bool(self.ip_adapter) != bool(self.ip_images):
+            raise InvalidRequest("an IP-Adapter needs reference images (--ip-image) and reference images need "
+                                 "--ip-adapter")
+        if len(self.ip_images) > 8:
+            raise InvalidRequest(f"at most 8 IP-Adapter reference images, got {len(self.ip_images)}")
         _check_range("subseed_strength", self.subseed_strength, 0.0, 1.0)
         _check_range("hires_strength", self.hires_strength, 0.0, 1.0)
         _check_range("hires_scale", self.hires_scale, 1.0, 4.0)

@@ -344,3 +344,92 @@ def test_instruct_pix2pix_parity_with_diffusers(ip2p, control_image, monkeypatch
 def test_instruction_edit_needs_an_instruct_model(sd1, control_image):
     with pytest.raises(InvalidRequest, match="not an InstructPix2Pix model"):
         Engine(sd1).generate(req(init_image=str(control_image), instruction_edit=True))
+
+
+@pytest.fixture(scope="module")
+def ip_adapter(sd1, tmp_path_factory):
+    """A tiny IP-Adapter for the tiny SD1 model in the release layout (image_proj.* + ip_adapter.N.to_k/v_ip),
+    with a tiny CLIP vision encoder in image_encoder/ beside it."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = tmp_path_factory.mktemp("ip")
+    torch.manual_seed(5)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                                            num_attention_heads=4, image_size=32, patch_size=8,
+                                                            projection_dim=16))
+    vision.save_pretrained(str(folder / "image_encoder"), safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        str(folder / "image_encoder"))
+    unet = UNet2DConditionModel.from_pretrained(str(sd1), subfolder="unet")
+    cross = unet.config.cross_attention_dim
+    tensors = {"image_proj.proj.weight": torch.randn(cross * 4, 16) * 0.2, "image_proj.proj.bias": torch.zeros(cross * 4),
+               "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            hidden = unet.get_submodule(name.rsplit(".", 1)[0]).to_q.out_features
+            tensors[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross) * 0.3
+            tensors[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross) * 0.3
+            key += 2  # the release numbers the cross-attention processors 1, 3, 5, ...
+    path = folder / "ip-adapter_tiny.safetensors"
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_image(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.png"
+    image = Image.new("RGB", (48, 40), (30, 120, 200))
+    ImageDraw.Draw(image).rectangle((10, 8, 30, 30), fill=(250, 200, 20))
+    image.save(path)
+    return path
+
+
+def test_ip_adapter_parity_with_diffusers(sd1, ip_adapter, reference_image, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from sfumato.control.ip_adapter import adapter_state
+
+    engine = Engine(sd1)
+    request = req(ip_adapter=str(ip_adapter), ip_images=[str(reference_image)], ip_scale=0.6)
+    ours = latents_of(engine, request, monkeypatch)
+    pipe = _plain(StableDiffusionPipeline.from_pretrained(str(sd1), local_files_only=True))
+    encoder = ip_adapter.parent / "image_encoder"
+    pipe.register_modules(image_encoder=CLIPVisionModelWithProjection.from_pretrained(str(encoder)),
+                          feature_extractor=CLIPImageProcessor.from_pretrained(str(encoder)))
+    pipe.load_ip_adapter(adapter_state(ip_adapter), subfolder=None, weight_name=None, image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.6)
+    theirs = pipe("a red apple", negative_prompt="blurry", ip_adapter_image=Image.open(reference_image).convert("RGB"),
+                  num_inference_steps=4, guidance_scale=7.0, height=SIZE, width=SIZE,
+                  generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    plain = latents_of(engine, req(), monkeypatch)
+    assert (ours - plain).abs().max() > 1e-2
+    # the adapter is taken out after the request: the UNet is plain again, and stays equal to a fresh engine
+    assert torch.equal(latents_of(engine, req(), monkeypatch), latents_of(Engine(sd1), req(), monkeypatch))
+    # with a ControlNet unit at the same time, and in the infotext
+    result = engine.generate(dataclasses_replace(request, batch_size=2))
+    assert len(result.images) == 2 and 'IP-Adapter: "ip-adapter_tiny: 0.6, 1 image(s)"' in result.images[0].infotext
+
+
+def dataclasses_replace(request, **changes):
+    import dataclasses
+
+    return dataclasses.replace(request, **changes)
+
+
+def test_ip_adapter_with_controlnet_and_errors(sd1, ip_adapter, reference_image, sd1_controlnet, control_image,
+                                               tmp_path):
+    engine = Engine(sd1)
+    both = engine.generate(req(ip_adapter=str(ip_adapter), ip_images=[str(reference_image)] * 2,
+                               controls=[unit(control_image, sd1_controlnet)]))
+    assert len(both.images) == 1
+    with pytest.raises(InvalidRequest, match="needs reference images"):
+        engine.generate(req(ip_adapter=str(ip_adapter)))
+    lonely = tmp_path / "ip.safetensors"
+    lonely.write_bytes(ip_adapter.read_bytes())
+    with pytest.raises(Exception, match="CLIP vision encoder"):
+        engine.generate(req(ip_adapter=str(lonely), ip_images=[str(reference_image)]))

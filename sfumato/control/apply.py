@@ -86,7 +86,8 @@ class ControlSet:
     """Every unit of a pass, ready to give the UNet its extra inputs at each step."""
 
     def __init__(self, units: list[tuple[ControlUnit, ControlModel]], width: int, height: int, device: torch.device,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, ip_embeds: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.ip_embeds = ip_embeds  # IP-Adapter (negative, positive) image embeddings, one row per image
         self.units: list[PreparedUnit] = []
         for unit, model in units:
             image = map_tensor(unit, control_map(unit, width, height)).to(device, model.module.dtype)
@@ -98,9 +99,11 @@ class ControlSet:
         self.dtype = dtype
 
     def unet_kwargs(self, step: int, steps: int, model_input: torch.Tensor, t, context: torch.Tensor,
-                    added: dict | None, class_labels: torch.Tensor | None, negative_rows: list[bool]) -> dict:
-        """`down_block_additional_residuals` / `mid_block_additional_residual` (ControlNets, summed) and
-        `down_intrablock_additional_residuals` (T2I-Adapters, summed) for this step's UNet rows."""
+                    added: dict | None, class_labels: torch.Tensor | None, negative_rows: list[bool],
+                    row_images: list[int]) -> dict:
+        """`down_block_additional_residuals` / `mid_block_additional_residual` (ControlNets, summed),
+        `down_intrablock_additional_residuals` (T2I-Adapters, summed) and the IP-Adapter's image embeddings (in
+        `added_cond_kwargs`) for this step's UNet rows."""
         rows = model_input.shape[0]
         positive = torch.tensor([not n for n in negative_rows], device=model_input.device)
         down: list[torch.Tensor] | None = None
@@ -142,4 +145,9 @@ class ControlSet:
             kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = down, mid
         if intrablock is not None:
             kwargs["down_intrablock_additional_residuals"] = intrablock
+        if self.ip_embeds is not None:
+            negative, positive = self.ip_embeds
+            rows_embeds = torch.stack([(negative if is_negative else positive)[image]
+                                       for image, is_negative in zip(row_images, negative_rows)])
+            kwargs["added_cond_kwargs"] = {**(added or {}), "image_embeds": [rows_embeds.to(self.dtype)]}
         return kwargs

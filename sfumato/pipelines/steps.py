@@ -71,9 +71,11 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
             on_step: StepCallback | None = None, control=None) -> torch.Tensor:
     """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
     and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`).
-    `control` (a `control.apply.ControlSet`) adds ControlNet residuals and T2I-Adapter features."""
+    `control` (a `control.apply.ControlSet`) adds ControlNet residuals, T2I-Adapter features and IP-Adapter image
+    embeddings."""
     unet = model.pipe.unet
-    rows = torch.tensor(guidance.row_images(), device=latents.device)
+    row_list = guidance.row_images()
+    rows = torch.tensor(row_list, device=latents.device)
     negative_rows = guidance.row_is_negative()
     concat = None
     if inpaint is not None and inpaint.masked_image_latents is not None:
@@ -90,12 +92,13 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
             fixed = (cond.embeds, added, class_labels)
         context, added, class_labels = fixed
         model_input = scheduler.scale_model_input(latents[rows], t)
-        extra = {} if control is None else control.unet_kwargs(i, len(timesteps), model_input, t, context, added,
-                                                                class_labels, negative_rows)
+        kwargs = {"encoder_hidden_states": context, "added_cond_kwargs": added, "class_labels": class_labels}
+        if control is not None:
+            kwargs.update(control.unet_kwargs(i, len(timesteps), model_input, t, context, added, class_labels,
+                                              negative_rows, row_list))
         if concat is not None:
             model_input = torch.cat([model_input, concat], dim=1)
-        prediction = unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added,
-                          class_labels=class_labels, return_dict=False, **extra)[0]
+        prediction = unet(model_input, t, return_dict=False, **kwargs)[0]
         prediction = guidance.combine(prediction)
         latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
         if inpaint is not None and inpaint.masked_image_latents is None:

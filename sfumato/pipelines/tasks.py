@@ -6,7 +6,7 @@ with a strength and optional mask) -> optional hires pass -> decode -> optional 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from sfumato.control.apply import ControlSet
+from sfumato.control.ip_adapter import image_embeds
 from sfumato.control.models import ControlModel
 from sfumato.control.units import ControlUnit
 from sfumato.models.loader import LoadedModel
@@ -36,7 +37,13 @@ from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import make_scheduler
 
 
-Controls = list[tuple[ControlUnit, ControlModel]]
+@dataclass
+class Controls:
+    """A request's control inputs: units with their loaded models, and IP-Adapter reference images (the adapter
+    itself is loaded into the pipeline by the engine for the duration of the request)."""
+
+    units: list[tuple[ControlUnit, ControlModel]] = field(default_factory=list)
+    ip_images: list[Image.Image] = field(default_factory=list)
 
 
 class Progress(Protocol):
@@ -101,13 +108,13 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
                                    _scheduler(model, request, seeds[0]), seeds, subseeds, source.image, progress)
         return to_pil(decode_latents(model, latents))
     with seamless_tiling(model, request.tile):
-        control = _control_set(model, controls, request.width, request.height)
+        control = _control_set(model, controls, request.width, request.height, len(seeds))
         latents = first_pass(model, request, guidance_for(encoder, request, texts), seeds, subseeds, source, progress,
                              control)
         width, height = request.width, request.height
         if request.hires_scale > 1.0:
             guidance = guidance_for(encoder, request, texts, hires=True)
-            control = _control_set(model, controls, *hires_size(request))
+            control = _control_set(model, controls, *hires_size(request), len(seeds))
             latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress,
                                                 control)
         pixels = decode_latents(model, latents)
@@ -119,8 +126,12 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
     return images
 
 
-def _control_set(model: LoadedModel, controls: Controls | None, width: int, height: int) -> ControlSet | None:
-    return ControlSet(controls, width, height, model.device, model.dtype) if controls else None
+def _control_set(model: LoadedModel, controls: Controls | None, width: int, height: int,
+                 count: int) -> ControlSet | None:
+    if controls is None or not (controls.units or controls.ip_images):
+        return None
+    embeds = image_embeds(model.pipe, controls.ip_images, count) if controls.ip_images else None
+    return ControlSet(controls.units, width, height, model.device, model.dtype, embeds)
 
 
 def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
