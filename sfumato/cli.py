@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a ControlNet / T2I-Adapter unit (repeatable): TYPE is the preprocessor (canny, scribble, "
                           "softedge, lineart, tile, color, none, ...); without MODEL the embedded model uses its "
                           "shipped sfumato-emoji-canny")
+    gen.add_argument("--ip-adapter", help="IP-Adapter weights (.safetensors path or name in $SFUMATO_HOME/models/"
+                                          "ip-adapter); its CLIP vision encoder from image_encoder/ beside it")
+    gen.add_argument("--ip-image", action="append", default=[], help="a reference image for the IP-Adapter (repeatable)")
+    gen.add_argument("--ip-scale", type=float, default=1.0, help="IP-Adapter strength")
+    gen.add_argument("--ip-image-encoder", help="the CLIP vision encoder folder (CLIPVisionModelWithProjection)")
     gen.add_argument("--control-start", type=float, default=0.0, help="control units start at this fraction of steps")
     gen.add_argument("--control-end", type=float, default=1.0, help="control units stop after this fraction")
     gen.add_argument("--control-mode", choices=["balanced", "prompt", "control"], default="balanced",
@@ -233,7 +238,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         hires_scale=args.hires_scale, hires_strength=args.hires_strength, hires_steps=args.hires_steps,
         hires_upscaler=args.hires_upscaler, loras=list(args.lora), prediction_type=args.prediction_type,
         styles=list(args.style), combinatorial=args.combinatorial, instruction_edit=args.instruction_edit,
-        image_cfg_scale=args.image_cfg_scale, controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
+        image_cfg_scale=args.image_cfg_scale, ip_adapter=args.ip_adapter, ip_images=list(args.ip_image),
+        ip_scale=args.ip_scale, ip_image_encoder=args.ip_image_encoder, controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
                   for unit in args.control],
     )

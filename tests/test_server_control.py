@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from sfumato.server.app import create_app  # noqa: E402
-from test_control import _controlnet  # noqa: E402
+from test_control import _controlnet, ip_adapter  # noqa: E402,F401  (a module fixture)
 from test_server import LOCAL, _b64, _free_port, _png, _serve, _settings, _wait  # noqa: E402
 
 
@@ -32,9 +32,10 @@ def _outline(size: int = 128) -> Image.Image:
 
 
 @pytest.fixture
-def client(tmp_path, sd1, tiny_controlnet, monkeypatch):
+def client(tmp_path, sd1, tiny_controlnet, ip_adapter, monkeypatch):
     home = tmp_path / "home"
     shutil.copytree(tiny_controlnet, home / "models" / "controlnet" / "tiny-cn")
+    shutil.copytree(ip_adapter.parent, home / "models" / "ip-adapter")
     with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as c:
         yield c
 
@@ -60,6 +61,26 @@ def test_native_job_with_a_control_unit(client):
         else:
             assert response.status_code == status, (bad, response.text)
             assert "detail" in response.json() or "error" in response.json()
+
+
+def test_ip_adapter_over_http(client):
+    assert client.get("/api/v1/ip-adapters").json() == {"ip_adapters": ["ip-adapter_tiny"]}
+    body = {"prompt": "red apple", "seed": 3, "width": 32, "height": 32, "steps": 2}
+    native = _wait(client, client.post("/api/v1/jobs", json={**body, "ip_adapter": "ip-adapter_tiny",
+                                                             "ip_images": [_b64(_outline())], "ip_scale": 0.5})
+                   .json()["id"])
+    assert native["status"] == "completed", native
+    assert 'IP-Adapter: "ip-adapter_tiny: 0.5, 1 image(s)"' in native["result"]["infotexts"][0]
+    for bad in ({"ip_adapter": "/etc/passwd", "ip_images": [_b64(_outline())]},
+                {"ip_adapter": "ip-adapter_tiny", "ip_images": [_b64(_outline())], "ip_image_encoder": "/tmp"}):
+        assert client.post("/api/v1/jobs", json={**body, **bad}).status_code in (404, 422)
+    a1111 = {**body, "alwayson_scripts": {"controlnet": {"args": [
+        {"image": _b64(_outline()), "module": "ip-adapter_clip_sd15", "model": "ip-adapter_tiny [abcd]", "weight": 0.7},
+        {"image": _b64(_outline()), "module": "scribble", "model": "tiny-cn"}]}}}
+    response = client.post("/sdapi/v1/txt2img", json=a1111)
+    assert response.status_code == 200, response.text
+    info = response.json()["info"]
+    assert 'IP-Adapter: \\"ip-adapter_tiny: 0.7' in info and "ControlNet 0" in info and "ControlNet 1" not in info
 
 
 def test_a1111_controlnet_endpoints(client):

@@ -126,6 +126,22 @@ class Service:
             raise ModelNotFound(f"control model {name!r} not found (GET /controlnet/model_list lists the names)")
         return self.control_models[plain]
 
+    def ip_adapter_fields(self, name: str | None, images: list) -> dict:
+        """Over HTTP an IP-Adapter is a file name in $SFUMATO_HOME/models/ip-adapter and its images are base64."""
+        from sfumato.control.ip_adapter import ip_adapter_dir
+
+        if name is None:
+            return {"ip_adapter": None, "ip_images": []}
+        plain = name.split(" [")[0].strip()
+        folder = ip_adapter_dir()
+        listed = {p.stem: p for p in folder.glob("*.safetensors")} if folder.is_dir() else {}
+        if plain not in listed:
+            raise ModelNotFound(f"IP-Adapter {name!r} not found (GET /api/v1/ip-adapters lists the names)")
+        if not isinstance(images, list) or len(images) > 8:
+            raise InvalidRequest("ip_images must be a list of at most 8 base64 images")
+        return {"ip_adapter": str(listed[plain]), "ip_image_encoder": None,
+                "ip_images": [self.upload(image, f"ip_images[{k}]") for k, image in enumerate(images)]}
+
     def control_units(self, units: list) -> list[dict]:
         """Over HTTP a unit's `image` and `mask` are base64 images and its `model` a listed name."""
         from sfumato.control.units import MAX_UNITS
@@ -352,7 +368,7 @@ def _ui_routes(app: FastAPI) -> None:
     app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
 
 
-NOT_ON_THE_WIRE = {"inpaint_full_image_overlay", "prediction_type", "template", "image_prompts"}
+NOT_ON_THE_WIRE = {"inpaint_full_image_overlay", "prediction_type", "template", "image_prompts", "ip_image_encoder"}
 
 
 def _job_request_model() -> type[BaseModel]:
@@ -395,6 +411,7 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
         if fields["mask"]:
             fields["mask"] = service.upload(fields["mask"], "mask")
         fields["controls"] = service.control_units(fields["controls"])
+        fields.update(service.ip_adapter_fields(fields["ip_adapter"], fields["ip_images"]))
         job = service.submit(GenerationRequest(**fields))
         return {"id": job.id, "status": job.status, "url": f"/api/v1/jobs/{job.id}",
                 "events": f"/api/v1/jobs/{job.id}/events"}
@@ -410,6 +427,13 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
         """Tokens per chunk of a prompt with the model's own tokenizer (for the UI's counter)."""
         counts, length, texts = service.engine.token_counts(body.prompt, service.model_path(body.model))
         return {"chunks": counts, "chunk_length": length, "scheduled": texts}
+
+    @app.get("/api/v1/ip-adapters", tags=["native"], dependencies=guarded)
+    def ip_adapters():
+        from sfumato.control.ip_adapter import ip_adapter_dir
+
+        folder = ip_adapter_dir()
+        return {"ip_adapters": sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []}
 
     @app.get("/api/v1/loras", tags=["native"], dependencies=guarded)
     def loras():

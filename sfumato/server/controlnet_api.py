@@ -20,17 +20,18 @@ UNIT_FIELDS = ("module", "model", "weight", "resize_mode", "processor_res", "thr
                "guidance_start", "guidance_end", "control_mode", "pixel_perfect")
 
 
-def units_from_alwayson(scripts: dict[str, Any], service) -> list[dict]:
-    """`alwayson_scripts.controlnet.args` -> our control units (disabled or image-less units are skipped)."""
+def units_from_alwayson(scripts: dict[str, Any], service) -> tuple[list[dict], dict]:
+    """`alwayson_scripts.controlnet.args` -> our control units (disabled or image-less units are skipped), and the
+    IP-Adapter fields of an `ip-adapter*` unit (the extension runs IP-Adapters as ControlNet units)."""
     if not isinstance(scripts, dict):
         raise InvalidRequest("alwayson_scripts must be an object")
     block = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
     if block is None:
-        return []
+        return [], {}
     args = block.get("args") if isinstance(block, dict) else block
     if not isinstance(args, list):
         raise InvalidRequest("alwayson_scripts.controlnet.args must be a list of units")
-    units = []
+    units, ip_fields = [], {}
     for index, raw in enumerate(args):
         if not isinstance(raw, dict):
             raise InvalidRequest(f"ControlNet unit {index} must be an object")
@@ -39,12 +40,19 @@ def units_from_alwayson(scripts: dict[str, Any], service) -> list[dict]:
         image, mask = _unit_images(raw)
         if image is None:
             continue  # A1111 skips a unit without an image (it would use the img2img input; not supported)
+        if str(raw.get("module", "")).lower().startswith("ip-adapter") or \
+                str(raw.get("model", "")).lower().startswith("ip-adapter"):
+            if ip_fields:
+                raise InvalidRequest("one IP-Adapter unit per request")
+            ip_fields = service.ip_adapter_fields(raw.get("model"), [image])
+            ip_fields["ip_scale"] = float(raw.get("weight", 1.0))
+            continue
         unit = {name: raw[name] for name in UNIT_FIELDS if name in raw and raw[name] is not None}
         unit["image"], unit["mask"] = image, mask
         if isinstance(unit.get("module"), str) and unit["module"].lower() == "none":
             unit["module"] = "none"
         units.append(unit)
-    return service.control_units(units)
+    return service.control_units(units), ip_fields
 
 
 def _unit_images(raw: dict[str, Any]) -> tuple[str | None, str | None]:
