@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a ControlNet / T2I-Adapter unit (repeatable): TYPE is the preprocessor (canny, scribble, "
                           "softedge, lineart, tile, color, none, ...); without MODEL the embedded model uses its "
                           "shipped sfumato-emoji-canny")
+    gen.add_argument("--p2p-source", help="prompt-to-prompt: the prompt of the image to edit (same seed); PROMPT is "
+                                          "the edited prompt, e.g. a word replaced or (word:1.5)")
+    gen.add_argument("--p2p-cross", type=float, default=0.8, help="fraction of steps keeping the source's "
+                                                                    "cross-attention maps")
+    gen.add_argument("--p2p-self", type=float, default=0.4, help="fraction of steps keeping its self-attention maps")
     gen.add_argument("--ip-adapter", help="IP-Adapter weights (.safetensors path or name in $SFUMATO_HOME/models/"
                                           "ip-adapter); its CLIP vision encoder from image_encoder/ beside it")
     gen.add_argument("--ip-image", action="append", default=[], help="a reference image for the IP-Adapter (repeatable)")
@@ -239,7 +244,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         hires_upscaler=args.hires_upscaler, loras=list(args.lora), prediction_type=args.prediction_type,
         styles=list(args.style), combinatorial=args.combinatorial, instruction_edit=args.instruction_edit,
         image_cfg_scale=args.image_cfg_scale, ip_adapter=args.ip_adapter, ip_images=list(args.ip_image),
-        ip_scale=args.ip_scale, ip_image_encoder=args.ip_image_encoder, controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
+        ip_scale=args.ip_scale, ip_image_encoder=args.ip_image_encoder, p2p_source=args.p2p_source,
+        p2p_cross=args.p2p_cross, p2p_self=args.p2p_self, controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
                   for unit in args.control],
     )

@@ -420,7 +420,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     noise source (seeded once per batch) run alone.
     """
     alone = (request.init_image is not None or request.batch_count > 1 or bool(request.controls)
-             or request.ip_adapter is not None or sampler_has_own_noise(request.sampler)
+             or request.ip_adapter is not None or request.p2p_source is not None or sampler_has_own_noise(request.sampler)
              or bool(request.image_prompts)
              or request.model is None or describe(Path(request.model)).family.prediction_type == "flow"
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))

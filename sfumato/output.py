@@ -54,6 +54,9 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Template", json.dumps(request.template)))  # Dynamic Prompts writes the same field
     if request.styles:
         fields.append(("Styles", json.dumps(", ".join(request.styles))))
+    if request.p2p_source is not None:
+        fields.append(("Prompt-to-prompt", json.dumps(f"{request.p2p_source} (cross {request.p2p_cross:g}, "
+                                                      f"self {request.p2p_self:g})")))
     if request.ip_adapter:
         fields.append(("IP-Adapter", json.dumps(f"{Path(request.ip_adapter).stem}: {request.ip_scale:g}, "
                                                 f"{len(request.ip_images)} image(s)")))

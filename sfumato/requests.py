@@ -61,6 +61,9 @@ class GenerationRequest:
     ip_images: list[str] = field(default_factory=list)  # its reference images
     ip_scale: float = 1.0
     ip_image_encoder: str | None = None  # the CLIP vision encoder folder (default: image_encoder/ beside the adapter)
+    p2p_source: str | None = None  # prompt-to-prompt: the prompt of the image to edit (same seed); prompt = the edit
+    p2p_cross: float = 0.8  # fraction of steps that keep the source's cross-attention maps
+    p2p_self: float = 0.4  # fraction of steps that keep its self-attention maps
     instruction_edit: bool = False  # InstructPix2Pix: edit the init image by the prompt (set for 8-channel models)
     image_cfg_scale: float = 1.5  # InstructPix2Pix's image guidance (A1111's "Image CFG Scale")
 
@@ -71,7 +74,8 @@ class GenerationRequest:
         for name in ("negative_prompt", "hires_upscaler"):
             if not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string")
-        for name in ("model", "sampler", "init_image", "mask", "prediction_type", "ip_adapter", "ip_image_encoder"):
+        for name in ("model", "sampler", "init_image", "mask", "prediction_type", "ip_adapter", "ip_image_encoder",
+                     "p2p_source"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string or null")
         for name in ("styles", "image_prompts", "ip_images"):
@@ -95,6 +99,10 @@ class GenerationRequest:
         _check_range("strength", self.strength, 0.0, 1.0)
         _check_range("image_cfg_scale", self.image_cfg_scale, 0.0, 30.0)
         _check_range("ip_scale", self.ip_scale, 0.0, 2.0)
+        _check_range("p2p_cross", self.p2p_cross, 0.0, 1.0)
+        _check_range("p2p_self", self.p2p_self, 0.0, 1.0)
+        if self.p2p_source is not None and (self.init_image or self.hires_scale > 1):
+            raise InvalidRequest("prompt-to-prompt edits regenerate from noise: no init image or hires fix")
         if bool(self.ip_adapter) != bool(self.ip_images):
             raise InvalidRequest("an IP-Adapter needs reference images (--ip-image) and reference images need "
                                  "--ip-adapter")

@@ -433,3 +433,42 @@ def test_ip_adapter_with_controlnet_and_errors(sd1, ip_adapter, reference_image,
     lonely.write_bytes(ip_adapter.read_bytes())
     with pytest.raises(Exception, match="CLIP vision encoder"):
         engine.generate(req(ip_adapter=str(lonely), ip_images=[str(reference_image)]))
+
+
+def test_prompt_to_prompt_keeps_the_layout(engine_sd1, monkeypatch):
+    """Editing with no injected steps equals plain generation of the edited prompt; injecting the source's attention
+    maps pulls the edit toward the source image; editing with the source prompt itself returns the source image."""
+    source = latents_of(engine_sd1, req(prompt="a red apple on a table"), monkeypatch)
+    edited_plain = latents_of(engine_sd1, req(prompt="a green pear on a table"), monkeypatch)
+    none = latents_of(engine_sd1, req(prompt="a green pear on a table", p2p_source="a red apple on a table",
+                                      p2p_cross=0.0, p2p_self=0.0), monkeypatch)
+    assert none.shape == edited_plain.shape  # only the edit is decoded
+    assert (none - edited_plain).abs().max().item() <= 1e-4
+    kept = latents_of(engine_sd1, req(prompt="a green pear on a table", p2p_source="a red apple on a table",
+                                      p2p_cross=1.0, p2p_self=1.0), monkeypatch)
+    assert (kept - none).abs().max() > 1e-3
+    # the mechanism: inside the window the edit rows attend exactly like their source rows, after it they do not
+    from sfumato.pipelines import p2p
+
+    seen = []
+    original = p2p.AttentionEdit.edit
+
+    def spy(self, probs, heads, cross):
+        out = original(self, probs, heads, cross)
+        if cross:
+            rows = out.view(-1, heads, *out.shape[1:])
+            seen.append((self.step, [bool(torch.equal(rows[e], rows[s])) for e, s in self.source_rows.items()]))
+        return out
+
+    monkeypatch.setattr(p2p.AttentionEdit, "edit", spy)
+    engine_sd1.generate(req(prompt="a green pear on a table", p2p_source="a red apple on a table", p2p_cross=0.5))
+    monkeypatch.undo()
+    assert all(all(same) for step, same in seen if step < 2) and seen[0][0] == 0
+    assert not any(all(same) for step, same in seen if step >= 2)
+    same = latents_of(engine_sd1, req(prompt="a red apple on a table", p2p_source="a red apple on a table"),
+                      monkeypatch)
+    assert (same - source).abs().max().item() <= 1e-4
+    result = engine_sd1.generate(req(prompt="a green pear on a table", p2p_source="a red apple on a table"))
+    assert len(result.images) == 1 and "Prompt-to-prompt: " in result.images[0].infotext
+    # the UNet's own processors are back
+    assert not any(type(p).__name__ == "EditingProcessor" for p in engine_sd1._loaded.pipe.unet.attn_processors.values())

@@ -17,6 +17,7 @@ from sfumato.control.apply import ControlSet
 from sfumato.control.ip_adapter import image_embeds
 from sfumato.control.models import ControlModel
 from sfumato.control.units import ControlUnit
+from sfumato.errors import InvalidRequest
 from sfumato.models.loader import LoadedModel
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.steps import (
@@ -32,6 +33,7 @@ from sfumato.pipelines.steps import (
 )
 from sfumato.pipelines.guidance import Guidance, build_guidance
 from sfumato.pipelines.instruct import instruct_latents
+from sfumato.pipelines.p2p import AttentionEdit, edit_attention, paired_rows
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import make_scheduler
@@ -107,6 +109,8 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
         latents = instruct_latents(model, request, guidance_for(encoder, request, texts),
                                    _scheduler(model, request, seeds[0]), seeds, subseeds, source.image, progress)
         return to_pil(decode_latents(model, latents))
+    if request.p2p_source is not None:
+        return prompt_to_prompt(model, encoder, request, seeds, subseeds, progress, texts, controls)
     with seamless_tiling(model, request.tile):
         control = _control_set(model, controls, request.width, request.height, len(seeds))
         latents = first_pass(model, request, guidance_for(encoder, request, texts), seeds, subseeds, source, progress,
@@ -124,6 +128,41 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
         mask = source.mask.resize((width, height), Image.Resampling.BILINEAR)
         images = [imgs.overlay(image, original, mask) for image in images]
     return images
+
+
+class _CountingProgress:
+    """Passes progress on and advances the attention edit's step counter."""
+
+    def __init__(self, progress: Progress, edit: AttentionEdit):
+        self.progress, self.edit = progress, edit
+
+    def add_total(self, steps: int) -> None:
+        self.progress.add_total(steps)
+
+    def step(self, latents: torch.Tensor | None = None) -> None:
+        self.edit.step += 1
+        self.progress.step(latents)
+
+
+def prompt_to_prompt(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
+                     subseeds: list[int], progress: Progress, texts: BatchPrompts,
+                     controls: Controls | None = None) -> list[Image.Image]:
+    """The request's prompt as an edit of `p2p_source`: both sampled from the same noise, the edit borrowing the
+    source's attention maps for the first steps (see `pipelines.p2p`). Returns the edited images."""
+    count = len(seeds)
+    pair = BatchPrompts([request.p2p_source] * count + texts.prompts, texts.negatives * 2,
+                        texts.cfg_scale if not isinstance(texts.cfg_scale, torch.Tensor) else texts.cfg_scale.repeat(2))
+    guidance = guidance_for(encoder, request, pair)
+    if not guidance.plain:
+        raise InvalidRequest("prompt-to-prompt edits take single prompts (no AND)")
+    rows = paired_rows(guidance.row_images(), guidance.row_is_negative(), 2 * count)
+    edit = AttentionEdit(rows, round(request.p2p_cross * request.steps), round(request.p2p_self * request.steps))
+    with seamless_tiling(model, request.tile), edit_attention(model.pipe.unet, edit):
+        control = _control_set(model, controls, request.width, request.height, 2 * count)
+        latents = first_pass(model, request, guidance, seeds + seeds, subseeds + subseeds, None,
+                             _CountingProgress(progress, edit), control)
+        pixels = decode_latents(model, latents[count:])
+    return to_pil(pixels)
 
 
 def _control_set(model: LoadedModel, controls: Controls | None, width: int, height: int,
