@@ -472,3 +472,31 @@ def test_prompt_to_prompt_keeps_the_layout(engine_sd1, monkeypatch):
     assert len(result.images) == 1 and "Prompt-to-prompt: " in result.images[0].infotext
     # the UNet's own processors are back
     assert not any(type(p).__name__ == "EditingProcessor" for p in engine_sd1._loaded.pipe.unet.attn_processors.values())
+
+
+def test_controlnet_union_parity_with_diffusers(sdxl, control_image, tmp_path, monkeypatch):
+    """A ControlNet-Union (ProMax layout) model: the unit's preprocessor picks the control type."""
+    from diffusers import ControlNetUnionModel, StableDiffusionXLControlNetUnionPipeline, UNet2DConditionModel
+
+    import inspect
+
+    unet = UNet2DConditionModel.from_pretrained(str(sdxl), subfolder="unet")
+    allowed = set(inspect.signature(ControlNetUnionModel.__init__).parameters)
+    config = {k: v for k, v in unet.config.items() if k in allowed}
+    width = unet.config.block_out_channels[0]
+    union = _randomize(ControlNetUnionModel(**config, conditioning_embedding_out_channels=(8, 16),
+                                            num_trans_channel=width, num_proj_channel=width, num_trans_head=4), 7)
+    union.save_pretrained(str(tmp_path / "union"), safe_serialization=True)
+    ours = latents_of(Engine(sdxl), req(controls=[{**unit(control_image, tmp_path / "union"), "module": "canny",
+                                                   "weight": 0.9}]), monkeypatch)
+    pipe = _plain(StableDiffusionXLControlNetUnionPipeline.from_pretrained(
+        str(sdxl), controlnet=ControlNetUnionModel.from_pretrained(str(tmp_path / "union")), local_files_only=True))
+    from sfumato.control import preprocessors
+
+    edges = preprocessors.run("canny", Image.open(control_image).convert("RGB"))
+    theirs = pipe("a red apple", negative_prompt="blurry", control_image=[edges], control_mode=[3],
+                  controlnet_conditioning_scale=0.9, num_inference_steps=4, guidance_scale=7.0, height=SIZE,
+                  width=SIZE, generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    with pytest.raises(InvalidRequest, match="map type"):
+        Engine(sdxl).generate(req(controls=[unit(control_image, tmp_path / "union")]))

@@ -24,6 +24,10 @@ from sfumato.errors import InvalidRequest
 from sfumato.pipelines import images as imgs
 
 SOFT_INJECTION = 0.825
+# ControlNet-Union (ProMax) control types, by the preprocessor that makes their maps
+UNION_TYPES = {"openpose": 0, "depth": 1, "softedge": 2, "scribble": 2, "canny": 3, "lineart": 3, "lineart_anime": 3,
+               "mlsd": 3, "threshold": 3, "invert": 3, "normal": 4, "segmentation": 5, "tile": 6, "blur": 6,
+               "inpaint": 7}
 
 
 def resize_map(image: Image.Image, width: int, height: int, mode: str) -> Image.Image:
@@ -72,6 +76,13 @@ def map_tensor(unit: ControlUnit, mapped: Image.Image) -> torch.Tensor:
         masked = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0 > 0.5)
         tensor[:, :, masked] = -1.0
     return tensor
+
+
+def union_type(module: str) -> int:
+    if module not in UNION_TYPES:
+        raise InvalidRequest(f"a ControlNet-Union model needs to know the map type; preprocessor {module!r} has none: "
+                             f"use one of {', '.join(sorted(UNION_TYPES))}")
+    return UNION_TYPES[module]
 
 
 @dataclass
@@ -124,9 +135,16 @@ class ControlSet:
                 kwargs["added_cond_kwargs"] = {k: v.to(dtype) for k, v in added.items()}
             if class_labels is not None:
                 kwargs["class_labels"] = class_labels.to(dtype)
+            image = prepared.image.repeat(rows, 1, 1, 1)
+            if prepared.model.kind == "controlnet-union":  # one model, many map types: say which this map is
+                index = union_type(unit.module)
+                kwargs["control_type"] = torch.zeros(rows, net.config.num_control_type, device=image.device,
+                                                     dtype=dtype).index_fill_(1, torch.tensor([index], device=image.device), 1)
+                kwargs["control_type_idx"] = [index]
+                image = [image]
             res_down, res_mid = net(model_input.to(dtype), t, encoder_hidden_states=context.to(dtype),
-                                    controlnet_cond=prepared.image.repeat(rows, 1, 1, 1),
-                                    conditioning_scale=float(unit.weight), return_dict=False, **kwargs)
+                                    controlnet_cond=image, conditioning_scale=float(unit.weight), return_dict=False,
+                                    **kwargs)
             residuals = [*res_down, res_mid]
             if unit.control_mode != "balanced":
                 count = len(residuals)

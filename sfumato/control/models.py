@@ -26,7 +26,7 @@ from sfumato.models import home
 
 CONFIG_METADATA_KEY = "sfumato.config"
 EMBEDDED_CONTROLNETS = Path(__file__).resolve().parent.parent / "models" / "embedded"
-CLASSES = {"ControlNetModel": "controlnet", "ControlNetUnionModel": "controlnet", "T2IAdapter": "t2i-adapter"}
+CLASSES = {"ControlNetModel": "controlnet", "ControlNetUnionModel": "controlnet-union", "T2IAdapter": "t2i-adapter"}
 CROSS_ATTENTION_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
