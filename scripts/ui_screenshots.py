@@ -28,6 +28,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--only", choices=["control"], help="make only this screenshot")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,10 +50,16 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         for seed, prompt in enumerate(["red apple", "rocket", "grinning face", "pizza", "ghost", "rainbow"]):
+            if args.only:
+                break
             httpx.post(base + "/sdapi/v1/txt2img", json={"prompt": prompt, "seed": seed}, timeout=120)
         args.out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+            control_shot(browser, base, args.out)
+            if args.only:
+                browser.close()
+                return
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.goto(base + "/")
             page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
@@ -95,6 +102,37 @@ def main() -> None:
         server.terminate()
         server.wait(10)
     print(f"screenshots in {args.out}")
+
+
+def control_shot(browser, base: str, out: Path) -> None:
+    """The Control tab: a hand-drawn star, its scribble map, and four emoji that follow it."""
+    import math
+
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#control-module option').length > 5")
+    page.click("#tab-control")
+    box = page.locator("#control-canvas").bounding_box()
+    cx, cy, r = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * 0.38
+    points = [(cx + (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
+               cy - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5)) for k in range(11)]
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point, steps=6)
+    page.mouse.up()
+    page.select_option("#control-module", "scribble")
+    page.click("#control-preview")
+    page.wait_for_selector("#control-map:not([hidden])")
+    page.fill("#prompt", "sun")
+    page.fill("#seed", "3")
+    page.fill("#batch_size", "4")
+    page.screenshot(path=str(out / "ui-control.png"))
+    page.click("#generate")
+    page.wait_for_function("document.querySelectorAll('#results img').length === 4 && "
+                           "document.getElementById('progress-text').textContent.startsWith('done')", timeout=120_000)
+    page.screenshot(path=str(out / "ui-control-result.png"))
+    page.close()
 
 
 if __name__ == "__main__":

@@ -348,13 +348,16 @@ def test_instruction_edit_needs_an_instruct_model(sd1, control_image):
 
 @pytest.fixture(scope="module")
 def ip_adapter(sd1, tmp_path_factory):
+    return build_ip_adapter(sd1, tmp_path_factory.mktemp("ip"))
+
+
+def build_ip_adapter(sd1, folder):
     """A tiny IP-Adapter for the tiny SD1 model in the release layout (image_proj.* + ip_adapter.N.to_k/v_ip),
     with a tiny CLIP vision encoder in image_encoder/ beside it."""
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    folder = tmp_path_factory.mktemp("ip")
     torch.manual_seed(5)
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                                             num_attention_heads=4, image_size=32, patch_size=8,
@@ -500,3 +503,23 @@ def test_controlnet_union_parity_with_diffusers(sdxl, control_image, tmp_path, m
     assert (ours - theirs).abs().max().item() <= 1e-4
     with pytest.raises(InvalidRequest, match="map type"):
         Engine(sdxl).generate(req(controls=[unit(control_image, tmp_path / "union")]))
+
+
+def test_cli_control_unit_and_bit_exact_replay(sd1, sd1_controlnet, control_image, tmp_path, capsys):
+    from sfumato.cli import main
+
+    out, again = tmp_path / "a.png", tmp_path / "b.png"
+    code = main(["generate", "a red apple", "--model", str(sd1), "-W", "32", "-H", "32", "--steps", "3", "--seed", "9",
+                 "--control", f"none:{control_image}:{sd1_controlnet}:0.7", "--control-end", "0.5",
+                 "--control-mode", "prompt", "-o", str(out), "--safety", "off"])
+    assert code == 0
+    assert main(["replay", str(out), "-o", str(again), "--safety", "off"]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+    main(["info", str(out)])
+    text = capsys.readouterr().out
+    assert ('ControlNet 0: "Module: none, Model: sd1-cn, Weight: 0.7, Resize Mode: Crop and Resize, Processor Res: -1, '
+            'Threshold A: -1, Threshold B: -1, Guidance Start: 0, Guidance End: 0.5, Pixel Perfect: False, '
+            'Control Mode: My prompt is more important"') in text
+    with pytest.raises(SystemExit) as bad:
+        main(["generate", "x", "--model", str(sd1), "--control", "canny"])
+    assert bad.value.code == 2 and "TYPE:IMAGE" in capsys.readouterr().err

@@ -3,7 +3,6 @@ against a live server and the shipped emoji ControlNet), and the preprocessor en
 
 from __future__ import annotations
 
-import base64
 import io
 import shutil
 
@@ -15,7 +14,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from sfumato.server.app import create_app  # noqa: E402
-from test_control import _controlnet, ip_adapter  # noqa: E402,F401  (a module fixture)
+from test_control import _controlnet, build_ip_adapter  # noqa: E402
 from test_server import LOCAL, _b64, _free_port, _png, _serve, _settings, _wait  # noqa: E402
 
 
@@ -31,11 +30,16 @@ def _outline(size: int = 128) -> Image.Image:
     return image
 
 
+@pytest.fixture(scope="module")
+def tiny_ip_adapter(sd1, tmp_path_factory):
+    return build_ip_adapter(sd1, tmp_path_factory.mktemp("ip"))
+
+
 @pytest.fixture
-def client(tmp_path, sd1, tiny_controlnet, ip_adapter, monkeypatch):
+def client(tmp_path, sd1, tiny_controlnet, tiny_ip_adapter, monkeypatch):
     home = tmp_path / "home"
     shutil.copytree(tiny_controlnet, home / "models" / "controlnet" / "tiny-cn")
-    shutil.copytree(ip_adapter.parent, home / "models" / "ip-adapter")
+    shutil.copytree(tiny_ip_adapter.parent, home / "models" / "ip-adapter")
     with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as c:
         yield c
 
