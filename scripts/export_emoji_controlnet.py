@@ -1,6 +1,6 @@
 """Export a `sfumato train controlnet` run (a checkpoint's EMA weights) as the shipped sfumato-emoji-canny, fp16.
 
-    python scripts/export_emoji_controlnet.py RUN_DIR [--checkpoint step-0005000]
+    python scripts/export_emoji_controlnet.py RUN_DIR [--checkpoint step-0005000] [--float32]
         [--out sfumato/models/embedded/sfumato-emoji-canny]
 """
 
@@ -18,7 +18,7 @@ from sfumato.models.embedded import embedded_model
 from sfumato.training.checkpoints import latest_checkpoint
 
 
-def export(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
+def export(run: Path, out: Path, checkpoint: Path | None = None, half: bool = True) -> Path:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     checkpoint = checkpoint or latest_checkpoint(run)
@@ -30,7 +30,7 @@ def export(run: Path, out: Path, checkpoint: Path | None = None) -> Path:
     weights = load_file(str(checkpoint / "ema.safetensors")) if (checkpoint / "ema.safetensors").exists() else \
         load_file(str(checkpoint / "trainable.safetensors"))
     net.load_state_dict(weights, strict=True)
-    net.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
+    net.to(torch.float16 if half else torch.float32).save_pretrained(str(out), safe_serialization=True)
     (out / "sfumato.json").write_text(json.dumps({"preprocessor": "canny", "base": "sfumato-emoji",
                                                   "checkpoint": checkpoint.name}, indent=2))
     return out
@@ -41,9 +41,10 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--checkpoint", help="a checkpoint folder name (default: the latest)")
     parser.add_argument("--out", type=Path, default=EMBEDDED_CONTROLNETS / "sfumato-emoji-canny")
+    parser.add_argument("--float32", action="store_true", help="keep fp32 weights (a start for further training)")
     args = parser.parse_args()
     checkpoint = args.run / "checkpoints" / args.checkpoint if args.checkpoint else None
-    out = export(args.run, args.out, checkpoint)
+    out = export(args.run, args.out, checkpoint, half=not args.float32)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{out}: {size / 2**20:.2f} MiB")
 

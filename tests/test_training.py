@@ -401,3 +401,36 @@ def test_train_vae_from_the_cli_and_resume(squares, tmp_path, capsys):
     assert vae.config.scaling_factor != 0.18215 and vae.config.sample_size == 16
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 1 + 4
     assert (tmp_path / "run" / "reconstructions.png").exists() and (tmp_path / "run" / "loss.png").exists()
+
+
+def test_controlnet_training_only_trains_the_controlnet_and_its_output_controls(tiny_ldm, squares, tmp_path):
+    """`train controlnet`: the UNet stays frozen, the zero convolutions leave zero, the folder loads as a control
+    model; the warped-image variant (stage 2 of the emoji ControlNet) starts from a given ControlNet."""
+    from diffusers import UNet2DConditionModel
+
+    from sfumato.control.models import load_control_model
+    from sfumato.engine import Engine
+    from sfumato.requests import GenerationRequest
+    from sfumato.training.trainer import train
+
+    before = UNet2DConditionModel.from_pretrained(str(tiny_ldm), subfolder="unet").state_dict()
+    result = train(_config("controlnet", squares, tmp_path / "run", model=str(tiny_ldm), steps=6,
+                           learning_rate=1e-2, preprocessor="canny"), say=_quiet)
+    assert result.output.name == "controlnet" and (result.output / "sfumato.json").exists()
+    net = load_control_model(result.output).module
+    assert net.controlnet_mid_block.weight.abs().max() > 0  # trained away from zero
+    after = UNet2DConditionModel.from_pretrained(str(tiny_ldm), subfolder="unet").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    map_image = tmp_path / "map.png"
+    Image.fromarray(np.where(np.indices((32, 32)).sum(0) % 9 == 0, 255, 0).astype(np.uint8)).convert("RGB").save(
+        map_image)
+    engine = Engine(tiny_ldm)
+    request = GenerationRequest(prompt="a red square", seed=1, steps=3, width=32, height=32)
+    plain = np.asarray(engine.generate(request).images[0].image, np.int16)
+    controlled = engine.generate(GenerationRequest(**{**request.to_dict(), "controls": [
+        {"image": str(map_image), "model": str(result.output)}]})).images[0].image
+    assert np.abs(np.asarray(controlled, np.int16) - plain).max() > 0
+    warped = train(_config("controlnet", squares, tmp_path / "warp", model=str(tiny_ldm), steps=3,
+                           controlnet=str(result.output), control_augment=1.0), say=_quiet)
+    assert load_control_model(warped.output).module.config.conditioning_embedding_out_channels == \
+        net.config.conditioning_embedding_out_channels

@@ -81,6 +81,8 @@ class TrainConfig:
     preprocessor: str = "canny"  # control maps computed from each training image (cached in memory)
     threshold_a: float = -1.0  # the preprocessor's settings (-1: its default)
     threshold_b: float = -1.0
+    controlnet: str | None = None  # start from this ControlNet folder instead of a copy of the UNet encoder
+    control_augment: float = 0.0  # probability of a random warp (scale, shift, rotation) of image and map together
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:

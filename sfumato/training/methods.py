@@ -75,6 +75,7 @@ class TrainSetup:
     _save: Callable[[TrainConfig, Path], Path] | None = None
     _dataset: Callable[[TrainConfig, Callable[[str], None]], tuple[Dataset, list[float]]] | None = None
     control_maps: Callable[[Any, list[int], list[bool]], torch.Tensor] | None = None  # (features, images, flips)
+    control_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (features, images, flips, rng)
 
     def __post_init__(self):
         self.encoder = PromptEncoder(self.pipe, self.info.family.name, self.chunk_length)
@@ -476,7 +477,10 @@ def build_controlnet(config: TrainConfig, device: torch.device, say: Callable[[s
     # the conditioning embedding halves the map once per latent down-scale of the VAE (3 times for SD's 8x)
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     channels = (16, 32, 96, 256)[: scale.bit_length()]
-    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=channels).to(device)
+    if config.controlnet:
+        controlnet = ControlNetModel.from_pretrained(str(config.controlnet), torch_dtype=torch.float32).to(device)
+    else:
+        controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=channels).to(device)
     controlnet.requires_grad_(True)
     chunk = int(loaded.info.settings.get("text_chunk_length", 75))
     setup = TrainSetup(pipe, loaded.info, device, controlnet, dict(controlnet.named_parameters()), chunk_length=chunk)
@@ -491,7 +495,7 @@ def build_controlnet(config: TrainConfig, device: torch.device, say: Callable[[s
                 array = ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
                 mapped = preprocessors.run(preprocessor.name, Image.fromarray(array), None, config.threshold_a,
                                            config.threshold_b)
-                cache[key] = torch.from_numpy(np.asarray(mapped)).permute(2, 0, 1).contiguous()
+                cache[key] = torch.from_numpy(np.array(mapped)).permute(2, 0, 1).contiguous()
         return torch.stack([cache[key] for key in zip(indices, flips)]).float().div(255).to(device)
 
     def save(cfg: TrainConfig, run: Path) -> Path:
@@ -502,9 +506,63 @@ def build_controlnet(config: TrainConfig, device: torch.device, say: Callable[[s
         return out
 
     setup.control_maps, setup._save = control_maps, save
+    if config.control_augment > 0:
+        setup.control_batch = _augmented_batches(config, setup, preprocessor.name)
     say(f"ControlNet ({preprocessor.name} maps): {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f}M "
         f"trainable parameters, conditioning embedding {channels}")
     return setup
+
+
+def _augmented_batches(config: TrainConfig, setup: TrainSetup, preprocessor: str):
+    """Latents and control maps of randomly warped training images (scale 0.55-1.1, shift up to a quarter of the
+    side, rotation up to 30 degrees, white fill), so the ControlNet learns to move, resize and turn what the prompt
+    names (an emoji model has memorised one layout per name). Uses its own copy of the VAE (the pipeline's is
+    parked during training)."""
+    import copy
+
+    from PIL import Image
+
+    from sfumato.control import preprocessors
+    from sfumato.training.data import load_pixels
+
+    vae = copy.deepcopy(setup.pipe.vae).to(setup.device).eval()
+    shift = vae.config.get("shift_factor") or 0.0
+
+    def warp(image: Image.Image, rng) -> Image.Image:
+        if rng.random() >= config.control_augment:
+            return image
+        width, height = image.size
+        scale, angle = rng.uniform(0.55, 1.1), rng.uniform(-30, 30)
+        dx, dy = rng.uniform(-0.25, 0.25) * width, rng.uniform(-0.25, 0.25) * height
+        turned = image.rotate(angle, Image.Resampling.BICUBIC, translate=(dx, dy), fillcolor=(255, 255, 255))
+        return _scaled(turned, scale)
+
+    def batch(features, indices: list[int], flips: list[bool], rng) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels, maps = [], []
+        for index, flip in zip(indices, flips):
+            tensor = load_pixels(features.dataset.examples[index].path, *features.plan.sizes[index], flip)
+            array = ((tensor.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
+            image = warp(Image.fromarray(array), rng)
+            mapped = preprocessors.run(preprocessor, image, None, config.threshold_a, config.threshold_b)
+            pixels.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
+            maps.append(torch.from_numpy(np.asarray(mapped, dtype=np.float32) / 255).permute(2, 0, 1))
+        with torch.no_grad():
+            posterior = vae.encode(torch.stack(pixels).to(setup.device)).latent_dist
+            latents = (posterior.sample() - shift) * vae.config.scaling_factor
+        return latents, torch.stack(maps).to(setup.device)
+
+    return batch
+
+
+def _scaled(image, scale: float):
+    """Zoom about the centre by `scale` (smaller: white margin; larger: cropped), keeping the size."""
+    from PIL import Image
+
+    width, height = image.size
+    small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(small, ((width - small.width) // 2, (height - small.height) // 2))
+    return canvas
 
 
 BUILDERS = {"scratch": build_scratch, "full": build_full, "lora": build_lora, "dreambooth": build_dreambooth,

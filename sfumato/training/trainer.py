@@ -133,7 +133,13 @@ def loss_for_batch(config: TrainConfig, setup: TrainSetup, features: Features, i
                    rng: random.Random) -> torch.Tensor:
     """The (prior-weighted, optionally min-SNR-weighted) MSE of the noise (or velocity) prediction."""
     flips = [config.flip and rng.random() < 0.5 for _ in indices]
-    latents = _batch_latents(setup, features, indices, flips).to(setup.device)
+    control = None
+    if setup.control_batch is not None:  # augmented ControlNet training: latents and maps of the same warped images
+        latents, control = setup.control_batch(features, indices, flips, rng)
+    else:
+        latents = _batch_latents(setup, features, indices, flips).to(setup.device)
+        if setup.control_maps:
+            control = setup.control_maps(features, indices, flips)
     rows = _choose_captions(features, indices, config, rng)
     if features.embeds is not None:
         embeds = features.embeds[rows].to(setup.device)
@@ -150,7 +156,6 @@ def loss_for_batch(config: TrainConfig, setup: TrainSetup, features: Features, i
     prediction_type = config.prediction_type or scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     height, width = latents.shape[-2] * setup.vae_scale, latents.shape[-1] * setup.vae_scale
-    control = setup.control_maps(features, indices, flips) if setup.control_maps else None
     prediction = setup.predict(noisy, timesteps, embeds, pooled, width, height, control)
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if config.min_snr_gamma:
