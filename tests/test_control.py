@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 from sfumato.control.models import load_control_model, save_single_file
 from sfumato.engine import Engine
 from sfumato.errors import InvalidRequest
-from sfumato.pipelines import tasks
 from sfumato.requests import GenerationRequest
+from test_engine import capture_latents as latents_of
 
 SIZE = 32
 
@@ -81,20 +81,6 @@ def req(**kw):
 
 def unit(image, model, **kw):
     return {"image": str(image), "model": str(model), "module": "none", **kw}
-
-
-def latents_of(engine, request, monkeypatch):
-    captured = {}
-    original = tasks.decode_latents
-
-    def spy(model, latents):
-        captured["latents"] = latents.clone()
-        return original(model, latents)
-
-    monkeypatch.setattr(tasks, "decode_latents", spy)
-    engine.generate(request)
-    monkeypatch.setattr(tasks, "decode_latents", original)
-    return captured["latents"]
 
 
 def _plain(pipe):

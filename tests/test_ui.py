@@ -65,6 +65,12 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def _generate_and_get_job(page, server: str) -> dict:
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=60_000)
+    return httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+
+
 def _small(page, steps: int = 2) -> None:
     page.fill("#width", "64")
     page.fill("#height", "64")
@@ -109,9 +115,7 @@ def test_inpaint_with_a_drawn_mask(page, server, tmp_path):
     _shot(page, "edit")
     page.fill("#prompt", "blue sky")
     page.fill("#steps", "3")
-    page.click("#generate")
-    page.wait_for_selector("#results img", timeout=60_000)
-    job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+    job = _generate_and_get_job(page, server)
     assert job["status"] == "completed" and job["request"]["mask"] and job["request"]["init_image"]
     mask = Image.open(job["request"]["mask"]).convert("L")
     assert mask.getpixel((6, 32)) == 255 and mask.getpixel((32, 32)) == 0 and mask.getpixel((60, 32)) == 0
@@ -236,9 +240,7 @@ def test_draw_an_outline_and_get_an_emoji_that_follows_it(browser, emoji_server)
     _shot(page, "control")
     page.fill("#prompt", "red apple")
     page.fill("#seed", "11")
-    page.click("#generate")
-    page.wait_for_selector("#results img", timeout=60_000)
-    job = httpx.get(emoji_server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+    job = _generate_and_get_job(page, emoji_server)
     assert job["status"] == "completed", job
     unit = job["request"]["controls"][0]
     assert unit["module"] == "scribble" and unit["model"] == "sfumato-emoji-canny"

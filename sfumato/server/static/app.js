@@ -311,14 +311,16 @@ function maskDataURL() {  // white = repaint, on black
   return out.toDataURL("image/png");
 }
 
+function canvasPoint(canvas, e) {  // pointer position in the canvas's own pixels
+  const rect = canvas.getBoundingClientRect();
+  return [(e.clientX - rect.left) * canvas.width / rect.width, (e.clientY - rect.top) * canvas.height / rect.height];
+}
+
 function setupMask() {
   const canvas = $("mask-canvas");
   const ctx = canvas.getContext("2d");
   let drawing = false;
-  const point = (e) => {
-    const rect = canvas.getBoundingClientRect();
-    return [(e.clientX - rect.left) * canvas.width / rect.width, (e.clientY - rect.top) * canvas.height / rect.height];
-  };
+  const point = (e) => canvasPoint(canvas, e);
   const paint = (e) => {
     const [x, y] = point(e);
     const r = Number($("brush").value) * canvas.width / 256 / 2;
@@ -348,10 +350,7 @@ function setupControl() {
   const ctx = canvas.getContext("2d");
   clearControl();
   let last = null;
-  const point = (e) => {
-    const rect = canvas.getBoundingClientRect();
-    return [(e.clientX - rect.left) * canvas.width / rect.width, (e.clientY - rect.top) * canvas.height / rect.height];
-  };
+  const point = (e) => canvasPoint(canvas, e);
   const stroke = (e) => {
     const [x, y] = point(e);
     ctx.strokeStyle = "#000000"; ctx.lineCap = "round"; ctx.lineWidth = Number($("control-pen").value);
