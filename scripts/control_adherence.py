@@ -12,59 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import tempfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from sfumato.engine import Engine
-from sfumato.evaluation.control import Case, adherence
+from sfumato.evaluation.control import Case, adherence, drawn_cases
 from sfumato.requests import GenerationRequest
-
-PROMPTS = ["red apple", "grinning face", "sun", "pizza", "ghost", "rocket", "red heart", "cat face"]
-
-
-def outline(name: str, size: int = 256, width: int = 10) -> Image.Image:
-    """A black outline on white, as a person would draw it."""
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    c, r = size / 2, size * 0.36
-    if name == "circle":
-        draw.ellipse((c - r, c - r, c + r, c + r), outline="black", width=width)
-    elif name == "square":
-        draw.rectangle((c - r, c - r, c + r, c + r), outline="black", width=width)
-    else:
-        points = {
-            "triangle": [(c, c - r), (c + r, c + r * 0.8), (c - r, c + r * 0.8)],
-            "diamond": [(c, c - r), (c + r, c), (c, c + r), (c - r, c)],
-            "star": [(c + (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
-                      c - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5)) for k in range(10)],
-            "heart": [(c + r * 16 * math.sin(t) ** 3 / 17, c - r * (13 * math.cos(t) - 5 * math.cos(2 * t)
-                       - 2 * math.cos(3 * t) - math.cos(4 * t)) / 17) for t in [k * math.pi / 24 for k in range(48)]],
-            "cross": [(c - r * 0.3, c - r), (c + r * 0.3, c - r), (c + r * 0.3, c - r * 0.3), (c + r, c - r * 0.3),
-                      (c + r, c + r * 0.3), (c + r * 0.3, c + r * 0.3), (c + r * 0.3, c + r), (c - r * 0.3, c + r),
-                      (c - r * 0.3, c + r * 0.3), (c - r, c + r * 0.3), (c - r, c - r * 0.3), (c - r * 0.3, c - r * 0.3)],
-            "arrow": [(c - r, c - r * 0.25), (c, c - r * 0.25), (c, c - r * 0.7), (c + r, c), (c, c + r * 0.7),
-                      (c, c + r * 0.25), (c - r, c + r * 0.25)],
-        }[name]
-        draw.line(points + points[:1], fill="black", width=width, joint="curve")
-    return image
-
-
-SHAPES = ["circle", "triangle", "square", "star", "heart", "diamond", "cross", "arrow"]
-
-
-def drawn_cases(folder: Path, prompts: list[str] = PROMPTS, shapes: list[str] = SHAPES) -> list[Case]:
-    cases = []
-    for k, shape in enumerate(shapes):
-        path = folder / f"{shape}.png"
-        outline(shape).save(path)
-        for p, prompt in enumerate(prompts):
-            cases.append(Case(prompt, str(path), "scribble", seed=100 * k + p, kind="drawn"))
-    return cases
-
 
 def emoji_cases(data: Path, folder: Path, count: int) -> list[Case]:
     from sfumato.control import preprocessors

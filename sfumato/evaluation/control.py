@@ -8,11 +8,13 @@ pixels. The same prompt and seed without the unit gives the baseline; adherence 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sfumato.control import preprocessors
 from sfumato.control.apply import control_map
@@ -26,6 +28,54 @@ class Case:
     module: str = "scribble"
     seed: int = 0
     kind: str = "drawn"
+
+
+PROMPTS = ["red apple", "grinning face", "sun", "pizza", "ghost", "rocket", "red heart", "cat face"]
+
+
+def outline(name: str, size: int = 256, width: int = 10) -> Image.Image:
+    """A black outline on white, as a person would draw it."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    c, r = size / 2, size * 0.36
+    if name == "circle":
+        draw.ellipse((c - r, c - r, c + r, c + r), outline="black", width=width)
+    elif name in ("small-circle-top-left", "small-circle-bottom-right"):  # placement: a small shape off centre
+        x = y = size * (0.32 if name.endswith("left") else 0.66)
+        draw.ellipse((x - size * 0.2, y - size * 0.2, x + size * 0.2, y + size * 0.2), outline="black", width=width)
+    elif name == "square":
+        draw.rectangle((c - r, c - r, c + r, c + r), outline="black", width=width)
+    else:
+        points = {
+            "triangle": [(c, c - r), (c + r, c + r * 0.8), (c - r, c + r * 0.8)],
+            "diamond": [(c, c - r), (c + r, c), (c, c + r), (c - r, c)],
+            "star": [(c + (r if k % 2 == 0 else r * 0.45) * math.sin(k * math.pi / 5),
+                      c - (r if k % 2 == 0 else r * 0.45) * math.cos(k * math.pi / 5)) for k in range(10)],
+            "heart": [(c + r * 16 * math.sin(t) ** 3 / 17, c - r * (13 * math.cos(t) - 5 * math.cos(2 * t)
+                       - 2 * math.cos(3 * t) - math.cos(4 * t)) / 17) for t in [k * math.pi / 24 for k in range(48)]],
+            "cross": [(c - r * 0.3, c - r), (c + r * 0.3, c - r), (c + r * 0.3, c - r * 0.3), (c + r, c - r * 0.3),
+                      (c + r, c + r * 0.3), (c + r * 0.3, c + r * 0.3), (c + r * 0.3, c + r), (c - r * 0.3, c + r),
+                      (c - r * 0.3, c + r * 0.3), (c - r, c + r * 0.3), (c - r, c - r * 0.3), (c - r * 0.3, c - r * 0.3)],
+            "arrow": [(c - r, c - r * 0.25), (c, c - r * 0.25), (c, c - r * 0.7), (c + r, c), (c, c + r * 0.7),
+                      (c, c + r * 0.25), (c - r, c + r * 0.25)],
+        }[name]
+        draw.line(points + points[:1], fill="black", width=width, joint="curve")
+    return image
+
+
+SHAPES = ["circle", "triangle", "square", "star", "heart", "diamond", "cross", "arrow", "small-circle-top-left",
+          "small-circle-bottom-right"]
+
+
+def drawn_cases(folder: Path, prompts: list[str] = PROMPTS, shapes: list[str] = SHAPES) -> list[Case]:
+    """Every outline with every prompt, one seed each (outlines saved as PNGs in `folder`)."""
+    cases = []
+    for k, shape in enumerate(shapes):
+        path = folder / f"{shape}.png"
+        outline(shape).save(path)
+        for p, prompt in enumerate(prompts):
+            cases.append(Case(prompt, str(path), "scribble", seed=100 * k + p, kind="drawn"))
+    return cases
 
 
 def edge_f1(control_map: Image.Image, generated: Image.Image, tolerance: int = 1) -> float:
