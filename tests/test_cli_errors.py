@@ -105,6 +105,13 @@ CASES = [
     (["serve", "--port", "http"], 2),
     (["data", "nope", "{tmp}/d"], 2),
     (["models", "--bogus"], 2),
+    (["preprocess", "canny", "{missing}", "-o", "{tmp}/m.png"], 2),
+    (["preprocess", "depth", "{missing}", "-o", "{tmp}/m.png"], 2),
+    (["preprocess", "sparkles", "{missing}", "-o", "{tmp}/m.png"], 2),
+    (["preprocess", "canny", "{missing}", "-o", "{tmp}/m.jpg"], 2),
+    (["generate", "x", "--model", "{sd1}", "--control", "canny"], 2),
+    (["generate", "x", "--model", "{sd1}", "--control", "canny:{missing}:nope:0.5"], 2),
+    (["generate", "x", "--model", "{sd1}", "--ip-adapter", "{missing}"], 2),
     (["nonsense"], 2),
 ]
 
