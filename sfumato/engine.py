@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from sfumato.control.ip_adapter import ip_adapter_loaded, resolve_adapter, resolve_encoder
+from sfumato.control.ip_adapter import (IPAdapterWeights, ip_adapter_loaded, load_ip_adapter_weights,
+                                        resolve_adapter, resolve_encoder)
 from sfumato.control.models import ControlModel, controlnet_dir, embedded_controlnet, load_control_model
 from sfumato.control.models import resolve as resolve_control
 from sfumato.control.units import ControlUnit, parse_units
@@ -98,6 +99,7 @@ class Engine:
         self._encoder: PromptEncoder | None = None
         self._load_lock = threading.Lock()
         self._control_cache: dict[tuple[str, str, str], ControlModel] = {}
+        self._ip_cache: tuple[tuple[str, ...], IPAdapterWeights] | None = None
 
     @classmethod
     def with_model(cls, loaded: LoadedModel) -> "Engine":
@@ -244,6 +246,15 @@ class Engine:
             pairs.append((unit, self._control_cache[key]))
         return pairs
 
+    def _ip_adapter_weights(self, adapter: Path, encoder: Path) -> IPAdapterWeights:
+        """The adapter's weights and vision encoder, loaded once and kept (the last one used) across requests."""
+        model = self._loaded
+        key = (str(adapter), str(encoder), str(model.device), str(model.dtype))
+        if self._ip_cache is None or self._ip_cache[0] != key:
+            self._ip_cache = None  # free the old encoder first
+            self._ip_cache = (key, load_ip_adapter_weights(adapter, encoder, model.device, model.dtype))
+        return self._ip_cache[1]
+
     def _expand_dynamic(self, resolved: GenerationRequest, template: str) -> GenerationRequest:
         """Keep the template; give each image its own resolved prompt (drawn with its seed, or all combinations)."""
         changes: dict = {"template": template}
@@ -304,8 +315,8 @@ class Engine:
         with contextlib.ExitStack() as stack:
             if resolved.ip_adapter:
                 adapter = resolve_adapter(resolved.ip_adapter)
-                encoder = resolve_encoder(adapter, resolved.ip_image_encoder)
-                stack.enter_context(ip_adapter_loaded(model.pipe, adapter, encoder, resolved.ip_scale))
+                weights = self._ip_adapter_weights(adapter, resolve_encoder(adapter, resolved.ip_image_encoder))
+                stack.enter_context(ip_adapter_loaded(model.pipe, weights, resolved.ip_scale, str(adapter)))
                 controls.ip_images = [imgs.load_image(p, "IP-Adapter image").convert("RGB") for p in resolved.ip_images]
             results = self._batches(resolved, model, tracker, controls, model_hash, hashes)
         return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))

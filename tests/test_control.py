@@ -416,6 +416,9 @@ def test_ip_adapter_with_controlnet_and_errors(sd1, ip_adapter, reference_image,
     both = engine.generate(req(ip_adapter=str(ip_adapter), ip_images=[str(reference_image)] * 2,
                                controls=[unit(control_image, sd1_controlnet)]))
     assert len(both.images) == 1
+    weights = engine._ip_cache[1]  # the adapter and its vision encoder are loaded once, not per request
+    engine.generate(req(ip_adapter=str(ip_adapter), ip_images=[str(reference_image)]))
+    assert engine._ip_cache[1] is weights
     with pytest.raises(InvalidRequest, match="needs reference images"):
         engine.generate(req(ip_adapter=str(ip_adapter)))
     lonely = tmp_path / "ip.safetensors"

@@ -10,6 +10,7 @@ the adapter out again after the batch so the UNet is unchanged for the next requ
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -68,23 +69,36 @@ def adapter_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return state
 
 
-@contextlib.contextmanager
-def ip_adapter_loaded(pipe, adapter: Path, encoder: Path, scale: float) -> Iterator[None]:
-    """The pipeline with the adapter and its image encoder in place, inside the block only."""
+@dataclass
+class IPAdapterWeights:
+    """An adapter's tensors and its CLIP vision encoder, loaded once and kept by the engine across requests."""
+
+    state: dict[str, dict[str, torch.Tensor]]
+    vision: torch.nn.Module
+    processor: object
+
+
+def load_ip_adapter_weights(adapter: Path, encoder: Path, device, dtype: torch.dtype) -> IPAdapterWeights:
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     vision = CLIPVisionModelWithProjection.from_pretrained(str(encoder), local_files_only=True,
-                                                           use_safetensors=True).to(pipe.device, pipe.unet.dtype)
-    processor_file = encoder / "preprocessor_config.json"
+                                                           use_safetensors=True).to(device, dtype).eval()
     size = vision.config.image_size
-    processor = CLIPImageProcessor.from_pretrained(str(encoder)) if processor_file.exists() else \
-        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    pipe.register_modules(image_encoder=vision.eval(), feature_extractor=processor)
+    processor = CLIPImageProcessor.from_pretrained(str(encoder)) if (encoder / "preprocessor_config.json").exists() \
+        else CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return IPAdapterWeights(adapter_state(adapter), vision, processor)
+
+
+@contextlib.contextmanager
+def ip_adapter_loaded(pipe, weights: IPAdapterWeights, scale: float, name: str = "IP-Adapter") -> Iterator[None]:
+    """The pipeline with the adapter and its image encoder in place, inside the block only."""
+    pipe.register_modules(image_encoder=weights.vision, feature_extractor=weights.processor)
+    state = {group: dict(tensors) for group, tensors in weights.state.items()}  # diffusers may consume its input
     try:
-        pipe.load_ip_adapter(adapter_state(adapter), subfolder=None, weight_name=None, image_encoder_folder=None)
+        pipe.load_ip_adapter(state, subfolder=None, weight_name=None, image_encoder_folder=None)
     except (KeyError, RuntimeError, ValueError) as exc:
         pipe.register_modules(image_encoder=None, feature_extractor=None)
-        raise UnsupportedModel(f"{adapter}: does not fit this model ({str(exc).splitlines()[0][:200]})") from None
+        raise UnsupportedModel(f"{name}: does not fit this model ({str(exc).splitlines()[0][:200]})") from None
     pipe.set_ip_adapter_scale(scale)
     try:
         yield
