@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from PIL import Image
 
 from sfumato.control.ip_adapter import (IPAdapterWeights, ip_adapter_loaded, load_ip_adapter_weights,
                                         resolve_adapter, resolve_encoder)
@@ -30,17 +31,19 @@ from sfumato.models.lora import apply_loras, check_loras, lora_hashes
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
+from sfumato.pipelines.recipes import recipe_request
 from sfumato.pipelines.tasks import BatchPrompts, Controls, generate_batch
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.prompts.dynamic import apply_styles, has_dynamic, image_prompts
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and
 from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
 from sfumato.prompts.lora_tags import extract_lora_tags
-from sfumato.requests import GeneratedImage, GenerationRequest, GenerationResult
+from sfumato.requests import LATENT_UPSCALERS, GeneratedImage, GenerationRequest, GenerationResult, UpscaleRequest
 from sfumato.safety.classifier import SafetySettings, nsfw_scores
 from sfumato.safety.classifier import blur as blur_image
 from sfumato.safety.policy import PromptPolicy
 from sfumato.sampling.samplers import get_sampler, sampler_has_own_noise
+from sfumato import upscale as upscalers
 
 SHIPPED_MODULES = ("canny", "scribble", "threshold", "invert", "lineart", "softedge", "none")  # edge-like maps
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far)
@@ -100,6 +103,8 @@ class Engine:
         self._load_lock = threading.Lock()
         self._control_cache: dict[tuple[str, str, str], ControlModel] = {}
         self._ip_cache: tuple[tuple[str, ...], IPAdapterWeights] | None = None
+        self._upscalers: dict[tuple[str, str], upscalers.Upscaler] = {}
+        self._upscaler_lock = threading.Lock()
 
     @classmethod
     def with_model(cls, loaded: LoadedModel) -> "Engine":
@@ -207,6 +212,7 @@ class Engine:
             resolved = self._expand_dynamic(resolved, request.prompt)
         if resolved.controls:
             resolved = dataclasses.replace(resolved, controls=self._resolve_units(resolved, info))
+        resolved = self._resolve_upscalers(resolved)
         if resolved.ip_adapter:
             adapter = resolve_adapter(resolved.ip_adapter)
             resolve_encoder(adapter, resolved.ip_image_encoder)
@@ -216,6 +222,54 @@ class Engine:
             check_flow_request(family.name, resolved)
         check_loras(resolved.loras)
         return resolved
+
+    def _resolve_upscalers(self, request: GenerationRequest) -> GenerationRequest:
+        """Upscaler names as the registry spells them (so PNG metadata and replays agree); unknown ones fail now."""
+        changes = {}
+        if request.hires_upscaler.lower() in LATENT_UPSCALERS:
+            changes["hires_upscaler"] = request.hires_upscaler.lower()
+        elif request.hires_scale > 1 or request.hires_upscaler != "latent":
+            changes["hires_upscaler"] = upscalers.find(request.hires_upscaler).name
+        if request.init_upscaler:
+            changes["init_upscaler"] = upscalers.find(request.init_upscaler).name
+        if request.sd_upscale > 1:
+            changes["sd_upscale_upscaler"] = upscalers.find(request.sd_upscale_upscaler).name
+        return dataclasses.replace(request, **changes)
+
+    def upscaler(self, name: str) -> upscalers.Upscaler:
+        """A loaded upscaler, kept across requests (the three most recent), on the engine's device."""
+        info = upscalers.find(name)
+        device = str(self._loaded.device) if self._loaded is not None else (self.device or "cpu")
+        key = (info.name, device)
+        with self._upscaler_lock:
+            if key not in self._upscalers:
+                if len(self._upscalers) >= 3:
+                    self._upscalers.pop(next(iter(self._upscalers)))
+                self._upscalers[key] = upscalers.load(info, device)
+            return self._upscalers[key]
+
+    def upscale(self, image, request: UpscaleRequest):
+        """Upscale one PIL image (A1111 "Extras"); returns the new image. Loads no diffusion model."""
+        request = dataclasses.replace(request).validate()
+        size, (target_w, target_h) = upscalers.extras_sizes(image.size, request.scale, request.width, request.height,
+                                                            request.crop)
+        out = upscalers.upscale(image, self.upscaler(request.upscaler), *size, request.tile, request.tile_overlap)
+        if request.upscaler_2 and request.upscaler_2_visibility > 0:
+            second = upscalers.upscale(image, self.upscaler(request.upscaler_2), *size, request.tile,
+                                       request.tile_overlap)
+            out = Image.blend(out, second, request.upscaler_2_visibility)
+        if out.size != (target_w, target_h):  # crop the centre to the asked size (A1111 "crop to fit")
+            left, top = (out.width - target_w) // 2, (out.height - target_h) // 2
+            out = out.crop((left, top, left + target_w, top + target_h))
+        return out
+
+    def recipe(self, name: str, image: str, structure_model: str | None = None, **fields) -> GenerationRequest:
+        """The request of an image recipe (colorize, restore, style; see `pipelines.recipes`). A style keeps the
+        image's edges with a canny ControlNet: `structure_model`, else the model's shipped one, else none."""
+        structure = True
+        if name == "style" and not structure_model:
+            structure = embedded_controlnet(self.describe(fields.get("model")).name) is not None
+        return recipe_request(name, image, structure_model, structure, **fields)
 
     def _resolve_units(self, request: GenerationRequest, info: ModelInfo) -> list[dict]:
         """Normalised units; a unit without a model gets the control model shipped for the embedded base model."""
@@ -335,7 +389,7 @@ class Engine:
             else:
                 texts = BatchPrompts(prompts, [resolved.negative_prompt] * len(seeds), resolved.cfg_scale)
                 pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker, texts,
-                                          controls)
+                                          controls, self.upscaler)
             for i, picture in enumerate(pictures):
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i])
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
@@ -413,7 +467,8 @@ class Engine:
         seeds = [job.seed + i for job, i in rows]
         subseeds = [job.subseed + i for job, i in rows]
         template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
-        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview), texts)
+        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview), texts,
+                                  upscaler_for=self.upscaler)
         model_hash, hashes = model.hash, lora_hashes(jobs[0].loras) if jobs[0].loras else None
         seconds = time.perf_counter() - started
         out: dict[int, list[GeneratedImage]] = {id(job): [] for job in jobs}
@@ -432,6 +487,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     """
     alone = (request.init_image is not None or request.batch_count > 1 or bool(request.controls)
              or request.ip_adapter is not None or request.p2p_source is not None or sampler_has_own_noise(request.sampler)
+             or request.sd_upscale > 1
              or bool(request.image_prompts)
              or request.model is None or describe(Path(request.model)).family.prediction_type == "flow"
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))

@@ -45,7 +45,15 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         if not request.init_image:
             fields.append(("Denoising strength", f"{request.hires_strength:g}"))
         fields += [("Hires upscale", f"{request.hires_scale:g}"), ("Hires steps", request.hires_steps or request.steps),
-                   ("Hires upscaler", HIRES_UPSCALER_NAMES[request.hires_upscaler])]
+                   ("Hires upscaler", HIRES_UPSCALER_NAMES.get(request.hires_upscaler, request.hires_upscaler))]
+    if request.sd_upscale > 1:  # the keys A1111's "SD upscale" script writes, plus ours
+        fields += [("SD upscale overlap", request.sd_upscale_overlap),
+                   ("SD upscale upscaler", request.sd_upscale_upscaler),
+                   ("SD upscale", f"{request.sd_upscale:g}"), ("SD upscale strength", f"{request.sd_upscale_strength:g}")]
+    if request.init_upscaler:
+        fields.append(("Init upscaler", request.init_upscaler))
+    if request.colorize:
+        fields.append(("Colorize", "True"))
     if request.tile:
         fields.append(("Tiling", "True"))
     if lora_hashes:

@@ -14,7 +14,7 @@ MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE = 16, 4096
 MAX_PIXELS = 4096 * 4096
 OUTPAINT_SIDES = ("left", "right", "up", "down")
-HIRES_UPSCALERS = ("latent", "latent-nearest", "lanczos", "bicubic")
+LATENT_UPSCALERS = ("latent", "latent-nearest")  # hires fix in latent space; any upscaler name works in pixels
 
 
 @dataclass
@@ -49,7 +49,7 @@ class GenerationRequest:
     hires_scale: float = 1.0
     hires_strength: float = 0.55
     hires_steps: int | None = None
-    hires_upscaler: str = "latent"
+    hires_upscaler: str = "latent"  # latent, latent-nearest, or an upscaler name (`sfumato upscalers`)
     loras: list[tuple[str, float]] = field(default_factory=list)
     prediction_type: str | None = None  # override the model's (epsilon / v_prediction), for mis-detected files
     styles: list[str] = field(default_factory=list)  # names in $SFUMATO_HOME/styles.csv, applied in order
@@ -66,16 +66,22 @@ class GenerationRequest:
     p2p_self: float = 0.4  # fraction of steps that keep its self-attention maps
     instruction_edit: bool = False  # InstructPix2Pix: edit the init image by the prompt (set for 8-channel models)
     image_cfg_scale: float = 1.5  # InstructPix2Pix's image guidance (A1111's "Image CFG Scale")
+    init_upscaler: str | None = None  # pass the init image through this upscaler first (restoration), then resize
+    sd_upscale: float = 1.0  # > 1: upscale the image by this factor, then img2img it tile by tile (A1111 SD upscale)
+    sd_upscale_upscaler: str = "R-ESRGAN 4x+"
+    sd_upscale_overlap: int = 64  # pixels shared by neighbouring tiles, blended
+    sd_upscale_strength: float = 0.3  # denoising strength of each tile's img2img
+    colorize: bool = False  # the init image's luminance with the generated colours (Lab): colourise a grayscale photo
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
         if not isinstance(self.prompt, str):
             raise InvalidRequest("prompt must be a string")
-        for name in ("negative_prompt", "hires_upscaler"):
+        for name in ("negative_prompt", "hires_upscaler", "sd_upscale_upscaler"):
             if not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string")
         for name in ("model", "sampler", "init_image", "mask", "prediction_type", "ip_adapter", "ip_image_encoder",
-                     "p2p_source"):
+                     "p2p_source", "init_upscaler"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string or null")
         for name in ("styles", "image_prompts", "ip_images"):
@@ -83,7 +89,7 @@ class GenerationRequest:
                 raise InvalidRequest(f"{name} must be a list of strings")
         if self.template is not None and not isinstance(self.template, str):
             raise InvalidRequest("template must be a string or null")
-        for name in ("tile", "inpaint_full_image_overlay", "combinatorial", "instruction_edit"):
+        for name in ("tile", "inpaint_full_image_overlay", "combinatorial", "instruction_edit", "colorize"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidRequest(f"{name} must be true or false")
         if not isinstance(self.outpaint, dict):
@@ -124,12 +130,27 @@ class GenerationRequest:
             _check_range(name, value, MIN_SIDE, MAX_SIDE, integer=True)
             if value % 8:
                 raise InvalidRequest(f"{name} must be a multiple of 8, got {value} (try {round(value / 8) * 8 or 8})")
-        if self.width and self.height and self.width * self.height * self.hires_scale**2 > MAX_PIXELS:
-            raise InvalidRequest(f"image of {self.width}x{self.height} (x{self.hires_scale} hires) exceeds {MAX_PIXELS} pixels")
+        _check_range("sd_upscale", self.sd_upscale, 1.0, 4.0)
+        _check_range("sd_upscale_overlap", self.sd_upscale_overlap, 0, 512, integer=True)
+        _check_range("sd_upscale_strength", self.sd_upscale_strength, 0.0, 1.0)
+        growth = (self.hires_scale * self.sd_upscale) ** 2
+        if self.width and self.height and self.width * self.height * growth > MAX_PIXELS:
+            raise InvalidRequest(f"image of {self.width}x{self.height} (x{self.hires_scale:g} hires, "
+                                 f"x{self.sd_upscale:g} SD upscale) exceeds {MAX_PIXELS} pixels")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
             raise InvalidRequest(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
-        if self.hires_upscaler not in HIRES_UPSCALERS:
-            raise InvalidRequest(f"hires_upscaler must be one of {', '.join(HIRES_UPSCALERS)}, got {self.hires_upscaler!r}")
+        for name in ("hires_upscaler", "sd_upscale_upscaler", "init_upscaler"):
+            value = getattr(self, name)
+            if value is not None and (not value or len(value) > 256 or "\x00" in value):
+                raise InvalidRequest(f"{name} must name an upscaler (see `sfumato upscalers`)")
+        if self.colorize and not self.init_image:
+            raise InvalidRequest("colorize needs the image to colour (--init-image)")
+        if self.init_upscaler and not self.init_image:
+            raise InvalidRequest("init_upscaler needs an init image (--init-image)")
+        if self.sd_upscale > 1 and (self.p2p_source is not None or self.instruction_edit or self.mask
+                                    or self.outpaint or self.hires_scale > 1):
+            raise InvalidRequest("SD upscale does not combine with prompt-to-prompt, instruction edits, masks, "
+                                 "outpainting or hires fix")
         for side, pixels in self.outpaint.items():
             if side not in OUTPAINT_SIDES:
                 raise InvalidRequest(f"outpaint side must be one of {', '.join(OUTPAINT_SIDES)}, got {side!r}")
@@ -188,6 +209,39 @@ class GenerationRequest:
         except (TypeError, ValueError):
             raise InvalidRequest("loras must be [name, weight] pairs and outpaint a mapping of sides to pixels") from None
         return cls(**data)
+
+
+@dataclass
+class UpscaleRequest:
+    """Upscale one image (A1111 "Extras"): by `scale`, or to `width`x`height` (cropping to keep the aspect when
+    `crop`), optionally blending a second upscaler's result at `upscaler_2_visibility`."""
+
+    upscaler: str = "R-ESRGAN 4x+"
+    scale: float = 4.0
+    width: int | None = None
+    height: int | None = None
+    crop: bool = True
+    upscaler_2: str | None = None
+    upscaler_2_visibility: float = 0.0
+    tile: int = 192  # input pixels per tile for network upscalers (0: the whole image at once)
+    tile_overlap: int = 16
+
+    def validate(self) -> UpscaleRequest:
+        for name in ("upscaler", "upscaler_2"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or len(value) > 256):
+                raise InvalidRequest(f"{name} must name an upscaler (see `sfumato upscalers`)")
+        _check_range("scale", self.scale, 0.05, 8.0)
+        _check_range("width", self.width, 1, 16384, integer=True)
+        _check_range("height", self.height, 1, 16384, integer=True)
+        _check_range("upscaler_2_visibility", self.upscaler_2_visibility, 0.0, 1.0)
+        _check_range("tile", self.tile, 0, 4096, integer=True)
+        _check_range("tile_overlap", self.tile_overlap, 0, 256, integer=True)
+        if self.tile and self.tile_overlap >= self.tile:
+            raise InvalidRequest("tile_overlap must be smaller than tile")
+        if not isinstance(self.crop, bool):
+            raise InvalidRequest("crop must be true or false")
+        return self
 
 
 @dataclass

@@ -27,6 +27,7 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
         raise UnsupportedModel("FLUX models take no negative prompt (guidance is distilled); remove it")
     unsupported = [name for name, used in (("init image / inpainting", request.init_image),
                                            ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile),
+                                           ("SD upscale", request.sd_upscale > 1.0),
                                            ("ControlNet units", bool(request.controls)),
                                            ("IP-Adapter", bool(request.ip_adapter)))
                    if used]

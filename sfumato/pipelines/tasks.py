@@ -6,6 +6,7 @@ with a strength and optional mask) -> optional hires pass -> decode -> optional 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,9 +35,11 @@ from sfumato.pipelines.steps import (
 from sfumato.pipelines.guidance import Guidance, build_guidance
 from sfumato.pipelines.instruct import instruct_latents
 from sfumato.pipelines.p2p import AttentionEdit, edit_attention, paired_rows
+from sfumato.pipelines.upscaling import UpscalerFor, colorize_like, grayscale, sd_upscale
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import make_scheduler
+from sfumato.upscale import upscale
 
 
 @dataclass
@@ -56,17 +59,31 @@ class Progress(Protocol):
 
 @dataclass
 class Source:
-    """The init image (already at output size) and the optional mask (white = repaint)."""
+    """The init image (already at output size) and the optional mask (white = repaint); `original` is the image
+    as given (at output size), before colourising turned it gray or an init upscaler restored it."""
 
     image: Image.Image
     mask: Image.Image | None = None
+    original: Image.Image | None = None
 
 
-def prepare_source(request: GenerationRequest) -> Source | None:
+def prepare_source(request: GenerationRequest, upscaler_for: UpscalerFor | None = None) -> Source | None:
     """Load the init image and mask of a resolved request (outpaint canvases included)."""
     if not request.init_image:
         return None
     image = imgs.load_image(request.init_image, "init image")
+    if request.colorize or request.init_upscaler:
+        original = imgs.fit(image, request.width, request.height)
+        if request.init_upscaler:  # restoration: at least one network pass, then down to the request's size
+            image = upscale(image.convert("RGB"), upscaler_for(request.init_upscaler), request.width, request.height,
+                            min_passes=1)
+        if request.colorize:
+            image = grayscale(image)
+        mask = None
+        if request.mask:
+            mask = imgs.prepare_mask(imgs.load_image(request.mask, "mask"), request.width, request.height,
+                                     request.mask_blur)
+        return Source(imgs.fit(image, request.width, request.height), mask, original)
     if request.outpaint:
         image, mask = imgs.outpaint_canvas(image, request.outpaint)
         return Source(imgs.fit(image, request.width, request.height),
@@ -100,11 +117,14 @@ def guidance_for(encoder: PromptEncoder, request: GenerationRequest, texts: Batc
 
 def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
                    subseeds: list[int], progress: Progress, texts: BatchPrompts | None = None,
-                   controls: Controls | None = None) -> list[Image.Image]:
+                   controls: Controls | None = None, upscaler_for: UpscalerFor | None = None) -> list[Image.Image]:
     """One batch of images for a resolved request (`texts` given: each image's own prompt, negative and CFG;
-    `controls`: the request's control units with their loaded models)."""
+    `controls`: the request's control units with their loaded models; `upscaler_for`: loads an upscaler by name)."""
     texts = texts or BatchPrompts.of(request, len(seeds))
-    source = prepare_source(request)
+    source = prepare_source(request, upscaler_for)
+    if request.sd_upscale > 1.0:
+        return _sd_upscale_batch(model, encoder, request, seeds, subseeds, progress, texts, controls, upscaler_for,
+                                 source)
     if request.instruction_edit:
         latents = instruct_latents(model, request, guidance_for(encoder, request, texts),
                                    _scheduler(model, request, seeds[0]), seeds, subseeds, source.image, progress)
@@ -120,14 +140,45 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
             guidance = guidance_for(encoder, request, texts, hires=True)
             control = _control_set(model, controls, *hires_size(request), len(seeds))
             latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress,
-                                                control)
+                                                control, upscaler_for)
         pixels = decode_latents(model, latents)
-    images = to_pil(pixels)
-    if source is not None and source.mask is not None and request.inpaint_full_image_overlay:
-        original = source.image.resize((width, height), Image.Resampling.LANCZOS)
-        mask = source.mask.resize((width, height), Image.Resampling.BILINEAR)
+    return _finish(request, to_pil(pixels), source)
+
+
+def _finish(request: GenerationRequest, images: list[Image.Image], source: Source | None) -> list[Image.Image]:
+    """Inpaint overlay (the original kept outside the mask) and colourising (the original's lightness kept)."""
+    if source is None:
+        return images
+    size = images[0].size
+    if source.mask is not None and request.inpaint_full_image_overlay:
+        original = source.image.resize(size, Image.Resampling.LANCZOS)
+        mask = source.mask.resize(size, Image.Resampling.BILINEAR)
         images = [imgs.overlay(image, original, mask) for image in images]
+    if request.colorize:
+        original = source.original.resize(size, Image.Resampling.LANCZOS) if source.original.size != size \
+            else source.original
+        images = [colorize_like(original, image) for image in images]
     return images
+
+
+def _sd_upscale_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
+                      subseeds: list[int], progress: Progress, texts: BatchPrompts, controls: Controls | None,
+                      upscaler_for: UpscalerFor, source: Source | None) -> list[Image.Image]:
+    """SD upscale: the init image (or, without one, this batch's generated images) upscaled and refined in tiles."""
+    if source is None:
+        plain = dataclasses.replace(request, sd_upscale=1.0)
+        bases = generate_batch(model, encoder, plain, seeds, subseeds, progress, texts, controls, upscaler_for)
+    else:
+        bases = [source.image] * len(seeds)
+    upscaler = upscaler_for(request.sd_upscale_upscaler)
+    out = []
+    with seamless_tiling(model, request.tile):
+        for i, base in enumerate(bases):
+            one = BatchPrompts([texts.prompts[i]], [texts.negatives[i]], texts.cfg_scale
+                               if not isinstance(texts.cfg_scale, torch.Tensor) else texts.cfg_scale[i:i + 1])
+            out.append(sd_upscale(model, request, base, guidance_for(encoder, request, one), seeds[i], subseeds[i],
+                                  upscaler, progress, first_pass))
+    return _finish(request, out, source) if source is not None and request.colorize else out
 
 
 class _CountingProgress:
@@ -226,8 +277,8 @@ def hires_size(request: GenerationRequest) -> tuple[int, int]:
 
 
 def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, latents: torch.Tensor,
-               seeds: list[int], subseeds: list[int], progress: Progress,
-               control: ControlSet | None = None) -> tuple[torch.Tensor, int, int]:
+               seeds: list[int], subseeds: list[int], progress: Progress, control: ControlSet | None = None,
+               upscaler_for: UpscalerFor | None = None) -> tuple[torch.Tensor, int, int]:
     """Upscale the first pass (in latent or pixel space) and refine it with img2img."""
     width, height = hires_size(request)
     scale = model.vae_scale
@@ -235,8 +286,8 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
         mode = "nearest" if request.hires_upscaler == "latent-nearest" else "bilinear"
         upscaled = F.interpolate(latents.float(), size=(height // scale, width // scale), mode=mode).to(model.dtype)
     else:
-        resample = Image.Resampling.LANCZOS if request.hires_upscaler == "lanczos" else Image.Resampling.BICUBIC
-        pictures = [p.resize((width, height), resample) for p in to_pil(decode_latents(model, latents))]
+        upscaler = upscaler_for(request.hires_upscaler)
+        pictures = [upscale(p, upscaler, width, height) for p in to_pil(decode_latents(model, latents))]
         upscaled = encode_images(model, from_pil(pictures))
     scheduler = _scheduler(model, request, seeds[0])
     noise, generators = initial_noise(model, width, height, seeds, subseeds, request.subseed_strength)

@@ -33,12 +33,15 @@ def _ramp(length: int, fade_start: int, fade_end: int) -> torch.Tensor:
     return weight
 
 
-def run_tiled(network: Network, x: torch.Tensor, scale: int, tile: int = 192, overlap: int = 16) -> torch.Tensor:
-    """`network(x)` for x [B, C, H, W], computed on tiles of at most `tile`x`tile` input pixels (0: whole image)."""
+def run_tiled(network: Network, x: torch.Tensor, scale: int, tile: int | tuple[int, int] = 192,
+              overlap: int = 16) -> torch.Tensor:
+    """`network(x)` for x [B, C, H, W], computed on tiles of at most `tile` input pixels (an int: square tiles;
+    (height, width); 0: the whole image at once)."""
     height, width = x.shape[-2:]
-    if tile <= 0 or (height <= tile and width <= tile):
+    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
+    if tile_h <= 0 or (height <= tile_h and width <= tile_w):
         return network(x)
-    tile_h, tile_w = min(tile, height), min(tile, width)
+    tile_h, tile_w = min(tile_h, height), min(tile_w, width)
     ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     out = weight = None
     for y in ys:

@@ -7,7 +7,6 @@ resized with Lanczos and put back.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,15 +146,16 @@ def to_image(x: torch.Tensor) -> Image.Image:
 
 
 def upscale(image: Image.Image, upscaler: Upscaler, width: int, height: int, tile: int = 192,
-            overlap: int = 16) -> Image.Image:
-    """`image` at exactly `width`x`height`: network passes until it is at least that large, then Lanczos."""
+            overlap: int = 16, min_passes: int = 0) -> Image.Image:
+    """`image` at exactly `width`x`height`: network passes until it is at least that large (and at least
+    `min_passes`: restoration runs the network even when no enlargement is needed), then Lanczos."""
     if width * height > MAX_OUTPUT_PIXELS:
         raise InvalidRequest(f"upscaled size {width}x{height} exceeds {MAX_OUTPUT_PIXELS} pixels")
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
     current = image.convert("RGB")
     if upscaler.network is not None:
-        for _ in range(3):
-            if current.width >= width and current.height >= height:
+        for done in range(3):
+            if current.width >= width and current.height >= height and done >= min_passes:
                 break
             current = to_image(upscaler.run(to_tensor(current), tile, overlap))
     resample = RESAMPLERS.get(upscaler.info.name, Image.Resampling.LANCZOS)
@@ -166,8 +166,18 @@ def upscale(image: Image.Image, upscaler: Upscaler, width: int, height: int, til
     return current
 
 
-def passes_needed(upscaler: Upscaler, scale: float) -> int:
-    """How many network passes reaching `scale` takes (for progress bars)."""
-    if upscaler.network is None or scale <= 1:
-        return 0
-    return min(3, math.ceil(math.log(scale) / math.log(upscaler.scale)))
+def extras_sizes(size: tuple[int, int], scale: float, width: int | None = None, height: int | None = None,
+                 crop: bool = True) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A1111 Extras sizing: (size to upscale to, final size). By `scale`, or to `width`x`height` (one of them given:
+    the other keeps the aspect); with `crop` the image is upscaled to cover the box and its centre cut out."""
+    w, h = size
+    if width or height:
+        target = (width or round(w * height / h), height or round(h * width / w))
+    else:
+        target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    cover = max(target[0] / w, target[1] / h)
+    upscaled = (max(target[0], round(w * cover)), max(target[1], round(h * cover))) if crop else target
+    for side_w, side_h in (upscaled, target):
+        if side_w * side_h > MAX_OUTPUT_PIXELS:
+            raise InvalidRequest(f"upscaled size {side_w}x{side_h} exceeds {MAX_OUTPUT_PIXELS} pixels")
+    return upscaled, target
