@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from sfumato import __version__
 from sfumato.errors import InvalidRequest, SfumatoError
-from sfumato.requests import HIRES_UPSCALERS, GenerationRequest
+from sfumato.requests import GenerationRequest
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -92,7 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--hires-scale", type=float, default=1.0)
     gen.add_argument("--hires-strength", type=float, default=0.55)
     gen.add_argument("--hires-steps", type=int)
-    gen.add_argument("--hires-upscaler", choices=HIRES_UPSCALERS, default="latent")
+    gen.add_argument("--hires-upscaler", default="latent",
+                     help="latent, latent-nearest, or an upscaler (`sfumato upscalers`), e.g. \"R-ESRGAN 4x+\"")
+    gen.add_argument("--sd-upscale", type=float, default=1.0, metavar="SCALE",
+                     help="SD upscale: upscale the image (the init image, else the generated one) by SCALE, then "
+                          "img2img it in tiles of the generation size")
+    gen.add_argument("--sd-upscale-upscaler", default="R-ESRGAN 4x+")
+    gen.add_argument("--sd-upscale-overlap", type=int, default=64, help="pixels shared by neighbouring tiles")
+    gen.add_argument("--sd-upscale-strength", type=float, default=0.3, help="denoising strength of each tile")
+    gen.add_argument("--init-upscaler", help="pass --init-image through this upscaler first (restoration)")
+    gen.add_argument("--colorize", action="store_true",
+                     help="keep --init-image's lightness, take the colours from the generation (Lab)")
     gen.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                      help="override the model's prediction type (for a mis-detected single file)")
     gen.add_argument("--style", action="append", default=[], metavar="NAME",
@@ -161,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--inpainting", action="store_true")
     _add_train_parser(commands)
     from sfumato.cli_eval import add_eval_parsers
+    from sfumato.cli_image import add_image_parsers
 
     add_eval_parsers(commands)
+    add_image_parsers(commands)
     _add_serve_parser(commands)
 
     data = commands.add_parser("data", help="build training datasets")
@@ -245,7 +257,10 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         styles=list(args.style), combinatorial=args.combinatorial, instruction_edit=args.instruction_edit,
         image_cfg_scale=args.image_cfg_scale, ip_adapter=args.ip_adapter, ip_images=list(args.ip_image),
         ip_scale=args.ip_scale, ip_image_encoder=args.ip_image_encoder, p2p_source=args.p2p_source,
-        p2p_cross=args.p2p_cross, p2p_self=args.p2p_self, controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
+        p2p_cross=args.p2p_cross, p2p_self=args.p2p_self, sd_upscale=args.sd_upscale,
+        sd_upscale_upscaler=args.sd_upscale_upscaler, sd_upscale_overlap=args.sd_upscale_overlap,
+        sd_upscale_strength=args.sd_upscale_strength, init_upscaler=args.init_upscaler, colorize=args.colorize,
+        controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
                   for unit in args.control],
     )
@@ -525,7 +540,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
+def cmd_image(args: argparse.Namespace) -> int:
+    from sfumato import cli_image
+
+    if args.command in cli_image.RECIPE_HELP:
+        return cli_image.cmd_recipe(args)
+    return {"upscale": cli_image.cmd_upscale, "upscalers": cli_image.cmd_upscalers}[args.command](args)
+
+
+COMMANDS = {"upscale": cmd_image, "upscalers": cmd_image, "colorize": cmd_image, "restore": cmd_image,
+            "style": cmd_image, "serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
             "models": cmd_models, "make-tiny": cmd_make_tiny, "preprocess": cmd_preprocess}
 
 

@@ -131,10 +131,13 @@ def save_generated(item, path: Path, model_sha256: str | None) -> Path:
     return save_png(item.image, path, item.infotext, record)
 
 
-def save_png(image: Image.Image, path: Path, parameters: str, record: dict[str, Any]) -> Path:
+def save_png(image: Image.Image, path: Path, parameters: str | None, record: dict[str, Any] | None) -> Path:
+    """Write a PNG atomically with the `parameters` text and the sfumato record (each when given)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", parameters)
-    info.add_text(SFUMATO_KEY, json.dumps(record, sort_keys=True))
+    if parameters:
+        info.add_text("parameters", parameters)
+    if record is not None:
+        info.add_text(SFUMATO_KEY, json.dumps(record, sort_keys=True))
     tmp = path.with_name(path.name + ".part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +150,13 @@ def save_png(image: Image.Image, path: Path, parameters: str, record: dict[str, 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def postprocess_parameters(image: Image.Image, fields: list[tuple[str, Any]]) -> str:
+    """The image's own `parameters` text (if any) with A1111's postprocessing fields appended, as Extras does."""
+    previous = (getattr(image, "text", None) or {}).get("parameters", "") if hasattr(image, "text") else ""
+    added = ", ".join(f"{key}: {value}" for key, value in fields)
+    return f"{previous}, {added}" if previous else added
 
 
 def write_error(path: Path, exc: OSError) -> RuntimeFailure:
