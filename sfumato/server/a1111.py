@@ -20,6 +20,7 @@ from sfumato.prompts.dynamic import load_styles
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import get_sampler, sampler_names
 from sfumato.server.controlnet_api import units_from_alwayson
+from sfumato.server.extras_api import hires_upscaler
 from sfumato.server.uploads import png_base64
 
 
@@ -64,9 +65,6 @@ class PngInfoRequest(BaseModel):
     image: str
 
 
-HR_UPSCALERS = {"latent": "latent", "latent (nearest)": "latent-nearest", "lanczos": "lanczos", "bicubic": "bicubic"}
-
-
 def _sampler(body: Txt2ImgRequest) -> str | None:
     name = body.sampler_name or body.sampler_index
     if not name:
@@ -78,9 +76,7 @@ def _sampler(body: Txt2ImgRequest) -> str | None:
 
 
 def _request(body: Txt2ImgRequest, model: str | None) -> GenerationRequest:
-    upscaler = HR_UPSCALERS.get((body.hr_upscaler or "latent").lower())
-    if body.enable_hr and upscaler is None:
-        raise InvalidRequest(f"hr_upscaler {body.hr_upscaler!r} is not available; use one of {list(HR_UPSCALERS)}")
+    upscaler = hires_upscaler(body.hr_upscaler) if body.enable_hr else "latent"
     return GenerationRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=_sampler(body),
         steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, subseed=body.subseed,
@@ -88,7 +84,7 @@ def _request(body: Txt2ImgRequest, model: str | None) -> GenerationRequest:
         batch_count=body.n_iter, tile=body.tiling,
         hires_scale=body.hr_scale if body.enable_hr else 1.0,
         hires_strength=body.denoising_strength if body.enable_hr and body.denoising_strength is not None else 0.55,
-        hires_steps=body.hr_second_pass_steps or None, hires_upscaler=upscaler or "latent",
+        hires_steps=body.hr_second_pass_steps or None, hires_upscaler=upscaler,
         clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", 1)), styles=list(body.styles),
     )
 

@@ -27,7 +27,8 @@ from sfumato import __version__
 from sfumato.engine import Engine, default_model
 from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.models.catalog import list_models
-from sfumato.requests import GenerationRequest
+from sfumato import upscale as upscalers
+from sfumato.requests import LATENT_UPSCALERS, GenerationRequest, UpscaleRequest
 from sfumato.safety.classifier import SafetySettings
 from sfumato.server.errors import error_body
 from sfumato.server.guard import BrowserGuard, HostPolicy
@@ -48,6 +49,7 @@ class Service:
         safety = SafetySettings(settings.safety, settings.safety_threshold, settings.safety_policy)
         self.engine = Engine(device=settings.device, safety=safety)
         self.store = JobStore(settings.data_dir, settings.queue_size)
+        self._upscale_lock = threading.Lock()
         self.worker = Worker(self.store, self.engine, settings.max_batch_size, settings.batch_wait_ms / 1000,
                              settings.preview)
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
@@ -190,6 +192,28 @@ class Service:
         if request.hires_scale > 1 and request.width and request.height and \
                 request.width * request.height * request.hires_scale ** 2 > limits.max_pixels:
             raise InvalidRequest("the hires fix size is larger than this server's pixel limit")
+        if request.sd_upscale > 1 and request.width and request.height and \
+                request.width * request.height * request.sd_upscale ** 2 > limits.max_pixels:
+            raise InvalidRequest("the SD upscale size is larger than this server's pixel limit")
+        for name in ("hires_upscaler", "init_upscaler", "sd_upscale_upscaler"):  # listed names only, never paths
+            value = getattr(request, name)
+            if value and value.lower() not in LATENT_UPSCALERS and (name != "sd_upscale_upscaler"
+                                                                    or request.sd_upscale > 1):
+                upscalers.find(value, paths=False)
+
+    def upscale(self, image, request: UpscaleRequest):
+        """Upscale an uploaded image (one at a time: it is heavy on CPU and memory)."""
+        request = dataclasses.replace(request).validate()
+        for name in (request.upscaler, request.upscaler_2):
+            if name:
+                upscalers.find(name, paths=False)
+        _, (width, height) = upscalers.extras_sizes(image.size, request.scale, request.width, request.height,
+                                                    request.crop)
+        if width * height > self.settings.limits.max_upscaled_pixels:
+            raise InvalidRequest(f"{width}x{height} is more than this server's limit of "
+                                 f"{self.settings.limits.max_upscaled_pixels} upscaled pixels")
+        with self._upscale_lock:
+            return self.engine.upscale(image, request)
 
     def submit(self, request: GenerationRequest) -> Job:
         """Validate, resolve (model, seeds, defaults, prompt policy) and queue durably."""
@@ -346,11 +370,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     _native_routes(app, service, guarded)
     _ui_routes(app)
-    from sfumato.server import a1111, controlnet_api, openai_api
+    from sfumato.server import a1111, controlnet_api, extras_api, openai_api
 
     openai_api.add_routes(app, service, guarded)
     a1111.add_routes(app, service, guarded)
     controlnet_api.add_routes(app, service, guarded)
+    extras_api.add_routes(app, service, guarded)
     return app
 
 

@@ -20,6 +20,7 @@ class Limits:
     max_prompt_chars: int = 4000
     max_upload_bytes: int = 20 * 2**20
     max_upload_pixels: int = 4096 * 4096
+    max_upscaled_pixels: int = 8192 * 8192  # extras / upscale output
 
 
 @dataclass(frozen=True)

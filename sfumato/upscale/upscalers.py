@@ -65,8 +65,9 @@ def list_upscalers() -> list[UpscalerInfo]:
     return found
 
 
-def find(name: str) -> UpscalerInfo:
-    """The upscaler called `name` (case-insensitive; Real-ESRGAN file stems are accepted as aliases)."""
+def find(name: str, paths: bool = True) -> UpscalerInfo:
+    """The upscaler called `name` (case-insensitive; Real-ESRGAN file stems are accepted as aliases). With
+    `paths=False` (names from the network) only listed upscalers are found, never a file path."""
     if not isinstance(name, str) or not name:
         raise InvalidRequest("an upscaler name must be a non-empty string")
     wanted = ALIASES.get(name.lower(), name).lower()
@@ -78,6 +79,8 @@ def find(name: str) -> UpscalerInfo:
     if builtin is not None:
         shipped_files(builtin)  # not installed: raises the one line that names the install command
     path = Path(name).expanduser()
+    if not paths:
+        raise InvalidRequest(f"unknown upscaler {name!r}; available: {', '.join(i.name for i in available)}")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UnsupportedModel(f"{name} is a pickle; convert it first: sfumato convert {name} "
                                f"{upscalers_dir() / (path.stem + '.safetensors')} --allow-pickle")
@@ -100,13 +103,13 @@ class Upscaler:
     def scale(self) -> int:
         return self.info.scale
 
-    def run(self, x: torch.Tensor, tile: int = 192, overlap: int = 16) -> torch.Tensor:
+    def run(self, x: torch.Tensor, tile: int = 256, overlap: int = 16, pad: int = 24) -> torch.Tensor:
         """One pass of the network over [B, 3, H, W] in 0..1, tiled; returns [B, 3, sH, sW] in 0..1 on the CPU."""
         def step(piece: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return self.network(piece.to(self.device, self.dtype)).float().clamp(0, 1).cpu()
 
-        return run_tiled(step, x, self.scale, tile, overlap)
+        return run_tiled(step, x, self.scale, tile, overlap, pad)
 
 
 def load(info: UpscalerInfo, device: str = "cpu", backend: str = "auto") -> Upscaler:
@@ -145,7 +148,7 @@ def to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8))
 
 
-def upscale(image: Image.Image, upscaler: Upscaler, width: int, height: int, tile: int = 192,
+def upscale(image: Image.Image, upscaler: Upscaler, width: int, height: int, tile: int = 256,
             overlap: int = 16, min_passes: int = 0) -> Image.Image:
     """`image` at exactly `width`x`height`: network passes until it is at least that large (and at least
     `min_passes`: restoration runs the network even when no enlargement is needed), then Lanczos."""
