@@ -55,8 +55,11 @@ def _pickle_to_safetensors(source: Path, target: Path, half: bool) -> Path:
         data = torch.load(str(source), map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only rejects anything but tensors and plain containers
         raise UnsupportedModel(f"{source}: not a weights-only checkpoint ({str(exc).splitlines()[0]})") from None
-    while isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
-        data = data["state_dict"]
+    while isinstance(data, dict):  # unwrap {"state_dict": ...} and Real-ESRGAN's {"params_ema"/"params": ...}
+        inner = next((data[k] for k in ("state_dict", "params_ema", "params") if isinstance(data.get(k), dict)), None)
+        if inner is None:
+            break
+        data = inner
     if not isinstance(data, dict):
         raise UnsupportedModel(f"{source}: expected a state dict, found {type(data).__name__}")
     tensors = {}
