@@ -200,9 +200,11 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         structure, structure_model = fields.pop("structure"), fields.pop("structure_model")
         if structure_model:
             structure_model = service.control_model_path(structure_model)
-        fields["model"] = service.model_path(fields["model"])
+        name_of_model = fields["model"]
+        fields["model"] = service.model_path(name_of_model)
         extra = {"structure_model": structure_model} if name == "style" else {}
         request = service.engine.recipe(name, image, **extra, **fields)
+        request.model = name_of_model  # submit resolves names (never paths from a client)
         if not structure:
             request.controls = []
         job = service.submit(request)
