@@ -28,7 +28,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--only", choices=["control"], help="make only this screenshot")
+    parser.add_argument("--only", choices=["control", "extras"], help="make only this screenshot")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,7 +56,10 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
-            control_shot(browser, base, args.out)
+            if args.only in (None, "control"):
+                control_shot(browser, base, args.out)
+            if args.only in (None, "extras"):
+                extras_shot(browser, base, args.out)
             if args.only:
                 browser.close()
                 return
@@ -132,6 +135,27 @@ def control_shot(browser, base: str, out: Path) -> None:
     page.wait_for_function("document.querySelectorAll('#results img').length === 4 && "
                            "document.getElementById('progress-text').textContent.startsWith('done')", timeout=120_000)
     page.screenshot(path=str(out / "ui-control-result.png"))
+    page.close()
+
+
+def extras_shot(browser, base: str, out: Path) -> None:
+    """The Extras tab: a 64x64 emoji upscaled 4x with the built-in Real-ESRGAN, before/after slider at 50%."""
+    source = Path(tempfile.mkdtemp()) / "emoji.png"
+    reply = httpx.post(base + "/sdapi/v1/txt2img", json={"prompt": "grinning face", "seed": 5, "width": 64,
+                                                         "height": 64}, timeout=120).json()
+    import base64
+
+    source.write_bytes(base64.b64decode(reply["images"][0]))
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#extras-upscaler option').length > 5")
+    page.click("#tab-extras")
+    page.set_input_files("#extras-file", str(source))
+    page.select_option("#extras-upscaler", "R-ESRGAN 4x+")
+    page.fill("#extras-scale", "4")
+    page.click("#extras-run")
+    page.wait_for_function("document.getElementById('extras-after').naturalWidth === 256", timeout=120_000)
+    page.screenshot(path=str(out / "ui-extras.png"))
     page.close()
 
 

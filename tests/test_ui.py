@@ -248,3 +248,32 @@ def test_draw_an_outline_and_get_an_emoji_that_follows_it(browser, emoji_server)
     assert drawn.getpixel((16, 16)) == 255 and min(drawn.getpixel((x, 16)) for x in range(24, 32)) < 128  # a ring
     assert "ControlNet 0" in job["result"]["infotexts"][0]
     context.close()
+
+
+def test_extras_tab_upscales_and_colorizes_with_a_before_after_slider(browser, emoji_server, tmp_path):
+    """The Extras tab: upscale a picture with the built-in Real-ESRGAN, then colourise it with the embedded model."""
+    from test_upscale import drawing
+
+    drawing(32, 24).save(tmp_path / "in.png")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(emoji_server + "/")
+    page.wait_for_function("document.querySelectorAll('#extras-upscaler option').length > 5")
+    assert "R-ESRGAN 4x+" in page.eval_on_selector_all("#hires_upscaler option", "els => els.map(e => e.value)")
+    page.click("#tab-extras")
+    page.set_input_files("#extras-file", str(tmp_path / "in.png"))
+    page.select_option("#extras-upscaler", "R-ESRGAN AnimeVideo")
+    page.fill("#extras-scale", "2")
+    page.click("#extras-run")
+    page.wait_for_selector("#extras-compare:not([hidden])", timeout=60_000)
+    page.wait_for_function("document.getElementById('extras-after').naturalWidth === 64")
+    assert page.inner_text("#extras-info").startswith("64x48 with R-ESRGAN AnimeVideo")
+    page.fill("#extras-slider", "20")
+    assert "20%" in page.eval_on_selector("#extras-after-clip", "e => e.style.clipPath")
+    page.select_option("#extras-op", "colorize")
+    page.fill("#extras-prompt", "red apple")
+    page.click("#extras-run")
+    page.wait_for_function("document.getElementById('extras-info').textContent.includes('Colorize: True')",
+                           timeout=60_000)
+    _shot(page, "extras")
+    context.close()

@@ -171,13 +171,19 @@ def _sd_upscale_batch(model: LoadedModel, encoder: PromptEncoder, request: Gener
     else:
         bases = [source.image] * len(seeds)
     upscaler = upscaler_for(request.sd_upscale_upscaler)
+    tile_request = dataclasses.replace(request, strength=request.sd_upscale_strength, sd_upscale=1.0)
     out = []
     with seamless_tiling(model, request.tile):
         for i, base in enumerate(bases):
             one = BatchPrompts([texts.prompts[i]], [texts.negatives[i]], texts.cfg_scale
                                if not isinstance(texts.cfg_scale, torch.Tensor) else texts.cfg_scale[i:i + 1])
-            out.append(sd_upscale(model, request, base, guidance_for(encoder, request, one), seeds[i], subseeds[i],
-                                  upscaler, progress, first_pass))
+            guidance = guidance_for(encoder, request, one)
+
+            def refine(tile: Image.Image, seed: int = seeds[i], subseed: int = subseeds[i]) -> Image.Image:
+                latents = first_pass(model, tile_request, guidance, [seed], [subseed], Source(tile), progress)
+                return to_pil(decode_latents(model, latents))[0]
+
+            out.append(sd_upscale(request, base, upscaler, refine))
     return _finish(request, out, source) if source is not None and request.colorize else out
 
 

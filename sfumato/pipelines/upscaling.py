@@ -3,16 +3,11 @@ image, overlaps blended), restoring an init image through an upscaler, and colou
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
-from sfumato.models.loader import LoadedModel
-from sfumato.pipelines.guidance import Guidance
-from sfumato.pipelines.steps import decode_latents, from_pil, to_pil
 from sfumato.requests import GenerationRequest
 from sfumato.upscale import Upscaler, upscale
 from sfumato.upscale.tiling import run_tiled
@@ -27,32 +22,16 @@ def sd_upscale_size(request: GenerationRequest) -> tuple[int, int]:
             int(round(request.height * request.sd_upscale / 8)) * 8)
 
 
-def sd_upscale(model: LoadedModel, request: GenerationRequest, image: Image.Image, guidance: Guidance, seed: int,
-               subseed: int, upscaler: Upscaler, progress, first_pass) -> Image.Image:
-    """A1111's SD upscale: `image` upscaled by `sd_upscale`, then img2img'd tile by tile (tiles of the request's
-    size, every tile with the image's seed, neighbours overlapping by `sd_upscale_overlap` px and blended with
-    linear ramps, so no seam shows)."""
-    from sfumato.pipelines.tasks import Source  # tasks imports this module
-
+def sd_upscale(request: GenerationRequest, image: Image.Image, upscaler: Upscaler,
+               refine: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """A1111's SD upscale: `image` upscaled by `sd_upscale`, then each tile (of the request's size) replaced by
+    `refine(tile)` — an img2img pass — with neighbours overlapping by `sd_upscale_overlap` px and blended with linear
+    ramps, so no seam shows."""
     width, height = sd_upscale_size(request)
     big = upscale(image, upscaler, width, height)
-    tile_request = dataclasses.replace(request, strength=request.sd_upscale_strength, hires_scale=1.0, mask=None,
-                                       outpaint={}, sd_upscale=1.0)
-
-    def img2img(tile: torch.Tensor) -> torch.Tensor:
-        latents = first_pass(model, tile_request, guidance, [seed], [subseed], Source(to_image(tile)), progress)
-        return to_tensor(to_pil(decode_latents(model, latents))[0])
-
     overlap = min(request.sd_upscale_overlap, request.width - 8, request.height - 8)
-    return to_image(run_tiled(img2img, to_tensor(big), 1, (request.height, request.width), overlap))
-
-
-def tile_count(request: GenerationRequest) -> int:
-    from sfumato.upscale.tiling import tile_starts
-
-    width, height = sd_upscale_size(request)
-    overlap = min(request.sd_upscale_overlap, request.width - 8, request.height - 8)
-    return len(tile_starts(width, request.width, overlap)) * len(tile_starts(height, request.height, overlap))
+    return to_image(run_tiled(lambda tile: to_tensor(refine(to_image(tile))), to_tensor(big), 1,
+                              (request.height, request.width), overlap))
 
 
 _RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
