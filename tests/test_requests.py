@@ -20,8 +20,8 @@ from sfumato.requests import GenerationRequest
     ({"outpaint": {"left": 60}, "init_image": "x.png"}, "multiple of 8"),
     ({"hires_upscaler": ""}, "hires_upscaler"),  # unknown names: Engine.resolve (the registry is on disk)
     ({"sd_upscale": 8}, "sd_upscale"),
-    ({"colorize": True}, "init image"),
-    ({"init_upscaler": "R-ESRGAN 4x+"}, "init image"),
+    ({"colorize": True}, "init-image"),
+    ({"init_upscaler": "R-ESRGAN 4x+"}, "init-image"),
 ])
 def test_invalid_requests_have_clear_messages(changes, message):
     with pytest.raises(InvalidRequest, match=message):
