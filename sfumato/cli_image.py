@@ -30,7 +30,7 @@ def add_image_parsers(commands) -> None:
                     help="with --width and --height: stretch instead of cropping to keep the aspect")
     up.add_argument("--upscaler-2", help="a second upscaler blended in")
     up.add_argument("--upscaler-2-visibility", type=float, default=0.0)
-    up.add_argument("--tile", type=int, default=256, help="input pixels per tile (0: no tiling)")
+    up.add_argument("--tile", type=int, default=192, help="input pixels per tile (0: no tiling)")
     up.add_argument("--tile-overlap", type=int, default=16)
     up.add_argument("--output", "-o", type=Path, help="PNG file (one image) or folder (default: outputs/extras/)")
     up.add_argument("--device")

@@ -223,7 +223,7 @@ class UpscaleRequest:
     crop: bool = True
     upscaler_2: str | None = None
     upscaler_2_visibility: float = 0.0
-    tile: int = 256  # input pixels per tile for network upscalers (0: the whole image at once)
+    tile: int = 192  # input pixels per tile for network upscalers (0: the whole image at once)
     tile_overlap: int = 16
 
     def validate(self) -> UpscaleRequest:

@@ -62,7 +62,7 @@ class UpscaleBody(BaseModel):
     crop: bool = True
     upscaler_2: str | None = None
     upscaler_2_visibility: float = 0.0
-    tile: int = 256
+    tile: int = 192
     tile_overlap: int = 16
 
 

@@ -23,6 +23,15 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts + [size - tile]
 
 
+def even_tile(size: int, tile: int, overlap: int) -> int:
+    """The tile length (<= `tile`) that covers `size` with the fewest tiles, spread evenly: 1024 px in tiles of at
+    most 512 with 16 px overlap are three of 352, not two of 512 and a third mostly repeating them."""
+    if size <= tile:
+        return size
+    count = -(-(size - overlap) // max(tile - overlap, 1))
+    return min(tile, -(-(size + (count - 1) * overlap) // count))
+
+
 def _ramp(length: int, fade_start: int, fade_end: int) -> torch.Tensor:
     """1 inside; rising over `fade_start` pixels at the start and falling over `fade_end` at the end (never 0)."""
     weight = torch.ones(length)
@@ -34,15 +43,18 @@ def _ramp(length: int, fade_start: int, fade_end: int) -> torch.Tensor:
     return weight
 
 
-def run_tiled(network: Network, x: torch.Tensor, scale: int, tile: int | tuple[int, int] = 256,
+def run_tiled(network: Network, x: torch.Tensor, scale: int, tile: int | tuple[int, int] = 192,
               overlap: int = 16, pad: int = 0) -> torch.Tensor:
-    """`network(x)` for x [B, C, H, W], computed on tiles of at most `tile` input pixels (an int: square tiles;
-    (height, width); 0: the whole image at once), each seen with `pad` pixels of context."""
+    """`network(x)` for x [B, C, H, W], computed on tiles of at most `tile` input pixels, each seen with `pad`
+    pixels of context. An int: square-ish tiles, sized to cover the image evenly; (height, width): tiles of exactly
+    that size (SD upscale, whose model works at one size); 0: the whole image at once."""
     height, width = x.shape[-2:]
-    tile_h, tile_w = (tile, tile) if isinstance(tile, int) else tile
-    if tile_h <= 0 or (height <= tile_h and width <= tile_w):
-        return network(x)
-    tile_h, tile_w = min(tile_h, height), min(tile_w, width)
+    if isinstance(tile, int):
+        if tile <= 0 or (height <= tile and width <= tile):
+            return network(x)
+        tile_h, tile_w = even_tile(height, tile, overlap), even_tile(width, tile, overlap)
+    else:
+        tile_h, tile_w = min(tile[0], height), min(tile[1], width)
     ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     out = weight = None
     for y in ys:

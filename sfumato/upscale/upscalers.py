@@ -103,7 +103,7 @@ class Upscaler:
     def scale(self) -> int:
         return self.info.scale
 
-    def run(self, x: torch.Tensor, tile: int = 256, overlap: int = 16, pad: int = 24) -> torch.Tensor:
+    def run(self, x: torch.Tensor, tile: int = 192, overlap: int = 16, pad: int = 24) -> torch.Tensor:
         """One pass of the network over [B, 3, H, W] in 0..1, tiled; returns [B, 3, sH, sW] in 0..1 on the CPU."""
         def step(piece: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
@@ -148,7 +148,7 @@ def to_image(x: torch.Tensor) -> Image.Image:
     return Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8))
 
 
-def upscale(image: Image.Image, upscaler: Upscaler, width: int, height: int, tile: int = 256,
+def upscale(image: Image.Image, upscaler: Upscaler, width: int, height: int, tile: int = 192,
             overlap: int = 16, min_passes: int = 0) -> Image.Image:
     """`image` at exactly `width`x`height`: network passes until it is at least that large (and at least
     `min_passes`: restoration runs the network even when no enlargement is needed), then Lanczos."""
