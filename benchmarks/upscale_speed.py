@@ -1,10 +1,11 @@
 """Upscaler speed on this machine: output megapixels per second for every built-in upscaler, ncnn and torch
 backends side by side (and CUDA when present), whole image and tiled.
 
-    python benchmarks/upscale_speed.py [--size 192] [--repeats 2] [--json out.json]
+    python benchmarks/upscale_speed.py [--size 192] [--tile 96] [--repeats 2] [--json out.json]
 
-Each row upscales a `size`x`size` picture 4x (or to 4x with a resampler). `tiled` runs 96-pixel tiles with 16 px of
-overlap and 24 px of context (what the defaults do on large images). `ratio` is the row's speed over the torch CPU
+Each row upscales a `size`x`size` picture 4x (or to 4x with a resampler). `tiled` runs tiles of at most `--tile`
+input pixels (spread evenly) with 16 px of overlap and 24 px of context, as large images run with the default
+192-pixel tiles: the cost of tiling shows as the tiled/whole ratio. `ratio` is the row's speed over the torch CPU
 row of the same upscaler and tiling (> 1: faster). Any error fails the run instead of printing a ratio.
 """
 
@@ -45,6 +46,7 @@ def seconds(fn, repeats: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--tile", type=int, default=96, help="tile size of the tiled rows")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -56,7 +58,7 @@ def main() -> int:
         for device, backend in devices if name in BUILTIN else [("cpu", "resample")]:
             try:
                 upscaler = load(find(name), device, "auto" if backend == "resample" else backend)
-                for tiled, tile in (("whole", 0), ("tiled", 96)):
+                for tiled, tile in (("whole", 0), ("tiled", args.tile)):
                     spent = seconds(lambda: upscale(image, upscaler, args.size * 4, args.size * 4, tile=tile,
                                                     overlap=16), args.repeats)
                     rows.append({"upscaler": name, "device": device, "backend": backend, "tiling": tiled,

@@ -3,8 +3,8 @@
     python scripts/recipes_demo.py [--out docs]
 
 Writes docs/upscale.png (a Noto emoji shrunk to 34 px, then 4x back: nearest, Lanczos, R-ESRGAN 4x+,
-R-ESRGAN 4x+ Anime6B, next to the original) and docs/recipes.png (colorize, restore, style and SD upscale, each as
-input | result). Needs Debian's fonts-noto-color-emoji for the upscale figure.
+R-ESRGAN 4x+ Anime6B, next to the original) and docs/recipes.png (colorize, restore, style, each as
+input | result) and a generated emoji upscaled. Needs Debian's fonts-noto-color-emoji for the upscale figure.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
         rows.append(labelled([("34 px input", small)] + [
             (name, engine.upscale(small, UpscaleRequest(name, 4.0)))
             for name in ("Nearest", "Lanczos", "R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B")] + [("original 136 px", original)],
-            f"sfumato upscale --upscaler NAME --scale 4   ({char} from Noto Color Emoji)"))
+            "sfumato upscale --upscaler NAME --scale 4   (a Noto Color Emoji glyph shrunk to 34 px)"))
     stack(rows).save(args.out / "upscale.png")
 
     photo = engine.generate(GenerationRequest("red apple", seed=7, steps=20)).images[0].image
@@ -86,11 +86,9 @@ def main() -> None:
     ImageDraw.Draw(scratch).line((3, 22, 29, 9), fill=255, width=3)
     scratch.save(tmp / "scratch.png")
     restored = engine.generate(engine.recipe("restore", str(tmp / "damaged.png"), prompt="red apple",
-                                             mask=str(tmp / "scratch.png"), mask_blur=1, seed=3)).images[0]
+                                             mask=str(tmp / "scratch.png"), mask_blur=2, seed=3)).images[0]
     styled = engine.generate(engine.recipe("style", str(tmp / "apple.png"), prompt="tangerine", seed=3)).images[0]
-    sd_up = engine.generate(GenerationRequest("red apple", init_image=str(tmp / "apple.png"), sd_upscale=4.0,
-                                              sd_upscale_overlap=16, seed=7)).images[0]
-    plain_up = engine.upscale(photo, UpscaleRequest("R-ESRGAN 4x+", 4.0))
+    upscaled = {name: engine.upscale(photo, UpscaleRequest(name, 4.0)) for name in ("Lanczos", "R-ESRGAN 4x+")}
     sheet = stack([
         labelled([("colour photo", photo), ("gray input", gray), ("colorize 'green apple'", colored.image)],
                  "sfumato colorize gray.png -p 'green apple'   (L kept exactly, colours from the model)"),
@@ -98,8 +96,8 @@ def main() -> None:
                  "sfumato restore damaged.png --mask scratch.png -p 'red apple'"),
         labelled([("input", photo), ("style 'tangerine'", styled.image)],
                  "sfumato style apple.png -p tangerine   (edges kept by sfumato-emoji-canny)"),
-        labelled([("32 px input", photo), ("R-ESRGAN 4x+ only", plain_up), ("SD upscale x4", sd_up.image)],
-                 "sfumato generate 'red apple' --init-image apple.png --sd-upscale 4 --sd-upscale-overlap 16"),
+        labelled([("generated, 32 px", photo)] + [(f"x4, {name}", image) for name, image in upscaled.items()],
+                 "sfumato upscale apple.png --upscaler NAME --scale 4"),
     ])
     sheet.save(args.out / "recipes.png")
     print(f"wrote {args.out / 'upscale.png'} and {args.out / 'recipes.png'}")

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image-cfg-scale", type=float, default=1.5,
                      help="InstructPix2Pix image guidance: how closely the edit keeps the input image")
     gen.add_argument("--mask-blur", type=int, default=4)
+    gen.add_argument("--inpaint-fill", choices=["original", "fill"], default="original",
+                     help="masked content img2img starts from: the original pixels, or filled from the surroundings")
     gen.add_argument("--outpaint", type=_outpaint_arg, default={}, help="e.g. left=64,down=32")
     gen.add_argument("--tile", action="store_true", help="seamless tiling")
     gen.add_argument("--lora", action="append", type=_lora_arg, default=[], metavar="PATH[:WEIGHT]")
@@ -251,7 +253,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
         subseed_strength=args.subseed_strength, width=args.width, height=args.height, batch_size=args.batch_size,
         batch_count=args.batch_count, clip_skip=args.clip_skip, init_image=args.init_image, mask=args.mask,
-        mask_blur=args.mask_blur, strength=args.strength, outpaint=args.outpaint, tile=args.tile,
+        mask_blur=args.mask_blur, inpaint_fill=args.inpaint_fill, strength=args.strength, outpaint=args.outpaint, tile=args.tile,
         hires_scale=args.hires_scale, hires_strength=args.hires_strength, hires_steps=args.hires_steps,
         hires_upscaler=args.hires_upscaler, loras=list(args.lora), prediction_type=args.prediction_type,
         styles=list(args.style), combinatorial=args.combinatorial, instruction_edit=args.instruction_edit,

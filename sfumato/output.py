@@ -37,6 +37,8 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Denoising strength", f"{request.strength:g}"))
         if request.mask or request.outpaint:
             fields.append(("Mask blur", request.mask_blur))
+            if request.inpaint_fill == "fill":
+                fields.append(("Inpaint fill", "fill"))
     if request.subseed_strength > 0:
         fields += [("Variation seed", subseed), ("Variation seed strength", f"{request.subseed_strength:g}")]
     if request.clip_skip > 1:

@@ -43,6 +43,7 @@ class GenerationRequest:
     mask: str | None = None
     mask_blur: int = 4
     inpaint_full_image_overlay: bool = True
+    inpaint_fill: str = "original"  # masked content the img2img starts from: original pixels, or "fill" (surroundings)
     strength: float = 0.75
     outpaint: dict[str, int] = field(default_factory=dict)
     tile: bool = False
@@ -143,6 +144,8 @@ class GenerationRequest:
             value = getattr(self, name)
             if value is not None and (not value or len(value) > 256 or "\x00" in value):
                 raise InvalidRequest(f"{name} must name an upscaler (see `sfumato upscalers`)")
+        if self.inpaint_fill not in ("original", "fill"):
+            raise InvalidRequest(f"inpaint_fill must be original or fill, got {self.inpaint_fill!r}")
         if self.colorize and not self.init_image:
             raise InvalidRequest("colorize needs the image to colour (--init-image)")
         if self.init_upscaler and not self.init_image:

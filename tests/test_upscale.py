@@ -313,3 +313,17 @@ def test_cli_upscale_recipes_and_sd_upscale_replay(tmp_path, capsys):
         assert main([recipe, str(tmp_path / "in.png"), "-p", "red apple", "--steps", "3", "-W", "32", "-H", "32",
                      "-o", str(tmp_path / f"{recipe}.png")]) == 0
         assert Image.open(tmp_path / f"{recipe}.png").size == (32, 32)
+
+
+def test_inpaint_fill_paints_the_hole_from_its_surroundings():
+    from sfumato.pipelines.images import fill_masked
+
+    image = Image.new("RGB", (32, 32), (200, 40, 40))
+    ImageDraw.Draw(image).line((0, 16, 32, 16), fill=(255, 255, 255), width=2)  # a white scratch
+    mask = Image.new("L", (32, 32), 0)
+    ImageDraw.Draw(mask).line((0, 16, 32, 16), fill=255, width=4)
+    filled = np.asarray(fill_masked(image, mask), np.int16)
+    assert np.abs(filled[16] - [200, 40, 40]).max() <= 2  # the scratch is gone
+    assert np.array_equal(filled[:10], np.asarray(image, np.int16)[:10])  # nothing else changed
+    with pytest.raises(InvalidRequest, match="inpaint_fill"):
+        GenerationRequest("x", inpaint_fill="latent noise").validate()

@@ -44,6 +44,16 @@ def prepare_mask(mask: Image.Image, width: int, height: int, blur: int) -> Image
     return mask
 
 
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """Paint over the masked area from its surroundings (OpenCV's Telea inpainting): A1111's "fill" masked content,
+    so an img2img at low strength starts from plausible pixels, not from the scratch itself."""
+    import cv2
+
+    rgb = np.asarray(image.convert("RGB"))
+    hole = (np.asarray(mask.convert("L")) >= 64).astype(np.uint8) * 255
+    return Image.fromarray(cv2.inpaint(rgb, hole, 3, cv2.INPAINT_TELEA))
+
+
 def outpaint_canvas(image: Image.Image, pads: dict[str, int]) -> tuple[Image.Image, Image.Image]:
     """Pad `image` by pixels per side, filling with stretched edges; the mask is white where new."""
     left, right, up, down = (pads.get(side, 0) for side in ("left", "right", "up", "down"))

@@ -14,8 +14,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "colorize": {"colorize": True, "strength": 0.6,
                  "prompt": "a color photograph, natural colors, detailed",
                  "negative_prompt": "black and white, monochrome, grayscale, sepia, desaturated"},
-    # denoise / deblur: Real-ESRGAN pass (then back to size), low-strength img2img; a mask inpaints scratches
-    "restore": {"init_upscaler": "R-ESRGAN 4x+", "strength": 0.3,
+    # denoise / deblur: Real-ESRGAN pass (then back to size), low-strength img2img; a mask's scratches are first
+    # filled from their surroundings, then repainted
+    "restore": {"init_upscaler": "R-ESRGAN 4x+", "strength": 0.3, "inpaint_fill": "fill",
                 "prompt": "a sharp, clean, detailed photograph",
                 "negative_prompt": "blurry, noise, grain, scratches, dust, jpeg artifacts, damaged"},
     # style transfer: img2img with a style prompt (or a style LoRA); structure kept by a canny ControlNet unit

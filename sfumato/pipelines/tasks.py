@@ -83,7 +83,7 @@ def prepare_source(request: GenerationRequest, upscaler_for: UpscalerFor | None 
         if request.mask:
             mask = imgs.prepare_mask(imgs.load_image(request.mask, "mask"), request.width, request.height,
                                      request.mask_blur)
-        return Source(imgs.fit(image, request.width, request.height), mask, original)
+        return _filled(request, Source(imgs.fit(image, request.width, request.height), mask, original))
     if request.outpaint:
         image, mask = imgs.outpaint_canvas(image, request.outpaint)
         return Source(imgs.fit(image, request.width, request.height),
@@ -91,7 +91,14 @@ def prepare_source(request: GenerationRequest, upscaler_for: UpscalerFor | None 
     mask = None
     if request.mask:
         mask = imgs.prepare_mask(imgs.load_image(request.mask, "mask"), request.width, request.height, request.mask_blur)
-    return Source(imgs.fit(image, request.width, request.height), mask)
+    return _filled(request, Source(imgs.fit(image, request.width, request.height), mask))
+
+
+def _filled(request: GenerationRequest, source: Source) -> Source:
+    """With `inpaint_fill="fill"` the masked area starts from its surroundings instead of the original pixels."""
+    if request.inpaint_fill == "fill" and source.mask is not None:
+        source.image = imgs.fill_masked(source.image, source.mask)
+    return source
 
 
 @dataclass

@@ -140,7 +140,8 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         request = _request(body, model_for(body))
         fields: dict[str, Any] = {"init_image": service.upload(body.init_images[0], "init_images[0]"),
                                   "strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
-                                  "mask_blur": body.mask_blur}
+                                  "mask_blur": body.mask_blur,
+                                  "inpaint_fill": "fill" if body.inpainting_fill == 0 else "original"}
         if body.mask:
             mask = service.open_upload(body.mask, "mask").convert("L")
             if body.inpainting_mask_invert:
