@@ -342,14 +342,20 @@ def _save_images(result, paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from sfumato.output import check_output, check_writable, dated_output_paths, explicit_output_paths
-
     engine = _engine(args)
     request = request_from_args(args)
     if args.dry_run:
         resolved = engine.resolve(request)
         print(json.dumps({**resolved.to_dict(), "schedule": engine.schedule(resolved)}, indent=2, sort_keys=True))
         return 0
+    return generate_and_save(engine, request, args)
+
+
+def generate_and_save(engine, request: GenerationRequest, args: argparse.Namespace) -> int:
+    """Generate with a progress bar and write the PNGs (`--output` or the dated folder, checked before the work);
+    print their paths, or JSON with `--json`."""
+    from sfumato.output import check_output, check_writable, dated_output_paths, explicit_output_paths
+
     if args.output:  # a bad output path fails before the work, not after it
         check_output(args.output)
     else:

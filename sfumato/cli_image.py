@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sfumato.cli import _add_safety_args, _Bar, _engine, _lora_arg, _save_images
+from sfumato.cli import _add_safety_args, _engine, _lora_arg, generate_and_save
 from sfumato.errors import InvalidRequest
 from sfumato.requests import UpscaleRequest
 
@@ -125,8 +125,6 @@ def _upscale_paths(output: Path | None, sources: list[Path]) -> list[Path]:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    from sfumato.output import check_output, check_writable, dated_output_paths, explicit_output_paths
-
     engine = _engine(args)
     fields = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "strength": args.strength,
               "model": args.model, "steps": args.steps, "cfg_scale": args.cfg_scale, "sampler": args.sampler,
@@ -136,22 +134,4 @@ def cmd_recipe(args: argparse.Namespace) -> int:
     request = engine.recipe(args.command, args.image, **structure, **fields)
     if args.command == "style" and not args.structure:
         request.controls = []
-    if args.output:
-        check_output(args.output)
-    else:
-        check_writable(Path(os.environ.get("SFUMATO_OUTPUTS", "outputs")))
-    bar = _Bar()
-    try:
-        result = engine.generate(request, progress=bar)
-    finally:
-        bar.close()
-    seeds = [item.seed for item in result.images]
-    paths = (explicit_output_paths(args.output, seeds) if args.output
-             else dated_output_paths(Path(os.environ.get("SFUMATO_OUTPUTS", "outputs")), seeds))
-    saved = _save_images(result, paths)
-    if args.json:
-        print(json.dumps({"images": saved, "request": result.request.to_dict()}, indent=2))
-    else:
-        for entry in saved:
-            print(entry["path"])
-    return 0
+    return generate_and_save(engine, request, args)

@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import time
+import typing
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 from sfumato import upscale as upscalers
 from sfumato.errors import InvalidRequest
@@ -52,18 +54,14 @@ class ExtrasBatch(ExtrasSingle):
     imageList: list[BatchImage] = []  # noqa: N815 (A1111's name)
 
 
-class UpscaleBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    image: str
-    upscaler: str = "R-ESRGAN 4x+"
-    scale: float = 4.0
-    width: int | None = None
-    height: int | None = None
-    crop: bool = True
-    upscaler_2: str | None = None
-    upscaler_2_visibility: float = 0.0
-    tile: int = 192
-    tile_overlap: int = 16
+def _upscale_body() -> type[BaseModel]:
+    """POST /api/v1/upscale: a base64 `image` plus `UpscaleRequest`'s fields (one definition), unknown ones refused."""
+    hints = typing.get_type_hints(UpscaleRequest)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(UpscaleRequest)}
+    return create_model("UpscaleBody", __config__=ConfigDict(extra="forbid"), image=(str, ...), **fields)
+
+
+UpscaleBody = _upscale_body()
 
 
 class RecipeBody(BaseModel):
