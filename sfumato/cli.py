@@ -381,8 +381,12 @@ def generate_and_save(engine, request: GenerationRequest, args: argparse.Namespa
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from sfumato.output import read_png
+    from sfumato.output import png_parameters, read_png
 
+    parameters = png_parameters(args.image)
+    if parameters is not None and not parameters[1]:  # A1111 text only (an upscaled image, another tool's PNG)
+        print(json.dumps({"parameters": parameters[0], "request": None}, indent=2) if args.json else parameters[0])
+        return 0
     record = read_png(args.image)
     if args.json:
         print(json.dumps({"parameters": record.parameters, "request": record.request.to_dict(),

@@ -156,7 +156,7 @@ def save_png(image: Image.Image, path: Path, parameters: str | None, record: dic
 
 def postprocess_parameters(image: Image.Image, fields: list[tuple[str, Any]]) -> str:
     """The image's own `parameters` text (if any) with A1111's postprocessing fields appended, as Extras does."""
-    previous = (getattr(image, "text", None) or {}).get("parameters", "") if hasattr(image, "text") else ""
+    previous = image.info.get("parameters", "")  # PNG text chunks (kept by Image.copy, unlike `.text`)
     added = ", ".join(f"{key}: {value}" for key, value in fields)
     return f"{previous}, {added}" if previous else added
 
@@ -176,6 +176,16 @@ def check_writable(folder: Path) -> None:
         raise InvalidRequest(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise InvalidRequest(f"output folder {folder} is not writable")
+
+
+def png_parameters(path: Path) -> tuple[str, bool] | None:
+    """(A1111 `parameters` text, whether a sfumato record is there too) of a readable PNG, else None."""
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+    except (UnidentifiedImageError, OSError):
+        return None
+    return (text["parameters"], SFUMATO_KEY in text) if "parameters" in text else None
 
 
 def read_png(path: Path) -> StoredRecord:

@@ -301,6 +301,14 @@ def test_cli_upscale_recipes_and_sd_upscale_replay(tmp_path, capsys):
     assert entry["size"] == [96, 64]
     with Image.open(tmp_path / "up.png") as image:
         assert image.text["parameters"] == "Postprocess upscale by: 4, Postprocess upscaler: R-ESRGAN 4x+"
+    assert main(["info", str(tmp_path / "up.png")]) == 0
+    assert "Postprocess upscaler: R-ESRGAN 4x+" in capsys.readouterr().out
+    assert main(["replay", str(tmp_path / "up.png"), "-o", str(tmp_path / "r.png")]) == 2  # nothing to replay
+    assert main(["generate", "red apple", "--steps", "2", "--seed", "5", "-o", str(tmp_path / "g.png")]) == 0
+    assert main(["upscale", str(tmp_path / "g.png"), "--upscaler", "Lanczos", "-o", str(tmp_path / "g4.png")]) == 0
+    with Image.open(tmp_path / "g4.png") as image:  # A1111 Extras: the generation's text, then the postprocessing
+        assert image.text["parameters"].startswith("red apple\nSteps: 2, ")
+        assert image.text["parameters"].endswith(", Postprocess upscale by: 4, Postprocess upscaler: Lanczos")
     assert main(["upscale", str(tmp_path / "in.png"), "--upscaler", "nope"]) == 2
     assert main(["upscale", str(tmp_path / "missing.png")]) == 2
     assert main(["upscalers"]) == 0 and "R-ESRGAN 4x+ Anime6B" in capsys.readouterr().out
