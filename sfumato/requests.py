@@ -146,6 +146,8 @@ class GenerationRequest:
                 raise InvalidRequest(f"{name} must name an upscaler (see `sfumato upscalers`)")
         if self.inpaint_fill not in ("original", "fill"):
             raise InvalidRequest(f"inpaint_fill must be original or fill, got {self.inpaint_fill!r}")
+        if (self.colorize or self.init_upscaler) and self.outpaint:
+            raise InvalidRequest("colorize and init_upscaler do not combine with outpainting")
         if self.colorize and not self.init_image:
             raise InvalidRequest("colorize needs the image to colour (--init-image)")
         if self.init_upscaler and not self.init_image:
