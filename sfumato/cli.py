@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int)
     gen.add_argument("--cfg-scale", type=float)
     gen.add_argument("--sampler")
+    gen.add_argument("--preset", help="few-step settings: lcm, turbo, lightning, hyper, tcd (fills sampler, steps, "
+                                      "CFG and timestep spacing you did not set)")
+    gen.add_argument("--timestep-spacing", choices=["leading", "linspace", "trailing"])
+    gen.add_argument("--eta", type=float, help="DDIM eta / TCD gamma")
     gen.add_argument("--seed", type=int, default=-1)
     gen.add_argument("--subseed", type=int, default=-1, help="variation seed")
     gen.add_argument("--subseed-strength", type=float, default=0.0, help="variation strength 0..1")
@@ -250,6 +254,7 @@ def _add_serve_parser(commands) -> None:
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, sampler=args.sampler,
+        preset=args.preset, timestep_spacing=args.timestep_spacing, eta=args.eta,
         steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
         subseed_strength=args.subseed_strength, width=args.width, height=args.height, batch_size=args.batch_size,
         batch_count=args.batch_count, clip_skip=args.clip_skip, init_image=args.init_image, mask=args.mask,

@@ -22,7 +22,7 @@ from sfumato.control.ip_adapter import (IPAdapterWeights, ip_adapter_loaded, loa
 from sfumato.control.models import ControlModel, controlnet_dir, embedded_controlnet, load_control_model
 from sfumato.control.models import resolve as resolve_control
 from sfumato.control.units import ControlUnit, parse_units
-from sfumato.errors import ImageBlocked, InvalidRequest
+from sfumato.errors import ImageBlocked, InvalidRequest, SfumatoError
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
@@ -42,6 +42,7 @@ from sfumato.requests import LATENT_UPSCALERS, GeneratedImage, GenerationRequest
 from sfumato.safety.classifier import SafetySettings, nsfw_scores
 from sfumato.safety.classifier import blur as blur_image
 from sfumato.safety.policy import PromptPolicy
+from sfumato.sampling.presets import lora_preset, model_settings, preset_settings
 from sfumato.sampling.samplers import get_sampler, sampler_has_own_noise
 from sfumato import upscale as upscalers
 
@@ -183,12 +184,18 @@ class Engine:
         prompt, flags = split_flags(prompt)
         changes: dict = {"prompt": prompt, "negative_prompt": negative, "model": str(info.path),
                          "loras": [*request.loras, *tag_loras]}
-        changes["sampler"] = get_sampler(request.sampler or family.default_sampler, flow).name
-        steps = request.steps or family.default_steps
+        preset, defaults = self._sampling_defaults(request, info, changes["loras"])
+        changes["preset"] = preset
+        changes["sampler"] = get_sampler(request.sampler or defaults.get("sampler") or family.default_sampler,
+                                         flow).name
+        steps = request.steps or defaults.get("steps") or family.default_steps
         if flags.quality is not None:
             steps = max(1, round(steps * flags.quality))
         changes["steps"] = steps
-        changes["cfg_scale"] = request.cfg_scale if request.cfg_scale is not None else family.default_cfg_scale
+        changes["cfg_scale"] = next(v for v in (request.cfg_scale, defaults.get("cfg_scale"), family.default_cfg_scale)
+                                    if v is not None)
+        changes["timestep_spacing"] = request.timestep_spacing or defaults.get("timestep_spacing")
+        changes["eta"] = request.eta if request.eta is not None else defaults.get("eta")
         if flags.stylize is not None:
             changes["cfg_scale"] = stylize_to_cfg(flags.stylize)
         if flags.no:
@@ -222,6 +229,25 @@ class Engine:
             check_flow_request(family.name, resolved)
         check_loras(resolved.loras)
         return resolved
+
+    def _sampling_defaults(self, request: GenerationRequest, info: ModelInfo,
+                           loras: list[tuple[str, float]]) -> tuple[str | None, dict]:
+        """The preset that fills the request's open sampling settings: the request's own, else the model's
+        `sfumato.json`, else the preset a LoRA was distilled for (LCM-LoRA, Lightning, Hyper-SD, TCD)."""
+        if request.preset:
+            return request.preset, preset_settings(request.preset)
+        declared = model_settings(Path(info.path))
+        if declared:
+            return None, declared
+        for name, _weight in loras:
+            try:
+                path = home.resolve(name, "lora")
+            except SfumatoError:
+                continue  # check_loras reports it
+            found = lora_preset(path)
+            if found:
+                return found, preset_settings(found)
+        return None, {}
 
     def _resolve_upscalers(self, request: GenerationRequest) -> GenerationRequest:
         """Upscaler names as the registry spells them (so PNG metadata and replays agree); unknown ones fail now."""

@@ -39,6 +39,12 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
             fields.append(("Mask blur", request.mask_blur))
             if request.inpaint_fill == "fill":
                 fields.append(("Inpaint fill", "fill"))
+    if request.timestep_spacing:
+        fields.append(("Timestep spacing", request.timestep_spacing))
+    if request.eta is not None:
+        fields.append(("Eta", f"{request.eta:g}"))
+    if request.preset:
+        fields.append(("Preset", request.preset))
     if request.subseed_strength > 0:
         fields += [("Variation seed", subseed), ("Variation seed strength", f"{request.subseed_strength:g}")]
     if request.clip_skip > 1:

@@ -14,6 +14,7 @@ MAX_SEED = 2**32 - 1
 MIN_SIDE, MAX_SIDE = 16, 4096
 MAX_PIXELS = 4096 * 4096
 OUTPAINT_SIDES = ("left", "right", "up", "down")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 LATENT_UPSCALERS = ("latent", "latent-nearest")  # hires fix in latent space; any upscaler name works in pixels
 
 
@@ -29,6 +30,9 @@ class GenerationRequest:
     negative_prompt: str = ""
     model: str | None = None
     sampler: str | None = None
+    preset: str | None = None  # few-step presets: lcm, turbo, lightning, hyper, tcd (sampling.presets)
+    timestep_spacing: str | None = None  # leading / linspace / trailing; None: the model's (or its preset's)
+    eta: float | None = None  # DDIM eta / TCD gamma; None: the sampler's default
     steps: int | None = None
     cfg_scale: float | None = None
     seed: int = -1
@@ -82,7 +86,7 @@ class GenerationRequest:
             if not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string")
         for name in ("model", "sampler", "init_image", "mask", "prediction_type", "ip_adapter", "ip_image_encoder",
-                     "p2p_source", "init_upscaler"):
+                     "p2p_source", "init_upscaler", "preset", "timestep_spacing"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string or null")
         for name in ("styles", "image_prompts", "ip_images"):
@@ -131,6 +135,10 @@ class GenerationRequest:
             _check_range(name, value, MIN_SIDE, MAX_SIDE, integer=True)
             if value % 8:
                 raise InvalidRequest(f"{name} must be a multiple of 8, got {value} (try {round(value / 8) * 8 or 8})")
+        _check_range("eta", self.eta, 0.0, 1.0)
+        if self.timestep_spacing not in (None, *TIMESTEP_SPACINGS):
+            raise InvalidRequest(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, "
+                                 f"got {self.timestep_spacing!r}")
         _check_range("sd_upscale", self.sd_upscale, 1.0, 4.0)
         _check_range("sd_upscale_overlap", self.sd_upscale_overlap, 0, 512, integer=True)
         _check_range("sd_upscale_strength", self.sd_upscale_strength, 0.0, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -68,20 +69,31 @@ def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative
 @torch.no_grad()
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
             generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
-            on_step: StepCallback | None = None, control=None) -> torch.Tensor:
+            on_step: StepCallback | None = None, control=None, eta: float | None = None) -> torch.Tensor:
     """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
     and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`).
     `control` (a `control.apply.ControlSet`) adds ControlNet residuals, T2I-Adapter features and IP-Adapter image
-    embeddings."""
+    embeddings. `eta` goes to samplers that take it (DDIM's eta, TCD's gamma). A UNet distilled with the guidance
+    scale as an input (LCM's w-conditioning, `time_cond_proj_dim`) gets cfg_scale embedded instead of a CFG pass,
+    as diffusers does."""
     unet = model.pipe.unet
+    timestep_cond = None
+    if getattr(unet.config, "time_cond_proj_dim", None) is not None:
+        scale = torch.as_tensor(guidance.cfg_scale, dtype=torch.float32).flatten().expand(guidance.images)
+        guidance = dataclasses.replace(guidance, cfg_scale=1.0)
+        embedding = model.pipe.get_guidance_scale_embedding(scale - 1, unet.config.time_cond_proj_dim)
+        timestep_cond = embedding[torch.tensor(guidance.row_images())].to(latents.device, latents.dtype)
     row_list = guidance.row_images()
     rows = torch.tensor(row_list, device=latents.device)
     negative_rows = guidance.row_is_negative()
     concat = None
     if inpaint is not None and inpaint.masked_image_latents is not None:
         concat = torch.cat([inpaint.mask, inpaint.masked_image_latents], dim=1)[rows]
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    step_kwargs = {"generator": generators} if takes_generator and len(generators) == latents.shape[0] else {}
+    step_parameters = inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generators} if "generator" in step_parameters and len(generators) == latents.shape[0] \
+        else {}
+    if eta is not None and "eta" in step_parameters:
+        step_kwargs["eta"] = eta
     fixed = None
     for i, t in enumerate(timesteps):
         if fixed is None or not guidance.static:
@@ -92,7 +104,8 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
             fixed = (cond.embeds, added, class_labels)
         context, added, class_labels = fixed
         model_input = scheduler.scale_model_input(latents[rows], t)
-        kwargs = {"encoder_hidden_states": context, "added_cond_kwargs": added, "class_labels": class_labels}
+        kwargs = {"encoder_hidden_states": context, "added_cond_kwargs": added, "class_labels": class_labels,
+                  "timestep_cond": timestep_cond}
         if control is not None:
             kwargs.update(control.unet_kwargs(i, len(timesteps), model_input, t, context, added, class_labels,
                                               negative_rows, row_list))

@@ -241,7 +241,7 @@ def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
     config = model.scheduler_config
     if request.prediction_type:
         config = {**config, "prediction_type": request.prediction_type}
-    return make_scheduler(request.sampler, config, seed)
+    return make_scheduler(request.sampler, config, seed, timestep_spacing=request.timestep_spacing)
 
 
 def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, seeds: list[int],
@@ -265,7 +265,7 @@ def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     return denoise(model, scheduler, latents, timesteps, guidance, generators, request.width, request.height, inpaint,
-                   progress.step, control)
+                   progress.step, control, request.eta)
 
 
 def _inpaint_state(model: LoadedModel, source: Source, init_latents: torch.Tensor,
@@ -310,5 +310,5 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
     noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     refined = denoise(model, scheduler, noisy, timesteps, guidance, generators, width, height, None, progress.step,
-                      control)
+                      control, request.eta)
     return refined, width, height

@@ -51,6 +51,7 @@ _ALL = [
     Sampler("UniPC", "UniPCMultistepScheduler"),
     Sampler("DEIS", "DEISMultistepScheduler"),
     Sampler("LCM", "LCMScheduler", {}, stochastic=True),
+    Sampler("TCD", "TCDScheduler", {}, stochastic=True),  # trajectory consistency distillation; eta = gamma
 ]
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in _ALL}
 FLOW_SAMPLERS: dict[str, Sampler] = {"Euler": Sampler("Euler", "FlowMatchEulerDiscreteScheduler")}
@@ -82,15 +83,19 @@ def sampler_has_own_noise(name: str | None, flow: bool = False) -> bool:
     return "noise_sampler_seed" in inspect.signature(cls.__init__).parameters
 
 
-def make_scheduler(name: str, base_config: dict[str, Any], seed: int = 0, flow: bool = False):
+def make_scheduler(name: str, base_config: dict[str, Any], seed: int = 0, flow: bool = False,
+                   timestep_spacing: str | None = None):
     """A fresh scheduler for sampler `name`, built on the model's own scheduler config.
 
-    `seed` seeds samplers that keep their own noise source (DPM++ SDE's Brownian tree).
+    `seed` seeds samplers that keep their own noise source (DPM++ SDE's Brownian tree); `timestep_spacing`
+    overrides the model's (trailing: Turbo, Lightning, Hyper-SD).
     """
     import diffusers
 
     sampler = get_sampler(name, flow)
     config = {k: v for k, v in base_config.items() if k not in _SCHEDULER_ONLY_KEYS}
+    if timestep_spacing:
+        config["timestep_spacing"] = timestep_spacing
     cls = getattr(diffusers, sampler.scheduler)
     options = dict(sampler.options)
     if "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:

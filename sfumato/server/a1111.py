@@ -47,6 +47,7 @@ class Txt2ImgRequest(BaseModel):
     hr_upscaler: str | None = None
     hr_second_pass_steps: int = 0
     denoising_strength: float | None = None
+    eta: float | None = None
     override_settings: dict[str, Any] = {}
     send_images: bool = True
     alwayson_scripts: dict[str, Any] = {}  # the ControlNet extension's units (other scripts are ignored)
@@ -78,7 +79,7 @@ def _sampler(body: Txt2ImgRequest) -> str | None:
 def _request(body: Txt2ImgRequest, model: str | None) -> GenerationRequest:
     upscaler = hires_upscaler(body.hr_upscaler) if body.enable_hr else "latent"
     return GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=_sampler(body),
+        prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=_sampler(body), eta=body.eta,
         steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, subseed=body.subseed,
         subseed_strength=body.subseed_strength, width=body.width, height=body.height, batch_size=body.batch_size,
         batch_count=body.n_iter, tile=body.tiling,

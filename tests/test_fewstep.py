@@ -1,0 +1,139 @@
+"""Few-step generation: LCM (w-conditioned UNets and LCM-LoRA), TCD, trailing timesteps for Turbo/Lightning/Hyper,
+presets and how models and LoRAs declare them — with parity against plain diffusers on tiny models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sfumato.engine import Engine
+from sfumato.errors import InvalidRequest
+from sfumato.requests import GenerationRequest
+from test_engine import SIZE, capture_latents
+from test_models import lora_files  # noqa: F401 (fixture)
+
+PROMPT = "a red apple"
+
+
+def req(**kw) -> GenerationRequest:
+    base = dict(prompt=PROMPT, seed=1234, width=SIZE, height=SIZE)
+    base.update(kw)
+    return GenerationRequest(**base)
+
+
+def _pipe(cls, path, scheduler):
+    pipe = cls.from_pretrained(str(path), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = scheduler.from_config(pipe.scheduler.config) if isinstance(scheduler, type) else scheduler
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def lcm_model(sd1, tmp_path_factory):
+    """The tiny SD1 model with a w-conditioned UNet (`time_cond_proj_dim`), as LCM-distilled full models have."""
+    from diffusers import UNet2DConditionModel
+
+    path = tmp_path_factory.mktemp("lcm") / "sd1-lcm"
+    shutil.copytree(sd1, path)
+    config = dict(UNet2DConditionModel.load_config(str(sd1 / "unet")))
+    config["time_cond_proj_dim"] = 32
+    torch.manual_seed(3)
+    UNet2DConditionModel.from_config(config).save_pretrained(str(path / "unet"))
+    return path
+
+
+def test_lcm_model_parity_with_diffusers(lcm_model, monkeypatch):
+    """A w-conditioned UNet: the guidance scale is embedded, no CFG pass (diffusers' LatentConsistencyModelPipeline)."""
+    from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+    ours = capture_latents(Engine(lcm_model), req(sampler="LCM", steps=4, cfg_scale=8.0), monkeypatch)
+    pipe = _pipe(LatentConsistencyModelPipeline, lcm_model, LCMScheduler)
+    theirs = pipe(PROMPT, num_inference_steps=4, guidance_scale=8.0, height=SIZE, width=SIZE,
+                  generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    other = capture_latents(Engine(lcm_model), req(sampler="LCM", steps=4, cfg_scale=2.0), monkeypatch)
+    assert (other - ours).abs().max().item() > 1e-3  # the scale reaches the UNet
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["diffusers", "kohya"])
+def test_lcm_lora_parity_with_diffusers(sd1, lora_files, which, monkeypatch):
+    """LCM-LoRA: a LoRA + the LCM sampler, CFG 1 (one UNet pass per step), both LoRA layouts."""
+    import diffusers
+
+    lora = lora_files[which]
+    ours = capture_latents(Engine(sd1), req(sampler="LCM", steps=4, cfg_scale=1.0, loras=[(str(lora), 1.0)]),
+                           monkeypatch)
+    pipe = _pipe(diffusers.StableDiffusionPipeline, sd1, diffusers.LCMScheduler)
+    pipe.load_lora_weights(str(lora))
+    theirs = pipe(PROMPT, num_inference_steps=4, guidance_scale=1.0, height=SIZE, width=SIZE,
+                  generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_tcd_parity_with_diffusers_and_gamma(sd1, monkeypatch):
+    import diffusers
+
+    ours = capture_latents(Engine(sd1), req(sampler="TCD", steps=4, cfg_scale=1.0, eta=0.3), monkeypatch)
+    pipe = _pipe(diffusers.StableDiffusionPipeline, sd1, diffusers.TCDScheduler)
+    theirs = pipe(PROMPT, num_inference_steps=4, guidance_scale=1.0, eta=0.3, height=SIZE, width=SIZE,
+                  generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    other = capture_latents(Engine(sd1), req(sampler="TCD", steps=4, cfg_scale=1.0, eta=0.8), monkeypatch)
+    assert (other - ours).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("sampler,steps", [("Euler a", 1), ("Euler", 4)], ids=["turbo", "lightning"])
+def test_trailing_spacing_parity_sdxl(sdxl, sampler, steps, monkeypatch):
+    """SDXL-Turbo (1 step, Euler a) and SDXL-Lightning (Euler) settings: trailing timesteps and no CFG."""
+    import diffusers
+
+    from sfumato.sampling.samplers import make_scheduler
+
+    ours = capture_latents(Engine(sdxl), req(sampler=sampler, steps=steps, cfg_scale=1.0,
+                                             timestep_spacing="trailing"), monkeypatch)
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(str(sdxl), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler(sampler, {**dict(pipe.scheduler.config), "timestep_spacing": "trailing"})
+    theirs = pipe(PROMPT, num_inference_steps=steps, guidance_scale=0.0, height=SIZE, width=SIZE,
+                  generator=[torch.Generator().manual_seed(1234)], output_type="latent").images
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    leading = capture_latents(Engine(sdxl), req(sampler=sampler, steps=steps, cfg_scale=1.0,
+                                                timestep_spacing="leading"), monkeypatch)
+    assert (leading - ours).abs().max().item() > 1e-3
+
+
+def test_presets_fill_only_what_the_request_leaves_open(sd1):
+    engine = Engine(sd1)
+    turbo = engine.resolve(req(preset="turbo"))
+    assert (turbo.sampler, turbo.steps, turbo.cfg_scale, turbo.timestep_spacing) == ("Euler a", 1, 1.0, "trailing")
+    mine = engine.resolve(req(preset="lightning", steps=8, cfg_scale=1.5))
+    assert (mine.sampler, mine.steps, mine.cfg_scale, mine.timestep_spacing) == ("Euler", 8, 1.5, "trailing")
+    tcd = engine.resolve(req(preset="tcd"))
+    assert (tcd.sampler, tcd.eta) == ("TCD", 0.3)
+    result = engine.generate(req(preset="lcm"))
+    assert "Sampler: LCM" in result.images[0].infotext and "Preset: lcm" in result.images[0].infotext
+    assert "CFG scale: 1," in result.images[0].infotext
+    with pytest.raises(InvalidRequest, match="unknown preset"):
+        engine.resolve(req(preset="ludicrous"))
+    with pytest.raises(InvalidRequest, match="timestep_spacing"):
+        req(timestep_spacing="sideways").validate()
+
+
+def test_models_and_loras_declare_their_preset(sd1, lora_files, tmp_path, monkeypatch):
+    model = tmp_path / "turbo-model"
+    shutil.copytree(sd1, model)
+    (model / "sfumato.json").write_text(json.dumps({"preset": "turbo", "steps": 2}))
+    declared = Engine(model).resolve(req())
+    assert (declared.sampler, declared.steps, declared.cfg_scale, declared.timestep_spacing) == \
+        ("Euler a", 2, 1.0, "trailing")
+    named = tmp_path / "lcm-lora-sdv1-5.safetensors"
+    shutil.copy(lora_files[1], named)
+    with_lora = Engine(sd1).resolve(req(loras=[(str(named), 1.0)]))
+    assert (with_lora.sampler, with_lora.steps, with_lora.cfg_scale, with_lora.preset) == ("LCM", 4, 1.0, "lcm")
+    plain = Engine(sd1).resolve(req(loras=[(str(lora_files[1]), 1.0)]))
+    assert plain.preset is None and plain.sampler != "LCM"
+    replayed = Engine(sd1).resolve(with_lora)  # a resolved request resolves to itself
+    assert (replayed.sampler, replayed.steps, replayed.cfg_scale) == ("LCM", 4, 1.0)
