@@ -13,7 +13,7 @@ from sfumato.engine import Engine
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest
 from test_engine import SIZE, capture_latents
-from test_models import lora_files  # noqa: F401 (fixture)
+from test_models import lora_files  # noqa: F401,F811 (a fixture)
 
 PROMPT = "a red apple"
 
@@ -59,7 +59,7 @@ def test_lcm_model_parity_with_diffusers(lcm_model, monkeypatch):
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["diffusers", "kohya"])
-def test_lcm_lora_parity_with_diffusers(sd1, lora_files, which, monkeypatch):
+def test_lcm_lora_parity_with_diffusers(sd1, lora_files, which, monkeypatch):  # noqa: F811
     """LCM-LoRA: a LoRA + the LCM sampler, CFG 1 (one UNet pass per step), both LoRA layouts."""
     import diffusers
 
@@ -122,7 +122,7 @@ def test_presets_fill_only_what_the_request_leaves_open(sd1):
         req(timestep_spacing="sideways").validate()
 
 
-def test_models_and_loras_declare_their_preset(sd1, lora_files, tmp_path, monkeypatch):
+def test_models_and_loras_declare_their_preset(sd1, lora_files, tmp_path, monkeypatch):  # noqa: F811
     model = tmp_path / "turbo-model"
     shutil.copytree(sd1, model)
     (model / "sfumato.json").write_text(json.dumps({"preset": "turbo", "steps": 2}))
