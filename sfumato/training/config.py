@@ -12,7 +12,7 @@ from typing import Any
 
 from sfumato.errors import InvalidRequest
 
-METHODS = ("scratch", "full", "lora", "dreambooth", "oft", "textual-inversion", "controlnet")
+METHODS = ("scratch", "full", "lora", "dreambooth", "oft", "textual-inversion", "controlnet", "lcm")
 
 
 @dataclass
@@ -83,6 +83,11 @@ class TrainConfig:
     threshold_b: float = -1.0
     controlnet: str | None = None  # start from this ControlNet folder instead of a copy of the UNet encoder
     control_augment: float = 0.0  # probability of a random warp (scale, shift, rotation) of image and map together
+    # lcm (latent consistency distillation)
+    lcm_form: str = "lora"  # lora (an LCM-LoRA of the base model, uses rank/alpha) or full (every UNet weight)
+    lcm_guidance: float = 7.5  # the teacher's CFG scale, distilled into the student
+    lcm_ddim_steps: int = 50  # the skipping-step DDIM schedule of the solver (k = 1000 / this)
+    lcm_target_decay: float = 0.95  # EMA decay of the target network (full form)
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -106,6 +111,10 @@ class TrainConfig:
             raise InvalidRequest("prediction-type must be epsilon or v_prediction")
         if self.validation_retrieval < 0:
             raise InvalidRequest("validation-retrieval must be 0 (off) or a number of examples")
+        if self.lcm_form not in ("lora", "full"):
+            raise InvalidRequest("lcm-form must be lora or full")
+        if not 1 <= self.lcm_ddim_steps <= 1000 or not 0.0 <= self.lcm_target_decay < 1.0 or self.lcm_guidance < 1:
+            raise InvalidRequest("lcm-ddim-steps must be in 1..1000, lcm-target-decay in [0, 1), lcm-guidance >= 1")
         if self.resolution % 8:
             raise InvalidRequest("resolution must be a multiple of 8")
         return self

@@ -8,6 +8,7 @@ oft                peft orthogonal fine-tuning of the UNet attention
 textual-inversion  new token embeddings in the text encoder, saved in the A1111/diffusers format
 controlnet         a ControlNet (a trainable copy of the UNet encoder behind zero convolutions) on control maps
                    that a preprocessor computes from each training image; the UNet stays frozen
+lcm                latent consistency distillation of the model into a few-step LCM-LoRA or full model (lcm.py)
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class TrainSetup:
     _dataset: Callable[[TrainConfig, Callable[[str], None]], tuple[Dataset, list[float]]] | None = None
     control_maps: Callable[[Any, list[int], list[bool]], torch.Tensor] | None = None  # (features, images, flips)
     control_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (features, images, flips, rng)
+    loss_fn: Callable[..., torch.Tensor] | None = None  # a method's own loss (lcm) instead of noise prediction
+    validation_preset: str | None = None  # sampling preset of the validation images (lcm)
 
     def __post_init__(self):
         self.encoder = PromptEncoder(self.pipe, self.info.family.name, self.chunk_length)
@@ -91,8 +94,10 @@ class TrainSetup:
     # ---------------------------------------------------------------- steps
 
     def predict(self, noisy, timesteps, embeds, pooled, width: int, height: int,
-                control: torch.Tensor | None = None) -> torch.Tensor:
-        unet = self.model if self.model is self.pipe.unet or _wraps(self.model, self.pipe.unet) else self.pipe.unet
+                control: torch.Tensor | None = None, unet=None) -> torch.Tensor:
+        """The UNet's prediction (of `unet` when given: a teacher or target network with the same inputs)."""
+        if unet is None:
+            unet = self.model if self.model is self.pipe.unet or _wraps(self.model, self.pipe.unet) else self.pipe.unet
         kwargs: dict[str, Any] = {}
         if self.class_embed:
             kwargs["class_labels"] = pooled
@@ -153,7 +158,8 @@ class TrainSetup:
             engine = Engine.with_model(LoadedModel(self.info, self.pipe, self.device, torch.float32))
             images = []
             for prompt in config.validation_prompts:
-                request = GenerationRequest(prompt=prompt, seed=config.validation_seed, steps=config.validation_steps)
+                request = GenerationRequest(prompt=prompt, seed=config.validation_seed, steps=config.validation_steps,
+                                            preset=self.validation_preset)
                 images.extend(r.image for r in engine.generate(request).images)
             scores = probe.score(engine, config.validation_steps) if probe is not None else None
             return images, scores
@@ -565,8 +571,15 @@ def _scaled(image, scale: float):
     return canvas
 
 
+def build_lcm(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
+    from sfumato.training.lcm import build_lcm as build
+
+    return build(config, device, say)
+
+
 BUILDERS = {"scratch": build_scratch, "full": build_full, "lora": build_lora, "dreambooth": build_dreambooth,
-            "oft": build_oft, "textual-inversion": build_textual_inversion, "controlnet": build_controlnet}
+            "oft": build_oft, "textual-inversion": build_textual_inversion, "controlnet": build_controlnet,
+            "lcm": build_lcm}
 
 
 def build_setup(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:

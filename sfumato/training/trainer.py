@@ -147,6 +147,15 @@ def loss_for_batch(config: TrainConfig, setup: TrainSetup, features: Features, i
     else:
         texts = [features_caption(features, i, r, config, rng) for i, r in zip(indices, rows)]
         embeds, pooled = encode_captions(setup.encoder, texts)
+    height, width = latents.shape[-2] * setup.vae_scale, latents.shape[-1] * setup.vae_scale
+    if setup.loss_fn is not None:  # the method's own objective (latent consistency distillation)
+        if features.embeds is not None:
+            uncond = features.embeds[[0] * len(indices)].to(setup.device)
+            uncond_pooled = features.pooled[[0] * len(indices)].to(setup.device) if features.pooled is not None \
+                else None
+        else:
+            uncond, uncond_pooled = encode_captions(setup.encoder, [""] * len(indices))
+        return setup.loss_fn(latents, embeds, pooled, uncond, uncond_pooled, width, height)
     scheduler = setup.noise_scheduler
     noise = torch.randn_like(latents)
     if config.noise_offset:
@@ -155,7 +164,6 @@ def loss_for_batch(config: TrainConfig, setup: TrainSetup, features: Features, i
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction_type = config.prediction_type or scheduler.config.prediction_type
     target = noise if prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-    height, width = latents.shape[-2] * setup.vae_scale, latents.shape[-1] * setup.vae_scale
     prediction = setup.predict(noisy, timesteps, embeds, pooled, width, height, control)
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if config.min_snr_gamma:
