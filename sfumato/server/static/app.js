@@ -141,7 +141,8 @@ function number(id) {
 function buildRequest() {
   const request = {
     prompt: $("prompt").value, negative_prompt: $("negative_prompt").value, model: $("model").value || null,
-    sampler: $("sampler").value || null, steps: number("steps"), cfg_scale: number("cfg_scale"),
+    sampler: $("sampler").value || null, preset: $("preset").value || null, steps: number("steps"),
+    cfg_scale: number("cfg_scale"),
     seed: number("seed") ?? -1, width: number("width"), height: number("height"),
     batch_size: number("batch_size") || 1, batch_count: number("batch_count") || 1,
     hires_scale: number("hires_scale") || 1, hires_strength: number("hires_strength") ?? 0.55, tile: $("tile").checked,
