@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler")
     gen.add_argument("--preset", help="few-step settings: lcm, turbo, lightning, hyper, tcd (fills sampler, steps, "
                                       "CFG and timestep spacing you did not set)")
+    gen.add_argument("--fast", action="store_true",
+                     help="the embedded model's few-step variant (sfumato-emoji-lcm: LCM, 2 steps, CFG 1)")
     gen.add_argument("--timestep-spacing", choices=["leading", "linspace", "trailing"])
     gen.add_argument("--eta", type=float, help="DDIM eta / TCD gamma")
     gen.add_argument("--seed", type=int, default=-1)
@@ -251,9 +253,24 @@ def _add_serve_parser(commands) -> None:
     _add_safety_args(serve)
 
 
+def _fast_model(args: argparse.Namespace) -> str | None:
+    """--fast: the few-step model shipped for the embedded model (other models: --preset or an LCM-LoRA)."""
+    if not getattr(args, "fast", False):
+        return args.model
+    from sfumato.models.embedded import embedded_fast_model
+
+    if args.model:
+        raise InvalidRequest("--fast picks the embedded model's few-step variant; for other models use --preset "
+                             "lcm|turbo|lightning|hyper|tcd or an LCM-LoRA")
+    fast = embedded_fast_model()
+    if fast is None:
+        raise InvalidRequest("this install has no few-step embedded model (sfumato-emoji-lcm)")
+    return str(fast)
+
+
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model, sampler=args.sampler,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, model=_fast_model(args), sampler=args.sampler,
         preset=args.preset, timestep_spacing=args.timestep_spacing, eta=args.eta,
         steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
         subseed_strength=args.subseed_strength, width=args.width, height=args.height, batch_size=args.batch_size,

@@ -15,6 +15,12 @@ def embedded_model() -> Path | None:
     return EMBEDDED_DIR if (EMBEDDED_DIR / "model_index.json").exists() else None
 
 
+def embedded_fast_model() -> Path | None:
+    """The few-step (latent-consistency-distilled) variant shipped beside the embedded model, if installed."""
+    path = EMBEDDED_DIR.parent / f"{EMBEDDED_DIR.name}-lcm"
+    return path if (path / "model_index.json").exists() else None
+
+
 def export_trained(source: Path, target: Path, defaults: dict[str, Any], checkpoint: Path | None = None,
                 half: bool = True) -> Path:
     """Write a trained ldm-family model as (by default fp16) safetensors with `defaults` (sampler, steps, cfg) in sfumato.json.
