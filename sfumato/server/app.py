@@ -27,7 +27,7 @@ from sfumato import __version__
 from sfumato.engine import Engine, default_model
 from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.models.catalog import list_models
-from sfumato.models.embedded import embedded_fast_model
+from sfumato.models.embedded import embedded_fast_model, embedded_model
 from sfumato import upscale as upscalers
 from sfumato.requests import LATENT_UPSCALERS, GenerationRequest, UpscaleRequest
 from sfumato.safety.classifier import SafetySettings
@@ -67,8 +67,8 @@ class Service:
         if chosen:
             path = Path(chosen) if Path(chosen).exists() else None
             models[path.name if path else chosen] = str(path) if path else chosen
-        fast = embedded_fast_model()
-        if fast is not None and chosen and Path(chosen).resolve() == fast.parent / fast.name.removesuffix("-lcm"):
+        fast, embedded = embedded_fast_model(), embedded_model()
+        if fast is not None and chosen and embedded and Path(chosen).resolve() == embedded.resolve():
             models[fast.name] = str(fast)  # the embedded model's few-step variant beside it
         for entry in list_models():
             if entry.kind == "checkpoint" and not entry.format.startswith(("pickle", "unsupported")):
