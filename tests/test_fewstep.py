@@ -209,3 +209,27 @@ def test_train_lcm_full_model_declares_its_preset(sd1, tmp_path):
     resolved = Engine(result.output).resolve(req())
     assert (resolved.sampler, resolved.steps, resolved.cfg_scale) == ("LCM", 4, 1.0)
     assert np.mean(result.losses[-8:]) < 0.6 * np.mean(result.losses[:8])  # measured: 0.35 -> 0.16
+
+
+# ----------------------------------------------------------------------------- the shipped few-step emoji model
+
+def _fast():
+    from sfumato.models.embedded import embedded_fast_model
+
+    return embedded_fast_model()
+
+
+@pytest.mark.skipif(_fast() is None, reason="the few-step embedded model is not in this checkout")
+def test_shipped_fast_model_is_small_declares_lcm_and_draws_in_two_steps(tmp_path, capsys):
+    from sfumato.cli import main
+    from sfumato.models.embedded import embedded_model
+
+    fast = _fast()
+    size = sum(p.stat().st_size for p in fast.rglob("*") if p.is_file())
+    assert size < 12 * 2**20, size
+    resolved = Engine(fast).resolve(GenerationRequest("red apple"))
+    assert (resolved.sampler, resolved.steps, resolved.cfg_scale, resolved.preset) == ("LCM", 2, 1.0, "lcm")
+    assert main(["generate", "red apple", "--fast", "--seed", "3", "-o", str(tmp_path / "a.png"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "Sampler: LCM" in out["images"][0]["infotext"] and "Steps: 2," in out["images"][0]["infotext"]
+    assert main(["generate", "red apple", "--fast", "--model", str(embedded_model())]) == 2
