@@ -97,6 +97,9 @@ def make_scheduler(name: str, base_config: dict[str, Any], seed: int = 0, flow: 
     if timestep_spacing:
         config["timestep_spacing"] = timestep_spacing
     cls = getattr(diffusers, sampler.scheduler)
+    accepted = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):  # no warning per request
+        config = {k: v for k, v in config.items() if k in accepted or k.startswith("_")}
     options = dict(sampler.options)
     if "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
         options["noise_sampler_seed"] = seed
