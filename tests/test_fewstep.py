@@ -135,6 +135,14 @@ def test_models_and_loras_declare_their_preset(sd1, lora_files, tmp_path, monkey
     assert (with_lora.sampler, with_lora.steps, with_lora.cfg_scale, with_lora.preset) == ("LCM", 4, 1.0, "lcm")
     plain = Engine(sd1).resolve(req(loras=[(str(lora_files[1]), 1.0)]))
     assert plain.preset is None and plain.sampler != "LCM"
+    from sfumato.sampling.presets import lora_preset
+
+    for name, expected in (("sdxl_lightning_4step_lora", "lightning"), ("Hyper-SD15-8steps-lora", "hyper"),
+                           ("TCD-SD15-LoRA", "tcd"), ("lcm_lora_sdxl", "lcm"), ("turbo-anime-style", None),
+                           ("blcm-lorax", None)):
+        copy = tmp_path / f"{name}.safetensors"
+        shutil.copy(lora_files[1], copy)
+        assert lora_preset(copy) == expected, name
     replayed = Engine(sd1).resolve(with_lora)  # a resolved request resolves to itself
     assert (replayed.sampler, replayed.steps, replayed.cfg_scale) == ("LCM", 4, 1.0)
 

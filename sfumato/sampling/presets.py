@@ -28,8 +28,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tcd": {"sampler": "TCD", "steps": 4, "cfg_scale": 1.0, "eta": 0.3},
 }
 SETTINGS = ("sampler", "steps", "cfg_scale", "timestep_spacing", "eta")
-_NAME_HINTS = [("lcm", r"(^|[^a-z])lcm([^a-z]|$)"), ("turbo", r"turbo"), ("lightning", r"lightning"),
-               ("hyper", r"hyper-?sd"), ("tcd", r"(^|[^a-z])tcd([^a-z]|$)")]
+# names of the published distillation LoRAs; deliberately narrow, so a style LoRA called "turbo-anime" is not taken
+# for a 1-step model
+_NAME_HINTS = [("lcm", r"(^|[^a-z])lcm[-_ ]?lora"), ("lightning", r"lightning.*\d+[-_ ]?steps?"),
+               ("hyper", r"hyper-?sd"), ("tcd", r"(^|[^a-z])tcd[-_ ]?(sd|lora)")]
 
 
 def preset_settings(name: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class Distiller:
         self.prediction_type = config.prediction_type or scheduler.config.prediction_type
         unet = setup.pipe.unet
         self.teacher = None if lora else copy.deepcopy(unet).requires_grad_(False).eval()
-        self.target = None if lora else copy.deepcopy(unet).requires_grad_(False).eval()
+        self.target = None  # full form: copied from the student at the first step (a resumed run: its weights)
 
     @contextlib.contextmanager
     def _teacher(self):
@@ -84,7 +84,7 @@ class Distiller:
             yield self.teacher
 
     def update_target(self) -> None:
-        if self.target is None:
+        if self.lora or self.target is None:
             return
         decay = self.config.lcm_target_decay
         with torch.no_grad():
@@ -112,7 +112,9 @@ class Distiller:
             free_x0, free_eps = x0_and_eps(free, start, noisy, self.prediction_type, self.alphas)
             x_prev = solver.ddim_step(cond_x0 + w * (cond_x0 - free_x0), cond_eps + w * (cond_eps - free_eps),
                                       index)
-            target_net = self.target if self.target is not None else setup.pipe.unet
+            if not self.lora and self.target is None:
+                self.target = copy.deepcopy(setup.pipe.unet).requires_grad_(False).eval()
+            target_net = self.target if not self.lora else setup.pipe.unet
             out_prev = setup.predict(x_prev, earlier, embeds, pooled, width, height, unet=target_net)
             x0_prev, _ = x0_and_eps(out_prev, earlier, x_prev, self.prediction_type, self.alphas)
             target = c_skip * x_prev + c_out * x0_prev
