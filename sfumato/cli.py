@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="txt2img / img2img / inpaint / outpaint / hires fix")
     gen.add_argument("prompt", help="prompt text; A1111 (emphasis:1.2), BREAK, <lora:name:w> and --ar/--no/... flags")
     gen.add_argument("--model", "-m", help="diffusers folder, .safetensors file, or a name in $SFUMATO_HOME/models")
+    gen.add_argument("--vae", help="VAE override: .safetensors file, diffusers VAE folder, or a name in "
+                                   "$SFUMATO_HOME/models/vae (default: the model's own)")
     gen.add_argument("--negative", "--negative-prompt", dest="negative_prompt", default="")
     gen.add_argument("--steps", type=int)
     gen.add_argument("--cfg-scale", type=float)
@@ -270,7 +272,8 @@ def _fast_model(args: argparse.Namespace) -> str | None:
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, model=_fast_model(args), sampler=args.sampler,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, model=_fast_model(args), vae=args.vae,
+        sampler=args.sampler,
         preset=args.preset, timestep_spacing=args.timestep_spacing, eta=args.eta,
         steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
         subseed_strength=args.subseed_strength, width=args.width, height=args.height, batch_size=args.batch_size,

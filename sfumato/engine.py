@@ -28,6 +28,7 @@ from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
 from sfumato.models.embeddings import apply_embeddings
 from sfumato.models.lora import apply_loras, check_loras, lora_hashes
+from sfumato.models.vae import apply_vae, is_own, resolve_vae
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
@@ -183,7 +184,8 @@ class Engine:
         prompt, tag_loras = extract_lora_tags(styled)
         prompt, flags = split_flags(prompt)
         changes: dict = {"prompt": prompt, "negative_prompt": negative, "model": str(info.path),
-                         "loras": [*request.loras, *tag_loras]}
+                         "loras": [*request.loras, *tag_loras],
+                         "vae": None if is_own(request.vae) else str(resolve_vae(request.vae))}
         preset, defaults = self._sampling_defaults(request, info, changes["loras"])
         changes["preset"] = preset
         changes["sampler"] = get_sampler(request.sampler or defaults.get("sampler") or family.default_sampler,
@@ -374,9 +376,11 @@ class Engine:
             raise ImageBlocked("every image was withheld: " + "; ".join(result.blocked))
         return result
 
-    def _prepare(self, model_name: str | None, loras: list[tuple[str, float]], requests: list[GenerationRequest]):
-        """Load the model, activate the LoRAs and the embeddings these requests name."""
-        model = self.load(model_name)
+    def _prepare(self, requests: list[GenerationRequest]):
+        """Load the model, activate the VAE, LoRAs and embeddings these requests name (the first names the model,
+        VAE and LoRAs: requests batch together only when those agree)."""
+        model, loras = self.load(requests[0].model), requests[0].loras
+        apply_vae(model, requests[0].vae)
         apply_loras(model, loras)
         self._encoder.expansions = apply_embeddings(model, [t for r in requests for t in (r.prompt, r.negative_prompt)])
         # LoRAs may change the text encoder: cached prompt features depend on them
@@ -387,9 +391,9 @@ class Engine:
              preview: PreviewCallback | None = None) -> GenerationResult:
         """Generate a request that `resolve` has already prepared."""
         started = time.perf_counter()
-        model = self._prepare(resolved.model, resolved.loras, [resolved])
+        model = self._prepare([resolved])
         hashes = lora_hashes(resolved.loras) if resolved.loras else None
-        model_hash = model.hash  # hashing reads the cache file: once per request, not once per image
+        model_hash = _hashes(model, resolved)  # hashing reads the cache file: once per request, not once per image
         tracker = _Progress(progress, preview)
         controls = Controls(self.control_models(resolved)) if resolved.controls or resolved.ip_adapter else None
         with contextlib.ExitStack() as stack:
@@ -480,7 +484,7 @@ class Engine:
     def _generate_together(self, jobs: list[GenerationRequest], progress: ProgressCallback | None,
                            preview: PreviewCallback | None) -> list[GenerationResult]:
         started = time.perf_counter()
-        model = self._prepare(jobs[0].model, jobs[0].loras, jobs)
+        model = self._prepare(jobs)
         rows = [(job, i) for job in jobs for i in range(job.batch_size)]
         # all new prompts in one encoder pass (cached for the batch); a job alone pads its prompt and negative to
         # the longer of the two, so jobs batch only when that chunk count agrees
@@ -495,13 +499,18 @@ class Engine:
         template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
         pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview), texts,
                                   upscaler_for=self.upscaler)
-        model_hash, hashes = model.hash, lora_hashes(jobs[0].loras) if jobs[0].loras else None
+        model_hash, hashes = _hashes(model, jobs[0]), lora_hashes(jobs[0].loras) if jobs[0].loras else None
         seconds = time.perf_counter() - started
         out: dict[int, list[GeneratedImage]] = {id(job): [] for job in jobs}
         for (job, i), picture, seed, subseed in zip(rows, pictures, seeds, subseeds):
             text = infotext(job, seed, subseed, model.info.name, model_hash, hashes)
             out[id(job)].append(GeneratedImage(picture, seed, subseed, text, job, i))
         return [self._screen(GenerationResult(out[id(job)], job, seconds)) for job in jobs]
+
+
+def _hashes(model: LoadedModel, request: GenerationRequest) -> tuple[str, str | None]:
+    """The model's short hash and the VAE override's (None without one), as the infotext records them."""
+    return model.hash, home.short_hash(Path(request.vae)) if request.vae else None
 
 
 def batch_key(request: GenerationRequest, index: int) -> tuple:

@@ -22,15 +22,20 @@ HIRES_UPSCALER_NAMES = {"latent": "Latent", "latent-nearest": "Latent (nearest)"
                         "bicubic": "Bicubic"}
 
 
-def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: str, model_hash: str,
+def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: str, model_hash: str | tuple,
              lora_hashes: dict[str, str] | None = None, image_prompt: str | None = None) -> str:
-    """The A1111 `parameters` text: prompt (this image's, for dynamic prompts), negative prompt, `Key: value` pairs."""
+    """The A1111 `parameters` text: prompt (this image's, for dynamic prompts), negative prompt, `Key: value` pairs.
+
+    `model_hash` is the model's short hash, or (model hash, VAE override hash or None)."""
+    model_hash, vae_hash = model_hash if isinstance(model_hash, tuple) else (model_hash, None)
     prompt = (image_prompt or request.prompt) + "".join(f" <lora:{Path(n).stem}:{w:g}>" for n, w in request.loras)
     fields: list[tuple[str, Any]] = [
         ("Steps", request.steps), ("Sampler", request.sampler), ("CFG scale", f"{request.cfg_scale:g}"),
         ("Seed", seed), ("Size", f"{request.width}x{request.height}"), ("Model hash", model_hash),
         ("Model", model_name),
     ]
+    if request.vae:  # A1111 writes both after the model
+        fields += [("VAE hash", vae_hash), ("VAE", Path(request.vae).name)]
     if request.instruction_edit:
         fields.append(("Image CFG scale", f"{request.image_cfg_scale:g}"))
     elif request.init_image:

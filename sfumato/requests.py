@@ -29,6 +29,7 @@ class GenerationRequest:
     prompt: str
     negative_prompt: str = ""
     model: str | None = None
+    vae: str | None = None  # VAE override (path or name in $SFUMATO_HOME/models/vae); None: the model's own
     sampler: str | None = None
     preset: str | None = None  # few-step presets: lcm, turbo, lightning, hyper, tcd (sampling.presets)
     timestep_spacing: str | None = None  # leading / linspace / trailing; None: the model's (or its preset's)
@@ -86,7 +87,7 @@ class GenerationRequest:
             if not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string")
         for name in ("model", "sampler", "init_image", "mask", "prediction_type", "ip_adapter", "ip_image_encoder",
-                     "p2p_source", "init_upscaler", "preset", "timestep_spacing"):
+                     "p2p_source", "init_upscaler", "preset", "timestep_spacing", "vae"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string or null")
         for name in ("styles", "image_prompts", "ip_images"):

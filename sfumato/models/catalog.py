@@ -13,7 +13,7 @@ from sfumato.models.home import PICKLE_SUFFIXES, SAFE_SUFFIXES, checkpoints_dir,
 
 @dataclass
 class CatalogEntry:
-    kind: str  # checkpoint or lora
+    kind: str  # checkpoint, lora, controlnet or vae
     name: str
     path: str
     family: str
@@ -70,5 +70,14 @@ def _control_entries() -> list[CatalogEntry]:
     return found
 
 
+def _vae_entries() -> list[CatalogEntry]:
+    from sfumato.models.vae import list_vaes
+
+    return [CatalogEntry("vae", path.stem if path.is_file() else path.name, str(path), "vae",
+                         "safetensors" if path.is_file() else "diffusers",
+                         sum(p.stat().st_size for p in weight_files(path)), sha256(path)) for path in list_vaes()]
+
+
 def list_models() -> list[CatalogEntry]:
-    return _entries(checkpoints_dir(), "checkpoint") + _entries(loras_dir(), "lora") + _control_entries()
+    return (_entries(checkpoints_dir(), "checkpoint") + _entries(loras_dir(), "lora") + _control_entries()
+            + _vae_entries())

@@ -25,6 +25,11 @@ def loras_dir() -> Path:
     return home() / "models" / "loras"
 
 
+def vaes_dir() -> Path:
+    """VAE overrides (A1111's `models/VAE`): single `.safetensors` files or diffusers `AutoencoderKL` folders."""
+    return home() / "models" / "vae"
+
+
 def embeddings_dir() -> Path:
     """Textual-inversion embeddings, used when their file name appears in a prompt (A1111)."""
     return home() / "embeddings"
@@ -35,7 +40,7 @@ def resolve(name: str, kind: str = "checkpoint") -> Path:
     path = Path(name).expanduser()
     if path.exists():
         return path
-    folder = checkpoints_dir() if kind == "checkpoint" else loras_dir()
+    folder = {"checkpoint": checkpoints_dir, "vae": vaes_dir}.get(kind, loras_dir)()
     candidates = [folder / name] + [folder / f"{name}{suffix}" for suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES]
     for candidate in candidates:
         if candidate.exists():

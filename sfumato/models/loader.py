@@ -28,6 +28,7 @@ class LoadedModel:
     loras: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
     embeddings: dict[str, int] = field(default_factory=dict)  # textual-inversion token -> vector count
     preview_factors: Any = None  # latent -> RGB map for cheap previews (pipelines.preview), fitted on first use
+    vae_state: Any = None  # models.vae.VaeState once a request named a VAE override
 
     @property
     def family(self) -> str:

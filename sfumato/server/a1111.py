@@ -76,10 +76,11 @@ def _sampler(body: Txt2ImgRequest) -> str | None:
     return get_sampler(name).name
 
 
-def _request(body: Txt2ImgRequest, model: str | None) -> GenerationRequest:
+def _request(body: Txt2ImgRequest, model: str | None, vae: str | None) -> GenerationRequest:
     upscaler = hires_upscaler(body.hr_upscaler) if body.enable_hr else "latent"
     return GenerationRequest(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=_sampler(body), eta=body.eta,
+        prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, vae=vae, sampler=_sampler(body),
+        eta=body.eta,
         steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, subseed=body.subseed,
         subseed_strength=body.subseed_strength, width=body.width, height=body.height, batch_size=body.batch_size,
         batch_count=body.n_iter, tile=body.tiling,
@@ -99,6 +100,12 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     def model_for(body: Txt2ImgRequest) -> str | None:
         return body.override_settings.get("sd_model_checkpoint") or service.current_model
+
+    def vae_for(body: Txt2ImgRequest) -> str | None:
+        vae = body.override_settings.get("sd_vae", service.current_vae)
+        if vae is not None and not isinstance(vae, str):
+            raise InvalidRequest("override_settings.sd_vae must be a VAE name (GET /sdapi/v1/sd-vae)")
+        return vae
 
     async def run(body: Txt2ImgRequest, request: GenerationRequest) -> dict:
         job = await run_in_threadpool(service.submit, request)
@@ -132,13 +139,13 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @app.post("/sdapi/v1/txt2img", tags=["a1111"], dependencies=guarded)
     async def txt2img(body: Txt2ImgRequest):
-        return await run(body, with_controls(body, _request(body, model_for(body))))
+        return await run(body, with_controls(body, _request(body, model_for(body), vae_for(body))))
 
     @app.post("/sdapi/v1/img2img", tags=["a1111"], dependencies=guarded)
     async def img2img(body: Img2ImgRequest):
         if not body.init_images:
             raise InvalidRequest("init_images must hold one base64 image")
-        request = _request(body, model_for(body))
+        request = _request(body, model_for(body), vae_for(body))
         fields: dict[str, Any] = {"init_image": service.upload(body.init_images[0], "init_images[0]"),
                                   "strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
                                   "mask_blur": body.mask_blur,
@@ -183,7 +190,8 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     @app.get("/sdapi/v1/options", tags=["a1111"], dependencies=guarded)
     def get_options():
         return {"sd_model_checkpoint": _title(service, service.current_model), "samples_format": "png",
-                "CLIP_stop_at_last_layers": 1, "sd_checkpoint_hash": _hash(service, service.current_model)}
+                "CLIP_stop_at_last_layers": 1, "sd_checkpoint_hash": _hash(service, service.current_model),
+                "sd_vae": service.current_vae}
 
     @app.post("/sdapi/v1/options", tags=["a1111"], dependencies=guarded)
     def set_options(body: dict[str, Any]):
@@ -191,7 +199,18 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             name = str(body["sd_model_checkpoint"]).split(" [")[0]
             service.model_path(name)  # 404 for unknown names
             service.current_model = name
+        if "sd_vae" in body:
+            vae = body["sd_vae"]
+            if not isinstance(vae, str):
+                raise InvalidRequest("sd_vae must be a VAE name, \"Automatic\" or \"None\"")
+            service.vae_path(vae)  # 404 for unknown names
+            service.current_vae = vae
         return None
+
+    @app.get("/sdapi/v1/sd-vae", tags=["a1111"], dependencies=guarded)
+    def sd_vae():
+        """The VAEs of $SFUMATO_HOME/models/vae (A1111 lists file names; paths stay on the server)."""
+        return [{"model_name": name, "filename": name} for name in service.vaes]
 
     @app.get("/sdapi/v1/sd-models", tags=["a1111"], dependencies=guarded)
     def sd_models():
@@ -204,6 +223,11 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @app.post("/sdapi/v1/refresh-checkpoints", tags=["a1111"], dependencies=guarded)
     def refresh_checkpoints():
+        service.refresh_models()
+        return None
+
+    @app.post("/sdapi/v1/refresh-vae", tags=["a1111"], dependencies=guarded)
+    def refresh_vae():
         service.refresh_models()
         return None
 

@@ -28,6 +28,7 @@ from sfumato.engine import Engine, default_model
 from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.models.catalog import list_models
 from sfumato.models.embedded import embedded_fast_model, embedded_model
+from sfumato.models.vae import is_own
 from sfumato import upscale as upscalers
 from sfumato.requests import LATENT_UPSCALERS, GenerationRequest, UpscaleRequest
 from sfumato.safety.classifier import SafetySettings
@@ -58,6 +59,7 @@ class Service:
         self.store.on_final.append(self._job_finished)
         self.models: dict[str, str] = {}
         self.current_model: str = ""
+        self.current_vae: str = "Automatic"  # A1111's `sd_vae` option: the VAE of requests that name none
         self.refresh_models()
 
     def refresh_models(self) -> None:
@@ -78,6 +80,7 @@ class Service:
         self.loras = {e.name: e.path for e in entries if e.kind == "lora" and e.format == "safetensors"}
         self.control_models = {e.name: e.path for e in entries
                                if e.kind == "controlnet" and not e.format.startswith("unsupported")}
+        self.vaes = {Path(e.path).name: e.path for e in entries if e.kind == "vae"}
         if self.current_model not in models:
             self.current_model = next(iter(models), "")
 
@@ -112,6 +115,17 @@ class Service:
         if name not in self.models:
             raise ModelNotFound(f"model {name!r} not found (GET /sdapi/v1/sd-models lists the names)")
         return self.models[name]
+
+    def vae_path(self, name: str | None) -> str | None:
+        """A VAE name (GET /sdapi/v1/sd-vae; with or without `.safetensors`) -> its path in the models home;
+        None, "Automatic" or "None" -> the model's own VAE. Paths are never accepted."""
+        if is_own(name):
+            return None
+        plain = name.split(" [")[0].strip()
+        path = self.vaes.get(plain) or next((p for n, p in self.vaes.items() if Path(n).stem == plain), None)
+        if path is None:
+            raise ModelNotFound(f"VAE {name!r} not found (GET /sdapi/v1/sd-vae lists the names)")
+        return path
 
     def lora_paths(self, loras: list) -> list[tuple[str, float]]:
         """LoRA names (from GET /api/v1/loras) -> paths inside the models home; unknown names -> 404."""
@@ -221,7 +235,7 @@ class Service:
 
     def submit(self, request: GenerationRequest) -> Job:
         """Validate, resolve (model, seeds, defaults, prompt policy) and queue durably."""
-        request = dataclasses.replace(request, model=self.model_path(request.model))
+        request = dataclasses.replace(request, model=self.model_path(request.model), vae=self.vae_path(request.vae))
         self.check_limits(request)
         resolved = self.engine.resolve(request)
         self.check_limits(resolved)
