@@ -182,9 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands)
     from sfumato.cli_eval import add_eval_parsers
     from sfumato.cli_image import add_image_parsers
+    from sfumato.cli_tools import add_tool_parsers
 
     add_eval_parsers(commands)
     add_image_parsers(commands)
+    add_tool_parsers(commands)
     _add_serve_parser(commands)
 
     data = commands.add_parser("data", help="build training datasets")
@@ -585,7 +587,13 @@ def cmd_image(args: argparse.Namespace) -> int:
     return {"upscale": cli_image.cmd_upscale, "upscalers": cli_image.cmd_upscalers}[args.command](args)
 
 
-COMMANDS = {"upscale": cmd_image, "upscalers": cmd_image, "colorize": cmd_image, "restore": cmd_image,
+def cmd_tools(args: argparse.Namespace) -> int:
+    from sfumato import cli_tools
+
+    return cli_tools.cmd_merge(args) if args.command == "merge" else cli_tools.cmd_lora(args)
+
+
+COMMANDS = {"merge": cmd_tools, "lora": cmd_tools, "upscale": cmd_image, "upscalers": cmd_image, "colorize": cmd_image, "restore": cmd_image,
             "style": cmd_image, "serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
             "models": cmd_models, "make-tiny": cmd_make_tiny, "preprocess": cmd_preprocess}
 

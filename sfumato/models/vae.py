@@ -69,11 +69,12 @@ def vae_state_dict(path: Path, config: dict) -> dict[str, torch.Tensor]:
     return convert_ldm_vae_checkpoint(state, config)
 
 
-def load_vae(path: Path, like, dtype: torch.dtype, device: torch.device):
-    """The VAE at `path` as an `AutoencoderKL` on `device`, with `like`'s latent scaling."""
+def load_vae(path: Path, own_config: dict, dtype: torch.dtype, device: torch.device):
+    """The VAE at `path` as an `AutoencoderKL` on `device`, with the latent scaling of the model's own VAE (whose
+    config is `own_config`; a file without a config of its own gets this one)."""
     from diffusers import AutoencoderKL
 
-    own = {k: v for k, v in like.config.items() if not k.startswith("_")}
+    own = {k: v for k, v in dict(own_config).items() if not k.startswith("_")}
     try:
         folder = _folder(path) if path.is_dir() else None
         if folder is not None:
@@ -91,9 +92,9 @@ def load_vae(path: Path, like, dtype: torch.dtype, device: torch.device):
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UnsupportedModel(f"VAE {path} does not fit this model's VAE ({first})") from None
-    if vae.config.latent_channels != like.config.latent_channels:
+    if vae.config.latent_channels != own.get("latent_channels", 4):
         raise UnsupportedModel(f"VAE {path} has {vae.config.latent_channels} latent channels; this model's VAE has "
-                               f"{like.config.latent_channels}")
+                               f"{own.get('latent_channels', 4)}")
     vae.register_to_config(**{k: own[k] for k in LATENT_KEYS if k in own})
     return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -119,7 +120,7 @@ def apply_vae(model: LoadedModel, name: str | None) -> None:
         path = resolve_vae(name)
         if state.path != path.resolve():
             state.override, state.path = None, None  # free the previous override first
-            state.override, state.path = load_vae(path, state.own, model.dtype, model.device), path.resolve()
+            state.override, state.path = load_vae(path, state.own.config, model.dtype, model.device), path.resolve()
         wanted = state.override
     if model.pipe.vae is not wanted:
         model.pipe.vae = wanted

@@ -1,0 +1,94 @@
+"""Command-line adapter for model tools: `sfumato merge` (checkpoint merger) and `sfumato lora merge | bake |
+extract`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sfumato.cli import _Bar, _lora_arg, _Parser
+from sfumato.errors import InvalidRequest
+
+
+def add_tool_parsers(commands) -> None:
+    from sfumato.models.merge import MODES, PRESETS
+
+    merge = commands.add_parser("merge", help="merge checkpoints (A1111's Checkpoint Merger, block-weighted too)")
+    merge.add_argument("a", type=Path, help="model A (single .safetensors or diffusers folder)")
+    merge.add_argument("b", type=Path, help="model B")
+    merge.add_argument("c", type=Path, nargs="?", help="model C (add-difference: A + (B - C) * alpha)")
+    merge.add_argument("--output", "-o", type=Path, required=True, help=".safetensors file or folder, as the inputs")
+    merge.add_argument("--mode", choices=MODES, help="default: weighted-sum, or add-difference when C is given")
+    merge.add_argument("--alpha", type=float, default=0.5, help="B's share (weighted sum) or the difference's "
+                                                                "multiplier; outside the UNet blocks with block weights")
+    merge.add_argument("--block-weights", help="comma-separated alpha per UNet block: IN00..,M00,OUT.. (25 values "
+                                               "for SD 1.x/2.x, 19 for SDXL)")
+    merge.add_argument("--block-preset", choices=sorted(PRESETS), help="a merge-block-weighted preset")
+    merge.add_argument("--text-encoder", choices=["merge", "A", "B"], default="merge")
+    merge.add_argument("--vae", default="merge", help="merge, A, B, or a VAE file/name to bake in")
+    merge.add_argument("--half", action="store_true", help="save float16")
+
+    lora = commands.add_parser("lora", help="LoRA tools: merge several, bake into a checkpoint, extract from a "
+                                            "fine-tune")
+    tools = lora.add_subparsers(dest="lora_command", required=True, parser_class=_Parser)
+    lmerge = tools.add_parser("merge", help="merge LoRAs into one (weighted; exact, or re-factorised to --rank)")
+    lmerge.add_argument("loras", nargs="+", type=_lora_arg, metavar="PATH[:WEIGHT]")
+    lmerge.add_argument("--output", "-o", type=Path, required=True)
+    lmerge.add_argument("--rank", type=int, help="re-factorise each layer to this rank by SVD (default: stack, exact)")
+    bake = tools.add_parser("bake", help="fuse LoRAs into a checkpoint (written in the model's form)")
+    bake.add_argument("model", type=Path)
+    bake.add_argument("--lora", action="append", type=_lora_arg, default=[], metavar="PATH[:WEIGHT]", required=True)
+    bake.add_argument("--output", "-o", type=Path, required=True, help=".safetensors file or folder")
+    bake.add_argument("--half", action="store_true")
+    extract = tools.add_parser("extract", help="extract a LoRA from a fine-tuned model and its base (SVD)")
+    extract.add_argument("tuned", type=Path)
+    extract.add_argument("base", type=Path)
+    extract.add_argument("--output", "-o", type=Path, required=True)
+    extract.add_argument("--rank", type=int, default=32)
+    extract.add_argument("--conv-rank", type=int, default=0, help="also 3x3 convolutions of the ResNet blocks "
+                                                                 "(LoCon) at this rank")
+    extract.add_argument("--no-text-encoder", dest="text_encoder", action="store_false")
+
+
+def _weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InvalidRequest(f"--block-weights must be comma-separated numbers, got {text!r}") from None
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from sfumato.models.merge import MergeRecipe, merge
+
+    if args.block_weights and args.block_preset:
+        raise InvalidRequest("give --block-weights or --block-preset, not both")
+    mode = args.mode or ("add-difference" if args.c else "weighted-sum")
+    recipe = MergeRecipe(mode=mode, alpha=args.alpha, block_weights=_weights(args.block_weights),
+                         block_preset=args.block_preset, text_encoder=args.text_encoder, vae=args.vae, half=args.half)
+    bar = _Bar()
+    try:
+        out = merge(args.a, args.b, args.output, recipe, c=args.c, progress=bar)
+    finally:
+        bar.close()
+    print(out)
+    return 0
+
+
+def cmd_lora(args: argparse.Namespace) -> int:
+    from sfumato.models import lora_tools
+
+    if args.lora_command == "merge":
+        print(lora_tools.merge_loras(args.loras, args.output, rank=args.rank))
+    elif args.lora_command == "bake":
+        print(lora_tools.bake_loras(args.model, args.lora, args.output, half=args.half))
+    else:
+        bar = _Bar()
+        try:
+            out = lora_tools.extract_lora(args.tuned, args.base, args.output, rank=args.rank,
+                                          conv_rank=args.conv_rank, text_encoder=args.text_encoder, progress=bar)
+        finally:
+            bar.close()
+        print(out)
+    return 0
