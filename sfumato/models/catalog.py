@@ -37,7 +37,12 @@ def _entries(folder: Path, kind: str) -> list[CatalogEntry]:
         if path.suffix.lower() in PICKLE_SUFFIXES:
             family, fmt = "?", "pickle (convert before use)"
         elif kind == "lora":
-            family, fmt = "lora", "safetensors"
+            from sfumato.models.lycoris import network_type
+
+            try:
+                family, fmt = network_type(path), "safetensors"
+            except Exception as exc:  # a broken header: listed, not loadable
+                family, fmt = "?", f"unreadable: {exc}"
         else:
             try:
                 info = describe(path)

@@ -29,6 +29,7 @@ class LoadedModel:
     embeddings: dict[str, int] = field(default_factory=dict)  # textual-inversion token -> vector count
     preview_factors: Any = None  # latent -> RGB map for cheap previews (pipelines.preview), fitted on first use
     vae_state: Any = None  # models.vae.VaeState once a request named a VAE override
+    patches: Any = None  # models.lycoris.PatchState once a request used a LyCORIS (LoHa/LoKr/full) file
 
     @property
     def family(self) -> str:

@@ -54,14 +54,20 @@ def _load_peft_adapter(model: LoadedModel, path: Path, adapter: str) -> None:
 
 def apply_loras(model: LoadedModel, loras: list[tuple[str, float]]) -> None:
     """Activate exactly these LoRAs/adapters at these weights (loading each file once); none -> all off."""
+    from sfumato.models.lycoris import apply_networks, is_lycoris
+
     active = [(resolve(name, "lora"), weight) for name, weight in loras if weight != 0]
+    for path, _ in active:
+        refuse_pickle(path)
+    networks = [(path, weight) for path, weight in active if is_lycoris(path)]
+    apply_networks(model, networks)  # LoHa/LoKr/full: weight patches (none -> originals back)
+    active = [(path, weight) for path, weight in active if (path, weight) not in networks]
     if not active:
         if model.loras:
             model.pipe.disable_lora()
         return
     names, weights, kinds = [], [], set()
     for path, weight in active:
-        refuse_pickle(path)
         adapter = f"lora_{short_hash(path)}"
         kind = adapter_kind(path)
         kinds.add(kind)

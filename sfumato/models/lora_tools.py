@@ -232,10 +232,11 @@ def bake_loras(model_path: Path, loras: list[tuple[str, float]], out: Path, half
         if adapter_kind(resolve(name, "lora")) != "lora":
             raise UnsupportedModel(f"{name} is not a LoRA (only LoRA files can be baked in)")
     model = load_model(model_path, device="cpu", dtype="float32")
-    apply_loras(model, loras)
-    model.pipe.fuse_lora(components=[c for c in ("unet", "text_encoder", "text_encoder_2")
-                                     if getattr(model.pipe, c, None) is not None], lora_scale=1.0)
-    model.pipe.unload_lora_weights()
+    apply_loras(model, loras)  # LyCORIS files are patched into the weights here; LoRAs become peft adapters
+    if model.loras:
+        model.pipe.fuse_lora(components=[c for c in ("unet", "text_encoder", "text_encoder_2")
+                                         if getattr(model.pipe, c, None) is not None], lora_scale=1.0)
+        model.pipe.unload_lora_weights()
     if to_file:
         write_single_file(components_of(model), model.info, out, half=half)
         return out

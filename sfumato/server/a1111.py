@@ -231,6 +231,25 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         service.refresh_models()
         return None
 
+    @app.get("/sdapi/v1/loras", tags=["a1111"], dependencies=guarded)
+    def loras():
+        """The LoRA/LyCORIS files of $SFUMATO_HOME/models/loras with their type (LoRA, LoCon, LoHa, LoKr, DoRA,
+        full) and training metadata, as A1111's Lora extension lists them (file names only, no server paths)."""
+        from safetensors import safe_open
+
+        found = []
+        for name, path in service.loras.items():
+            with safe_open(path, framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            found.append({"name": name, "alias": metadata.get("ss_output_name", name), "path": Path(path).name,
+                          "type": service.lora_types.get(name, "LoRA"), "metadata": metadata})
+        return found
+
+    @app.post("/sdapi/v1/refresh-loras", tags=["a1111"], dependencies=guarded)
+    def refresh_loras():
+        service.refresh_models()
+        return None
+
     @app.post("/sdapi/v1/png-info", tags=["a1111"], dependencies=guarded)
     def png_info(body: PngInfoRequest):
         image = service.open_upload(body.image, "image")

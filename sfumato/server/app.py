@@ -78,6 +78,7 @@ class Service:
         self.models = models
         entries = list_models()
         self.loras = {e.name: e.path for e in entries if e.kind == "lora" and e.format == "safetensors"}
+        self.lora_types = {e.name: e.family for e in entries if e.kind == "lora" and e.format == "safetensors"}
         self.control_models = {e.name: e.path for e in entries
                                if e.kind == "controlnet" and not e.format.startswith("unsupported")}
         self.vaes = {Path(e.path).name: e.path for e in entries if e.kind == "vae"}

@@ -1,0 +1,219 @@
+"""LyCORIS networks (LoHa, LoKr, full/diff, and LoRA/LoCon modules inside them) applied as weight patches.
+
+Plain LoRA and LoCon files (`lora_down`/`lora_up`, DoRA's `dora_scale`) load through diffusers' kohya converter as
+peft adapters (`models.lora`). diffusers has no SD/SDXL loader for LoHa and LoKr, so files holding any such module
+take this path, which does what A1111's built-in networks do: each module's ΔW is rebuilt from its factors, scaled
+by alpha/dim and the request's weight, and added to the layer's weight; the original weights are kept and put back
+when the request's set of LyCORIS files changes. Key names: kohya's (`lora_unet_down_blocks_0_…`,
+`lora_te_text_model_…`, `lora_te1_`/`lora_te2_` for SDXL) and the SGM block names of SDXL files
+(`lora_unet_input_blocks_4_1_…`), mapped with diffusers' own table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from sfumato.errors import UnsupportedModel
+
+# module kind -> the parameter that marks it
+MARKERS = (("loha", "hada_w1_a"), ("lokr", "lokr_w1"), ("lokr", "lokr_w1_a"), ("full", "diff"),
+           ("lora", "lora_down.weight"))
+PREFIXES = (("unet", ("lora_unet",)), ("text_encoder", ("lora_te", "lora_te1")), ("text_encoder_2", ("lora_te2",)))
+
+
+def module_kinds(path: Path) -> set[str]:
+    """The kinds of network module in a file (LoCon counts as "lora")."""
+    with safe_open(str(path), framework="pt") as handle:
+        params = {key.split(".", 1)[1] for key in handle.keys() if "." in key}
+    return {kind for kind, marker in MARKERS if marker in params}
+
+
+def network_type(path: Path) -> str:
+    """What a user would call the file: LoRA, LoCon (LoRA with convolutions), LoHa, LoKr, full, DoRA."""
+    kinds = module_kinds(path)
+    for kind, label in (("loha", "LoHa"), ("lokr", "LoKr"), ("full", "full")):
+        if kind in kinds:
+            return label
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+        if any(k.endswith(".dora_scale") for k in keys):
+            return "DoRA"
+        conv = any(k.endswith("lora_down.weight") and len(handle.get_slice(k).get_shape()) == 4
+                   and handle.get_slice(k).get_shape()[2] > 1 for k in keys)
+    return "LoCon" if conv else "LoRA"
+
+
+def is_lycoris(path: Path) -> bool:
+    """True when the file needs the patch path (it holds a LoHa, LoKr or full module)."""
+    return bool(module_kinds(path) - {"lora"})
+
+
+def read_network(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """module name -> {parameter name: tensor} (e.g. `hada_w1_a`, `alpha`)."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            module, _, param = key.partition(".")
+            modules.setdefault(module, {})[param] = handle.get_tensor(key)
+    return modules
+
+
+def _cp(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """Tucker (CP) rebuild used by LyCORIS for convolutions: t (r, r, k, k), wa (r, out), wb (r, in)."""
+    return torch.einsum("i j k l, i p, j r -> p r k l", t, wa, wb)
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+    if t is not None:
+        return _cp(t, a, b)
+    return a.flatten(1) @ b.flatten(1)
+
+
+def module_delta(params: dict[str, torch.Tensor], shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ΔW scaled by alpha/dim, Δbias or None) of one module, shaped like the layer's weight."""
+    p = {k: v.float() for k, v in params.items()}
+    alpha = float(p["alpha"]) if "alpha" in p else None
+    bias = p.get("diff_b")
+    if "diff" in p:
+        return p["diff"].reshape(shape), bias
+    if "hada_w1_a" in p:
+        delta = (_product(p["hada_w1_a"], p["hada_w1_b"], p.get("hada_t1"))
+                 * _product(p["hada_w2_a"], p["hada_w2_b"], p.get("hada_t2")))
+        dim = p["hada_w1_b"].shape[0]
+    elif "lokr_w1" in p or "lokr_w1_a" in p:
+        w1 = p["lokr_w1"] if "lokr_w1" in p else p["lokr_w1_a"] @ p["lokr_w1_b"]
+        if "lokr_w2" in p:
+            w2 = p["lokr_w2"]
+        elif "lokr_t2" in p:
+            w2 = _cp(p["lokr_t2"], p["lokr_w2_a"], p["lokr_w2_b"])
+        else:
+            w2 = p["lokr_w2_a"] @ p["lokr_w2_b"].flatten(1)
+            if len(shape) == 4:  # conv: the second factor carries the kernel
+                w2 = w2.reshape(w2.shape[0], -1, *shape[2:])
+        if len(shape) == 4:
+            w2 = w2.reshape(w2.shape[0], -1, *shape[2:]) if w2.dim() == 2 else w2
+            w1 = w1[:, :, None, None]
+        delta = torch.kron(w1, w2)
+        dim = (p["lokr_w2_b"].shape[0] if "lokr_w2_b" in p else p["lokr_w1_b"].shape[0] if "lokr_w1_b" in p
+               else None)
+        if dim is None:
+            alpha = None
+    elif "lora_down.weight" in p:
+        up, down = p["lora_up.weight"], p["lora_down.weight"]
+        if "lora_mid.weight" in p:
+            delta = torch.einsum("n m k l, i n, m j -> i j k l", p["lora_mid.weight"], up.flatten(1),
+                                 down.flatten(1))
+        else:
+            delta = up.flatten(1) @ down.flatten(1)
+        dim = down.shape[0]
+    else:
+        raise UnsupportedModel(f"unknown network module with parameters {sorted(params)}")
+    delta = delta.reshape(shape)
+    if alpha is not None and dim:
+        delta = delta * (alpha / dim)
+    return delta, bias
+
+
+def weight_decompose(delta: torch.Tensor, weight: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
+    """DoRA on a LyCORIS module (A1111's `apply_weight_decompose`): the merged weight's per-column norm is replaced
+    by the learned magnitude (per row when the magnitude has one entry per output channel)."""
+    merged = weight + delta
+    scale = dora_scale.float()
+    if scale.numel() == merged.shape[0] and merged.shape[0] != merged.shape[1]:
+        norm = merged.flatten(1).norm(dim=1).reshape(-1, *[1] * (merged.dim() - 1))
+        return merged * (scale.reshape(norm.shape) / norm) - weight
+    norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
+    norm = norm.reshape(merged.shape[1], *[1] * (merged.dim() - 1)).transpose(0, 1)
+    return merged * (scale.reshape(norm.shape) if scale.numel() == norm.numel() else scale) / norm - weight
+
+
+def _layers(model) -> dict[str, torch.nn.Module]:
+    """kohya module name -> Linear/Conv2d layer of the loaded model (peft wrappers looked through)."""
+    found: dict[str, torch.nn.Module] = {}
+    for component, prefixes in PREFIXES:
+        part = getattr(model.pipe, component, None)
+        if part is None:
+            continue
+        for name, module in part.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or ".lora_" in name:
+                continue
+            name = name.removesuffix(".base_layer")
+            names = [name] + (["text_model." + name] if component.startswith("text_encoder")
+                              and not name.startswith("text_model.") else [])
+            for prefix in prefixes:
+                for variant in names:
+                    found[f"{prefix}_{variant.replace('.', '_')}"] = module
+    return found
+
+
+def _diffusers_names(modules: list[str], unet) -> dict[str, str]:
+    """SGM block names (`input_blocks_4_1`) -> diffusers names, with diffusers' own mapping; others unchanged."""
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+
+    unet_names = [m for m in modules if m.startswith("lora_unet_")]
+    if unet is None or not any(s in m for m in unet_names for s in ("input_blocks", "middle_block", "output_blocks")):
+        return {m: m for m in modules}
+    mapped = _maybe_map_sgm_blocks_to_diffusers({m: m for m in unet_names}, unet.config)
+    names = {old: new for new, old in mapped.items()}
+    return {m: names.get(m, m) for m in modules}
+
+
+@dataclass
+class PatchState:
+    """What is patched into a model's weights now, and the original weights to put back."""
+
+    applied: tuple = ()
+    originals: dict[int, tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+
+
+def restore(model) -> None:
+    state: PatchState | None = getattr(model, "patches", None)
+    if state is None:
+        return
+    with torch.no_grad():
+        for layer, weight, bias in state.originals.values():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+    state.originals.clear()
+    state.applied = ()
+
+
+def apply_networks(model, networks: list[tuple[Path, float]]) -> None:
+    """Patch exactly these LyCORIS files at these weights into the model (nothing when the set is unchanged)."""
+    key = tuple((str(path), path.stat().st_mtime_ns, weight) for path, weight in networks)
+    if model.patches is None:
+        model.patches = PatchState()
+    if model.patches.applied == key:
+        return
+    restore(model)
+    if not networks:
+        return
+    layers = _layers(model)
+    with torch.no_grad():
+        for path, weight in networks:
+            modules = read_network(path)
+            names = _diffusers_names(list(modules), getattr(model.pipe, "unet", None))
+            missing = [m for m in modules if names[m] not in layers]
+            if missing:
+                restore(model)
+                raise UnsupportedModel(f"LoRA {path.name} does not fit this {model.family} model "
+                                       f"({len(missing)} of {len(modules)} modules have no layer, e.g. {missing[0]})")
+            for module, params in modules.items():
+                layer = layers[names[module]]
+                if id(layer) not in model.patches.originals:
+                    model.patches.originals[id(layer)] = (layer, layer.weight.detach().clone(),
+                                                          None if layer.bias is None else layer.bias.detach().clone())
+                original = model.patches.originals[id(layer)][1].float()
+                delta, bias = module_delta(params, layer.weight.shape)
+                if "dora_scale" in params:
+                    delta = weight_decompose(delta, original, params["dora_scale"])
+                layer.weight.copy_((layer.weight.float() + weight * delta).to(layer.weight.dtype))
+                if bias is not None and layer.bias is not None:
+                    layer.bias.copy_((layer.bias.float() + weight * bias.reshape(layer.bias.shape))
+                                     .to(layer.bias.dtype))
+    model.patches.applied = key

@@ -1,0 +1,218 @@
+"""LyCORIS files (LoCon, LoHa, LoKr, full/diff) in kohya key layouts, applied with the weights of the request.
+
+The reference is the same math written out here and patched into a copy of the tiny model with plain torch: the
+engine with the file must give that copy's image (±1/255), and taking the file off gives the original image
+bit for bit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sfumato.engine import Engine
+from sfumato.errors import UnsupportedModel
+from sfumato.requests import GenerationRequest
+
+LINEAR = ("attn1.to_q", "attn2.to_v", "ff.net.2")
+CONV = ("resnets.0.conv1",)
+
+
+def _targets(pipe):
+    """(kohya name, layer) of the tiny SD1 model: UNet linears and 3×3 convolutions, text encoder q_proj."""
+    for name, module in pipe.unet.named_modules():
+        if (isinstance(module, torch.nn.Linear) and name.endswith(LINEAR)) or (
+                isinstance(module, torch.nn.Conv2d) and name.endswith(CONV) and name.startswith("down_blocks.0")):
+            yield "lora_unet_" + name.replace(".", "_"), module
+    for name, module in pipe.text_encoder.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith("self_attn.q_proj"):
+            name = name if name.startswith("text_model.") else "text_model." + name
+            yield "lora_te_" + name.replace(".", "_"), module
+
+
+def _reference_delta(kind: str, p: dict[str, torch.Tensor], shape) -> torch.Tensor:
+    """ΔW written out independently of sfumato: LoHa ⊙ of two low-rank products (Tucker for convs), LoKr block
+    matrix w1[i, j]·w2 (built block by block), full = diff; all × alpha/dim."""
+    if kind == "full":
+        return p["diff"]
+    if kind == "loha":
+        def part(a, b, t):
+            if t is None:
+                return (a @ b.reshape(b.shape[0], -1)).reshape(shape)
+            out = torch.zeros(shape)
+            for k in range(shape[2]):
+                for m in range(shape[3]):
+                    out[:, :, k, m] = a.T @ t[:, :, k, m] @ b
+            return out
+        delta = part(p["hada_w1_a"], p["hada_w1_b"], p.get("hada_t1")) * part(p["hada_w2_a"], p["hada_w2_b"],
+                                                                              p.get("hada_t2"))
+        return delta * (p["alpha"] / p["hada_w1_b"].shape[0])
+    w1 = p["lokr_w1"]
+    w2 = p["lokr_w2"] if "lokr_w2" in p else p["lokr_w2_a"] @ p["lokr_w2_b"]
+    c, d = w2.shape[:2]
+    out = torch.zeros(shape)
+    for i in range(w1.shape[0]):
+        for j in range(w1.shape[1]):
+            out[i * c:(i + 1) * c, j * d:(j + 1) * d] = w1[i, j] * w2
+    return out * (p["alpha"] / p["lokr_w2_b"].shape[0] if "lokr_w2_b" in p else 1.0)
+
+
+def _network(kind: str, path: Path, seed: int, scale: float = 0.25) -> dict[str, dict[str, torch.Tensor]]:
+    from sfumato.models.tiny import build_tiny_pipeline
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return scale * torch.randn(*shape, generator=generator)
+
+    modules = {}
+    for name, layer in _targets(build_tiny_pipeline("sd1")):
+        out, inp = layer.weight.shape[:2]
+        conv = layer.weight.dim() == 4
+        kernel = tuple(layer.weight.shape[2:])
+        if kind == "loha":
+            rnd = lambda *shape: 0.6 * torch.randn(*shape, generator=generator)  # noqa: E731 (⊙ of 4 factors)
+            if conv:  # Tucker form, as LyCORIS writes convolutions with use_tucker
+                p = {"hada_t1": rnd(3, 3, *kernel), "hada_w1_a": rnd(3, out), "hada_w1_b": rnd(3, inp),
+                     "hada_t2": rnd(3, 3, *kernel), "hada_w2_a": rnd(3, out), "hada_w2_b": rnd(3, inp)}
+            else:
+                p = {"hada_w1_a": rnd(out, 3), "hada_w1_b": rnd(3, inp), "hada_w2_a": rnd(out, 3),
+                     "hada_w2_b": rnd(3, inp)}
+            p["alpha"] = torch.tensor(2.0)
+        elif kind == "lokr":
+            p = {"lokr_w1": rnd(2, 2) * 4}
+            if conv:
+                p["lokr_w2"] = rnd(out // 2, inp // 2, *kernel)
+            else:
+                p["lokr_w2_a"], p["lokr_w2_b"] = rnd(out // 2, 4), rnd(4, inp // 2)
+                p["alpha"] = torch.tensor(2.0)
+        else:
+            p = {"diff": rnd(*layer.weight.shape) * 0.4}
+            if layer.bias is not None:
+                p["diff_b"] = rnd(out)
+        modules[name] = p
+    save_file({f"{m}.{k}": v.contiguous() for m, p in modules.items() for k, v in p.items()}, str(path))
+    return modules
+
+
+def _patched_copy(model: Path, modules, kind: str, weight: float, out: Path) -> Path:
+    import diffusers
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(model), local_files_only=True, safety_checker=None)
+    layers = dict(_targets(pipe))
+    with torch.no_grad():
+        for name, p in modules.items():
+            layer = layers[name]
+            layer.weight.add_(weight * _reference_delta(kind, p, layer.weight.shape).reshape(layer.weight.shape))
+            if "diff_b" in p:
+                layer.bias.add_(weight * p["diff_b"])
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    shutil.copy(model / "sfumato.json", out / "sfumato.json") if (model / "sfumato.json").exists() else None
+    return out
+
+
+def _pixels(engine: Engine, prompt="a red apple", loras=()) -> np.ndarray:
+    request = GenerationRequest(prompt, seed=3, steps=4, width=64, height=64, loras=list(loras))
+    return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+
+
+@pytest.mark.parametrize("kind,weight", [("loha", 1.0), ("lokr", 0.7), ("full", 0.5)])
+def test_lycoris_files_apply_with_the_reference_math(kind, weight, sd1, tmp_path):
+    from sfumato.models.lycoris import is_lycoris, network_type
+
+    path = tmp_path / f"{kind}.safetensors"
+    modules = _network(kind, path, seed=5)
+    assert is_lycoris(path) and network_type(path) == {"loha": "LoHa", "lokr": "LoKr", "full": "full"}[kind]
+    reference = _patched_copy(sd1, modules, kind, weight, tmp_path / "reference")
+    engine = Engine(sd1)
+    base = _pixels(engine)
+    with_file = _pixels(engine, loras=[(str(path), weight)])
+    assert np.abs(with_file - base).max() > 10  # the file changes the picture
+    assert np.abs(with_file - _pixels(Engine(reference))).max() <= 1
+    assert np.array_equal(_pixels(engine), base)  # taken off: the original weights, bit for bit
+
+
+def test_prompt_syntax_weights_and_plain_loras_together(sd1, tmp_path):
+    from test_model_tools import _random_lora
+
+    folder = Path(os.environ["SFUMATO_HOME"]) / "models" / "loras"
+    folder.mkdir(parents=True)
+    modules = _network("loha", folder / "hada.safetensors", seed=6)
+    lora = _random_lora(folder / "plain.safetensors", 1)
+    engine = Engine(sd1)
+    by_prompt = _pixels(engine, "a red apple <lora:hada:0.5>")
+    assert np.array_equal(by_prompt, _pixels(engine, loras=[("hada", 0.5)]))
+    half = _patched_copy(sd1, modules, "loha", 0.5, tmp_path / "half")
+    assert np.abs(by_prompt - _pixels(Engine(half))).max() <= 1
+    both = _pixels(engine, "a red apple <lora:hada:0.5> <lora:plain:0.8>")
+    assert np.abs(both - _pixels(Engine(half), loras=[(str(lora), 0.8)])).max() <= 1
+    info = engine.generate(GenerationRequest("a red apple <lora:hada:0.5>", seed=3, steps=1, width=64,
+                                             height=64)).images[0].infotext
+    assert "hada: " in info  # Lora hashes, as A1111 writes them
+
+
+def test_locon_goes_through_diffusers_and_bad_files_fail_in_one_line(sd1, tmp_path):
+    from sfumato.models.lycoris import is_lycoris, network_type
+
+    generator = torch.Generator().manual_seed(1)
+    locon = {"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight": torch.randn(4, 32, 3, 3,
+                                                                                     generator=generator),
+             "lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight": torch.randn(32, 4, 1, 1, generator=generator),
+             "lora_unet_down_blocks_0_resnets_0_conv1.alpha": torch.tensor(4.0)}
+    save_file(locon, str(tmp_path / "locon.safetensors"))
+    assert network_type(tmp_path / "locon.safetensors") == "LoCon" and not is_lycoris(tmp_path / "locon.safetensors")
+    wrong = {"lora_unet_down_blocks_9_resnets_0_conv1.hada_w1_a": torch.ones(32, 2),
+             "lora_unet_down_blocks_9_resnets_0_conv1.hada_w1_b": torch.ones(2, 288),
+             "lora_unet_down_blocks_9_resnets_0_conv1.hada_w2_a": torch.ones(32, 2),
+             "lora_unet_down_blocks_9_resnets_0_conv1.hada_w2_b": torch.ones(2, 288)}
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    engine = Engine(sd1)
+    base = _pixels(engine)
+    with pytest.raises(UnsupportedModel, match="does not fit this sd1 model .1 of 1 modules"):
+        _pixels(engine, loras=[(str(tmp_path / "wrong.safetensors"), 1.0)])
+    assert np.array_equal(_pixels(engine), base)
+
+
+def test_dora_magnitude_replaces_the_column_norms():
+    from sfumato.models.lycoris import weight_decompose
+
+    weight, delta = torch.randn(6, 5), 0.1 * torch.randn(6, 5)
+    magnitude = torch.rand(1, 5) + 0.5
+    merged = weight + weight_decompose(delta, weight, magnitude)
+    torch.testing.assert_close(merged.norm(dim=0), magnitude[0])
+    torch.testing.assert_close(merged / merged.norm(dim=0), (weight + delta) / (weight + delta).norm(dim=0))
+    rows = torch.rand(6) + 0.5  # one magnitude per output channel (LyCORIS wd_on_output)
+    merged = weight + weight_decompose(delta, weight, rows)
+    torch.testing.assert_close(merged.norm(dim=1), rows)
+
+
+def test_baked_lycoris_and_the_listing_by_type(sd1, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from sfumato.models.catalog import list_models
+    from sfumato.models.lora_tools import bake_loras
+    from sfumato.server.app import create_app
+    from test_model_tools import _random_lora
+    from test_server import LOCAL, _settings
+
+    folder = Path(os.environ["SFUMATO_HOME"]) / "models" / "loras"
+    folder.mkdir(parents=True)
+    _network("lokr", folder / "kron.safetensors", seed=8)
+    _random_lora(folder / "plain.safetensors", 1)
+    baked = bake_loras(sd1, [("kron", 0.7), ("plain", 0.5)], tmp_path / "baked")
+    together = _pixels(Engine(sd1), loras=[("kron", 0.7), ("plain", 0.5)])
+    assert np.abs(_pixels(Engine(baked)) - together).max() <= 1
+    assert {e.name: e.family for e in list_models() if e.kind == "lora"} == {"kron": "LoKr", "plain": "LoRA"}
+    with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as client:
+        listed = client.get("/sdapi/v1/loras").json()
+        assert [(e["name"], e["path"], e["type"]) for e in listed] == [("kron", "kron.safetensors", "LoKr"),
+                                                                       ("plain", "plain.safetensors", "LoRA")]
+        body = {"prompt": "a red apple <lora:kron:0.7>", "steps": 2, "width": 64, "height": 64, "seed": 1}
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200 and "kron: " in response.json()["info"]
