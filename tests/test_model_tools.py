@@ -358,3 +358,33 @@ def test_extracted_lora_reproduces_the_fine_tune(three, tmp_path):
     lora_out = reference("a red apple", num_inference_steps=2, height=64, width=64, output_type="latent",
                          generator=torch.Generator().manual_seed(0)).images
     assert (tuned_out - lora_out).abs().max() < 1e-3
+
+
+def test_http_merge_writes_a_new_named_model_only(three, sd1, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from safetensors.torch import load_file
+
+    from sfumato.server.app import create_app
+    from test_server import LOCAL, _settings
+
+    folder = Path(os.environ["SFUMATO_HOME"]) / "models" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("A", "B"):
+        shutil.copy(three[f"{name}.safetensors"], folder / f"{name}.safetensors")
+    with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as client:
+        assert "GRAD_V" in client.get("/api/v1/merge/presets").json()["presets"]
+        response = client.post("/api/v1/merge", json={"a": "A", "b": "B", "alpha": 0.25, "name": "ab"})
+        assert response.status_code == 200, response.text
+        assert response.json()["file"] == "ab.safetensors" and "ab" in {
+            m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()}
+        a, b, ab = (load_file(str(folder / f"{n}.safetensors")) for n in ("A", "B", "ab"))
+        key = next(k for k in ab if k.startswith("model.diffusion_model.") and ab[k].is_floating_point())
+        torch.testing.assert_close(ab[key], 0.75 * a[key] + 0.25 * b[key])
+        again = client.post("/api/v1/merge", json={"a": "A", "b": "B", "name": "ab"})
+        assert again.status_code == 422 and "exists already" in again.json()["error"]["message"]
+        assert client.post("/api/v1/merge", json={"a": "A", "b": "B", "name": "../x"}).status_code == 422
+        assert client.post("/api/v1/merge", json={"a": str(folder / "A.safetensors"), "b": "B",
+                                                  "name": "p"}).status_code == 404
+        assert client.post("/api/v1/merge", json={"a": "A", "b": "B", "name": "v", "vae": "/etc/x"}).status_code == 404
+        assert not (folder / "p.safetensors").exists() and not (folder / "v.safetensors").exists()

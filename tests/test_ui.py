@@ -31,6 +31,10 @@ def server(tmp_path_factory, models_dir):
         build_tiny("sd1", model)
     port = _free_port()
     home = tmp_path_factory.mktemp("ui-home")
+    build_tiny("sd1", home / "models" / "checkpoints" / "other", seed=1)  # for the Merge tab
+    import shutil
+
+    shutil.copytree(model / "vae", home / "models" / "vae" / "tinyvae")  # for the VAE picker
     (home / "styles.csv").write_text('name,prompt,negative_prompt\nsharp,"highly detailed",blurry\n'
                                      'cinematic,"cinematic still of {prompt}",cartoon\n')
     with pytest.MonkeyPatch.context() as env:
@@ -277,3 +281,37 @@ def test_extras_tab_upscales_and_colorizes_with_a_before_after_slider(browser, e
                            timeout=60_000)
     _shot(page, "extras")
     context.close()
+
+
+def test_vae_picker_and_merge_tab(page, server):
+    """Pick a VAE from the models home (recorded in the infotext), then merge two checkpoints in the Merge tab and
+    generate with the result, which the model list shows at once."""
+    page.wait_for_function("document.querySelectorAll('#vae option').length === 2")
+    _small(page)
+    page.fill("#prompt", "a red apple")
+    page.select_option("#vae", "tinyvae")
+    job = _generate_and_get_job(page, server)
+    assert job["status"] == "completed" and job["request"]["vae"].endswith("tinyvae"), job
+    assert "VAE: tinyvae" in job["result"]["infotexts"][0]
+    page.click("#tab-merge")
+    page.select_option("#merge-a", "sd1-ui")
+    page.select_option("#merge-b", "other")
+    page.fill("#merge-alpha", "0.3")
+    page.select_option("#merge-preset", "GRAD_V")
+    page.fill("#merge-name", "mix")
+    page.click("#merge-run")
+    page.wait_for_function("document.getElementById('merge-info').textContent.startsWith('saved mix')", timeout=60_000)
+    _shot(page, "merge")
+    assert page.input_value("#model") == "mix" and page.input_value("#merge-b") == "other"  # choices kept
+    page.select_option("#vae", "")
+    page.click("#generate")
+    for _ in range(600):
+        job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+        if Path(job["request"]["model"]).name == "mix" and job["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "completed" and Path(job["request"]["model"]).name == "mix", job
+    page.click("#tab-merge")
+    page.click("#merge-run")  # the same name again: refused, nothing overwritten
+    page.wait_for_selector("#message:not([hidden])")
+    assert "exists already" in page.inner_text("#message")

@@ -389,12 +389,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     _native_routes(app, service, guarded)
     _ui_routes(app)
-    from sfumato.server import a1111, controlnet_api, extras_api, openai_api
+    from sfumato.server import a1111, controlnet_api, extras_api, openai_api, tools_api
 
     openai_api.add_routes(app, service, guarded)
     a1111.add_routes(app, service, guarded)
     controlnet_api.add_routes(app, service, guarded)
     extras_api.add_routes(app, service, guarded)
+    tools_api.add_routes(app, service, guarded)
     return app
 
 

@@ -146,7 +146,7 @@ function buildRequest() {
     seed: number("seed") ?? -1, width: number("width"), height: number("height"),
     batch_size: number("batch_size") || 1, batch_count: number("batch_count") || 1,
     hires_scale: number("hires_scale") || 1, hires_strength: number("hires_strength") ?? 0.55, tile: $("tile").checked,
-    hires_upscaler: $("hires_upscaler").value || "latent",
+    hires_upscaler: $("hires_upscaler").value || "latent", vae: $("vae").value || null,
   };
   const styles = [...$("styles").selectedOptions].map((o) => o.value);
   if (styles.length) request.styles = styles;
@@ -176,6 +176,10 @@ function fillForm(request) {
   // a resolved request already carries its styles in the prompt: select none, or they would apply twice
   const styles = request.template == null ? (request.styles || []) : [];
   for (const option of $("styles").options) option.selected = styles.includes(option.value);
+  if (request.vae) {  // a name, or the server's path of a named VAE
+    const name = request.vae.split(/[\\/]/).pop();
+    if ([...$("vae").options].some((o) => o.value === name)) $("vae").value = name;
+  }
   if (request.sampler) {
     if (![...$("sampler").options].some((o) => o.value === request.sampler)) $("sampler").add(new Option(request.sampler, request.sampler));
     $("sampler").value = request.sampler;
@@ -532,6 +536,44 @@ async function loadQueue() {
 
 // ------------------------------------------------------------------ start
 
+// ------------------------------------------------------------------ merge, VAE
+
+async function loadModelTools(models) {
+  const vaes = await api("/sdapi/v1/sd-vae");
+  const keep = $("vae").value;
+  $("vae").replaceChildren(new Option("Automatic (the model's)", ""), ...vaes.map((v) => new Option(v.model_name, v.model_name)));
+  $("vae").value = vaes.some((v) => v.model_name === keep) ? keep : "";
+  $("merge-vae").replaceChildren(...["merge", "A", "B"].map((v) => new Option(v === "merge" ? "merge" : "from " + v, v)),
+                                 ...vaes.map((v) => new Option("bake in " + v.model_name, v.model_name)));
+  const names = models.map((m) => m.model_name);
+  const chosen = ["merge-a", "merge-b", "merge-c"].map((id) => $(id).value);
+  for (const id of ["merge-a", "merge-b"]) $(id).replaceChildren(...names.map((n) => new Option(n, n)));
+  $("merge-c").replaceChildren(new Option("none", ""), ...names.map((n) => new Option(n, n)));
+  ["merge-a", "merge-b", "merge-c"].forEach((id, i) => { if (chosen[i] && names.includes(chosen[i])) $(id).value = chosen[i]; });
+  if (!chosen[1] && names.length > 1) $("merge-b").value = names[1];
+  const presets = await api("/api/v1/merge/presets");
+  $("merge-preset").replaceChildren(new Option("none (one α)", ""), ...presets.presets.map((p) => new Option(p, p)));
+}
+
+async function runMerge() {
+  const blocks = $("merge-blocks").value.trim();
+  const body = { a: $("merge-a").value, b: $("merge-b").value, c: $("merge-c").value || null, alpha: number("merge-alpha") ?? 0.5,
+                 block_preset: $("merge-preset").value || null, text_encoder: $("merge-te").value, vae: $("merge-vae").value,
+                 half: $("merge-half").checked, name: $("merge-name").value.trim() || "merged" };
+  if (blocks) body.block_weights = blocks.split(",").map(Number);
+  $("merge-run").disabled = true;
+  $("merge-info").textContent = "merging…";
+  show("");
+  try {
+    const result = await api("/api/v1/merge", { method: "POST", body: JSON.stringify(body) });
+    $("merge-info").textContent = `saved ${result.file} (${result.mode}) in ${result.seconds} s`;
+    const models = await api("/sdapi/v1/sd-models");
+    $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
+    $("model").value = result.name;
+    await loadModelTools(models);
+  } catch (error) { $("merge-info").textContent = ""; show(error.message); } finally { $("merge-run").disabled = false; }
+}
+
 async function loadLists() {
   try {
     const [models, samplers, loras, styles] = await Promise.all([api("/sdapi/v1/sd-models"), api("/sdapi/v1/samplers"),
@@ -543,6 +585,7 @@ async function loadLists() {
     $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
     await loadControlLists();
     await loadUpscalers();
+    await loadModelTools(models);
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
     state.loras = loras.loras;
     $("lora-empty").hidden = state.loras.length > 0;
@@ -592,6 +635,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupMask();
   setupControl();
   setupExtras();
+  $("merge-run").addEventListener("click", runMerge);
   setupDrops();
   $("prompt").addEventListener("input", updatePromptInfo);
   $("generate-form").addEventListener("submit", generate);
