@@ -216,3 +216,37 @@ def test_baked_lycoris_and_the_listing_by_type(sd1, tmp_path):
         body = {"prompt": "a red apple <lora:kron:0.7>", "steps": 2, "width": 64, "height": 64, "seed": 1}
         response = client.post("/sdapi/v1/txt2img", json=body)
         assert response.status_code == 200 and "kron: " in response.json()["info"]
+
+
+SGM = {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q":
+       "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+       "lora_unet_middle_block_1_proj_in": "lora_unet_mid_block_attentions_0_proj_in",
+       "lora_unet_input_blocks_1_0_in_layers_2": "lora_unet_down_blocks_0_resnets_0_conv1",
+       "lora_unet_output_blocks_2_0_skip_connection": "lora_unet_up_blocks_0_resnets_2_conv_shortcut",
+       "lora_unet_middle_block_0_emb_layers_1": "lora_unet_mid_block_resnets_0_time_emb_proj"}
+
+
+def test_sdxl_files_in_sgm_block_names_hit_the_same_layers(sdxl, tmp_path):
+    """kohya trains SDXL on the SGM UNet: its files say `input_blocks_4_1_…`; they must patch the layers the
+    diffusers-named file patches (the tiny SDXL has 2 layers per block, as the real one)."""
+    from sfumato.models.tiny import build_tiny_pipeline
+
+    unet = build_tiny_pipeline("sdxl").unet
+    layers = {"lora_unet_" + n.replace(".", "_"): m for n, m in unet.named_modules()}
+    generator = torch.Generator().manual_seed(2)
+    by_diffusers, by_sgm = {}, {}
+    for sgm, name in SGM.items():
+        shape = layers[name].weight.shape
+        p = {"hada_w1_a": torch.randn(shape[0], 2, generator=generator),
+             "hada_w1_b": torch.randn(2, int(np.prod(shape[1:])), generator=generator),
+             "hada_w2_a": torch.randn(shape[0], 2, generator=generator),
+             "hada_w2_b": torch.randn(2, int(np.prod(shape[1:])), generator=generator), "alpha": torch.tensor(1.0)}
+        by_diffusers.update({f"{name}.{k}": v for k, v in p.items()})
+        by_sgm.update({f"{sgm}.{k}": v for k, v in p.items()})
+    save_file(by_diffusers, str(tmp_path / "diffusers.safetensors"))
+    save_file(by_sgm, str(tmp_path / "sgm.safetensors"))
+    engine = Engine(sdxl)
+    base = _pixels(engine)
+    first = _pixels(engine, loras=[(str(tmp_path / "diffusers.safetensors"), 1.0)])
+    assert np.abs(first - base).max() > 10
+    assert np.array_equal(_pixels(engine, loras=[(str(tmp_path / "sgm.safetensors"), 1.0)]), first)

@@ -150,16 +150,31 @@ def _layers(model) -> dict[str, torch.nn.Module]:
     return found
 
 
-def _diffusers_names(modules: list[str], unet) -> dict[str, str]:
-    """SGM block names (`input_blocks_4_1`) -> diffusers names, with diffusers' own mapping; others unchanged."""
+def _canonical(name: str) -> str:
+    from diffusers.loaders.lora_conversion_utils import _convert_unet_lora_key
+
+    return _convert_unet_lora_key(name + ".lora_down.weight")
+
+
+def _match(modules: list[str], layers: dict[str, torch.nn.Module], unet) -> dict[str, torch.nn.Module]:
+    """File module name -> layer. Kohya names match directly; SDXL files in SGM names (`input_blocks_4_1_…`,
+    `in_layers_2`) go through diffusers' own block-index and key mapping, compared on the same canonical form."""
     from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
 
-    unet_names = [m for m in modules if m.startswith("lora_unet_")]
-    if unet is None or not any(s in m for m in unet_names for s in ("input_blocks", "middle_block", "output_blocks")):
-        return {m: m for m in modules}
-    mapped = _maybe_map_sgm_blocks_to_diffusers({m: m for m in unet_names}, unet.config)
-    names = {old: new for new, old in mapped.items()}
-    return {m: names.get(m, m) for m in modules}
+    found = {m: layers[m] for m in modules if m in layers}
+    sgm = [m for m in modules if m not in found and m.startswith("lora_unet_")
+           and any(s in m for s in ("input_blocks", "middle_block", "output_blocks"))]
+    if sgm and unet is not None:
+        mapped = _maybe_map_sgm_blocks_to_diffusers({m: m for m in sgm}, unet.config)
+        canonical: dict[str, list[torch.nn.Module]] = {}
+        for name, layer in layers.items():
+            if name.startswith("lora_unet_"):
+                canonical.setdefault(_canonical(name), []).append(layer)
+        for new, old in mapped.items():
+            candidates = canonical.get(_canonical(new), [])
+            if len({id(c) for c in candidates}) == 1:
+                found[old] = candidates[0]
+    return found
 
 
 @dataclass
@@ -197,14 +212,14 @@ def apply_networks(model, networks: list[tuple[Path, float]]) -> None:
     with torch.no_grad():
         for path, weight in networks:
             modules = read_network(path)
-            names = _diffusers_names(list(modules), getattr(model.pipe, "unet", None))
-            missing = [m for m in modules if names[m] not in layers]
+            targets = _match(list(modules), layers, getattr(model.pipe, "unet", None))
+            missing = [m for m in modules if m not in targets]
             if missing:
                 restore(model)
                 raise UnsupportedModel(f"LoRA {path.name} does not fit this {model.family} model "
                                        f"({len(missing)} of {len(modules)} modules have no layer, e.g. {missing[0]})")
             for module, params in modules.items():
-                layer = layers[names[module]]
+                layer = targets[module]
                 if id(layer) not in model.patches.originals:
                     model.patches.originals[id(layer)] = (layer, layer.weight.detach().clone(),
                                                           None if layer.bias is None else layer.bias.detach().clone())
