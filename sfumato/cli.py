@@ -590,10 +590,10 @@ def cmd_image(args: argparse.Namespace) -> int:
 def cmd_tools(args: argparse.Namespace) -> int:
     from sfumato import cli_tools
 
-    return cli_tools.cmd_merge(args) if args.command == "merge" else cli_tools.cmd_lora(args)
+    return {"merge": cli_tools.cmd_merge, "lora": cli_tools.cmd_lora, "portrait": cli_tools.cmd_portrait}[args.command](args)
 
 
-COMMANDS = {"merge": cmd_tools, "lora": cmd_tools, "upscale": cmd_image, "upscalers": cmd_image, "colorize": cmd_image, "restore": cmd_image,
+COMMANDS = {"merge": cmd_tools, "lora": cmd_tools, "portrait": cmd_tools, "upscale": cmd_image, "upscalers": cmd_image, "colorize": cmd_image, "restore": cmd_image,
             "style": cmd_image, "serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
             "models": cmd_models, "make-tiny": cmd_make_tiny, "preprocess": cmd_preprocess}
 

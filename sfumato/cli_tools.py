@@ -1,5 +1,5 @@
-"""Command-line adapter for model tools: `sfumato merge` (checkpoint merger) and `sfumato lora merge | bake |
-extract`."""
+"""Command-line adapter for model tools: `sfumato merge` (checkpoint merger), `sfumato lora merge | bake |
+extract` and `sfumato portrait train | generate`."""
 
 from __future__ import annotations
 
@@ -49,6 +49,37 @@ def add_tool_parsers(commands) -> None:
                                                                  "(LoCon) at this rank")
     extract.add_argument("--no-text-encoder", dest="text_encoder", action="store_false")
 
+    portrait = commands.add_parser("portrait", help="my photos -> portraits: a subject LoRA, then the subject put "
+                                                    "into templates (EasyPhoto/FaceChain-style)")
+    steps = portrait.add_subparsers(dest="portrait_command", required=True, parser_class=_Parser)
+    ptrain = steps.add_parser("train", help="face crops + captions, a staged subject LoRA, the best stages merged")
+    ptrain.add_argument("photos", type=Path, help="a folder of photos of the subject")
+    ptrain.add_argument("--output", "-o", type=Path, required=True, help="the run folder")
+    ptrain.add_argument("--model", type=Path, help="base model (default: the embedded one)")
+    ptrain.add_argument("--subject", default="sks person", help="the words that name the subject in prompts")
+    for name, kind, default in (("steps", int, 400), ("stages", int, 4), ("keep", int, 2), ("rank", int, 8),
+                                ("learning-rate", float, 1e-4), ("batch-size", int, 4), ("resolution", int, None),
+                                ("samples", int, 4), ("seed", int, 0)):
+        ptrain.add_argument(f"--{name}", type=kind, default=default)
+    ptrain.add_argument("--extractor", default="open-nsfw", help="features for identity similarity (any `eval` "
+                                                                 "extractor, e.g. classifier:PATH)")
+    ptrain.add_argument("--face-detector", type=Path, help="a YuNet face detector .onnx (else centre crops)")
+    pgen = steps.add_parser("generate", help="inpaint the subject into a template under ControlNet, then polish")
+    pgen.add_argument("run", type=Path)
+    pgen.add_argument("--template", type=Path, help="the picture to put the subject into")
+    pgen.add_argument("--style", help="a style prompt (makes the template with the base model when none is given)")
+    pgen.add_argument("--mask", type=Path, help="white = the face region (else --face-detector finds it)")
+    pgen.add_argument("--face-detector", type=Path)
+    pgen.add_argument("--output", "-o", type=Path, required=True, help="the final PNG")
+    pgen.add_argument("--seed", type=int, default=0)
+    pgen.add_argument("--steps", type=int)
+    pgen.add_argument("--strength", type=float, default=0.8, help="inpainting strength of the face region")
+    pgen.add_argument("--control", choices=["canny", "tile", "none"], default="canny")
+    pgen.add_argument("--control-model", help="ControlNet name/path (the embedded model has its own canny one)")
+    pgen.add_argument("--control-weight", type=float, default=0.5)
+    pgen.add_argument("--polish-strength", type=float, default=0.25, help="the whole-image pass (0: none)")
+    pgen.add_argument("--lora-weight", type=float, default=1.0)
+
 
 def _weights(text: str | None) -> list[float] | None:
     if text is None:
@@ -91,4 +122,34 @@ def cmd_lora(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         print(out)
+    return 0
+
+
+def cmd_portrait(args: argparse.Namespace) -> int:
+    from sfumato.portrait.faces import Detector
+    from sfumato.portrait.workflow import PortraitSettings, generate_portrait, train_portrait
+
+    detector = Detector(args.face_detector) if args.face_detector else None
+    if args.portrait_command == "train":
+        from sfumato.models.embedded import embedded_model
+
+        model = args.model or embedded_model()
+        if model is None:
+            raise InvalidRequest("no --model and no embedded model installed")
+        settings = PortraitSettings(subject=args.subject, steps=args.steps, stages=args.stages, keep=args.keep,
+                                    rank=args.rank, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                                    resolution=args.resolution, extractor=args.extractor, samples=args.samples,
+                                    seed=args.seed)
+        train_portrait(args.photos, args.output, Path(model), settings, detector)
+        print(args.output / "subject.safetensors")
+        return 0
+    result = generate_portrait(args.run, template=args.template, style=args.style, mask=args.mask, detector=detector,
+                               seed=args.seed, strength=args.strength, control=args.control,
+                               control_model=args.control_model, control_weight=args.control_weight,
+                               polish_strength=args.polish_strength, lora_weight=args.lora_weight,
+                               work=args.output.parent / (args.output.stem + "-steps"), steps=args.steps)
+    from sfumato.output import save_generated
+
+    save_generated(result.item, args.output, None)  # the steps (template, mask, inpainted) lie beside it
+    print(args.output)
     return 0
