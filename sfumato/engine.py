@@ -240,7 +240,7 @@ class Engine:
             return request.preset, preset_settings(request.preset)
         declared = model_settings(Path(info.path))
         if declared:
-            return None, declared
+            return declared.pop("preset", None), declared
         for name, _weight in loras:
             try:
                 path = home.resolve(name, "lora")

@@ -54,6 +54,8 @@ def model_settings(path: Path) -> dict[str, Any]:
                 raise InvalidRequest(f"{candidate}: expected a JSON object")
             settings = dict(preset_settings(data["preset"])) if data.get("preset") else {}
             settings.update({k: v for k, v in data.items() if k in SETTINGS})
+            if data.get("preset"):
+                settings["preset"] = data["preset"]  # the name, recorded with the image (`Preset: lcm`)
             return settings
     return {}
 
