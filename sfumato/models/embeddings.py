@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import re
 
-from safetensors import safe_open
 
 from sfumato.errors import UnsupportedModel
-from sfumato.models.home import embeddings_dir
+from sfumato.models.home import embeddings_dir, open_weights
 from sfumato.models.loader import LoadedModel
 
 
 def _vectors(path) -> int:
-    with safe_open(str(path), framework="pt") as f:
+    with open_weights(path) as f:
         keys = list(f.keys())
         shape = f.get_slice(keys[0]).get_shape()
     return shape[0] if len(shape) == 2 else 1

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from sfumato.errors import ModelNotFound, PickleRefused
+from sfumato.errors import ModelNotFound, PickleRefused, UnsupportedModel
 
 SAFE_SUFFIXES = (".safetensors", ".gguf")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -51,6 +51,18 @@ def resolve(name: str, kind: str = "checkpoint") -> Path:
 def refuse_pickle(path: Path) -> None:
     if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
         raise PickleRefused(str(path))
+
+
+def open_weights(path: Path):
+    """`safe_open` on a weights file, with pickle refused and a broken file reported as one clear error."""
+    from safetensors import SafetensorError, safe_open
+
+    refuse_pickle(Path(path))
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        raise UnsupportedModel(f"{path} is not a readable .safetensors file ({first})") from None
 
 
 def weight_files(path: Path) -> list[Path]:

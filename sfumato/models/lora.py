@@ -6,10 +6,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from safetensors import safe_open
 
 from sfumato.errors import UnsupportedModel
-from sfumato.models.home import refuse_pickle, resolve, short_hash
+from sfumato.models.home import open_weights, refuse_pickle, resolve, short_hash
 from sfumato.models.loader import LoadedModel
 
 
@@ -31,7 +30,7 @@ ADAPTER_METADATA_KEY = "sfumato.adapter"
 
 def adapter_kind(path: Path) -> str:
     """"lora" for LoRA files (any layout), or the peft method recorded by `sfumato train` (e.g. "oft")."""
-    with safe_open(str(path), framework="pt") as handle:
+    with open_weights(path) as handle:
         return (handle.metadata() or {}).get(ADAPTER_METADATA_KEY, "lora")
 
 
@@ -41,7 +40,7 @@ def _load_peft_adapter(model: LoadedModel, path: Path, adapter: str) -> None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as handle:
+    with open_weights(path) as handle:
         settings = json.loads(handle.metadata()["peft_config"])
     cls = {"OFT": peft.OFTConfig}.get(settings.get("peft_type"))
     if cls is None:

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sfumato.errors import InvalidRequest, UnsupportedModel
-from sfumato.models.home import refuse_pickle, resolve
+from sfumato.models.home import open_weights, resolve
 
 LAYOUTS = {"kohya": (".lora_down.weight", ".lora_up.weight"), "peft": (".lora_A.weight", ".lora_B.weight")}
 TOOLS_METADATA_KEY = "sfumato.lora_tool"
@@ -47,8 +46,7 @@ class Pair:
 
 def read_lora(path: Path) -> tuple[str, dict[str, Pair], dict[str, str]]:
     """(layout, modules, metadata) of a LoRA file; LyCORIS kinds other than LoRA/LoCon are refused."""
-    refuse_pickle(path)
-    with safe_open(str(path), framework="pt") as handle:
+    with open_weights(path) as handle:
         keys, metadata = list(handle.keys()), dict(handle.metadata() or {})
         state = {k: handle.get_tensor(k) for k in keys}
     for marker in ("hada_w1_a", "lokr_w1", "dora_scale", "oft_blocks"):

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from sfumato.errors import UnsupportedModel
+from sfumato.models.home import open_weights
 
 # module kind -> the parameter that marks it
 MARKERS = (("loha", "hada_w1_a"), ("lokr", "lokr_w1"), ("lokr", "lokr_w1_a"), ("full", "diff"),
@@ -27,7 +27,7 @@ PREFIXES = (("unet", ("lora_unet",)), ("text_encoder", ("lora_te", "lora_te1")),
 
 def module_kinds(path: Path) -> set[str]:
     """The kinds of network module in a file (LoCon counts as "lora")."""
-    with safe_open(str(path), framework="pt") as handle:
+    with open_weights(path) as handle:
         params = {key.split(".", 1)[1] for key in handle.keys() if "." in key}
     return {kind for kind, marker in MARKERS if marker in params}
 
@@ -38,7 +38,7 @@ def network_type(path: Path) -> str:
     for kind, label in (("loha", "LoHa"), ("lokr", "LoKr"), ("full", "full")):
         if kind in kinds:
             return label
-    with safe_open(str(path), framework="pt") as handle:
+    with open_weights(path) as handle:
         keys = list(handle.keys())
         if any(k.endswith(".dora_scale") for k in keys):
             return "DoRA"
@@ -55,7 +55,7 @@ def is_lycoris(path: Path) -> bool:
 def read_network(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """module name -> {parameter name: tensor} (e.g. `hada_w1_a`, `alpha`)."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(str(path), framework="pt") as handle:
+    with open_weights(path) as handle:
         for key in handle.keys():
             module, _, param = key.partition(".")
             modules.setdefault(module, {})[param] = handle.get_tensor(key)
