@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--fast", action="store_true",
                      help="the embedded model's few-step variant (sfumato-emoji-lcm: LCM, 2 steps, CFG 1)")
     gen.add_argument("--timestep-spacing", choices=["leading", "linspace", "trailing"])
+    gen.add_argument("--cache-interval", type=int, default=1, metavar="N",
+                     help="step caching (DeepCache): the full UNet every N steps, only its outer branch between "
+                          "(2-5: faster, slightly different image; 1: off)")
+    gen.add_argument("--cache-branch", type=int, default=0, help="outer UNet layers kept live on cached steps "
+                                                                 "(0: the fewest, fastest)")
     gen.add_argument("--eta", type=float, help="DDIM eta / TCD gamma")
     gen.add_argument("--seed", type=int, default=-1)
     gen.add_argument("--subseed", type=int, default=-1, help="variation seed")
@@ -289,6 +294,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         p2p_cross=args.p2p_cross, p2p_self=args.p2p_self, sd_upscale=args.sd_upscale,
         sd_upscale_upscaler=args.sd_upscale_upscaler, sd_upscale_overlap=args.sd_upscale_overlap,
         sd_upscale_strength=args.sd_upscale_strength, init_upscaler=args.init_upscaler, colorize=args.colorize,
+        cache_interval=args.cache_interval, cache_branch=args.cache_branch,
         controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
                   for unit in args.control],

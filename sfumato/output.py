@@ -50,6 +50,8 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Eta", f"{request.eta:g}"))
     if request.preset:
         fields.append(("Preset", request.preset))
+    if request.cache_interval > 1:
+        fields.append(("Step cache", f"interval {request.cache_interval}, branch {request.cache_branch}"))
     if request.subseed_strength > 0:
         fields += [("Variation seed", subseed), ("Variation seed strength", f"{request.subseed_strength:g}")]
     if request.clip_skip > 1:

@@ -29,7 +29,8 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                                            ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile),
                                            ("SD upscale", request.sd_upscale > 1.0),
                                            ("ControlNet units", bool(request.controls)),
-                                           ("IP-Adapter", bool(request.ip_adapter)))
+                                           ("IP-Adapter", bool(request.ip_adapter)),
+                                           ("step caching", request.cache_interval > 1))
                    if used]
     if unsupported:
         raise UnsupportedModel(f"{family} supports txt2img only for now, not {', '.join(unsupported)}")

@@ -15,6 +15,7 @@ from PIL import Image
 from sfumato.models.loader import LoadedModel
 from sfumato.pipelines.guidance import Guidance
 from sfumato.sampling.noise import batch_noise, generators_for
+from sfumato.speed.stepcache import StepCacheSettings, step_cache_for
 
 StepCallback = Callable[[torch.Tensor], None]  # called after each step with the latents
 
@@ -69,13 +70,14 @@ def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative
 @torch.no_grad()
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
             generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
-            on_step: StepCallback | None = None, control=None, eta: float | None = None) -> torch.Tensor:
+            on_step: StepCallback | None = None, control=None, eta: float | None = None,
+            step_cache: StepCacheSettings | None = None) -> torch.Tensor:
     """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
     and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`).
     `control` (a `control.apply.ControlSet`) adds ControlNet residuals, T2I-Adapter features and IP-Adapter image
     embeddings. `eta` goes to samplers that take it (DDIM's eta, TCD's gamma). A UNet distilled with the guidance
     scale as an input (LCM's w-conditioning, `time_cond_proj_dim`) gets cfg_scale embedded instead of a CFG pass,
-    as diffusers does."""
+    as diffusers does. `step_cache` reuses the deep UNet features between full calls (DeepCache, `speed.stepcache`)."""
     unet = model.pipe.unet
     timestep_cond = None
     if getattr(unet.config, "time_cond_proj_dim", None) is not None:
@@ -95,29 +97,32 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
     if eta is not None and "eta" in step_parameters:
         step_kwargs["eta"] = eta
     fixed = None
-    for i, t in enumerate(timesteps):
-        if fixed is None or not guidance.static:
-            cond = guidance.at(i)
-            added = added_conditioning(model, cond.pooled, negative_rows, width, height)
-            # the pooled text vector, for UNets with a projection class embedding (ldm family)
-            class_labels = cond.pooled if unet.config.class_embed_type is not None else None
-            fixed = (cond.embeds, added, class_labels)
-        context, added, class_labels = fixed
-        model_input = scheduler.scale_model_input(latents[rows], t)
-        kwargs = {"encoder_hidden_states": context, "added_cond_kwargs": added, "class_labels": class_labels,
-                  "timestep_cond": timestep_cond}
-        if control is not None:
-            kwargs.update(control.unet_kwargs(i, len(timesteps), model_input, t, context, added, class_labels,
-                                              negative_rows, row_list))
-        if concat is not None:
-            model_input = torch.cat([model_input, concat], dim=1)
-        prediction = unet(model_input, t, return_dict=False, **kwargs)[0]
-        prediction = guidance.combine(prediction)
-        latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
-        if inpaint is not None and inpaint.masked_image_latents is None:
-            latents = _blend_known_region(scheduler, latents, inpaint, timesteps, i)
-        if on_step:
-            on_step(latents)
+    with step_cache_for(unet, step_cache) as cache:
+        for i, t in enumerate(timesteps):
+            if fixed is None or not guidance.static:
+                cond = guidance.at(i)
+                added = added_conditioning(model, cond.pooled, negative_rows, width, height)
+                # the pooled text vector, for UNets with a projection class embedding (ldm family)
+                class_labels = cond.pooled if unet.config.class_embed_type is not None else None
+                fixed = (cond.embeds, added, class_labels)
+            context, added, class_labels = fixed
+            model_input = scheduler.scale_model_input(latents[rows], t)
+            kwargs = {"encoder_hidden_states": context, "added_cond_kwargs": added, "class_labels": class_labels,
+                      "timestep_cond": timestep_cond}
+            if control is not None:
+                kwargs.update(control.unet_kwargs(i, len(timesteps), model_input, t, context, added, class_labels,
+                                                  negative_rows, row_list))
+            if concat is not None:
+                model_input = torch.cat([model_input, concat], dim=1)
+            if cache is not None:
+                cache.before_call(tuple(model_input.shape))
+            prediction = unet(model_input, t, return_dict=False, **kwargs)[0]
+            prediction = guidance.combine(prediction)
+            latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
+            if inpaint is not None and inpaint.masked_image_latents is None:
+                latents = _blend_known_region(scheduler, latents, inpaint, timesteps, i)
+            if on_step:
+                on_step(latents)
     return latents
 
 

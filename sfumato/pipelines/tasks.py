@@ -39,6 +39,7 @@ from sfumato.pipelines.upscaling import UpscalerFor, colorize_like, grayscale, s
 from sfumato.prompts.encode import PromptEncoder
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import make_scheduler
+from sfumato.speed.stepcache import StepCacheSettings
 from sfumato.upscale import upscale
 
 
@@ -244,6 +245,12 @@ def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
     return make_scheduler(request.sampler, config, seed, timestep_spacing=request.timestep_spacing)
 
 
+def step_cache_settings(request: GenerationRequest) -> StepCacheSettings | None:
+    if request.cache_interval <= 1 or request.p2p_source is not None:  # p2p edits every attention map: no cache
+        return None
+    return StepCacheSettings(request.cache_interval, request.cache_branch)
+
+
 def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, seeds: list[int],
                subseeds: list[int], source: Source | None, progress: Progress,
                control: ControlSet | None = None) -> torch.Tensor:
@@ -265,7 +272,7 @@ def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     return denoise(model, scheduler, latents, timesteps, guidance, generators, request.width, request.height, inpaint,
-                   progress.step, control, request.eta)
+                   progress.step, control, request.eta, step_cache_settings(request))
 
 
 def _inpaint_state(model: LoadedModel, source: Source, init_latents: torch.Tensor,
@@ -310,5 +317,5 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
     noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     refined = denoise(model, scheduler, noisy, timesteps, guidance, generators, width, height, None, progress.step,
-                      control, request.eta)
+                      control, request.eta, step_cache_settings(request))
     return refined, width, height

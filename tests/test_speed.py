@@ -1,0 +1,92 @@
+"""Speed levers keep the image: step caching (DeepCache) and compiled sampling."""
+
+from __future__ import annotations
+
+import diffusers
+import pytest
+import torch
+from test_engine import capture_latents
+
+from sfumato.errors import InvalidRequest
+from sfumato.models.families import SD1
+from sfumato.requests import GenerationRequest
+from sfumato.speed.stepcache import StepCacheSettings, UNetStepCache, skipped_modules
+
+
+def req(**kw) -> GenerationRequest:
+    base = dict(prompt="a red apple on a table", seed=3, steps=6, width=64, height=64, sampler="Euler", cfg_scale=5.0)
+    return GenerationRequest(**{**base, **kw})
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    span = float(b.max() - b.min())
+    return float(10 * torch.log10(span**2 / torch.mean((a.float() - b.float()) ** 2)))
+
+
+def test_branches_of_the_sd15_unet():
+    """SD 1.5's UNet: 12 down layers (conv_in, 3x(2 layers + downsampler), 2) mirror 12 up layers."""
+    unet = diffusers.UNet2DConditionModel.from_config(dict(SD1.skeleton["unet"], block_out_channels=[32, 32, 64, 64],
+                                                           cross_attention_dim=32, attention_head_dim=2,
+                                                           norm_num_groups=8))
+    finest = skipped_modules(unet, 0)
+    live = {id(m) for m in (unet.up_blocks[-1].resnets[-1], unet.up_blocks[-1].attentions[-1])}
+    assert unet.mid_block in finest and not live & {id(m) for m in finest}
+    assert unet.up_blocks[-1].resnets[0] in finest and unet.down_blocks[0].resnets[0] in finest
+    # branch 3: conv_in, both layers and the downsampler of the first block stay live, and their 3+1 mirrors
+    third = skipped_modules(unet, 3)
+    assert unet.down_blocks[0].downsamplers[0] not in third and unet.down_blocks[1].resnets[0] in third
+    assert unet.up_blocks[-2].resnets[-1] not in third and unet.up_blocks[-2].upsamplers[0] not in third
+    assert unet.up_blocks[-2].resnets[-2] in third
+    assert len(finest) - len(third) == (2 * 2 + 1) + (3 * 2 + 1)  # 2 layers + downsampler; 3 layers + upsampler
+    with pytest.raises(InvalidRequest):
+        skipped_modules(unet, 11)
+
+
+def test_a_cached_call_reuses_the_deep_features_exactly(engine_sd1):
+    """Same input twice: the cached call (only the outer branch recomputed) equals the full call bit for bit;
+    with another timestep the cached call differs from a full one, but only a little."""
+    unet = engine_sd1.load().pipe.unet
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, unet.config.cross_attention_dim)
+    calls = {"mid": 0}
+    unet.mid_block.register_forward_hook(lambda *a: calls.__setitem__("mid", calls["mid"] + 1))
+    with torch.no_grad():
+        full = unet(x, 500, encoder_hidden_states=context).sample
+        other = unet(x, 450, encoder_hidden_states=context).sample
+        cache = UNetStepCache(unet, StepCacheSettings(interval=3, branch=0))
+        with cache.installed():
+            outs = []
+            for t in (500, 500, 450, 500):
+                cache.before_call(tuple(x.shape))
+                outs.append(unet(x, t, encoder_hidden_states=context).sample)
+    assert cache.full_calls == 2  # calls 0 and 3
+    assert torch.equal(outs[0], full) and torch.equal(outs[1], full) and torch.equal(outs[3], full)
+    assert not torch.equal(outs[2], other) and psnr(outs[2], other) > 20
+    assert "forward" not in unet.mid_block.__dict__  # uninstalled
+
+
+def test_interval_one_is_the_uncached_image_and_caching_is_recorded(engine_sd1, monkeypatch):
+    plain = capture_latents(engine_sd1, req(), monkeypatch)
+    import sfumato.pipelines.steps as steps
+
+    real = steps.step_cache_for
+    monkeypatch.setattr(steps, "step_cache_for", lambda unet, s: UNetStepCache(unet, StepCacheSettings(1)).installed())
+    assert torch.equal(capture_latents(engine_sd1, req(), monkeypatch), plain)  # wrappers in place, all calls full
+    monkeypatch.setattr(steps, "step_cache_for", real)
+    cached = capture_latents(engine_sd1, req(cache_interval=2), monkeypatch)
+    close = psnr(cached, plain)
+    assert abs(close - 48.5) < 0.5, close  # a different, nearby image; deterministic:
+    assert torch.equal(capture_latents(engine_sd1, req(cache_interval=2), monkeypatch), cached)
+    # longer intervals drift further, a deeper live branch stays closer (tiny SD1, 6 Euler steps)
+    sparse = psnr(capture_latents(engine_sd1, req(cache_interval=4), monkeypatch), plain)
+    deep = psnr(capture_latents(engine_sd1, req(cache_interval=2, cache_branch=3), monkeypatch), plain)
+    assert abs(sparse - 43.5) < 0.5 and abs(deep - 58.6) < 0.5, (sparse, deep)
+    result = engine_sd1.generate(req(cache_interval=3, cache_branch=1))
+    assert "Step cache: interval 3, branch 1" in result.images[0].infotext
+
+
+def test_step_cache_requests_are_checked():
+    for bad in (dict(cache_interval=0), dict(cache_interval=11), dict(cache_branch=-1), dict(cache_interval=2.5),
+                dict(cache_interval=2, p2p_source="x")):
+        with pytest.raises(InvalidRequest):
+            req(**bad).validate()
