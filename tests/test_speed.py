@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import diffusers
 import pytest
 import torch
@@ -90,3 +92,20 @@ def test_step_cache_requests_are_checked():
                 dict(cache_interval=2, p2p_source="x")):
         with pytest.raises(InvalidRequest):
             req(**bad).validate()
+
+
+def test_the_server_takes_step_caching_natively_and_through_a1111_deepcache_options(tmp_path, sd1):
+    from fastapi.testclient import TestClient
+    from test_server import LOCAL, _settings, _wait
+
+    from sfumato.server.app import create_app
+
+    small = {"prompt": "red apple", "seed": 2, "width": 64, "height": 64, "steps": 4}
+    with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as client:
+        job = _wait(client, client.post("/api/v1/jobs", json={**small, "cache_interval": 2}).json()["id"])
+        assert job["status"] == "completed" and "Step cache: interval 2, branch 0" in job["result"]["infotexts"][0]
+        options = {"deepcache_enable": True, "deepcache_full_run_step_rate": 3, "deepcache_cache_resnet_level": 1}
+        body = client.post("/sdapi/v1/txt2img", json={**small, "override_settings": options}).json()
+        assert "Step cache: interval 3, branch 1" in json.loads(body["info"])["infotexts"][0]
+        bad = client.post("/api/v1/jobs", json={**small, "cache_interval": 50})
+        assert bad.status_code == 422 and "cache_interval" in bad.json()["detail"]

@@ -88,7 +88,19 @@ def _request(body: Txt2ImgRequest, model: str | None, vae: str | None) -> Genera
         hires_strength=body.denoising_strength if body.enable_hr and body.denoising_strength is not None else 0.55,
         hires_steps=body.hr_second_pass_steps or None, hires_upscaler=upscaler,
         clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", 1)), styles=list(body.styles),
+        **_step_cache(body.override_settings),
     )
+
+
+def _step_cache(settings: dict[str, Any]) -> dict[str, int]:
+    """Step caching through the option names of A1111's DeepCache extension (sd-webui-deepcache-standalone)."""
+    if not settings.get("deepcache_enable"):
+        return {}
+    try:
+        return {"cache_interval": int(settings.get("deepcache_full_run_step_rate", 3)),
+                "cache_branch": int(settings.get("deepcache_cache_resnet_level", 0))}
+    except (TypeError, ValueError):
+        raise InvalidRequest("deepcache_full_run_step_rate and deepcache_cache_resnet_level must be integers") from None
 
 
 def add_routes(app: FastAPI, service, guarded: list) -> None:

@@ -147,6 +147,7 @@ function buildRequest() {
     batch_size: number("batch_size") || 1, batch_count: number("batch_count") || 1,
     hires_scale: number("hires_scale") || 1, hires_strength: number("hires_strength") ?? 0.55, tile: $("tile").checked,
     hires_upscaler: $("hires_upscaler").value || "latent", vae: $("vae").value || null,
+    cache_interval: Number($("cache_interval").value) || 1,
   };
   const styles = [...$("styles").selectedOptions].map((o) => o.value);
   if (styles.length) request.styles = styles;
