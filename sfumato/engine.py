@@ -95,9 +95,10 @@ class Engine:
     """Turns generation requests into images. `model` is the default for requests that name none."""
 
     def __init__(self, model: str | Path | None = None, device: str | None = None, dtype: str | None = None,
-                 safety: SafetySettings | None = None):
+                 safety: SafetySettings | None = None, compile: str | None = None):
         self.default_model = str(model) if model is not None else None
         self.device, self.dtype = device, dtype
+        self.compile = compile  # torch.compile mode for every model this engine loads (speed.compiled), or None
         self.safety = safety or SafetySettings(mode="off")  # the library default: prompt policy on, image check off
         self._policy = None if self.safety.policy == "off" else PromptPolicy.load(self.safety.policy)
         self._loaded: LoadedModel | None = None
@@ -136,6 +137,10 @@ class Engine:
                 self._loaded = None  # free the old model before loading the new one
                 self._loaded = load_model(path, self.device, self.dtype)
                 self._encoder = _prompt_encoder(self._loaded)
+                if self.compile:
+                    from sfumato.speed.compiled import compile_pipeline
+
+                    compile_pipeline(self._loaded.pipe, self.compile)
             return self._loaded
 
     def token_counts(self, prompt: str, model: str | None = None, steps: int = 20) -> tuple[list[int], int, list[dict]]:

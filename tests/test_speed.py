@@ -109,3 +109,27 @@ def test_the_server_takes_step_caching_natively_and_through_a1111_deepcache_opti
         assert "Step cache: interval 3, branch 1" in json.loads(body["info"])["infotexts"][0]
         bad = client.post("/api/v1/jobs", json={**small, "cache_interval": 50})
         assert bad.status_code == 422 and "cache_interval" in bad.json()["detail"]
+
+
+def test_compiled_sampling_draws_the_eager_image_and_caches_on_disk(sd1, monkeypatch):
+    """`Engine(compile=...)`: inductor on CPU, channels-last; the same latents as eager (PSNR >= 40 dB, here far
+    above), the compiled kernels cached under $SFUMATO_HOME/cache/compile; a new shape is one more variant."""
+    from sfumato.engine import Engine
+    from sfumato.models.home import home
+    from sfumato.speed.compiled import compile_pipeline
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
+        monkeypatch.setenv(name, "")  # recorded, so the test's own values are undone afterwards
+        monkeypatch.delenv(name)
+    eager = capture_latents(Engine(sd1), req(steps=3), monkeypatch)
+    engine = Engine(sd1, compile="default")
+    compiled = capture_latents(engine, req(steps=3), monkeypatch)
+    pipe = engine.load().pipe
+    assert pipe._sfumato_compiled == ["UNet2DConditionModel", "VAE decoder"]
+    assert pipe.unet._compiled_call_impl is not None and pipe.vae.decoder._compiled_call_impl is not None
+    assert psnr(compiled, eager) > 60 and float((compiled - eager).abs().max()) < 1e-3
+    cache = home() / "cache" / "compile"
+    assert any(p.is_file() for p in cache.rglob("*")), "no inductor artifacts on disk"
+    assert compile_pipeline(pipe) is pipe._sfumato_compiled  # idempotent
+    with pytest.raises(InvalidRequest):
+        compile_pipeline(pipe.__class__.__new__(pipe.__class__), "fastest")

@@ -42,6 +42,7 @@ class ServerSettings:
     preview: str = "cheap"  # step previews while a client watches: cheap (latent->RGB map), full (VAE), off
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
+    compile: str | None = None  # torch.compile mode for the served models (speed.compiled), None: eager
 
     def check(self) -> ServerSettings:
         """Refuse settings that would expose an open server; validate sizes."""
@@ -52,6 +53,8 @@ class ServerSettings:
             raise InvalidRequest("--max-batch-size and --queue-size must be at least 1")
         if self.preview not in ("cheap", "full", "off"):
             raise InvalidRequest("--preview must be cheap, full or off")
+        if self.compile not in (None, "default", "reduce-overhead", "max-autotune"):
+            raise InvalidRequest("--compile must be default, reduce-overhead or max-autotune")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise InvalidRequest("--batch-wait-ms must be between 0 and 10000")
         return self
