@@ -50,6 +50,8 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Eta", f"{request.eta:g}"))
     if request.preset:
         fields.append(("Preset", request.preset))
+    if request.token_merging_ratio:
+        fields.append(("Token merging ratio", f"{request.token_merging_ratio:g}"))  # A1111's key
     if request.cache_interval > 1:
         fields.append(("Step cache", f"interval {request.cache_interval}, branch {request.cache_branch}"))
     if request.subseed_strength > 0:

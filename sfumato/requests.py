@@ -80,6 +80,7 @@ class GenerationRequest:
     colorize: bool = False  # the init image's luminance with the generated colours (Lab): colourise a grayscale photo
     cache_interval: int = 1  # step caching (DeepCache): a full UNet call every N steps, the outer branch between
     cache_branch: int = 0  # the outer UNet layers that stay live on cached steps (0: the outermost only)
+    token_merging_ratio: float = 0.0  # ToMe: share of tokens merged before full-resolution self-attention (A1111)
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -144,8 +145,11 @@ class GenerationRequest:
                                  f"got {self.timestep_spacing!r}")
         _check_range("cache_interval", self.cache_interval, 1, 10, integer=True)
         _check_range("cache_branch", self.cache_branch, 0, 64, integer=True)
-        if self.cache_interval > 1 and (self.p2p_source is not None or self.instruction_edit):
-            raise InvalidRequest("step caching does not combine with prompt-to-prompt or instruction edits")
+        _check_range("token_merging_ratio", self.token_merging_ratio, 0.0, 0.9)
+        if (self.cache_interval > 1 or self.token_merging_ratio) and (self.p2p_source is not None
+                                                                     or self.instruction_edit):
+            raise InvalidRequest("step caching and token merging do not combine with prompt-to-prompt or "
+                                 "instruction edits")
         _check_range("sd_upscale", self.sd_upscale, 1.0, 4.0)
         _check_range("sd_upscale_overlap", self.sd_upscale_overlap, 0, 512, integer=True)
         _check_range("sd_upscale_strength", self.sd_upscale_strength, 0.0, 1.0)

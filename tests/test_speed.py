@@ -133,3 +133,44 @@ def test_compiled_sampling_draws_the_eager_image_and_caches_on_disk(sd1, monkeyp
     assert compile_pipeline(pipe) is pipe._sfumato_compiled  # idempotent
     with pytest.raises(InvalidRequest):
         compile_pipeline(pipe.__class__.__new__(pipe.__class__), "fastest")
+
+
+def test_token_merging_merges_similar_tokens_and_unmerges_them_back():
+    from sfumato.speed.tome import bipartite_soft_matching
+
+    torch.manual_seed(0)
+    h, w, c = 6, 8, 16
+    windows = torch.randn(2, h // 2, w // 2, c)  # one random token per 2x2 window, repeated inside it
+    x = windows.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).reshape(2, h * w, c)
+    r = h * w * 3 // 4  # every source has an identical destination in its window
+    merge, unmerge = bipartite_soft_matching(x, w, h, r, torch.Generator().manual_seed(1))
+    merged = merge(x)
+    assert merged.shape == (2, h * w - r, c)
+    assert torch.allclose(unmerge(merged), x, atol=1e-6)
+    noisy = x + 0.01 * torch.randn_like(x)  # now merging averages: close, not equal
+    merge, unmerge = bipartite_soft_matching(noisy, w, h, r // 2, torch.Generator().manual_seed(1))
+    back = unmerge(merge(noisy))
+    assert 0 < float((back - noisy).abs().max()) < 0.05
+    same = bipartite_soft_matching(noisy, w, h, 0, torch.Generator())[0]
+    assert same(noisy) is noisy
+
+
+def test_token_merging_in_generation_is_close_deterministic_and_recorded(engine_sd1, monkeypatch):
+    plain = capture_latents(engine_sd1, req(), monkeypatch)
+    calls = []
+    from sfumato.speed import tome
+
+    original = tome.bipartite_soft_matching
+    monkeypatch.setattr(tome, "bipartite_soft_matching", lambda *a: calls.append(a[1:4]) or original(*a))
+    merged = capture_latents(engine_sd1, req(token_merging_ratio=0.5), monkeypatch)
+    # 6 steps x the full-resolution self-attentions of the tiny UNet (2 down + 3 up); 32x32 latent, 512 merged
+    assert len(calls) == 6 * 5 and set(calls) == {(32, 32, 512)}
+    close = psnr(merged, plain)
+    assert abs(close - 59.4) < 0.5, close  # a nearby image (tiny SD1, 6 Euler steps)
+    assert torch.equal(capture_latents(engine_sd1, req(token_merging_ratio=0.5), monkeypatch), merged)
+    result = engine_sd1.generate(req(token_merging_ratio=0.3, steps=2))
+    assert "Token merging ratio: 0.3" in result.images[0].infotext
+    for module in engine_sd1.load().pipe.unet.modules():
+        assert "forward" not in module.__dict__
+    with pytest.raises(InvalidRequest):
+        req(token_merging_ratio=0.95).validate()

@@ -30,7 +30,8 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                                            ("SD upscale", request.sd_upscale > 1.0),
                                            ("ControlNet units", bool(request.controls)),
                                            ("IP-Adapter", bool(request.ip_adapter)),
-                                           ("step caching", request.cache_interval > 1))
+                                           ("step caching", request.cache_interval > 1),
+                                           ("token merging", request.token_merging_ratio > 0))
                    if used]
     if unsupported:
         raise UnsupportedModel(f"{family} supports txt2img only for now, not {', '.join(unsupported)}")

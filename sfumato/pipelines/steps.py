@@ -16,6 +16,7 @@ from sfumato.models.loader import LoadedModel
 from sfumato.pipelines.guidance import Guidance
 from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.speed.stepcache import StepCacheSettings, step_cache_for
+from sfumato.speed.tome import token_merging_for
 
 StepCallback = Callable[[torch.Tensor], None]  # called after each step with the latents
 
@@ -71,13 +72,14 @@ def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
             generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
             on_step: StepCallback | None = None, control=None, eta: float | None = None,
-            step_cache: StepCacheSettings | None = None) -> torch.Tensor:
+            step_cache: StepCacheSettings | None = None, token_merging: float = 0.0) -> torch.Tensor:
     """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
     and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`).
     `control` (a `control.apply.ControlSet`) adds ControlNet residuals, T2I-Adapter features and IP-Adapter image
     embeddings. `eta` goes to samplers that take it (DDIM's eta, TCD's gamma). A UNet distilled with the guidance
     scale as an input (LCM's w-conditioning, `time_cond_proj_dim`) gets cfg_scale embedded instead of a CFG pass,
-    as diffusers does. `step_cache` reuses the deep UNet features between full calls (DeepCache, `speed.stepcache`)."""
+    as diffusers does. `step_cache` reuses the deep UNet features between full calls (DeepCache, `speed.stepcache`);
+    `token_merging` merges that share of the tokens before full-resolution self-attention (ToMe, `speed.tome`)."""
     unet = model.pipe.unet
     timestep_cond = None
     if getattr(unet.config, "time_cond_proj_dim", None) is not None:
@@ -97,7 +99,7 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
     if eta is not None and "eta" in step_parameters:
         step_kwargs["eta"] = eta
     fixed = None
-    with step_cache_for(unet, step_cache) as cache:
+    with step_cache_for(unet, step_cache) as cache, token_merging_for(unet, token_merging) as tome:
         for i, t in enumerate(timesteps):
             if fixed is None or not guidance.static:
                 cond = guidance.at(i)
@@ -116,6 +118,8 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
                 model_input = torch.cat([model_input, concat], dim=1)
             if cache is not None:
                 cache.before_call(tuple(model_input.shape))
+            if tome is not None:
+                tome.before_call(*model_input.shape[-2:])
             prediction = unet(model_input, t, return_dict=False, **kwargs)[0]
             prediction = guidance.combine(prediction)
             latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]

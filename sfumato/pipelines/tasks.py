@@ -272,7 +272,7 @@ def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     return denoise(model, scheduler, latents, timesteps, guidance, generators, request.width, request.height, inpaint,
-                   progress.step, control, request.eta, step_cache_settings(request))
+                   progress.step, control, request.eta, step_cache_settings(request), request.token_merging_ratio)
 
 
 def _inpaint_state(model: LoadedModel, source: Source, init_latents: torch.Tensor,
@@ -317,5 +317,5 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
     noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     refined = denoise(model, scheduler, noisy, timesteps, guidance, generators, width, height, None, progress.step,
-                      control, request.eta, step_cache_settings(request))
+                      control, request.eta, step_cache_settings(request), request.token_merging_ratio)
     return refined, width, height

@@ -88,8 +88,16 @@ def _request(body: Txt2ImgRequest, model: str | None, vae: str | None) -> Genera
         hires_strength=body.denoising_strength if body.enable_hr and body.denoising_strength is not None else 0.55,
         hires_steps=body.hr_second_pass_steps or None, hires_upscaler=upscaler,
         clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", 1)), styles=list(body.styles),
+        token_merging_ratio=_number(body.override_settings, "token_merging_ratio"),
         **_step_cache(body.override_settings),
     )
+
+
+def _number(settings: dict[str, Any], name: str) -> float:
+    try:
+        return float(settings.get(name) or 0.0)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"override_settings.{name} must be a number") from None
 
 
 def _step_cache(settings: dict[str, Any]) -> dict[str, int]:
