@@ -94,7 +94,7 @@ def test_step_cache_requests_are_checked():
             req(**bad).validate()
 
 
-def test_the_server_takes_step_caching_natively_and_through_a1111_deepcache_options(tmp_path, sd1):
+def test_the_server_takes_step_caching_and_token_merging_natively_and_through_a1111_options(tmp_path, sd1):
     from fastapi.testclient import TestClient
     from test_server import LOCAL, _settings, _wait
 
@@ -104,9 +104,13 @@ def test_the_server_takes_step_caching_natively_and_through_a1111_deepcache_opti
     with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as client:
         job = _wait(client, client.post("/api/v1/jobs", json={**small, "cache_interval": 2}).json()["id"])
         assert job["status"] == "completed" and "Step cache: interval 2, branch 0" in job["result"]["infotexts"][0]
-        options = {"deepcache_enable": True, "deepcache_full_run_step_rate": 3, "deepcache_cache_resnet_level": 1}
+        options = {"deepcache_enable": True, "deepcache_full_run_step_rate": 3, "deepcache_cache_resnet_level": 1,
+                   "token_merging_ratio": 0.4}
         body = client.post("/sdapi/v1/txt2img", json={**small, "override_settings": options}).json()
-        assert "Step cache: interval 3, branch 1" in json.loads(body["info"])["infotexts"][0]
+        infotext = json.loads(body["info"])["infotexts"][0]
+        assert "Step cache: interval 3, branch 1" in infotext and "Token merging ratio: 0.4" in infotext
+        bad = client.post("/sdapi/v1/txt2img", json={**small, "override_settings": {"token_merging_ratio": "lots"}})
+        assert bad.status_code == 422 and "token_merging_ratio" in bad.json()["detail"]
         bad = client.post("/api/v1/jobs", json={**small, "cache_interval": 50})
         assert bad.status_code == 422 and "cache_interval" in bad.json()["detail"]
 

@@ -148,6 +148,7 @@ function buildRequest() {
     hires_scale: number("hires_scale") || 1, hires_strength: number("hires_strength") ?? 0.55, tile: $("tile").checked,
     hires_upscaler: $("hires_upscaler").value || "latent", vae: $("vae").value || null,
     cache_interval: Number($("cache_interval").value) || 1,
+    token_merging_ratio: Number($("token_merging_ratio").value) || 0,
   };
   const styles = [...$("styles").selectedOptions].map((o) => o.value);
   if (styles.length) request.styles = styles;
