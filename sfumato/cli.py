@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cache-interval", type=int, default=1, metavar="N",
                      help="step caching (DeepCache): the full UNet every N steps, only its outer branch between "
                           "(2-5: faster, slightly different image; 1: off)")
+    gen.add_argument("--cache-threshold", type=float, default=0.0, metavar="T",
+                     help="SD3/FLUX: adaptive first-block cache, steps reuse the other blocks' residual while the "
+                          "first block's output changes by less than T (0.05-0.2)")
     gen.add_argument("--token-merging", type=float, default=0.0, metavar="RATIO",
                      help="ToMe: merge this share of tokens before full-resolution self-attention (0.3-0.6; pays "
                           "off at >= 1024 px)")
@@ -307,7 +310,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         sd_upscale_upscaler=args.sd_upscale_upscaler, sd_upscale_overlap=args.sd_upscale_overlap,
         sd_upscale_strength=args.sd_upscale_strength, init_upscaler=args.init_upscaler, colorize=args.colorize,
         cache_interval=args.cache_interval, cache_branch=args.cache_branch,
-        token_merging_ratio=args.token_merging,
+        token_merging_ratio=args.token_merging, cache_threshold=args.cache_threshold,
         controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
                   for unit in args.control],

@@ -52,7 +52,9 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Preset", request.preset))
     if request.token_merging_ratio:
         fields.append(("Token merging ratio", f"{request.token_merging_ratio:g}"))  # A1111's key
-    if request.cache_interval > 1:
+    if request.cache_threshold > 0:
+        fields.append(("Step cache", f"threshold {request.cache_threshold:g}"))
+    elif request.cache_interval > 1:
         fields.append(("Step cache", f"interval {request.cache_interval}, branch {request.cache_branch}"))
     if request.subseed_strength > 0:
         fields += [("Variation seed", subseed), ("Variation seed strength", f"{request.subseed_strength:g}")]

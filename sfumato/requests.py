@@ -80,6 +80,7 @@ class GenerationRequest:
     colorize: bool = False  # the init image's luminance with the generated colours (Lab): colourise a grayscale photo
     cache_interval: int = 1  # step caching (DeepCache): a full UNet call every N steps, the outer branch between
     cache_branch: int = 0  # the outer UNet layers that stay live on cached steps (0: the outermost only)
+    cache_threshold: float = 0.0  # SD3/FLUX: adaptive first-block cache (cached while the change stays below this)
     token_merging_ratio: float = 0.0  # ToMe: share of tokens merged before full-resolution self-attention (A1111)
 
     def validate(self) -> GenerationRequest:
@@ -146,7 +147,8 @@ class GenerationRequest:
         _check_range("cache_interval", self.cache_interval, 1, 10, integer=True)
         _check_range("cache_branch", self.cache_branch, 0, 64, integer=True)
         _check_range("token_merging_ratio", self.token_merging_ratio, 0.0, 0.9)
-        if (self.cache_interval > 1 or self.token_merging_ratio) and (self.p2p_source is not None
+        _check_range("cache_threshold", self.cache_threshold, 0.0, 1.0)
+        if (self.cache_interval > 1 or self.token_merging_ratio or self.cache_threshold) and (self.p2p_source is not None
                                                                      or self.instruction_edit):
             raise InvalidRequest("step caching and token merging do not combine with prompt-to-prompt or "
                                  "instruction edits")

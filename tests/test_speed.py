@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import diffusers
@@ -178,3 +179,77 @@ def test_token_merging_in_generation_is_close_deterministic_and_recorded(engine_
         assert "forward" not in module.__dict__
     with pytest.raises(InvalidRequest):
         req(token_merging_ratio=0.95).validate()
+
+
+@pytest.fixture(scope="module")
+def flow_models(tmp_path_factory):
+    from sfumato.models.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("flow")
+    models = {}
+    for family, cls, layers in (("sd3", diffusers.SD3Transformer2DModel, dict(num_layers=3)),
+                                ("flux", diffusers.FluxTransformer2DModel, dict(num_layers=2, num_single_layers=2))):
+        folder = build_tiny(family, root / family)
+        config = dict(cls.load_config(folder / "transformer"), **layers)  # deeper than the tiny default
+        torch.manual_seed(0)
+        cls.from_config(config).save_pretrained(folder / "transformer")
+        models[family] = folder
+    return models
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_first_block_cache_on_transformers(flow_models, family, monkeypatch):
+    """A cached call = the first block + the other blocks' residual from the last full call: with the same input
+    it is the full output; in a generation, interval and threshold modes run fewer full calls."""
+    import numpy as np
+
+    from sfumato.engine import Engine
+    from sfumato.speed import blockcache
+
+    engine = Engine(flow_models[family])
+    transformer = engine.load().pipe.transformer
+    blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks", []))
+    torch.manual_seed(0)
+    hidden, encoder = torch.randn(2, 16, blocks[0].norm1.linear.in_features), None
+    encoder = torch.randn(2, 5, hidden.shape[-1])
+    temb = torch.randn(2, hidden.shape[-1])
+    kwargs = dict(temb=temb) if family == "sd3" else dict(temb=temb, image_rotary_emb=None)
+
+    def run_blocks():
+        e, h = encoder, hidden
+        for block in blocks:
+            e, h = block(hidden_states=h, encoder_hidden_states=e, **kwargs)
+        return h
+
+    with torch.no_grad():
+        full = run_blocks()
+        cache = blockcache.BlockCache(transformer, interval=2)
+        with cache.installed():
+            first, second = run_blocks(), run_blocks()
+    assert cache.full_calls == 1 and torch.equal(first, full) and torch.allclose(second, full, atol=1e-5)
+    assert all("forward" not in b.__dict__ for b in blocks)
+
+    request = GenerationRequest("red apple", seed=7, steps=6, width=32, height=32)
+    plain = np.asarray(engine.generate(request).images[0].image, dtype=float)
+    seen = []
+    real = blockcache.BlockCache.installed
+
+    def spy(self):
+        seen.append(self)
+        return real(self)
+
+    monkeypatch.setattr(blockcache.BlockCache, "installed", spy)
+    cached = engine.generate(dataclasses.replace(request, cache_interval=2))
+    assert seen[-1].full_calls == 3 and seen[-1].calls == 6
+    diff = np.abs(np.asarray(cached.images[0].image, dtype=float) - plain).mean()
+    assert 0 < diff < 40, diff  # a nearby image
+    assert "Step cache: interval 2" in cached.images[0].infotext
+    engine.generate(dataclasses.replace(request, cache_threshold=1.0))  # everything after call 0 is "close"
+    assert seen[-1].full_calls == 1
+    engine.generate(dataclasses.replace(request, cache_threshold=1e-9))
+    assert seen[-1].full_calls == 6
+
+
+def test_cache_threshold_is_for_transformer_models(engine_sd1):
+    with pytest.raises(InvalidRequest, match="transformer models"):
+        engine_sd1.generate(req(cache_threshold=0.1))

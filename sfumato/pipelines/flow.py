@@ -19,6 +19,7 @@ from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and, tex
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.sampling.samplers import make_scheduler
+from sfumato.speed.blockcache import block_cache_for
 
 
 def check_flow_request(family: str, request: GenerationRequest) -> None:
@@ -30,7 +31,6 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                                            ("SD upscale", request.sd_upscale > 1.0),
                                            ("ControlNet units", bool(request.controls)),
                                            ("IP-Adapter", bool(request.ip_adapter)),
-                                           ("step caching", request.cache_interval > 1),
                                            ("token merging", request.token_merging_ratio > 0))
                    if used]
     if unsupported:
@@ -72,9 +72,10 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
     else:
         texts = {"prompt": prompts} if flux else {"prompt": prompts, "negative_prompt": negatives}
     callback_inputs = ["prompt_embeds"] if flux else ["prompt_embeds", "pooled_prompt_embeds"]
-    return pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
-                width=request.width, latents=noise.to(model.device, model.dtype), callback_on_step_end=on_step,
-                callback_on_step_end_tensor_inputs=callback_inputs, output_type="pil", **texts).images
+    with block_cache_for(pipe.transformer, request.cache_interval, request.cache_threshold):
+        return pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
+                    width=request.width, latents=noise.to(model.device, model.dtype), callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=callback_inputs, output_type="pil", **texts).images
 
 
 class ScheduledEmbeddings:
