@@ -38,6 +38,7 @@ ROWS = {
     "sfumato": dict(runner="sfumato"),
     "sfumato+compile": dict(runner="sfumato", compile="auto"),
     "sfumato+cache3": dict(runner="sfumato", cache=3),
+    "sfumato+tome0.5": dict(runner="sfumato", tome=0.5),
     "sfumato+compile+cache3": dict(runner="sfumato", compile="auto", cache=3),
     "sfumato+bf16": dict(runner="sfumato", dtype="bfloat16"),
     "sfumato+bf16+compile": dict(runner="sfumato", dtype="bfloat16", compile="auto"),
@@ -111,7 +112,8 @@ def child(settings: dict, model: str, size: int, steps: int, batch: int, sampler
 
         def run(n_steps: int, record: bool):
             request = GenerationRequest(PROMPT, seed=1, steps=n_steps, width=size, height=size, sampler=sampler,
-                                        cfg_scale=7.0, batch_size=batch, cache_interval=settings.get("cache", 1))
+                                        cfg_scale=7.0, batch_size=batch, cache_interval=settings.get("cache", 1),
+                                        token_merging_ratio=settings.get("tome", 0.0))
             hook = (lambda done, total: stamps.append(time.perf_counter()) if done else None) if record else None
             return [item.image for item in engine.generate(request, progress=hook).images]
     else:
@@ -141,7 +143,7 @@ def child(settings: dict, model: str, size: int, steps: int, batch: int, sampler
             torch.cuda.synchronize()
 
     start = time.perf_counter()
-    run(steps, False)  # warm-up: compiles (or loads compiled code) for this shape
+    run(min(steps, 2), False)  # warm-up: compiles (or loads compiled code) for this shape, full and cached calls
     sync()
     warm = time.perf_counter() - start
     start = time.perf_counter()

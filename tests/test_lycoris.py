@@ -250,3 +250,19 @@ def test_sdxl_files_in_sgm_block_names_hit_the_same_layers(sdxl, tmp_path):
     first = _pixels(engine, loras=[(str(tmp_path / "diffusers.safetensors"), 1.0)])
     assert np.abs(first - base).max() > 10
     assert np.array_equal(_pixels(engine, loras=[(str(tmp_path / "sgm.safetensors"), 1.0)]), first)
+
+
+def test_module_kinds_are_read_once_per_file_version(tmp_path, monkeypatch):
+    """The request hot path asks every LoRA file whether it is LyCORIS: the header is read once per (path, mtime)."""
+    from sfumato.models import lycoris
+
+    path = tmp_path / "net.safetensors"
+    save_file({"lora_unet_a.lora_down.weight": torch.zeros(2, 4), "lora_unet_a.lora_up.weight": torch.zeros(4, 2)},
+              str(path))
+    reads = []
+    real = lycoris.open_weights
+    monkeypatch.setattr(lycoris, "open_weights", lambda p: reads.append(p) or real(p))
+    assert not lycoris.is_lycoris(path) and not lycoris.is_lycoris(path) and len(reads) == 1
+    save_file({"lora_unet_a.hada_w1_a": torch.zeros(2, 4), "lora_unet_a.hada_w1_b": torch.zeros(2, 4)}, str(path))
+    os.utime(path, ns=(1, 10**18))  # a new version of the file
+    assert lycoris.is_lycoris(path) and len(reads) == 2

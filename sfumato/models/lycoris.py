@@ -11,6 +11,7 @@ when the request's set of LyCORIS files changes. Key names: kohya's (`lora_unet_
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,16 @@ PREFIXES = (("unet", ("lora_unet",)), ("text_encoder", ("lora_te", "lora_te1")),
 
 
 def module_kinds(path: Path) -> set[str]:
-    """The kinds of network module in a file (LoCon counts as "lora")."""
-    with open_weights(path) as handle:
+    """The kinds of network module in a file (LoCon counts as "lora"); the header is read once per file version."""
+    stat = Path(path).stat()
+    return set(_module_kinds(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _module_kinds(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    with open_weights(Path(path)) as handle:
         params = {key.split(".", 1)[1] for key in handle.keys() if "." in key}
-    return {kind for kind, marker in MARKERS if marker in params}
+    return frozenset(kind for kind, marker in MARKERS if marker in params)
 
 
 def network_type(path: Path) -> str:
