@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--preset", help="few-step settings: lcm, turbo, lightning, hyper, tcd (fills sampler, steps, "
                                       "CFG and timestep spacing you did not set)")
     gen.add_argument("--fast", action="store_true",
-                     help="the embedded model's few-step variant (sfumato-emoji-lcm: LCM, 2 steps, CFG 1)")
+                     help="few-step generation with the embedded model: the LCM sampler, 2 steps, CFG 1")
     gen.add_argument("--timestep-spacing", choices=["leading", "linspace", "trailing"])
     gen.add_argument("--cache-interval", type=int, default=1, metavar="N",
                      help="step caching (DeepCache): the full UNet every N steps, only its outer branch between "
@@ -277,27 +277,25 @@ def _add_compile_arg(parser: argparse.ArgumentParser) -> None:
                              "compile cached under $SFUMATO_HOME/cache/compile; reduce-overhead = CUDA graphs)")
 
 
-def _fast_model(args: argparse.Namespace) -> str | None:
-    """--fast: the few-step model shipped for the embedded model (other models: --preset or an LCM-LoRA)."""
+def _fast_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """--fast: the embedded model at its few-step settings (other models: --preset or an LCM-LoRA)."""
     if not getattr(args, "fast", False):
-        return args.model
-    from sfumato.models.embedded import embedded_fast_model
+        return {"model": args.model, "preset": args.preset, "steps": args.steps}
+    from sfumato.models.embedded import FAST_SETTINGS, embedded_model
 
-    if args.model:
-        raise InvalidRequest("--fast picks the embedded model's few-step variant; for other models use --preset "
+    if args.model or args.preset:
+        raise InvalidRequest("--fast is the embedded model's few-step setting; for other models use --preset "
                              "lcm|turbo|lightning|hyper|tcd or an LCM-LoRA")
-    fast = embedded_fast_model()
-    if fast is None:
-        raise InvalidRequest("this install has no few-step embedded model (sfumato-emoji-lcm)")
-    return str(fast)
+    if embedded_model() is None:
+        raise InvalidRequest("--fast needs the embedded model, which this install does not carry")
+    return {"model": str(embedded_model()), "preset": FAST_SETTINGS["preset"],
+            "steps": args.steps or FAST_SETTINGS["steps"]}
 
 
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, model=_fast_model(args), vae=args.vae,
-        sampler=args.sampler,
-        preset=args.preset, timestep_spacing=args.timestep_spacing, eta=args.eta,
-        steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, **_fast_settings(args), vae=args.vae,
+        sampler=args.sampler, timestep_spacing=args.timestep_spacing, eta=args.eta, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
         subseed_strength=args.subseed_strength, width=args.width, height=args.height, batch_size=args.batch_size,
         batch_count=args.batch_count, clip_skip=args.clip_skip, init_image=args.init_image, mask=args.mask,
         mask_blur=args.mask_blur, inpaint_fill=args.inpaint_fill, strength=args.strength, outpaint=args.outpaint, tile=args.tile,

@@ -292,11 +292,17 @@ def test_vae_picker_and_merge_tab(page, server):
     page.select_option("#vae", "tinyvae")
     page.select_option("#cache_interval", "2")
     page.select_option("#token_merging_ratio", "0.3")
+    page.check("#fast")
+    page.fill("#steps", "")  # Fast fills the steps left open (2)
     job = _generate_and_get_job(page, server)
     assert job["status"] == "completed" and job["request"]["vae"].endswith("tinyvae"), job
     assert "VAE: tinyvae" in job["result"]["infotexts"][0]
     assert job["request"]["cache_interval"] == 2 and "Step cache: interval 2" in job["result"]["infotexts"][0]
     assert job["request"]["token_merging_ratio"] == 0.3
+    assert (job["request"]["preset"], job["request"]["steps"]) == ("lcm", 2) and "Sampler: LCM" in \
+        job["result"]["infotexts"][0]
+    page.uncheck("#fast")
+    page.fill("#steps", "2")
     page.select_option("#cache_interval", "1")
     page.select_option("#token_merging_ratio", "0")
     page.click("#tab-merge")

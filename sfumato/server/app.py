@@ -27,7 +27,6 @@ from sfumato import __version__
 from sfumato.engine import Engine, default_model
 from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.models.catalog import list_models
-from sfumato.models.embedded import embedded_fast_model, embedded_model
 from sfumato.models.vae import is_own
 from sfumato import upscale as upscalers
 from sfumato.requests import LATENT_UPSCALERS, GenerationRequest, UpscaleRequest
@@ -69,9 +68,6 @@ class Service:
         if chosen:
             path = Path(chosen) if Path(chosen).exists() else None
             models[path.name if path else chosen] = str(path) if path else chosen
-        fast, embedded = embedded_fast_model(), embedded_model()
-        if fast is not None and chosen and embedded and Path(chosen).resolve() == embedded.resolve():
-            models[fast.name] = str(fast)  # the embedded model's few-step variant beside it
         for entry in list_models():
             if entry.kind == "checkpoint" and not entry.format.startswith(("pickle", "unsupported")):
                 models.setdefault(entry.name, entry.path)

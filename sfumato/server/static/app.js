@@ -150,6 +150,10 @@ function buildRequest() {
     cache_interval: Number($("cache_interval").value) || 1,
     token_merging_ratio: Number($("token_merging_ratio").value) || 0,
   };
+  if ($("fast").checked) {  // the embedded model's few-step setting (sfumato.models.embedded.FAST_SETTINGS)
+    request.preset = "lcm";
+    if (request.steps === null) request.steps = 2;
+  }
   const styles = [...$("styles").selectedOptions].map((o) => o.value);
   if (styles.length) request.styles = styles;
   const loras = state.loras.filter((l) => $("lora-on-" + l).checked).map((l) => [l, Number($("lora-w-" + l).value)]);
