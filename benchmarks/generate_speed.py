@@ -44,6 +44,11 @@ ROWS = {
     "sfumato+bf16+compile": dict(runner="sfumato", dtype="bfloat16", compile="auto"),
     "sfumato+bf16+compile+cache3": dict(runner="sfumato", dtype="bfloat16", compile="auto", cache=3),
 }
+AGAIN = "@again"  # a row name + this: the same settings in a new process, compiled kernels from the disk cache
+
+
+def settings_of(row: str) -> dict:
+    return ROWS[row.removesuffix(AGAIN)]
 
 
 def build_random(family: str, out: Path) -> Path:
@@ -184,17 +189,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--sampler", default="Euler", help="A1111 sampler name, run by both (default Euler)")
-    parser.add_argument("--rows", default=None, help=f"comma-separated, from: {', '.join(ROWS)}")
+    parser.add_argument("--rows", default=None, help=f"comma-separated, from: {', '.join(ROWS)}; NAME{AGAIN} runs "
+                                                     "NAME again in a new process (warm-up from the compile cache)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(child(ROWS[spec["row"]], spec["model"], spec["size"], spec["steps"], spec["batch"],
+        print(json.dumps(child(settings_of(spec["row"]), spec["model"], spec["size"], spec["steps"], spec["batch"],
                                spec["sampler"], spec["device"], spec["image"])))
         return
     rows = args.rows.split(",") if args.rows else [r for r in ROWS if args.device == "cpu" or "bf16" not in r]
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r.removesuffix(AGAIN) not in ROWS]
     if unknown or "diffusers" not in rows:
         parser.error(f"unknown rows {unknown}" if unknown else "--rows must include diffusers (the reference)")
     from sfumato.models.tiny import build_tiny

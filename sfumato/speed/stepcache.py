@@ -76,17 +76,35 @@ def skipped_modules(unet, branch: int) -> list[torch.nn.Module]:
 
 
 class UNetStepCache:
-    """DeepCache on one UNet for one sampling pass: `installed()` around the loop, `before_call(shape)` before
-    each UNet call."""
+    """DeepCache on one UNet: `installed()` around a sampling pass, `before_call(shape)` before each UNet call.
+
+    One object per (UNet, branch) is kept and reused pass after pass (`for_unet`), with its wrapper functions made
+    once: a compiled UNet then sees the same objects every time and keeps its two compiled variants (full and
+    cached call) instead of compiling again for every generation."""
 
     def __init__(self, unet, settings: StepCacheSettings):
         self.settings = settings.check()
         self.modules = skipped_modules(unet, settings.branch)
         self.outputs: dict[int, object] = {}
-        self.calls = 0
+        self.originals: dict[int, object] = {}
+        self.wrappers = [self._wrap(module) for module in self.modules]
+        self.reset(settings)
+
+    @classmethod
+    def for_unet(cls, unet, settings: StepCacheSettings) -> UNetStepCache:
+        kept = unet.__dict__.setdefault("_sfumato_step_caches", {})
+        if settings.branch not in kept:
+            kept[settings.branch] = cls(unet, settings)
+        cache = kept[settings.branch]
+        cache.reset(settings.check())
+        return cache
+
+    def reset(self, settings: StepCacheSettings) -> None:
+        self.settings = settings
+        self.outputs.clear()
+        self.calls = self.full_calls = 0
         self.full_shape: tuple | None = None
         self.reuse = False
-        self.full_calls = 0
 
     def before_call(self, shape: tuple) -> None:
         self.reuse = (self.calls % self.settings.interval != 0 and shape == self.full_shape
@@ -96,13 +114,12 @@ class UNetStepCache:
         self.calls += 1
 
     def _wrap(self, module: torch.nn.Module):
-        original = module.forward
         key = id(module)
 
         def forward(*args, **kwargs):
             if self.reuse:
                 return self.outputs[key]
-            out = original(*args, **kwargs)
+            out = self.originals[key](*args, **kwargs)
             self.outputs[key] = out
             return out
 
@@ -112,8 +129,9 @@ class UNetStepCache:
     def installed(self) -> Iterator[UNetStepCache]:
         previous = [(m, m.__dict__.get("forward")) for m in self.modules]  # e.g. accelerate's offload hooks
         try:
-            for module in self.modules:
-                module.forward = self._wrap(module)
+            for module, wrapper in zip(self.modules, self.wrappers):
+                self.originals[id(module)] = module.forward  # the class's, or e.g. an offload hook's
+                module.forward = wrapper
             yield self
         finally:
             for module, forward in previous:
@@ -128,4 +146,4 @@ def step_cache_for(unet, settings: StepCacheSettings | None):
     """A `UNetStepCache` context for this pass, or a no-op one when caching is off."""
     if settings is None or not settings.enabled:
         return contextlib.nullcontext(None)
-    return UNetStepCache(unet, settings).installed()
+    return UNetStepCache.for_unet(unet, settings).installed()
