@@ -148,7 +148,7 @@ def child(settings: dict, model: str, size: int, steps: int, batch: int, sampler
             torch.cuda.synchronize()
 
     start = time.perf_counter()
-    run(min(steps, 2), False)  # warm-up: compiles (or loads compiled code) for this shape, full and cached calls
+    run(steps, False)  # warm-up: compiles (or loads compiled code) every variant this schedule calls (full, cached)
     sync()
     warm = time.perf_counter() - start
     start = time.perf_counter()
