@@ -16,27 +16,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sfumato.models.embedded import embedded_model  # noqa: E402
+from sfumato.portrait.synthetic import synthetic_photo  # noqa: E402
 from sfumato.portrait.workflow import PortraitSettings, generate_portrait, train_portrait  # noqa: E402
 
 STYLES = ["sunrise over mountains", "house with garden", "ocean wave"]
 CELL = 96
-
-
-def photo(seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (96, 80), tuple(int(v) for v in rng.integers(150, 255, 3)))
-    draw = ImageDraw.Draw(image)
-    x, y = int(rng.integers(20, 50)), int(rng.integers(15, 35))
-    draw.ellipse((x, y, x + 40, y + 40), fill=(120, 40, 160))
-    draw.ellipse((x + 10, y + 12, x + 17, y + 19), fill=(250, 220, 0))
-    draw.ellipse((x + 23, y + 12, x + 30, y + 19), fill=(250, 220, 0))
-    return image
 
 
 def main() -> None:
@@ -48,7 +37,7 @@ def main() -> None:
     model = embedded_model()
     photos = args.work / "photos"
     photos.mkdir(parents=True, exist_ok=True)
-    pictures = [photo(seed) for seed in range(8)]
+    pictures = [synthetic_photo(seed) for seed in range(8)]
     for seed, picture in enumerate(pictures):
         picture.save(photos / f"zorp-{seed}.png")
     settings = PortraitSettings(subject="zorp blob", steps=args.steps, stages=3, keep=2, rank=8, batch_size=4,

@@ -19,14 +19,9 @@ pytestmark = pytest.mark.skipif(embedded_model() is None, reason="the embedded m
 
 def _photo(seed: int) -> Image.Image:
     """A synthetic 'subject': a purple blob with two yellow eyes, at a random place on a random background."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (96, 80), tuple(int(v) for v in rng.integers(150, 255, 3)))
-    draw = ImageDraw.Draw(image)
-    x, y = int(rng.integers(20, 50)), int(rng.integers(15, 35))
-    draw.ellipse((x, y, x + 40, y + 40), fill=(120, 40, 160))
-    draw.ellipse((x + 10, y + 12, x + 17, y + 19), fill=(250, 220, 0))
-    draw.ellipse((x + 23, y + 12, x + 30, y + 19), fill=(250, 220, 0))
-    return image
+    from sfumato.portrait.synthetic import synthetic_photo
+
+    return synthetic_photo(seed)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from typing import Iterator
 
 import torch
 
+from sfumato.speed.wrapping import forwards_replaced
+
 
 class BlockCache:
     def __init__(self, transformer, interval: int = 1, threshold: float = 0.0):
@@ -75,19 +77,13 @@ class BlockCache:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[BlockCache]:
-        previous = [(b, b.__dict__.get("forward")) for b in self.blocks]
-        try:
-            if len(self.blocks) > 1:
-                self.blocks[0].forward = self._first(self.blocks[0].forward)
-                for index, block in enumerate(self.blocks[1:], start=1):
-                    block.forward = self._rest(block.forward, last=index == len(self.blocks) - 1)
+        replacements = []
+        if len(self.blocks) > 1:
+            replacements.append((self.blocks[0], self._first(self.blocks[0].forward)))
+            replacements += [(block, self._rest(block.forward, last=index == len(self.blocks) - 1))
+                             for index, block in enumerate(self.blocks[1:], start=1)]
+        with forwards_replaced(replacements):
             yield self
-        finally:
-            for block, forward in previous:
-                if forward is None:
-                    block.__dict__.pop("forward", None)
-                else:
-                    block.forward = forward
 
 
 def block_cache_for(transformer, interval: int, threshold: float):

@@ -24,6 +24,7 @@ from typing import Iterator
 import torch
 
 from sfumato.errors import InvalidRequest
+from sfumato.speed.wrapping import forwards_replaced
 
 MAX_INTERVAL = 10
 
@@ -127,18 +128,12 @@ class UNetStepCache:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[UNetStepCache]:
-        previous = [(m, m.__dict__.get("forward")) for m in self.modules]  # e.g. accelerate's offload hooks
+        for module in self.modules:
+            self.originals[id(module)] = module.forward  # the class's, or e.g. an offload hook's
         try:
-            for module, wrapper in zip(self.modules, self.wrappers):
-                self.originals[id(module)] = module.forward  # the class's, or e.g. an offload hook's
-                module.forward = wrapper
-            yield self
+            with forwards_replaced(list(zip(self.modules, self.wrappers))):
+                yield self
         finally:
-            for module, forward in previous:
-                if forward is None:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.forward = forward
             self.outputs.clear()
 
 

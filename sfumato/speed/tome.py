@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from sfumato.speed.wrapping import forwards_replaced
+
 Merge = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -106,17 +108,8 @@ class TokenMerging:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[TokenMerging]:
-        previous = [(m, m.__dict__.get("forward")) for m in self.modules]
-        try:
-            for module in self.modules:
-                module.forward = self._wrap(module)
+        with forwards_replaced([(module, self._wrap(module)) for module in self.modules]):
             yield self
-        finally:
-            for module, forward in previous:
-                if forward is None:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.forward = forward
 
 
 def token_merging_for(unet, ratio: float):
