@@ -133,6 +133,7 @@ def plot(rows: list[dict], path: Path) -> None:
               title="speed vs steps (during the evaluation)")
     for axis in (quality, speed):
         axis.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.grid(alpha=0.3)
     quality.legend(fontsize=8)
     fig.tight_layout()
