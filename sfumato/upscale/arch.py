@@ -1,8 +1,8 @@
 """Upscaler networks in plain torch: ESRGAN/Real-ESRGAN's RRDBNet and Real-ESRGAN's SRVGGNetCompact.
 
 Written here (not taken from spandrel or basicsr) because both depend on a vision package that replaces the CPU
-torch build here. Parameter names follow basicsr, the layout Real-ESRGAN's `.pth` files use; `from_state_dict` also reads the original ESRGAN layout (`model.N...`)
-and infers every size from the tensors, so a user's file needs no config.
+torch build here. Parameter names follow basicsr, the layout Real-ESRGAN's `.pth` files use; `from_state_dict`
+also reads the original ESRGAN layout (`model.N...`) and infers every size from the tensors, so a user's file needs no config.
 """
 
 from __future__ import annotations
