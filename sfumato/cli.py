@@ -81,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cache-interval", type=int, default=1, metavar="N",
                      help="step caching (DeepCache): the full UNet every N steps, only its outer branch between "
                           "(2-5: faster, slightly different image; 1: off)")
+    gen.add_argument("--cache-branch", type=int, default=0, help="outer UNet layers kept live on cached steps "
+                                                                 "(0: the fewest, fastest)")
     gen.add_argument("--cache-threshold", type=float, default=0.0, metavar="T",
                      help="SD3/FLUX: adaptive first-block cache, steps reuse the other blocks' residual while the "
                           "first block's output changes by less than T (0.05-0.2)")
     gen.add_argument("--token-merging", type=float, default=0.0, metavar="RATIO",
                      help="ToMe: merge this share of tokens before full-resolution self-attention (0.3-0.6; pays "
                           "off at >= 1024 px)")
-    gen.add_argument("--cache-branch", type=int, default=0, help="outer UNet layers kept live on cached steps "
-                                                                 "(0: the fewest, fastest)")
     gen.add_argument("--eta", type=float, help="DDIM eta / TCD gamma")
     gen.add_argument("--seed", type=int, default=-1)
     gen.add_argument("--subseed", type=int, default=-1, help="variation seed")
@@ -295,7 +295,8 @@ def _fast_settings(args: argparse.Namespace) -> dict[str, Any]:
 def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, **_fast_settings(args), vae=args.vae,
-        sampler=args.sampler, timestep_spacing=args.timestep_spacing, eta=args.eta, cfg_scale=args.cfg_scale, seed=args.seed, subseed=args.subseed,
+        sampler=args.sampler, timestep_spacing=args.timestep_spacing, eta=args.eta, cfg_scale=args.cfg_scale,
+        seed=args.seed, subseed=args.subseed,
         subseed_strength=args.subseed_strength, width=args.width, height=args.height, batch_size=args.batch_size,
         batch_count=args.batch_count, clip_skip=args.clip_skip, init_image=args.init_image, mask=args.mask,
         mask_blur=args.mask_blur, inpaint_fill=args.inpaint_fill, strength=args.strength, outpaint=args.outpaint, tile=args.tile,

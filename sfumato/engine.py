@@ -234,6 +234,9 @@ class Engine:
                 imgs.load_image(path, f"IP-Adapter image {index}")
         if flow:
             check_flow_request(family.name, resolved)
+        elif resolved.cache_threshold > 0:
+            raise InvalidRequest("cache_threshold (adaptive first-block cache) is for transformer models (SD3, FLUX); "
+                                 "UNet models take cache_interval")
         check_loras(resolved.loras)
         return resolved
 

@@ -148,8 +148,8 @@ class GenerationRequest:
         _check_range("cache_branch", self.cache_branch, 0, 64, integer=True)
         _check_range("token_merging_ratio", self.token_merging_ratio, 0.0, 0.9)
         _check_range("cache_threshold", self.cache_threshold, 0.0, 1.0)
-        if (self.cache_interval > 1 or self.token_merging_ratio or self.cache_threshold) and (self.p2p_source is not None
-                                                                     or self.instruction_edit):
+        speed_levers = self.cache_interval > 1 or self.token_merging_ratio or self.cache_threshold
+        if speed_levers and (self.p2p_source is not None or self.instruction_edit):
             raise InvalidRequest("step caching and token merging do not combine with prompt-to-prompt or "
                                  "instruction edits")
         _check_range("sd_upscale", self.sd_upscale, 1.0, 4.0)

@@ -246,10 +246,7 @@ def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
 
 
 def step_cache_settings(request: GenerationRequest) -> StepCacheSettings | None:
-    if request.cache_threshold > 0:
-        raise InvalidRequest("cache_threshold (adaptive first-block cache) is for transformer models (SD3, FLUX); "
-                             "UNet models take cache_interval")
-    if request.cache_interval <= 1 or request.p2p_source is not None:  # p2p edits every attention map: no cache
+    if request.cache_interval <= 1:  # (prompt-to-prompt and caching are refused together by the request's checks)
         return None
     return StepCacheSettings(request.cache_interval, request.cache_branch)
 

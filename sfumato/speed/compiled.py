@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -69,12 +68,3 @@ def compile_pipeline(pipe, mode: str = "default") -> list[str]:
     pipe._sfumato_compiled = compiled
     return compiled
 
-
-def warm_up(engine, request, say=None) -> float:
-    """Generate once so the compile happens now (or loads from the disk cache); returns the seconds it took."""
-    start = time.perf_counter()
-    engine.generate(request)
-    seconds = time.perf_counter() - start
-    if say:
-        say(f"compiled warm-up: {seconds:.1f} s (cache: {cache_dir()})")
-    return seconds
