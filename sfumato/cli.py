@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from sfumato import __version__
 from sfumato.errors import InvalidRequest, SfumatoError
-from sfumato.requests import GenerationRequest
+from sfumato.requests import GenerationRequest, parse_direction
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--token-merging", type=float, default=0.0, metavar="RATIO",
                      help="ToMe: merge this share of tokens before full-resolution self-attention (0.3-0.6; pays "
                           "off at >= 1024 px)")
+    gen.add_argument("--direction", action="append", default=[], metavar="TOWARD|AWAY[:STRENGTH]",
+                     help="add STRENGTH x (TOWARD - AWAY) to the prompt's conditioning; ATTRIBUTE[:STRENGTH] is "
+                          "short for 'PROMPT, ATTRIBUTE|PROMPT' ('smiling:0.8'; negative strengths take it away)")
     gen.add_argument("--eta", type=float, help="DDIM eta / TCD gamma")
     gen.add_argument("--seed", type=int, default=-1)
     gen.add_argument("--subseed", type=int, default=-1, help="variation seed")
@@ -310,6 +313,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         sd_upscale_strength=args.sd_upscale_strength, init_upscaler=args.init_upscaler, colorize=args.colorize,
         cache_interval=args.cache_interval, cache_branch=args.cache_branch,
         token_merging_ratio=args.token_merging, cache_threshold=args.cache_threshold,
+        directions=[parse_direction(text, args.prompt) for text in args.direction],
         controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
                   for unit in args.control],

@@ -42,7 +42,7 @@ def add_eval_parsers(commands) -> None:
         sub.add_argument("b", type=Path)
         sub.add_argument("--save", type=Path)
         sub.add_argument("--json", action="store_true")
-    sub = metrics.add_parser("tssim", help="temporal SSIM: mean SSIM of consecutive frames (GIF/WebP or folder)")
+    sub = metrics.add_parser("tssim", help="temporal SSIM (mean and worst consecutive pair) and flicker of a video, GIF/WebP or folder")
     sub.add_argument("frames", type=Path)
     sub.add_argument("--save", type=Path)
     sub.add_argument("--json", action="store_true")
@@ -112,10 +112,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       f"{args.metric.upper()}: {mean:.4f}{unit} (mean of {len(values)} pair(s))")
         return 0
     if args.metric == "tssim":
-        mean, values = metrics.temporal_ssim(ev_images.load_frames(args.frames))
-        _print_metric(args, {"metric": "temporal_ssim", "value": mean, "frames": len(values) + 1,
-                             "per_pair": values, "source": str(args.frames)},
-                      f"temporal SSIM: {mean:.4f} over {len(values) + 1} frames")
+        from sfumato.animation.video import read_frames
+
+        report = metrics.temporal_report(read_frames(args.frames))
+        _print_metric(args, {"metric": "temporal_ssim", "value": report["temporal_ssim"], **report,
+                             "source": str(args.frames)},
+                      f"temporal SSIM: {report['temporal_ssim']:.4f} over {report['frames']} frames (worst pair "
+                      f"{report['worst_pair']}: {report['temporal_ssim_worst']:.4f}), flicker {report['flicker']:.4f}")
         return 0
     fake = ev_images.load_folder(args.fake, "--fake folder")
     record: dict[str, Any] = {"metric": args.metric, "fake": str(args.fake), "fake_images": len(fake)}

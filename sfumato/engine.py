@@ -232,6 +232,12 @@ class Engine:
             resolve_encoder(adapter, resolved.ip_image_encoder)
             for index, path in enumerate(resolved.ip_images):
                 imgs.load_image(path, f"IP-Adapter image {index}")
+        for toward, away, _strength in resolved.directions:
+            if any(has_syntax(t) or "<lora:" in t for t in (toward, away)):
+                raise InvalidRequest("direction prompts are plain text (no AND, prompt editing or LoRA tags)")
+        if flow and resolved.directions:
+            raise InvalidRequest("conditioning directions (and prompt travel) need a UNet model for now, "
+                                 f"not {family.name}")
         if flow:
             check_flow_request(family.name, resolved)
         elif resolved.cache_threshold > 0:
@@ -390,7 +396,8 @@ class Engine:
         model, loras = self.load(requests[0].model), requests[0].loras
         apply_vae(model, requests[0].vae)
         apply_loras(model, loras)
-        self._encoder.expansions = apply_embeddings(model, [t for r in requests for t in (r.prompt, r.negative_prompt)])
+        texts = [t for r in requests for t in (r.prompt, r.negative_prompt, *(t for d in r.directions for t in d[:2]))]
+        self._encoder.expansions = apply_embeddings(model, texts)
         # LoRAs may change the text encoder: cached prompt features depend on them
         self._encoder.state = tuple((str(name), float(weight)) for name, weight in loras)
         return model
@@ -432,6 +439,13 @@ class Engine:
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i])
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
         return results
+
+    def animate(self, request, progress: ProgressCallback | None = None):
+        """The frames of an `animation.request.AnimationRequest` (each an ordinary generation of this engine) and
+        their temporal metrics, as an `animation.run.AnimationResult`."""
+        from sfumato.animation.run import animate
+
+        return animate(self, request.validate(), progress)
 
     def preview_image(self, latents: torch.Tensor, full: bool = False):
         """A quick look at the first image of a batch in progress: a linear latent->RGB map fitted to the model's

@@ -81,6 +81,8 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Template", json.dumps(request.template)))  # Dynamic Prompts writes the same field
     if request.styles:
         fields.append(("Styles", json.dumps(", ".join(request.styles))))
+    if request.directions:
+        fields.append(("Directions", json.dumps("; ".join(f"{s:+g} ({a}) - ({b})" for a, b, s in request.directions))))
     if request.p2p_source is not None:
         fields.append(("Prompt-to-prompt", json.dumps(f"{request.p2p_source} (cross {request.p2p_cross:g}, "
                                                       f"self {request.p2p_self:g})")))

@@ -82,6 +82,9 @@ class GenerationRequest:
     cache_branch: int = 0  # the outer UNet layers that stay live on cached steps (0: the outermost only)
     cache_threshold: float = 0.0  # SD3/FLUX: adaptive first-block cache (cached while the change stays below this)
     token_merging_ratio: float = 0.0  # ToMe: share of tokens merged before full-resolution self-attention (A1111)
+    # conditioning directions: (toward, away_from, strength) adds strength * (cond(toward) - cond(away_from)) to the
+    # prompt's conditioning ("+ smiling"); prompt travel is the direction from one keyframe prompt to the next
+    directions: list[tuple[str, str, float]] = field(default_factory=list)
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -199,6 +202,7 @@ class GenerationRequest:
             raise InvalidRequest("outpainting needs an init image (--init-image)")
         if self.outpaint and self.mask:
             raise InvalidRequest("outpaint builds its own mask; do not pass --mask with it")
+        _check_directions(self.directions)
         for name, weight in self.loras:
             if not isinstance(name, str) or not name or "\x00" in name:
                 raise InvalidRequest("each LoRA needs a name or path")
@@ -215,6 +219,7 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["loras"] = [[name, weight] for name, weight in self.loras]
+        data["directions"] = [list(d) for d in self.directions]
         return data
 
     def to_json(self) -> str:
@@ -232,8 +237,10 @@ class GenerationRequest:
         try:
             data["loras"] = [(str(name), float(weight)) for name, weight in data.get("loras") or []]
             data["outpaint"] = dict(data.get("outpaint") or {})
+            data["directions"] = [(str(a), str(b), float(s)) for a, b, s in data.get("directions") or []]
         except (TypeError, ValueError):
-            raise InvalidRequest("loras must be [name, weight] pairs and outpaint a mapping of sides to pixels") from None
+            raise InvalidRequest("loras must be [name, weight] pairs, outpaint a mapping of sides to pixels and "
+                                 "directions [toward, away_from, strength] triples") from None
         return cls(**data)
 
 
@@ -290,6 +297,40 @@ class GenerationResult:
     request: GenerationRequest  # fully resolved request (seeds, sizes, sampler, steps)
     seconds: float = 0.0
     blocked: list[str] = field(default_factory=list)  # why images were withheld (safety mode `block`)
+
+
+MAX_DIRECTIONS = 8
+
+
+def parse_direction(text: str, prompt: str) -> tuple[str, str, float]:
+    """`TOWARD|AWAY_FROM[:STRENGTH]`, or the shorthand `ATTRIBUTE[:STRENGTH]` = ("PROMPT, ATTRIBUTE", "PROMPT")
+    ("smiling:0.8" adds a smile; a negative strength takes it away). The strength defaults to 1."""
+    body, strength = text, 1.0
+    head, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            body, strength = head, float(tail)
+        except ValueError:
+            pass
+    toward, bar, away = body.partition("|")
+    if not bar:
+        toward, away = f"{prompt}, {body.strip()}" if prompt else body.strip(), prompt
+    toward, away = toward.strip(), away.strip()
+    if not toward and not away:
+        raise InvalidRequest(f"direction {text!r}: give TOWARD|AWAY_FROM[:STRENGTH] or ATTRIBUTE[:STRENGTH]")
+    return toward, away, strength
+
+
+def _check_directions(directions: Any) -> None:
+    if not isinstance(directions, (list, tuple)) or not all(
+            isinstance(d, (list, tuple)) and len(d) == 3 for d in directions):
+        raise InvalidRequest("directions must be a list of [toward, away_from, strength] triples")
+    if len(directions) > MAX_DIRECTIONS:
+        raise InvalidRequest(f"at most {MAX_DIRECTIONS} directions, got {len(directions)}")
+    for toward, away, strength in directions:
+        if not isinstance(toward, str) or not isinstance(away, str) or toward == away:
+            raise InvalidRequest("a direction needs two different prompts (toward, away_from)")
+        _check_range("direction strength", strength, -10.0, 10.0)
 
 
 def _check_range(name: str, value: Any, low: float, high: float, integer: bool = False) -> None:

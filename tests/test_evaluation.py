@@ -94,11 +94,16 @@ def test_temporal_ssim_of_a_gif(tmp_path):
     base = Image.fromarray(data.camera()).resize((64, 64)).convert("RGB")
     frames = [base, base.point(lambda v: min(255, v + 4)), base.rotate(20)]  # GIF merges equal frames
     frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:])
-    from sfumato.evaluation.images import load_frames
+    from sfumato.animation.video import read_frames
 
-    mean, values = metrics.temporal_ssim(load_frames(tmp_path / "clip.gif"))
+    mean, values = metrics.temporal_ssim(read_frames(tmp_path / "clip.gif"))
     assert len(values) == 2 and values[0] > 0.95 and values[1] < 0.7
     assert mean == pytest.approx(np.mean(values))
+    report = metrics.temporal_report(read_frames(tmp_path / "clip.gif"))
+    assert report["worst_pair"] == 1 and report["temporal_ssim_worst"] == values[1]
+    assert report["flicker"] == pytest.approx(np.mean([
+        np.abs(np.asarray(b.convert("L"), float) - np.asarray(a.convert("L"), float)).mean() / 255
+        for a, b in zip(read_frames(tmp_path / "clip.gif"), read_frames(tmp_path / "clip.gif")[1:])]))
 
 
 def test_retrieval_ranks():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from sfumato.errors import InvalidRequest, ModelNotFound
 
@@ -64,20 +64,6 @@ def load_pairs(a: Path, b: Path) -> list[tuple[str, Image.Image, Image.Image]]:
         raise InvalidRequest(f"the folders hold different file names ({len(left)} vs {len(right)} images; "
                              f"e.g. {only[0]!r} is on one side only)")
     return [(name, _open(left[name]), _open(right[name])) for name in sorted(left)]
-
-
-def load_frames(source: Path) -> list[Image.Image]:
-    """Frames of an animated GIF/WebP, or the images of a folder in name order."""
-    source = Path(source)
-    if source.is_dir():
-        return load_folder(source, "frames folder")
-    if not source.exists():
-        raise ModelNotFound(f"{source} does not exist")
-    try:
-        with Image.open(source) as image:
-            return [frame.convert("RGB") for frame in ImageSequence.Iterator(image)]
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidRequest(f"{source}: not a readable image ({exc})") from None
 
 
 def image_captions(folder: Path, captions_file: Path | None = None) -> list[str]:

@@ -128,6 +128,23 @@ def temporal_ssim(frames: list[Image.Image]) -> tuple[float, list[float]]:
     return float(np.mean(values)), values
 
 
+def flicker(frames: list[Image.Image]) -> float:
+    """Mean absolute frame-to-frame change of luminance (ITU-R 601 luma, 0..1 scale), averaged over pixels and pairs:
+    0 for a still sequence, larger for flickering ones."""
+    if len(frames) < 2:
+        raise InvalidRequest(f"flicker needs at least 2 frames, got {len(frames)}")
+    luma = [np.asarray(frame.convert("L"), dtype=np.float64) / 255.0 for frame in frames]
+    return float(np.mean([np.abs(b - a).mean() for a, b in zip(luma, luma[1:])]))
+
+
+def temporal_report(frames: list[Image.Image]) -> dict[str, float | int | list[float]]:
+    """Temporal consistency of a sequence: mean and worst consecutive-pair SSIM (and which pair), and flicker."""
+    mean, values = temporal_ssim(frames)
+    worst = int(np.argmin(values))
+    return {"frames": len(frames), "temporal_ssim": mean, "temporal_ssim_worst": values[worst], "worst_pair": worst,
+            "flicker": flicker(frames), "per_pair": values}
+
+
 def retrieval_ranks(queries: np.ndarray, gallery: np.ndarray, targets: list[int]) -> np.ndarray:
     """Rank (0 = best) of each query's target among the gallery, by cosine similarity."""
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)

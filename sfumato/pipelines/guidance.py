@@ -35,6 +35,7 @@ class Guidance:
     cfg_scale: float | torch.Tensor
     encoded: dict[str, Conditioning]  # text -> [1, T, D] (+ pooled), all padded to the same T
     zero_negative: bool = False  # SDXL's force_zeros_for_empty_prompt applies to empty negative prompts
+    shift: Conditioning | None = None  # added to every positive row (the request's conditioning directions)
 
     @property
     def images(self) -> int:
@@ -75,6 +76,9 @@ class Guidance:
             if negative and self.zero_negative and text == "":
                 entry = Conditioning(torch.zeros_like(entry.embeds),
                                      None if entry.pooled is None else torch.zeros_like(entry.pooled))
+            elif not negative and self.shift is not None:
+                entry = Conditioning(entry.embeds + self.shift.embeds,
+                                     None if entry.pooled is None else entry.pooled + self.shift.pooled)
             rows.append(entry)
         pooled = None if rows[0].pooled is None else torch.cat([r.pooled for r in rows])
         return Conditioning(torch.cat([r.embeds for r in rows]), pooled)
@@ -98,19 +102,22 @@ class Guidance:
 
 
 def build_guidance(encoder: PromptEncoder, prompts: list[str], negatives: list[str], cfg_scale: float | torch.Tensor,
-                   clip_skip: int, steps: int, hires_steps: int | None = None) -> Guidance:
-    """Parse (AND, editing, alternation), schedule and encode the prompts of a batch, one entry per image."""
+                   clip_skip: int, steps: int, hires_steps: int | None = None,
+                   directions: list[tuple[str, str, float]] = ()) -> Guidance:
+    """Parse (AND, editing, alternation), schedule and encode the prompts of a batch, one entry per image.
+    `directions` (toward, away_from, strength) shift every positive row by strength * (toward - away_from)."""
     parts = [[Part(weight, prompt_schedule(text, steps, hires_steps)) for text, weight in split_and(prompt)]
              for prompt in prompts]
     negative_schedules = [prompt_schedule(text, steps, hires_steps) for text in negatives]
     positive_texts = list(dict.fromkeys(t for ps in parts for p in ps for _, t in p.schedule))
     negative_texts = list(dict.fromkeys(t for s in negative_schedules for _, t in s))
-    if len(positive_texts) == 1 and len(negative_texts) == 1:
+    directions = [d for d in directions if d[2] != 0]
+    if len(positive_texts) == 1 and len(negative_texts) == 1 and not directions:
         # one prompt and one negative: separate encoder passes, as diffusers does (parity to float precision)
         encoded = {**dict(zip(negative_texts, encoder.encode_many(negative_texts, clip_skip))),
                    **dict(zip(positive_texts, encoder.encode_many(positive_texts, clip_skip)))}
     else:
-        texts = list(dict.fromkeys(positive_texts + negative_texts))
+        texts = list(dict.fromkeys(positive_texts + negative_texts + [t for d in directions for t in d[:2]]))
         encoded = dict(zip(texts, encoder.encode_many(texts, clip_skip)))
     chunks = max(len(pieces) for pieces, _ in encoded.values())
     conditioning = {}
@@ -120,4 +127,17 @@ def build_guidance(encoder: PromptEncoder, prompts: list[str], negatives: list[s
             pieces.append(encoder.empty_chunk(clip_skip))
         conditioning[text] = Conditioning(torch.cat(pieces, dim=1), pooled)
     zero = encoder.force_zeros_for_empty_prompt
-    return Guidance(parts, negative_schedules, cfg_scale, conditioning, zero)
+    return Guidance(parts, negative_schedules, cfg_scale, conditioning, zero, _shift(conditioning, directions))
+
+
+def _shift(conditioning: dict[str, Conditioning], directions: list[tuple[str, str, float]]) -> Conditioning | None:
+    """The sum of the directions' strength * (toward - away_from), embeddings and pooled vectors alike."""
+    if not directions:
+        return None
+    embeds, pooled = 0, 0
+    for toward, away, strength in directions:
+        a, b = conditioning[toward], conditioning[away]
+        embeds = embeds + strength * (a.embeds - b.embeds)
+        if a.pooled is not None:
+            pooled = pooled + strength * (a.pooled - b.pooled)
+    return Conditioning(embeds, pooled if isinstance(pooled, torch.Tensor) else None)

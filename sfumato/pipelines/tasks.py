@@ -120,7 +120,7 @@ def guidance_for(encoder: PromptEncoder, request: GenerationRequest, texts: Batc
     """The scheduled conditioning of a pass: the first pass over `steps`, the hires pass over its own steps."""
     hires_steps = (request.hires_steps or request.steps) if hires else None
     return build_guidance(encoder, texts.prompts, texts.negatives, texts.cfg_scale, request.clip_skip, request.steps,
-                          hires_steps)
+                          hires_steps, request.directions)
 
 
 def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
