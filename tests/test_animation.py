@@ -1,0 +1,225 @@
+"""Animation: keyframes, travel planning, frames equal to single generations, loopback, video files, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sfumato.animation import AnimationRequest
+from sfumato.animation.keyframes import parse_numbers, parse_prompts, segment, value_at
+from sfumato.animation.motion2d import match_colors, move
+from sfumato.animation.run import travel_requests
+from sfumato.animation.video import read_frames, save_animation, write_video
+from sfumato.errors import InvalidRequest
+from sfumato.evaluation.metrics import flicker, temporal_report
+from sfumato.requests import GenerationRequest
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+# ------------------------------------------------------------------ keyframes and schedules
+
+def test_prompt_keyframes_in_deforum_syntax():
+    text = '0: "a red apple", 12: "a (green:1.2) apple, \\"shiny\\"",\n24: "a pear"'
+    assert parse_prompts(text) == {0: "a red apple", 12: 'a (green:1.2) apple, "shiny"', 24: "a pear"}
+    assert parse_prompts("0: a cat\n8: a dog") == {0: "a cat", 8: "a dog"}
+    assert parse_prompts({"10": "b", "0": "a"}) == {0: "a", 10: "b"}
+    for bad in ('0: "open', 'x: "a"', '0: "a" 5: "b"', {"-1": "a"}, {"1.5": "a"}, 3):
+        with pytest.raises(InvalidRequest):
+            parse_prompts(bad)
+
+
+def test_number_schedules_interpolate_linearly_and_hold_at_the_ends():
+    keys = parse_numbers("0:(0.6), 10:(0.4), 20: 1e-1", "strength")
+    assert keys == {0: 0.6, 10: 0.4, 20: 0.1}
+    assert value_at(keys, 5) == pytest.approx(0.5) and value_at(keys, 15) == pytest.approx(0.25)
+    assert value_at(keys, 30) == pytest.approx(0.1) and value_at(parse_numbers(0.3, "s"), 99) == 0.3
+    assert parse_numbers("1.02", "zoom") == {0: 1.02}
+    assert segment([4, 8], 0) == (4, 4, 0.0) and segment([4, 8], 6) == (4, 8, 0.5) and segment([4, 8], 8) == (8, 8, 0)
+    for bad in ("0:(0.5), 9:zz", True, "", [1]):
+        with pytest.raises(InvalidRequest):
+            parse_numbers(bad, "strength")
+
+
+def test_animation_request_checks_each_mode():
+    base = GenerationRequest("a cat")
+    with pytest.raises(InvalidRequest, match="mode must be"):
+        AnimationRequest(base, mode="dance").validate()
+    with pytest.raises(InvalidRequest, match="two images"):
+        AnimationRequest(base, mode="interpolate", images=["a.png"]).validate()
+    with pytest.raises(InvalidRequest, match="scene prompts"):
+        AnimationRequest(base, mode="story").validate()
+    with pytest.raises(InvalidRequest, match="seed keyframes are for travel"):
+        AnimationRequest(base, mode="loopback", seeds={0: 1}).validate()
+    with pytest.raises(InvalidRequest, match="formats"):
+        AnimationRequest(base, formats=["avi"]).validate()
+    with pytest.raises(InvalidRequest, match="unknown animation field"):
+        AnimationRequest.from_dict({"frames": 3, "speed": 2})
+    story = AnimationRequest(base, mode="story", scenes=["a", "b", "c"]).validate()
+    assert story.frames == 3
+    data = AnimationRequest(base, prompts='0: "a", 4: "b"', seeds="0:(1), 4:(2)").validate().to_dict()
+    again = AnimationRequest.from_dict(json.loads(json.dumps(data))).validate()
+    assert again.prompts == {0: "a", 4: "b"} and again.seeds == {0: 1, 4: 2} and again.generation.prompt == "a cat"
+
+
+def test_travel_plan_keyframes_directions_seeds_and_loop():
+    base = GenerationRequest("unused", seed=5, directions=[("a smiling cat", "a cat", 0.5)])
+    request = AnimationRequest(base, frames=8, prompts={0: "a", 4: "b"}, seeds={0: 10, 2: 20}, loop=True,
+                               direction_strength="0:(0), 4:(1)").validate()
+    frames = travel_requests(request, base)
+    assert [f.prompt for f in frames] == ["a"] * 4 + ["b"] * 4
+    assert frames[0].directions == [("a smiling cat", "a cat", 0.0)]  # scaled by the sweep
+    assert frames[2].directions == [("a smiling cat", "a cat", 0.25), ("b", "a", 0.5)]
+    assert frames[4].directions == [("a smiling cat", "a cat", 0.5)]  # a keyframe: its prompt alone
+    assert frames[6].directions[-1] == ("a", "b", 0.5)  # the loop heads back to frame 0's prompt at frame 8
+    assert (frames[0].seed, frames[0].subseed_strength) == (10, 0.0)
+    assert (frames[1].seed, frames[1].subseed, frames[1].subseed_strength) == (10, 20, 0.5)
+    assert (frames[2].seed, frames[2].subseed_strength) == (20, 0.0)
+    assert (frames[5].seed, frames[5].subseed, frames[5].subseed_strength) == (20, 10, 0.5)
+
+
+# ------------------------------------------------------------------ frames through the engine (tiny SD1)
+
+def test_prompt_travel_keyframes_equal_single_generations(engine_sd1):
+    settings = dict(seed=3, steps=3, sampler="Euler", width=64, height=64)
+    request = AnimationRequest(GenerationRequest("", **settings), frames=5,
+                               prompts={0: "a red apple", 4: "a green apple"}, formats=[])
+    result = engine_sd1.animate(request)
+    red = engine_sd1.generate(GenerationRequest("a red apple", **settings)).images[0].image
+    green = engine_sd1.generate(GenerationRequest("a green apple", **settings)).images[0].image
+    frames = [pixels(f.image) for f in result.frames]
+    assert np.array_equal(frames[0], pixels(red)) and np.array_equal(frames[4], pixels(green))
+    middle = frames[2]
+    assert not np.array_equal(middle, frames[0]) and not np.array_equal(middle, frames[4])
+    assert result.frames[2].request.directions == [("a green apple", "a red apple", 0.5)]
+    assert "Animation: travel frame 3/5" in result.frames[2].infotext
+    assert set(result.metrics) >= {"temporal_ssim", "temporal_ssim_worst", "worst_pair", "flicker"}
+
+
+def test_a_full_direction_reaches_the_other_prompt(engine_sd1):
+    settings = dict(seed=4, steps=3, sampler="Euler", width=64, height=64, cfg_scale=5.0)
+    moved = engine_sd1.generate(GenerationRequest("a red apple", directions=[("a green apple", "a red apple", 1.0)],
+                                                  **settings)).images[0]
+    green = engine_sd1.generate(GenerationRequest("a green apple", **settings)).images[0]
+    assert np.abs(pixels(moved.image) - pixels(green.image)).max() <= 1  # equal up to float rounding
+    assert 'Directions: "+1 (a green apple) - (a red apple)"' in moved.infotext
+    with pytest.raises(InvalidRequest, match="plain text"):
+        engine_sd1.resolve(GenerationRequest("a", directions=[("b AND c", "a", 1.0)]))
+
+
+def test_seed_travel_ends_are_the_two_seeds_images(engine_sd1):
+    settings = dict(prompt="a boat", steps=3, sampler="Euler", width=64, height=64)
+    result = engine_sd1.animate(AnimationRequest(GenerationRequest(**settings), frames=4, seeds={0: 11, 3: 22},
+                                                 formats=[]))
+    first = engine_sd1.generate(GenerationRequest(seed=11, **settings)).images[0].image
+    last = engine_sd1.generate(GenerationRequest(seed=22, **settings)).images[0].image
+    assert np.array_equal(pixels(result.frames[0].image), pixels(first))
+    assert np.array_equal(pixels(result.frames[3].image), pixels(last))
+    # between keyframes the noise is slerped: at strength 1 the variation seed's noise is the other seed's
+    full = engine_sd1.generate(GenerationRequest(seed=11, subseed=22, subseed_strength=1.0, **settings)).images[0]
+    assert np.abs(pixels(full.image) - pixels(last)).max() <= 1
+
+
+def test_loopback_at_strength_zero_returns_the_input(engine_sd1, tmp_path):
+    start = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    start.save(tmp_path / "start.png")
+    request = AnimationRequest(GenerationRequest("a cat", steps=2), mode="loopback", frames=3, strength=0.0,
+                               init_image=str(tmp_path / "start.png"), formats=[])
+    result = engine_sd1.animate(request)
+    assert len(result.frames) == 3 and all(np.array_equal(pixels(f.image), pixels(start)) for f in result.frames)
+    assert result.metrics["flicker"] == 0.0 and result.metrics["temporal_ssim"] == pytest.approx(1.0)
+
+
+def test_loopback_moves_and_regenerates(engine_sd1):
+    request = AnimationRequest(GenerationRequest("a cat", steps=4, width=64, height=64, seed=1), mode="loopback",
+                               frames=3, strength="1:(0.5), 2:(0.25)", zoom=1.1, formats=[])
+    result = engine_sd1.animate(request)
+    assert [f.seed for f in result.frames] == [1, 2, 3]  # seed behaviour "iter"
+    assert result.frames[1].request.strength == 0.5 and result.frames[2].request.strength == 0.25
+    assert result.frames[2].request.init_image is not None and result.frames[0].request.init_image is None
+
+
+def test_video_to_video_keeps_frame_count_and_size(engine_sd1, tmp_path):
+    inputs = [Image.new("RGB", (64, 48), (40 * k, 90, 200 - 40 * k)) for k in range(3)]
+    write_video(inputs, tmp_path / "clip.mp4", fps=6)
+    request = AnimationRequest(GenerationRequest("a painting", steps=2, seed=9), mode="video",
+                               video=str(tmp_path / "clip.mp4"), strength=0.5, formats=["mp4"])
+    result = engine_sd1.animate(request)
+    assert len(result.frames) == 3 and {f.image.size for f in result.frames} == {(64, 48)}
+    assert {f.seed for f in result.frames} == {9}
+    saved = save_animation(result, tmp_path / "out")
+    back = read_frames(saved["videos"]["mp4"])
+    assert len(back) == 3 and back[0].size == (64, 48)
+
+
+def test_story_frames_report_subject_consistency(engine_sd1):
+    request = AnimationRequest(GenerationRequest("", steps=2, width=64, height=64, seed=2), mode="story",
+                               subject="a robot", scenes=["in a forest", "at sea"], formats=[])
+    result = engine_sd1.animate(request)
+    assert [f.request.prompt for f in result.frames] == ["a robot, in a forest", "a robot, at sea"]
+    assert {f.seed for f in result.frames} == {2}
+    assert -1.0 <= result.metrics["subject_consistency"] <= 1.0
+    assert result.metrics["subject_consistency_extractor"] == "open-nsfw-resnet50-pool1024"
+
+
+# ------------------------------------------------------------------ 2D motion, colours, files, metrics
+
+def test_motion_and_colour_coherence():
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    assert move(image) is image
+    assert np.array_equal(pixels(match_colors(image, image)), pixels(image))
+    shifted = move(image, dx=4)
+    assert np.array_equal(pixels(shifted)[:, 8:], pixels(image)[:, 4:-4])
+    darker = image.point(lambda v: v // 2)
+    matched = pixels(match_colors(darker, image))
+    assert abs(matched.mean() - pixels(image).mean()) < 2.0 and abs(pixels(darker).mean() - pixels(image).mean()) > 50
+    zoomed = move(Image.fromarray(np.tile(np.arange(32, dtype=np.uint8)[None, :, None] * 8, (32, 1, 3))), zoom=2.0)
+    assert pixels(zoomed)[16, 0, 0] == pytest.approx(64, abs=6)  # the left edge now shows column 8
+
+
+@pytest.mark.parametrize("kind", ["gif", "webp", "mp4"])
+def test_video_files_round_trip_frame_count_and_size(tmp_path, kind):
+    frames = [Image.new("RGB", (40, 24), (25 * k, 100, 255 - 25 * k)) for k in range(6)]
+    path = write_video(frames, tmp_path / f"clip.{kind}", fps=12)
+    back = read_frames(path)
+    assert len(back) == 6 and back[0].size == (40, 24)
+    tolerance = {"gif": 8, "webp": 0, "mp4": 6}[kind]
+    assert np.abs(pixels(back[3]) - pixels(frames[3])).mean() <= tolerance
+    assert len(read_frames(path, limit=2)) == 2
+
+
+def test_temporal_metrics_on_synthetic_sequences():
+    still = [Image.new("RGB", (32, 32), (120, 120, 120))] * 4
+    report = temporal_report(still)
+    assert report["temporal_ssim"] == pytest.approx(1.0) and report["flicker"] == 0.0
+    ramp = [Image.new("L", (32, 32), 100 + 10 * k).convert("RGB") for k in range(5)]
+    assert flicker(ramp) == pytest.approx(10 / 255)
+    rng = np.random.default_rng(0)
+    noisy = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    report = temporal_report([still[0], still[0], noisy[0], noisy[0]])
+    assert report["worst_pair"] == 1 and report["temporal_ssim_worst"] < 0.1
+    assert report["temporal_ssim"] == pytest.approx((2 + report["temporal_ssim_worst"]) / 3)
+
+
+def test_cli_animate_writes_videos_frames_and_metrics(sd1, tmp_path, capsys):
+    from sfumato.cli import main
+
+    out = tmp_path / "anim"
+    code = main(["animate", "--model", str(sd1), "--keyframes", '0: "a cat", 2: "a dog"', "--frames", "3",
+                 "--steps", "2", "--seed", "5", "-W", "64", "-H", "64", "--format", "gif,webp,mp4", "-o", str(out),
+                 "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert sorted(printed["videos"]) == ["gif", "mp4", "webp"] and len(printed["frames"]) == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["frames"] == 3 and 0 <= metrics["flicker"] <= 1
+    assert len(read_frames(out / "animation.gif")) == 3
+    # a frame replays exactly from its PNG (the direction is part of its request)
+    assert main(["replay", str(out / "frames" / "00001.png"), "-o", str(tmp_path / "again.png")]) == 0
+    assert np.array_equal(pixels(Image.open(tmp_path / "again.png")), pixels(Image.open(out / "frames" / "00001.png")))
