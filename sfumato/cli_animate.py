@@ -99,7 +99,7 @@ def request_from_args(args: argparse.Namespace):
         sampler=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed, width=args.width, height=args.height,
         clip_skip=args.clip_skip, loras=list(args.lora), controls=controls,
         directions=[parse_direction(text, args.prompt) for text in args.direction])
-    frames = args.frames or (1000 if args.mode == "video" else 16)
+    frames = args.frames if args.frames is not None else (1000 if args.mode == "video" else 16)
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     return AnimationRequest(
         generation, mode=args.mode, frames=frames, fps=args.fps, prompts=args.keyframes or {},

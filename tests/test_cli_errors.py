@@ -146,7 +146,7 @@ CASES = [
     (["portrait", "generate", "{empty}", "-o", "{tmp}/p.png"], 2),
     (["animate", "--model", "{sd1}"], 2),
     (["animate", "x", "--model", "{sd1}", "--mode", "dance"], 2),
-    (["animate", "x", "--model", "{sd1}", "--keyframes", "0: 'unterminated"], 2),
+    (["animate", "x", "--model", "{sd1}", "--keyframes", '0: "unterminated'], 2),
     (["animate", "x", "--model", "{sd1}", "--keyframes", '0: "a", x: "b"'], 2),
     (["animate", "x", "--model", "{sd1}", "--strength", "0:(0.5), 9:zz"], 2),
     (["animate", "x", "--model", "{sd1}", "--mode", "video"], 2),
