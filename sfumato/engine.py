@@ -402,6 +402,11 @@ class Engine:
         self._encoder.state = tuple((str(name), float(weight)) for name, weight in loras)
         return model
 
+    def prepared(self, resolved: GenerationRequest) -> tuple[LoadedModel, PromptEncoder]:
+        """The loaded model with a resolved request's VAE, LoRAs and embeddings active, and its prompt encoder: for
+        sampling loops outside the standard tasks (animation: image interpolation, AnimateDiff)."""
+        return self._prepare([resolved]), self._encoder
+
     def _run(self, resolved: GenerationRequest, progress: ProgressCallback | None = None,
              preview: PreviewCallback | None = None) -> GenerationResult:
         """Generate a request that `resolve` has already prepared."""

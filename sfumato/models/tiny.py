@@ -6,6 +6,7 @@ model (same classes, same key layout, same tokenizer) in milliseconds per step.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -204,4 +205,35 @@ def build_tiny_clip(out: Path, seed: int = 0) -> Path:
     CLIPModel(config).eval().save_pretrained(str(out), safe_serialization=True)
     clip_tokenizer("<|endoftext|>").save_pretrained(str(out))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(out))
+    return Path(out)
+
+
+def build_tiny_motion_adapter(out: Path, seed: int = 0, single_file: bool = False) -> Path:
+    """A tiny random AnimateDiff `MotionAdapter` that fits the tiny SD1 UNet: a diffusers folder, or one
+    `.safetensors` file in the original AnimateDiff layout (`single_file`)."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_num_attention_heads=2,
+                            motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True)
+    for parameter in adapter.parameters():  # AnimateDiff zero-initialises proj_out: random weights show motion
+        if parameter.dim() > 1:
+            torch.nn.init.normal_(parameter, std=0.02)
+    if not single_file:
+        adapter.save_pretrained(str(out), safe_serialization=True)
+        return Path(out)
+    from safetensors.torch import save_file
+
+    original = {}
+    for key, value in adapter.state_dict().items():
+        if "pos_embed" in key:
+            continue
+        key = key.replace(".attn1", ".attention_blocks.0").replace(".attn2", ".attention_blocks.1")
+        key = key.replace(".norm1", ".norms.0").replace(".norm2", ".norms.1").replace(".norm3", ".ff_norm")
+        key = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", key)
+        original[key] = value.contiguous()
+    for key in [k for k in original if k.endswith("attention_blocks.0.to_q.weight")]:
+        original[key.replace("to_q.weight", "pos_encoder.pe")] = torch.zeros(1, 32, original[key].shape[0])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_file(original, str(out))
     return Path(out)

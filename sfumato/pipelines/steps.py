@@ -72,15 +72,16 @@ def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
             generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
             on_step: StepCallback | None = None, control=None, eta: float | None = None,
-            step_cache: StepCacheSettings | None = None, token_merging: float = 0.0) -> torch.Tensor:
+            step_cache: StepCacheSettings | None = None, token_merging: float = 0.0, unet=None) -> torch.Tensor:
     """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
     and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`).
     `control` (a `control.apply.ControlSet`) adds ControlNet residuals, T2I-Adapter features and IP-Adapter image
     embeddings. `eta` goes to samplers that take it (DDIM's eta, TCD's gamma). A UNet distilled with the guidance
     scale as an input (LCM's w-conditioning, `time_cond_proj_dim`) gets cfg_scale embedded instead of a CFG pass,
     as diffusers does. `step_cache` reuses the deep UNet features between full calls (DeepCache, `speed.stepcache`);
-    `token_merging` merges that share of the tokens before full-resolution self-attention (ToMe, `speed.tome`)."""
-    unet = model.pipe.unet
+    `token_merging` merges that share of the tokens before full-resolution self-attention (ToMe, `speed.tome`).
+    `unet` replaces the model's own (a motion UNet denoising all frames of a clip together)."""
+    unet = unet if unet is not None else model.pipe.unet
     timestep_cond = None
     if getattr(unet.config, "time_cond_proj_dim", None) is not None:
         scale = torch.as_tensor(guidance.cfg_scale, dtype=torch.float32).flatten().expand(guidance.images)
@@ -105,7 +106,7 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
                 cond = guidance.at(i)
                 added = added_conditioning(model, cond.pooled, negative_rows, width, height)
                 # the pooled text vector, for UNets with a projection class embedding (ldm family)
-                class_labels = cond.pooled if unet.config.class_embed_type is not None else None
+                class_labels = cond.pooled if getattr(unet.config, "class_embed_type", None) is not None else None
                 fixed = (cond.embeds, added, class_labels)
             context, added, class_labels = fixed
             model_input = scheduler.scale_model_input(latents[rows], t)

@@ -135,7 +135,7 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
                                  source)
     if request.instruction_edit:
         latents = instruct_latents(model, request, guidance_for(encoder, request, texts),
-                                   _scheduler(model, request, seeds[0]), seeds, subseeds, source.image, progress)
+                                   scheduler_for(model, request, seeds[0]), seeds, subseeds, source.image, progress)
         return to_pil(decode_latents(model, latents))
     if request.p2p_source is not None:
         return prompt_to_prompt(model, encoder, request, seeds, subseeds, progress, texts, controls)
@@ -238,7 +238,7 @@ def _control_set(model: LoadedModel, controls: Controls | None, width: int, heig
     return ControlSet(controls.units, width, height, model.device, model.dtype, embeds)
 
 
-def _scheduler(model: LoadedModel, request: GenerationRequest, seed: int):
+def scheduler_for(model: LoadedModel, request: GenerationRequest, seed: int):
     config = model.scheduler_config
     if request.prediction_type:
         config = {**config, "prediction_type": request.prediction_type}
@@ -254,7 +254,7 @@ def step_cache_settings(request: GenerationRequest) -> StepCacheSettings | None:
 def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, seeds: list[int],
                subseeds: list[int], source: Source | None, progress: Progress,
                control: ControlSet | None = None) -> torch.Tensor:
-    scheduler = _scheduler(model, request, seeds[0])
+    scheduler = scheduler_for(model, request, seeds[0])
     noise, generators = initial_noise(model, request.width, request.height, seeds, subseeds, request.subseed_strength)
     strength = 1.0 if source is None else request.strength
     timesteps = set_timesteps(scheduler, request.steps, strength, model.device)
@@ -309,7 +309,7 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
         upscaler = upscaler_for(request.hires_upscaler)
         pictures = [upscale(p, upscaler, width, height) for p in to_pil(decode_latents(model, latents))]
         upscaled = encode_images(model, from_pil(pictures))
-    scheduler = _scheduler(model, request, seeds[0])
+    scheduler = scheduler_for(model, request, seeds[0])
     noise, generators = initial_noise(model, width, height, seeds, subseeds, request.subseed_strength)
     timesteps = set_timesteps(scheduler, request.hires_steps or request.steps, request.hires_strength, model.device)
     if len(timesteps) == 0:
