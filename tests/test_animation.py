@@ -223,3 +223,104 @@ def test_cli_animate_writes_videos_frames_and_metrics(sd1, tmp_path, capsys):
     # a frame replays exactly from its PNG (the direction is part of its request)
     assert main(["replay", str(out / "frames" / "00001.png"), "-o", str(tmp_path / "again.png")]) == 0
     assert np.array_equal(pixels(Image.open(tmp_path / "again.png")), pixels(Image.open(out / "frames" / "00001.png")))
+
+
+# ------------------------------------------------------------------ AnimateDiff and interpolation
+
+@pytest.fixture(scope="module")
+def motion_files(tmp_path_factory):
+    from sfumato.models.tiny import build_tiny_motion_adapter
+
+    folder = tmp_path_factory.mktemp("motion")
+    return {"folder": build_tiny_motion_adapter(folder / "tiny-motion"),
+            "file": build_tiny_motion_adapter(folder / "tiny-motion.safetensors", single_file=True)}
+
+
+def _motion(engine, adapter, sampler="DDIM", frames=6, **extra):
+    base = GenerationRequest("a boat", seed=5, steps=3, sampler=sampler, width=64, height=64, cfg_scale=5.0)
+    return AnimationRequest(base, mode="motion", motion_adapter=str(adapter), frames=frames, formats=[],
+                            **extra).validate(), base
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler a"])
+def test_animatediff_matches_diffusers_pipeline(engine_sd1, motion_files, sampler):
+    import torch
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    from sfumato.animation.animatediff import motion_latents
+    from sfumato.sampling.samplers import make_scheduler
+
+    request, base = _motion(engine_sd1, motion_files["folder"], sampler)
+    ours, _ = motion_latents(engine_sd1, request, base)
+    model = engine_sd1.load()
+    pipe = AnimateDiffPipeline(vae=model.pipe.vae, text_encoder=model.pipe.text_encoder, tokenizer=model.pipe.tokenizer,
+                               unet=model.pipe.unet, motion_adapter=MotionAdapter.from_pretrained(
+                                   str(motion_files["folder"])), feature_extractor=None,
+                               scheduler=make_scheduler(sampler, model.scheduler_config, 5))
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("a boat", num_frames=6, height=64, width=64, num_inference_steps=3, guidance_scale=5.0,
+                  generator=torch.Generator().manual_seed(5), output_type="latent").frames
+    assert ours.shape == (1, 4, 6, 32, 32)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_animatediff_single_file_windows_and_motion_lora(engine_sd1, motion_files, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from sfumato.animation.animatediff import load_motion_adapter, merge_motion_loras, motion_latents, windows
+
+    folder, single = load_motion_adapter(motion_files["folder"]), load_motion_adapter(motion_files["file"])
+    assert all(torch.equal(a, b) for a, b in zip(folder.state_dict().values(), single.state_dict().values()))
+    assert windows(6, 16, 4) == [0] and windows(20, 8, 2) == [0, 6, 12] and windows(10, 4, 1) == [0, 3, 6]
+
+    request, base = _motion(engine_sd1, motion_files["file"], frames=6)
+    whole, _ = motion_latents(engine_sd1, request, base)
+    windowed, _ = motion_latents(engine_sd1, _motion(engine_sd1, motion_files["file"], frames=6, context_length=4,
+                                                     context_overlap=2)[0], base)
+    assert whole.shape == windowed.shape and 1e-3 < (whole - windowed).abs().max() < 10
+
+    prefix = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor."
+    down, up = torch.randn(2, 32), torch.randn(32, 2)
+    save_file({prefix + "to_q_lora.down.weight": down, prefix + "to_q_lora.up.weight": up},
+              str(tmp_path / "zoom.safetensors"))
+    before = folder.down_blocks[0].motion_modules[0].transformer_blocks[0].attn1.to_q.weight.clone()
+    merge_motion_loras(folder, [(tmp_path / "zoom.safetensors", 0.5)])
+    after = folder.down_blocks[0].motion_modules[0].transformer_blocks[0].attn1.to_q.weight
+    assert torch.allclose(after, before + 0.5 * up @ down, atol=1e-6)
+    with_lora, _ = motion_latents(engine_sd1, _motion(engine_sd1, motion_files["file"], frames=6, motion_loras=[
+        (str(tmp_path / "zoom.safetensors"), 1.0)])[0], base)
+    assert (with_lora - whole).abs().max() > 1e-4
+    save_file({"text_model.weight": torch.zeros(2, 2)}, str(tmp_path / "image-lora.safetensors"))
+    with pytest.raises(Exception, match="no motion LoRA"):
+        merge_motion_loras(folder, [(tmp_path / "image-lora.safetensors", 1.0)])
+
+
+def test_cli_animatediff_writes_a_clip(sd1, motion_files, tmp_path):
+    from sfumato.cli import main
+
+    out = tmp_path / "clip"
+    assert main(["animate", "a boat", "--mode", "motion", "--motion-adapter", str(motion_files["folder"]),
+                 "--model", str(sd1), "--frames", "5", "--steps", "2", "-W", "64", "-H", "64", "-o", str(out),
+                 "--format", "gif"]) == 0
+    assert len(read_frames(out / "animation.gif")) == 5
+    assert "Motion module: tiny-motion" in Image.open(out / "frames" / "00000.png").text["parameters"]
+
+
+@pytest.mark.skipif(__import__("sfumato.models.embedded", fromlist=["x"]).embedded_model() is None,
+                    reason="the embedded model is not in this checkout")
+def test_interpolation_between_two_images_reconstructs_the_ends(tmp_path):
+    from sfumato.engine import Engine
+    from sfumato.evaluation.metrics import psnr
+
+    engine = Engine()
+    for name, prompt, seed in (("a", "a red apple", 1), ("b", "a cat face", 2)):
+        engine.generate(GenerationRequest(prompt, seed=seed)).images[0].image.save(tmp_path / f"{name}.png")
+    request = AnimationRequest(GenerationRequest("an emoji", seed=0), mode="interpolate", frames=3,
+                               images=[str(tmp_path / "a.png"), str(tmp_path / "b.png")], formats=[])
+    result = engine.animate(request)
+    ends = [psnr(result.frames[0].image, Image.open(tmp_path / "a.png")),
+            psnr(result.frames[-1].image, Image.open(tmp_path / "b.png"))]
+    middle = max(psnr(result.frames[1].image, Image.open(tmp_path / f"{n}.png")) for n in "ab")
+    assert min(ends) > 27 and middle < 20, (ends, middle)  # measured: 29.7 and 32.3 dB at 50 inversion steps
+    assert "Interpolation: 0.5" in result.frames[1].infotext
