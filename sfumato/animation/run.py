@@ -80,9 +80,24 @@ def story_requests(request: AnimationRequest, base: GenerationRequest) -> list[G
     return [dataclasses.replace(base, prompt=f"{subject}, {scene}" if subject else scene) for scene in request.scenes]
 
 
+def preflight(engine: "Engine", request: AnimationRequest) -> GenerationRequest:
+    """Resolve every distinct prompt the frames will use (model, LoRAs, sizes, prompt policy) before any work, so a
+    bad keyframe fails now and not after the frames before it; returns the first frame's resolved settings."""
+    base = dataclasses.replace(request.generation, batch_size=1, batch_count=1)
+    if request.mode in ("loopback", "video", "interpolate"):  # their images come later; the settings are checked now
+        base = dataclasses.replace(base, init_image=None, mask=None, controls=[u for u in base.controls
+                                                                                if u.get("image")])
+    texts = [*request.prompts.values()] or [base.prompt]
+    if request.mode == "story":
+        texts = [frame.prompt for frame in story_requests(request, base)]
+    resolved = [engine.resolve(dataclasses.replace(base, prompt=text)) for text in dict.fromkeys(texts)]
+    return resolved[0]
+
+
 def animate(engine: "Engine", request: AnimationRequest, progress: ProgressCallback | None = None) -> AnimationResult:
     """Make the frames of a validated request and measure them."""
     started = time.perf_counter()
+    preflight(engine, request)
     base = dataclasses.replace(request.generation, batch_size=1, batch_count=1).with_seeds_resolved()
     if request.mode in ("travel", "interpolate") and base.sampler is None and request.seeds:
         base.sampler = "Euler"  # ancestral samplers draw fresh noise per step: seed travel would jump at keyframes

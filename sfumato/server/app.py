@@ -177,6 +177,19 @@ class Service:
             out.append(unit)
         return out
 
+    def request_from_wire(self, fields: dict[str, Any]) -> GenerationRequest:
+        """A native job body (`JobRequest` fields) -> a request: LoRA names to paths, base64 images stored, control
+        units and the IP-Adapter resolved to files in the models home."""
+        fields = dict(fields)
+        fields["loras"] = self.lora_paths(fields["loras"])
+        if fields["init_image"]:
+            fields["init_image"] = self.upload(fields["init_image"], "init_image")
+        if fields["mask"]:
+            fields["mask"] = self.upload(fields["mask"], "mask")
+        fields["controls"] = self.control_units(fields["controls"])
+        fields.update(self.ip_adapter_fields(fields["ip_adapter"], fields["ip_images"]))
+        return GenerationRequest(**fields)
+
     def open_upload(self, data: bytes | str, what: str):
         """An uploaded image (raw bytes or base64), checked against the upload limits."""
         limits = self.settings.limits
@@ -236,8 +249,12 @@ class Service:
         self.check_limits(request)
         resolved = self.engine.resolve(request)
         self.check_limits(resolved)
+        return self.enqueue(resolved.to_dict())
+
+    def enqueue(self, record: dict[str, Any]) -> Job:
+        """Queue a checked job record durably and wake the worker (429 when the queue is full)."""
         try:
-            job = self.store.add(resolved.to_dict())
+            job = self.store.add(record)
         except QueueFull:
             raise HTTPException(429, "the queue is full; retry later",
                                 headers={"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -385,13 +402,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     _native_routes(app, service, guarded)
     _ui_routes(app)
-    from sfumato.server import a1111, controlnet_api, extras_api, openai_api, tools_api
+    from sfumato.server import a1111, animation_api, controlnet_api, extras_api, openai_api, tools_api
 
     openai_api.add_routes(app, service, guarded)
     a1111.add_routes(app, service, guarded)
     controlnet_api.add_routes(app, service, guarded)
     extras_api.add_routes(app, service, guarded)
     tools_api.add_routes(app, service, guarded)
+    animation_api.add_routes(app, service, guarded)
     return app
 
 
@@ -445,15 +463,7 @@ class TokensRequest(BaseModel):
 def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
     @app.post("/api/v1/jobs", tags=["native"], dependencies=guarded, status_code=202)
     def create_job(body: JobRequest):
-        fields = body.model_dump()
-        fields["loras"] = service.lora_paths(fields["loras"])
-        if fields["init_image"]:
-            fields["init_image"] = service.upload(fields["init_image"], "init_image")
-        if fields["mask"]:
-            fields["mask"] = service.upload(fields["mask"], "mask")
-        fields["controls"] = service.control_units(fields["controls"])
-        fields.update(service.ip_adapter_fields(fields["ip_adapter"], fields["ip_images"]))
-        job = service.submit(GenerationRequest(**fields))
+        job = service.submit(service.request_from_wire(body.model_dump()))
         return {"id": job.id, "status": job.status, "url": f"/api/v1/jobs/{job.id}",
                 "events": f"/api/v1/jobs/{job.id}/events"}
 

@@ -17,6 +17,7 @@ class Limits:
     max_pixels: int = 2048 * 2048
     max_steps: int = 150
     max_images: int = 16  # images per request (n, batch_size × n_iter)
+    max_frames: int = 240  # frames per animation
     max_prompt_chars: int = 4000
     max_upload_bytes: int = 20 * 2**20
     max_upload_pixels: int = 4096 * 4096

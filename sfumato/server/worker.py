@@ -141,7 +141,10 @@ class Worker:
         for position, job in enumerate(queued):
             if job.id not in self._keys:
                 try:
-                    self._keys[job.id] = batch_key(GenerationRequest.from_dict(job.request), next(self._serial))
+                    if "animation" in job.request:  # an animation job runs alone
+                        self._keys[job.id] = ("animation", next(self._serial))
+                    else:
+                        self._keys[job.id] = batch_key(GenerationRequest.from_dict(job.request), next(self._serial))
                 except SfumatoError as exc:
                     self.store.fail(job.id, str(exc))
                     continue
@@ -157,6 +160,9 @@ class Worker:
         return batch
 
     def _run(self, jobs: list[Job]) -> None:
+        if "animation" in jobs[0].request:
+            self._run_animation(jobs[0])
+            return
         requests = [GenerationRequest.from_dict(job.request) for job in jobs]
         p = self.progress
         p.job_ids, p.step, p.total, p.started, p.preview_png = [j.id for j in jobs], 0, 0, time.time(), None
@@ -197,6 +203,50 @@ class Worker:
                 "infotexts": [i.infotext for i in result.images], "nsfw": [i.nsfw for i in result.images],
                 "blocked": result.blocked, "seconds": round(result.seconds, 3), "request": result.request.to_dict(),
                 "batch_jobs": len(jobs)})
+
+    def _run_animation(self, job: Job) -> None:
+        """An animation job: frames saved as images of the job, videos under videos/, metrics in the result."""
+        from sfumato.animation.request import AnimationRequest
+        from sfumato.animation.video import write_video
+
+        p = self.progress
+        p.job_ids, p.step, p.total, p.started, p.preview_png = [job.id], 0, 0, time.time(), None
+        self._last_step = time.perf_counter()
+        try:
+            request = AnimationRequest.from_dict(job.request["animation"]).validate()
+            result = self.engine.animate(request, self._on_step)
+        except Interrupted:
+            if job.id not in self._cancelled:
+                self.store.requeue(job.id)
+            return
+        except SfumatoError as exc:
+            self.store.fail(job.id, str(exc))
+            return
+        finally:
+            p.job_ids = []
+        if job.id in self._cancelled:
+            return
+        model_sha = sha256(self.engine.model_path(result.frames[0].request.model))
+        ids = [f"{job.id}-{k}" for k in range(len(result.frames))]
+        videos_dir = self.store.data_dir / "videos"
+        try:
+            for image_id, item in zip(ids, result.frames):
+                save_generated(item, self.store.images_dir / f"{image_id}.png", model_sha)
+            videos_dir.mkdir(exist_ok=True)
+            videos = {kind: write_video([f.image for f in result.frames], videos_dir / f"{job.id}.{kind}", request.fps)
+                      for kind in request.formats}
+        except (SfumatoError, OSError) as exc:  # disk full: the job fails cleanly, nothing half-written stays
+            for image_id in ids:
+                (self.store.images_dir / f"{image_id}.png").unlink(missing_ok=True)
+            for kind in request.formats:
+                (videos_dir / f"{job.id}.{kind}").unlink(missing_ok=True)
+            self.store.fail(job.id, str(exc))
+            return
+        self.store.complete(job.id, {
+            "images": ids, "videos": {kind: f"/api/v1/videos/{path.name}" for kind, path in videos.items()},
+            "metrics": result.metrics, "seeds": [f.seed for f in result.frames],
+            "infotexts": [f.infotext for f in result.frames], "seconds": round(result.seconds, 3),
+            "request": request.to_dict()})
 
     def _check_cancelled(self) -> None:
         if any(job_id in self._cancelled for job_id in self.progress.job_ids):
