@@ -327,3 +327,28 @@ def test_vae_picker_and_merge_tab(page, server):
     page.click("#merge-run")  # the same name again: refused, nothing overwritten
     page.wait_for_selector("#message:not([hidden])")
     assert "exists already" in page.inner_text("#message")
+
+
+def test_animate_tab_makes_a_prompt_travel_gif_and_mp4(page, server):
+    _small(page)
+    page.fill("#prompt", "a red apple")
+    page.click("#tab-animate")
+    page.fill("#anim-keyframes", '0: "a red apple", 2: "a green apple"')
+    page.fill("#anim-frames", "3")
+    page.click("#anim-run")
+    page.wait_for_selector("#anim-result:not([hidden])", timeout=60_000)
+    assert "temporal SSIM" in page.inner_text("#anim-metrics") and "flicker" in page.inner_text("#anim-metrics")
+    assert page.inner_text("#anim-progress").startswith("3 frames")
+    assert page.eval_on_selector("#anim-result", "img => img.naturalWidth") == 64
+    assert not page.is_hidden("#anim-video-out") and not page.is_hidden("#anim-mp4")
+    job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+    assert job["request"]["animation"]["prompts"] == {"0": "a red apple", "2": "a green apple"}
+    _shot(page, "animate")
+    page.click("#tab-gallery")  # the frames are in the gallery, labelled as an animation
+    page.wait_for_selector("#gallery img", timeout=30_000)
+    assert page.get_attribute("#gallery img", "alt").startswith("animation (travel): a red apple")
+    page.click("#tab-animate")
+    page.fill("#anim-keyframes", '0: "open')  # a bad keyframe: one clear message, no job
+    page.click("#anim-run")
+    page.wait_for_selector("#message:not([hidden])")
+    assert "unterminated" in page.inner_text("#message")
