@@ -4,7 +4,7 @@
 
 Starts `sfumato serve` on a free loopback port, drives Debian's Chromium with Playwright (headless),
 generates a few emoji, and saves docs/ui-generate.png, ui-edit.png, ui-gallery.png, ui-phone.png and
-ui-prompt-language.png (a style, prompt editing, AND and a wildcard; the home holds an example styles.csv).
+ui-prompt-language.png, ui-control.png, ui-extras.png and ui-animate.png (a style, prompt editing, AND and a wildcard; the home holds an example styles.csv).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--only", choices=["control", "extras"], help="make only this screenshot")
+    parser.add_argument("--only", choices=["control", "extras", "animate"], help="make only this screenshot")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,6 +60,8 @@ def main() -> None:
                 control_shot(browser, base, args.out)
             if args.only in (None, "extras"):
                 extras_shot(browser, base, args.out)
+            if args.only in (None, "animate"):
+                animate_shot(browser, base, args.out)
             if args.only:
                 browser.close()
                 return
@@ -156,6 +158,23 @@ def extras_shot(browser, base: str, out: Path) -> None:
     page.click("#extras-run")
     page.wait_for_function("document.getElementById('extras-after').naturalWidth === 128", timeout=120_000)
     page.screenshot(path=str(out / "ui-extras.png"))
+    page.close()
+
+
+def animate_shot(browser, base: str, out: Path) -> None:
+    """The Animate tab: prompt travel red apple -> green apple -> pear, 17 frames, GIF and MP4 with their metrics."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.goto(base + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    page.fill("#seed", "7")
+    page.select_option("#sampler", "Euler")
+    page.click("#tab-animate")
+    page.fill("#anim-keyframes", '0: "a red apple", 8: "a green apple", 16: "a pear"')
+    page.fill("#anim-frames", "17")
+    page.click("#anim-run")
+    page.wait_for_selector("#anim-result:not([hidden])", timeout=300_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out / "ui-animate.png"), full_page=True)
     page.close()
 
 

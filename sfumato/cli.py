@@ -270,6 +270,7 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--max-side", type=int, default=2048)
     serve.add_argument("--max-steps", type=int, default=150)
     serve.add_argument("--max-images", type=int, default=16, help="images per request")
+    serve.add_argument("--max-frames", type=int, default=240, help="frames per animation")
     serve.add_argument("--max-prompt-chars", type=int, default=4000)
     serve.add_argument("--max-upload-mb", type=int, default=20)
     serve.add_argument("--device")
@@ -578,7 +579,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sfumato.server.settings import Limits, ServerSettings
 
     limits = Limits(max_side=args.max_side, max_pixels=args.max_side ** 2, max_steps=args.max_steps,
-                    max_images=args.max_images, max_prompt_chars=args.max_prompt_chars,
+                    max_images=args.max_images, max_frames=args.max_frames, max_prompt_chars=args.max_prompt_chars,
                     max_upload_bytes=args.max_upload_mb * 2**20)
     settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=_api_key(args),
                               insecure_no_auth=args.insecure_no_auth, max_batch_size=args.max_batch_size,
