@@ -227,10 +227,7 @@ class GenerationRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidRequest(f"unknown request field(s): {', '.join(unknown)}")
+        check_known_fields(cls, data, "request")
         if "prompt" not in data:
             raise InvalidRequest("a request needs a prompt")
         data = dict(data)
@@ -300,6 +297,15 @@ class GenerationResult:
 
 
 MAX_DIRECTIONS = 8
+
+
+def check_known_fields(cls, data: Any, what: str) -> None:
+    """Refuse a mapping with fields the dataclass `cls` does not have (typos must not be ignored silently)."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"a{'n' if what[0] in 'aeiou' else ''} {what} must be an object of fields")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise InvalidRequest(f"unknown {what} field(s): {', '.join(unknown)}")
 
 
 def parse_direction(text: str, prompt: str) -> tuple[str, str, float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sfumato.animation.video import read_frames, write_video  # noqa: E402
 from sfumato.server.app import create_app  # noqa: E402
 from sfumato.server.settings import ServerSettings  # noqa: E402
+from test_server import _wait  # noqa: E402
 
 LOCAL = "http://127.0.0.1:7860"
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -27,16 +27,6 @@ def client(tmp_path_factory, sd1):
     settings = ServerSettings(model=str(sd1), data_dir=folder / "server", safety="off", queue_size=16)
     with TestClient(create_app(settings), base_url=LOCAL) as c:
         yield c
-
-
-def _wait(client, job_id, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_prompt_travel_job_gives_frames_videos_and_metrics(client, tmp_path):

@@ -8,7 +8,7 @@ from typing import Any
 
 from sfumato.animation.keyframes import MAX_FRAMES, parse_numbers, parse_prompts
 from sfumato.errors import InvalidRequest
-from sfumato.requests import MAX_SEED, GenerationRequest, _check_range
+from sfumato.requests import MAX_SEED, GenerationRequest, _check_range, check_known_fields
 
 MODES = {
     "travel": "prompt travel and seed travel between keyframes (conditioning and noise interpolated)",
@@ -123,10 +123,7 @@ class AnimationRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnimationRequest:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidRequest(f"unknown animation field(s): {', '.join(unknown)}")
+        check_known_fields(cls, data, "animation")
         data = dict(data)
         generation = data.pop("generation", None) or {}
         if not isinstance(generation, dict):
