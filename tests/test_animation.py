@@ -324,3 +324,38 @@ def test_interpolation_between_two_images_reconstructs_the_ends(tmp_path):
     middle = max(psnr(result.frames[1].image, Image.open(tmp_path / f"{n}.png")) for n in "ab")
     assert min(ends) > 27 and middle < 20, (ends, middle)  # measured: 29.7 and 32.3 dB at 50 inversion steps
     assert "Interpolation: 0.5" in result.frames[1].infotext
+
+
+def test_animatediff_on_sdxl_shares_the_added_conditioning(sdxl, tmp_path):
+    import torch
+    from diffusers import AnimateDiffSDXLPipeline, MotionAdapter
+
+    from sfumato.animation.animatediff import motion_latents
+    from sfumato.engine import Engine
+    from sfumato.models.tiny import build_tiny_motion_adapter
+    from sfumato.sampling.samplers import make_scheduler
+
+    adapter = build_tiny_motion_adapter(tmp_path / "xl-motion", sdxl=True)
+    engine = Engine(sdxl)
+    base = GenerationRequest("a boat", seed=5, steps=3, sampler="DDIM", width=64, height=64, cfg_scale=5.0)
+    request = AnimationRequest(base, mode="motion", motion_adapter=str(adapter), frames=4, formats=[]).validate()
+    ours, _ = motion_latents(engine, request, base)
+    model = engine.load()
+    pipe = AnimateDiffSDXLPipeline(**{k: getattr(model.pipe, k) for k in ("vae", "text_encoder", "text_encoder_2",
+                                                                          "tokenizer", "tokenizer_2", "unet")},
+                                   motion_adapter=MotionAdapter.from_pretrained(str(adapter)),
+                                   scheduler=make_scheduler("DDIM", model.scheduler_config, 5))
+    pipe.set_progress_bar_config(disable=True)
+    generate = dict(prompt="a boat", num_frames=4, height=64, width=64, num_inference_steps=3, guidance_scale=5.0,
+                    output_type="latent")
+    unfixed = pipe(**generate, generator=torch.Generator().manual_seed(5)).frames
+    pipe.unet.add_embedding.load_state_dict(model.pipe.unet.add_embedding.state_dict())  # what from_unet2d misses
+    fixed = pipe(**generate, generator=torch.Generator().manual_seed(5)).frames
+    assert ours.shape == (1, 4, 4, 32, 32)
+    assert (ours - fixed).abs().max().item() <= 1e-4
+    assert (ours - unfixed).abs().max().item() > 1e-3
+    MotionAdapter(block_out_channels=(32, 64, 64), motion_layers_per_block=2, motion_num_attention_heads=2,
+                  motion_norm_num_groups=32).save_pretrained(str(tmp_path / "three-levels"))
+    with pytest.raises(Exception, match="3 levels, the model's UNet 2"):  # an SD 1.5 module on SDXL, in small
+        motion_latents(engine, AnimationRequest(base, mode="motion", motion_adapter=str(tmp_path / "three-levels"),
+                                                frames=2, formats=[]).validate(), base)

@@ -1,4 +1,4 @@
-"""AnimateDiff: a motion module (diffusers `MotionAdapter`) animates the loaded SD 1.5 UNet.
+"""AnimateDiff: a motion module (diffusers `MotionAdapter`) animates the loaded SD 1.5 or SDXL UNet.
 
 The motion UNet is a diffusers `UNetMotionModel` whose spatial layers *are* the loaded UNet's modules (shared, not
 copied: no second copy of the weights, and the request's LoRAs apply to it) and whose temporal layers are the
@@ -70,7 +70,7 @@ def load_motion_adapter(path: Path):
     missing, unexpected = adapter.load_state_dict(weights, strict=False)
     missing = [k for k in missing if "pos_embed" not in k]
     if missing or unexpected:
-        raise UnsupportedModel(f"{path} is not an SD 1.5 AnimateDiff motion module ({len(missing)} missing, "
+        raise UnsupportedModel(f"{path} is not an AnimateDiff motion module ({len(missing)} missing, "
                                f"{len(unexpected)} unexpected weights, e.g. {(missing + unexpected)[0]})")
     return adapter
 
@@ -139,13 +139,18 @@ def motion_unet(unet, adapter):
     from accelerate import init_empty_weights
     from diffusers import UNetMotionModel
 
-    if unet.config.in_channels != 4 or getattr(unet.config, "addition_embed_type", None) is not None:
-        raise UnsupportedModel("AnimateDiff motion modules here animate SD 1.5-layout UNets (4 channels, no SDXL "
-                               "conditioning)")
+    if unet.config.in_channels != 4 or getattr(unet.config, "addition_embed_type", None) not in (None, "text_time"):
+        raise UnsupportedModel("AnimateDiff motion modules animate SD 1.5 and SDXL-layout UNets (4 channels)")
+    if len(unet.down_blocks) != len(adapter.down_blocks):
+        raise UnsupportedModel(f"this motion module has {len(adapter.down_blocks)} levels, the model's UNet "
+                               f"{len(unet.down_blocks)}: an SD 1.5 module needs an SD 1.5 model, an SDXL one SDXL")
     with init_empty_weights():
         motion = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
-    for name in ("conv_in", "time_proj", "time_embedding", "conv_norm_out", "conv_act", "conv_out"):
-        setattr(motion, name, getattr(unet, name))
+    # SDXL's added-conditioning layers too (diffusers' own from_unet2d leaves them at their initial values)
+    for name in ("conv_in", "time_proj", "time_embedding", "conv_norm_out", "conv_act", "conv_out", "add_time_proj",
+                 "add_embedding"):
+        if hasattr(unet, name):
+            setattr(motion, name, getattr(unet, name))
     for blocks, own, temporal in ((motion.down_blocks, unet.down_blocks, adapter.down_blocks),
                                   (motion.up_blocks, unet.up_blocks, adapter.up_blocks)):
         for block, source, module in zip(blocks, own, temporal):
@@ -198,8 +203,7 @@ def windows(frames: int, length: int, overlap: int) -> list[int]:
 
 def _cached_motion_unet(model, request: AnimationRequest):
     adapter_path = resolve_motion(request.motion_adapter)
-    loras = [(home.resolve(name, "lora") if not Path(name).exists() else Path(name), weight)
-             for name, weight in request.motion_loras]
+    loras = [(home.resolve(name, "lora"), weight) for name, weight in request.motion_loras]
     unet = model.pipe.unet
     key = (str(adapter_path), tuple((str(p), w) for p, w in loras))
     cached = unet.__dict__.get(_MOTION_CACHE)
@@ -225,7 +229,7 @@ def motion_latents(engine: "Engine", request: AnimationRequest, base: Generation
     resolved = engine.resolve(base)
     model, encoder = engine.prepared(resolved)
     if model.info.family.prediction_type == "flow":
-        raise InvalidRequest(f"AnimateDiff motion modules animate SD 1.5 models, not {model.info.family.name}")
+        raise InvalidRequest(f"AnimateDiff motion modules animate SD 1.5 and SDXL models, not {model.info.family.name}")
     unet = WindowedUNet(_cached_motion_unet(model, request), request.context_length, request.context_overlap)
     scheduler = scheduler_for(model, resolved, resolved.seed)
     channels, scale = model.pipe.unet.config.in_channels, model.vae_scale

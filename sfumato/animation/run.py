@@ -99,7 +99,7 @@ def animate(engine: "Engine", request: AnimationRequest, progress: ProgressCallb
     started = time.perf_counter()
     preflight(engine, request)
     base = dataclasses.replace(request.generation, batch_size=1, batch_count=1).with_seeds_resolved()
-    if request.mode in ("travel", "interpolate") and base.sampler is None and request.seeds:
+    if request.mode == "travel" and base.sampler is None and request.seeds:
         base.sampler = "Euler"  # ancestral samplers draw fresh noise per step: seed travel would jump at keyframes
     tracker = FrameProgress(progress, request.frames)
     if request.mode == "travel":

@@ -208,14 +208,14 @@ def build_tiny_clip(out: Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def build_tiny_motion_adapter(out: Path, seed: int = 0, single_file: bool = False) -> Path:
-    """A tiny random AnimateDiff `MotionAdapter` that fits the tiny SD1 UNet: a diffusers folder, or one
-    `.safetensors` file in the original AnimateDiff layout (`single_file`)."""
+def build_tiny_motion_adapter(out: Path, seed: int = 0, single_file: bool = False, sdxl: bool = False) -> Path:
+    """A tiny random AnimateDiff `MotionAdapter` that fits the tiny SD1 (or, `sdxl`, SDXL) UNet: a diffusers folder,
+    or one `.safetensors` file in the original AnimateDiff layout (`single_file`)."""
     from diffusers import MotionAdapter
 
     torch.manual_seed(seed)
     adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_num_attention_heads=2,
-                            motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True)
+                            motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=not sdxl)
     for parameter in adapter.parameters():  # AnimateDiff zero-initialises proj_out: random weights show motion
         if parameter.dim() > 1:
             torch.nn.init.normal_(parameter, std=0.02)
