@@ -173,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--device")
     _add_safety_args(replay)
 
-    convert = commands.add_parser("convert", help="pickle -> safetensors, single file <-> diffusers folder")
+    convert = commands.add_parser("convert", help="pickle -> safetensors, single file <-> diffusers folder, -> GGUF")
     convert.add_argument("source", type=Path)
-    convert.add_argument("target", type=Path, help=".safetensors file or folder")
+    convert.add_argument("target", type=Path, help=".safetensors or .gguf file, or a folder")
+    convert.add_argument("--quant", choices=["q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "bf16", "f16", "f32"],
+                         help="GGUF: the type of the UNet's weight matrices (default q8_0)")
     convert.add_argument("--allow-pickle", action="store_true", help="load a pickle with torch.load(weights_only=True)")
     convert.add_argument("--half", action="store_true", help="store float16 weights")
 
@@ -483,7 +485,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from sfumato.models.convert import convert
 
-    print(convert(args.source, args.target, allow_pickle=args.allow_pickle, half=args.half))
+    print(convert(args.source, args.target, allow_pickle=args.allow_pickle, half=args.half, quant=args.quant))
     return 0
 
 

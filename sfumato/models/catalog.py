@@ -47,6 +47,8 @@ def _entries(folder: Path, kind: str) -> list[CatalogEntry]:
             try:
                 info = describe(path)
                 family, fmt = info.family.name + (" inpaint" if info.inpainting else ""), info.format
+                if info.quantization:
+                    fmt += f" {info.quantization}"
             except SfumatoError as exc:
                 family, fmt = "?", f"unsupported: {exc}"
         found.append(CatalogEntry(kind, path.stem if path.is_file() else path.name, str(path), family, fmt, size,

@@ -1,4 +1,4 @@
-"""`sfumato convert`: pickle -> safetensors (explicitly, weights only), single file <-> diffusers folder."""
+"""`sfumato convert`: pickle -> safetensors (explicitly, weights only), single file <-> diffusers folder, GGUF."""
 
 from __future__ import annotations
 
@@ -12,18 +12,24 @@ from sfumato.errors import InvalidRequest, ModelNotFound, UnsupportedModel
 from sfumato.models.detect import describe
 from sfumato.models.home import PICKLE_SUFFIXES
 from sfumato.models.loader import components_of, load_model
-from sfumato.models.singlefile import write_single_file
+from sfumato.models.singlefile import ldm_checkpoint, write_single_file
 
 
-def convert(source: Path, target: Path, allow_pickle: bool = False, half: bool = False) -> Path:
-    """Convert `source` to `target`; the target's form (`.safetensors` or folder) picks the direction."""
+def convert(source: Path, target: Path, allow_pickle: bool = False, half: bool = False,
+            quant: str | None = None) -> Path:
+    """Convert `source` to `target`; the target's form (`.safetensors`, `.gguf` or folder) picks the direction.
+    `quant` (GGUF only, default q8_0): the UNet matrices' type (`models.gguf.QUANTS`)."""
     if not source.exists():
         raise ModelNotFound(f"{source} does not exist")
     if target.exists() and target.resolve() == source.resolve():
         raise InvalidRequest("source and target are the same path")
+    if quant is not None and target.suffix.lower() != ".gguf":
+        raise InvalidRequest("--quant is for .gguf targets")
+    if target.suffix.lower() == ".gguf":
+        return _to_gguf(source, target, quant or "q8_0")
     to_file = target.suffix.lower() == ".safetensors"
     if not to_file and target.suffix:
-        raise InvalidRequest(f"target {target} must end in .safetensors or be a folder (no suffix)")
+        raise InvalidRequest(f"target {target} must end in .safetensors or .gguf, or be a folder (no suffix)")
     if source.is_file() and source.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise InvalidRequest(
@@ -42,6 +48,22 @@ def convert(source: Path, target: Path, allow_pickle: bool = False, half: bool =
         write_single_file(components_of(model), model.info, target, half=half)
         return target
     return _to_folder(source, target, half)
+
+
+def _to_gguf(source: Path, target: Path, quant: str) -> Path:
+    from sfumato.models.gguf import QUANTS, write_gguf
+
+    if quant not in QUANTS:
+        raise InvalidRequest(f"--quant must be one of {', '.join(QUANTS)} (K-quants load but cannot be written)")
+    info = describe(source)
+    if info.format == "pickle":
+        raise InvalidRequest(f"{source} is a pickle: convert it to .safetensors first (--allow-pickle)")
+    if info.family.prediction_type == "flow":
+        raise UnsupportedModel(f"GGUF conversion writes SD 1.x/2.x/XL checkpoints, not {info.family.name}")
+    model = load_model(source, device="cpu", dtype="float32")
+    state, metadata = ldm_checkpoint(components_of(model), model.info)
+    write_gguf(state, target, quant, metadata)
+    return target
 
 
 def _to_folder(source: Path, target: Path, half: bool) -> Path:

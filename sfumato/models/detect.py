@@ -27,6 +27,7 @@ class ModelInfo:
     inpainting: bool = False
     configs: dict[str, Any] = field(default_factory=dict)  # component configs when known without loading
     settings: dict[str, Any] = field(default_factory=dict)  # the folder's sfumato.json, if any
+    quantization: str | None = None  # GGUF: the UNet's weight type (q8_0, q4_0, f16, ...)
 
     @property
     def native_size(self) -> int:
@@ -51,7 +52,7 @@ def describe(path: Path) -> ModelInfo:
     if suffix in PICKLE_SUFFIXES:
         return ModelInfo(path, "pickle", FAMILIES["sd1"], "epsilon")
     if suffix == ".gguf":
-        raise UnsupportedModel(f"{path}: GGUF checkpoints are not supported for generation yet; use .safetensors")
+        return _describe_gguf(path)
     if suffix != ".safetensors":
         raise UnsupportedModel(f"{path}: unknown model format {suffix!r} (expected a diffusers folder or .safetensors)")
     return _describe_single_file(path)
@@ -114,6 +115,18 @@ def _describe_single_file(path: Path) -> ModelInfo:
     configs = json.loads(metadata[CONFIGS_METADATA_KEY]) if CONFIGS_METADATA_KEY in metadata else {}
     prediction = metadata.get("sfumato.prediction_type") or configs.get("scheduler", {}).get("prediction_type")
     return ModelInfo(path, "safetensors", family, prediction or family.prediction_type, in_channels == 9, configs)
+
+
+def _describe_gguf(path: Path) -> ModelInfo:
+    from sfumato.models.gguf import configs_of, read_metadata
+
+    keys, strings, quantization = read_metadata(path)
+    family = FAMILIES[strings["sfumato.family"]] if strings.get("sfumato.family") in FAMILIES else \
+        family_from_keys(keys, path)
+    configs = configs_of(strings)
+    prediction = strings.get("sfumato.prediction_type") or family.prediction_type
+    in_channels = configs.get("unet", {}).get("in_channels", 4)
+    return ModelInfo(path, "gguf", family, prediction, in_channels == 9, configs, quantization=quantization)
 
 
 def family_from_keys(keys: set[str], path: Path) -> Family:

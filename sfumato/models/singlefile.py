@@ -54,13 +54,24 @@ def load_components(info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     configs = info.configs or info.family.skeleton
-    checkpoint = load_file(str(info.path))
+    if info.format == "gguf":
+        from sfumato.models.gguf import read_gguf
+
+        checkpoint = read_gguf(info.path)
+    else:
+        checkpoint = load_file(str(info.path))
     components: dict[str, Any] = {}
 
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(configs["unet"])
         vae = AutoencoderKL.from_config(configs["vae"])
-    _load_strict(unet, convert_ldm_unet_checkpoint(checkpoint, unet.config), info, "UNet")
+    unet_state = convert_ldm_unet_checkpoint(checkpoint, unet.config)
+    if info.format == "gguf":  # quantized matrices stay quantized: their Linear layers dequantize per call
+        from sfumato.models.gguf import quantized_linears
+
+        for key in quantized_linears(unet, unet_state, dtype):
+            unet_state.pop(key)
+    _load_strict(unet, unet_state, info, "UNet")
     _load_strict(vae, convert_ldm_vae_checkpoint(checkpoint, vae.config), info, "VAE")
     components["unet"], components["vae"] = unet.to(dtype), vae.to(dtype)
 
@@ -98,7 +109,7 @@ def to_model_keys(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dic
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], info: ModelInfo, what: str) -> None:
-    expected = set(model.state_dict())
+    expected = {k for k, v in model.state_dict().items() if v.is_meta}  # (quantized layers are loaded already)
     missing = sorted(expected - set(state) - {"text_model.embeddings.position_ids"})
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
@@ -227,8 +238,10 @@ def openclip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_single_file(components: dict[str, Any], info: ModelInfo, out: Path, half: bool = False) -> None:
-    """Write diffusers components (unet, vae, text encoders) as one LDM-layout safetensors file."""
+def ldm_checkpoint(components: dict[str, Any], info: ModelInfo,
+                   half: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Diffusers components (unet, vae, text encoders) -> one LDM-layout state dict and the metadata (configs,
+    family, prediction type) that lets us load it back without a network."""
     configs: dict[str, Any] = {
         "unet": dict(components["unet"].config),
         "vae": dict(components["vae"].config),
@@ -252,11 +265,16 @@ def write_single_file(components: dict[str, Any], info: ModelInfo, out: Path, ha
         CONFIGS_METADATA_KEY: json.dumps(configs, default=_jsonable),
         "sfumato.family": info.family.name,
         "sfumato.prediction_type": info.prediction_type,
-        "format": "pt",
     }
+    return state, metadata
+
+
+def write_single_file(components: dict[str, Any], info: ModelInfo, out: Path, half: bool = False) -> None:
+    """Write diffusers components (unet, vae, text encoders) as one LDM-layout safetensors file."""
+    state, metadata = ldm_checkpoint(components, info, half)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
+    save_file(state, str(tmp), metadata={**metadata, "format": "pt"})
     tmp.replace(out)
 
 
