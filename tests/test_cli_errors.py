@@ -158,6 +158,9 @@ CASES = [
     (["animate", "x", "--model", "{sd1}", "--frames", "0"], 2),
     (["animate", "x", "--model", "{sd1}", "-o", "{plain}"], 2),
     (["generate", "x", "--model", "{sd1}", "--direction", "x AND y|x"], 2),
+    (["convert", "{sd1}", "{tmp}/o.gguf", "--quant", "q4_k"], 2),
+    (["convert", "{sd1}", "{tmp}/o.safetensors", "--quant", "q8_0"], 2),
+    (["convert", "{missing}", "{tmp}/o.gguf"], 2),
     (["nonsense"], 2),
 ]
 

@@ -242,6 +242,9 @@ def ldm_checkpoint(components: dict[str, Any], info: ModelInfo,
                    half: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Diffusers components (unet, vae, text encoders) -> one LDM-layout state dict and the metadata (configs,
     family, prediction type) that lets us load it back without a network."""
+    if info.family.name not in TEXT_PREFIXES:
+        raise UnsupportedModel(f"{info.family.name} models have no single-file layout (their text encoder is not an "
+                               "SD one): keep the diffusers folder")
     configs: dict[str, Any] = {
         "unet": dict(components["unet"].config),
         "vae": dict(components["vae"].config),

@@ -1,0 +1,88 @@
+"""GGUF: write with the `gguf` package, read back (exact for float blocks, within tolerance for quantized ones), and
+generate close to the unquantized model with the matrices kept quantized."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sfumato.engine import Engine
+from sfumato.evaluation.metrics import psnr
+from sfumato.models.convert import convert
+from sfumato.models.detect import describe
+from sfumato.requests import GenerationRequest
+
+REQUEST = dict(prompt="a cat", seed=1, steps=4, width=64, height=64, sampler="Euler")
+
+
+@pytest.fixture(scope="module")
+def files(sd1, sd1_single, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gguf")
+    return {quant: convert(sd1, folder / f"sd1-{quant}.gguf", quant=quant) for quant in ("q8_0", "q4_0", "f32", "f16")}
+
+
+def test_gguf_tensors_round_trip(files, sd1_single):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors.torch import load_file
+
+    original = load_file(str(sd1_single))
+    for quant in ("f32", "f16", "q8_0"):
+        reader = GGUFReader(str(files[quant]))
+        tensors = {t.name: t for t in reader.tensors}
+        assert set(tensors) == set(original)
+        key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+        entry, expected = tensors[key], original[key].float().numpy()
+        values = dequantize(entry.data, entry.tensor_type).reshape(expected.shape)
+        if quant == "f32":
+            assert np.array_equal(values, expected)  # tensor-exact
+        elif quant == "f16":
+            assert np.array_equal(values, expected.astype(np.float16).astype(np.float32))
+        else:
+            assert entry.tensor_type.name == "Q8_0"
+            scale = np.abs(expected).reshape(-1, 32).max(axis=1) / 127
+            error = np.abs(values - expected).reshape(-1, 32)
+            assert np.all(error <= scale[:, None] * 0.6 + 1e-7)  # half a step, plus the float16 scale's rounding
+        norm = "model.diffusion_model.input_blocks.1.1.norm.weight"
+        assert tensors[norm].tensor_type.name == "F32"
+        assert np.array_equal(np.asarray(tensors[norm].data), original[norm].float().numpy())
+    conv = GGUFReader(str(files["q8_0"])).tensors
+    kinds = {t.name: t.tensor_type.name for t in conv}
+    assert kinds["model.diffusion_model.input_blocks.0.0.weight"] == "F16"  # convolutions stay float16
+    assert kinds["first_stage_model.decoder.conv_in.weight"] == "F16"  # and the VAE
+
+
+def test_gguf_models_generate_close_to_the_original(files, sd1):
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    reference = Engine(sd1).generate(GenerationRequest(**REQUEST)).images[0].image
+    measured = {}
+    for quant in ("q8_0", "q4_0", "f32"):
+        info = describe(files[quant])
+        assert (info.format, info.quantization, info.family.name) == ("gguf", quant, "sd1")
+        engine = Engine(files[quant])
+        image = engine.generate(GenerationRequest(**REQUEST)).images[0].image
+        measured[quant] = psnr(reference, image)
+        linears = sum(isinstance(m, GGUFLinear) for m in engine.load().pipe.unet.modules())
+        assert (linears > 50) == (quant != "f32")  # quantized matrices stay quantized in memory
+    assert measured["f32"] == float("inf")
+    assert measured["q8_0"] > 58 and measured["q4_0"] > 45, measured  # measured 63.5 and 51.5 dB
+
+
+def test_gguf_cli_convert_and_models_listing(sd1, tmp_path, monkeypatch, capsys):
+    from sfumato.cli import main
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SFUMATO_HOME", str(home))
+    target = home / "models" / "checkpoints" / "tiny-q5.gguf"
+    assert main(["convert", str(sd1), str(target), "--quant", "q5_1"]) == 0
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-q5" in out and "gguf q5_1" in out
+    assert main(["convert", str(sd1), str(tmp_path / "x.safetensors"), "--quant", "q8_0"]) == 2
+    assert main(["generate", "a cat", "--model", str(target), "-W", "64", "-H", "64", "--steps", "2",
+                 "-o", str(tmp_path / "cat.png")]) == 0
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 20)
+    assert main(["generate", "a cat", "--model", str(tmp_path / "broken.gguf")]) == 2
