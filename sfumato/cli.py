@@ -56,7 +56,32 @@ def _engine(args: argparse.Namespace):
 
     safety = SafetySettings(args.safety, args.safety_threshold, args.safety_policy)
     return Engine(device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), safety=safety,
-                  compile=getattr(args, "compile", None))
+                  compile=getattr(args, "compile", None), memory=memory_from_args(args))
+
+
+def _add_memory_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("memory")
+    presets = group.add_mutually_exclusive_group()
+    presets.add_argument("--medvram", dest="memory_preset", action="store_const", const="medvram",
+                         help="VAE tiling + slicing, one model part on the GPU at a time (A1111's --medvram)")
+    presets.add_argument("--lowvram", dest="memory_preset", action="store_const", const="lowvram",
+                         help="VAE tiling + slicing, attention slicing, layer-by-layer GPU offload")
+    group.add_argument("--vae-tiling", action="store_true", help="decode/encode in overlapping tiles (large images)")
+    group.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time")
+    group.add_argument("--attention-slicing", action="store_true", help="attention in slices (lower peak memory)")
+    group.add_argument("--offload", choices=["model", "sequential"], help="CUDA: keep weights in RAM, move them to "
+                                                                          "the GPU per component or per layer")
+    group.add_argument("--quantize", choices=["int8", "fp8"], help="8-bit UNet/transformer weights, dequantized per "
+                                                                  "layer (half the weight memory of float16)")
+
+
+def memory_from_args(args: argparse.Namespace):
+    from sfumato.memory import memory_settings
+
+    if not hasattr(args, "vae_tiling"):
+        return None
+    return memory_settings(args.memory_preset, vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
+                           attention_slicing=args.attention_slicing, offload=args.offload, quantize=args.quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device")
     gen.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     _add_compile_arg(gen)
+    _add_memory_args(gen)
     _add_safety_args(gen)
 
     info = commands.add_parser("info", help="print the generation parameters stored in a PNG")
@@ -269,6 +295,7 @@ def _add_serve_parser(commands) -> None:
                        help="answer requests for this Host name besides loopback names and the bind address "
                             "(repeatable; e.g. the name a reverse proxy forwards)")
     _add_compile_arg(serve)
+    _add_memory_args(serve)
     serve.add_argument("--max-side", type=int, default=2048)
     serve.add_argument("--max-steps", type=int, default=150)
     serve.add_argument("--max-images", type=int, default=16, help="images per request")
@@ -590,7 +617,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               safety=args.safety,
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
                               limits=limits, device=args.device, preview=args.preview,
-                              compile=args.compile)
+                              compile=args.compile, memory=memory_from_args(args))
     app = create_app(settings.check())
     print(f"sfumato serving {app.state.service.current_model or 'no model'} on http://{args.host}:{args.port} "
           f"(docs at /docs{', API key required' if settings.api_key else ''})", file=sys.stderr, flush=True)

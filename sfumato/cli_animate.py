@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from sfumato.cli import _add_compile_arg, _add_safety_args, _Bar, _control_arg, _engine, _fast_settings, _lora_arg
+from sfumato.cli import _add_compile_arg, _add_memory_args, _add_safety_args, _Bar, _control_arg, _engine, _fast_settings, _lora_arg
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest, parse_direction
 
@@ -87,6 +87,7 @@ def add_animate_parser(commands) -> None:
     anim.add_argument("--device")
     anim.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     _add_compile_arg(anim)
+    _add_memory_args(anim)
     _add_safety_args(anim)
 
 

@@ -95,10 +95,11 @@ class Engine:
     """Turns generation requests into images. `model` is the default for requests that name none."""
 
     def __init__(self, model: str | Path | None = None, device: str | None = None, dtype: str | None = None,
-                 safety: SafetySettings | None = None, compile: str | None = None):
+                 safety: SafetySettings | None = None, compile: str | None = None, memory=None):
         self.default_model = str(model) if model is not None else None
         self.device, self.dtype = device, dtype
         self.compile = compile  # torch.compile mode for every model this engine loads (speed.compiled), or None
+        self.memory = memory  # low-memory modes and 8-bit weights for every model it loads (memory.MemorySettings)
         self.safety = safety or SafetySettings(mode="off")  # the library default: prompt policy on, image check off
         self._policy = None if self.safety.policy == "off" else PromptPolicy.load(self.safety.policy)
         self._loaded: LoadedModel | None = None
@@ -137,6 +138,10 @@ class Engine:
                 self._loaded = None  # free the old model before loading the new one
                 self._loaded = load_model(path, self.device, self.dtype)
                 self._encoder = _prompt_encoder(self._loaded)
+                if self.memory is not None and self.memory.active:
+                    from sfumato.memory import apply_memory
+
+                    self._loaded.memory = apply_memory(self._loaded.pipe, self.memory, self._loaded.device)
                 if self.compile:
                     from sfumato.speed.compiled import compile_pipeline
 

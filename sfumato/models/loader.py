@@ -28,6 +28,7 @@ class LoadedModel:
     loras: dict[str, str] = field(default_factory=dict)  # adapter name -> file path
     embeddings: dict[str, int] = field(default_factory=dict)  # textual-inversion token -> vector count
     preview_factors: Any = None  # latent -> RGB map for cheap previews (pipelines.preview), fitted on first use
+    memory: list[str] = field(default_factory=list)  # the low-memory modes applied (memory.apply_memory)
     vae_state: Any = None  # models.vae.VaeState once a request named a VAE override
     patches: Any = None  # models.lycoris.PatchState once a request used a LyCORIS (LoHa/LoKr/full) file
 

@@ -156,8 +156,10 @@ def vae_precision(vae) -> Iterator[None]:
 def encode_images(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] -> scaled latents (the mean of the VAE posterior: deterministic)."""
     vae = model.pipe.vae
+    pixels = pixels.to(model.device)
     with vae_precision(vae):
-        latents = vae.encode(pixels.to(model.device, vae.dtype)).latent_dist.mode()
+        latents = _vae_pass(vae, "encoder", pixels.shape[-2:], False,
+                            lambda: vae.encode(pixels.to(vae.dtype)).latent_dist.mode())
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return ((latents - shift) * vae.config.scaling_factor).to(model.dtype)
 
@@ -168,8 +170,18 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     vae = model.pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     with vae_precision(vae):
-        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift, return_dict=False)[0]
+        scaled = latents.to(vae.dtype) / vae.config.scaling_factor + shift
+        pixels = _vae_pass(vae, "decoder", scaled.shape[-2:], True, lambda: vae.decode(scaled, return_dict=False)[0])
     return (pixels.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def _vae_pass(vae, part: str, size: torch.Size, latent: bool, run):
+    """An encode/decode; a tiled one (`memory` VAE tiling) shares GroupNorm statistics across its tiles."""
+    from sfumato.memory.tiled_vae import tiles, with_shared_statistics
+
+    if tiles(vae, size[0], size[1], latent):
+        return with_shared_statistics(getattr(vae, part), run)
+    return run()
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:

@@ -48,7 +48,7 @@ class Service:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         safety = SafetySettings(settings.safety, settings.safety_threshold, settings.safety_policy)
-        self.engine = Engine(device=settings.device, safety=safety, compile=settings.compile)
+        self.engine = Engine(device=settings.device, safety=safety, compile=settings.compile, memory=settings.memory)
         self.store = JobStore(settings.data_dir, settings.queue_size)
         self._upscale_lock = threading.Lock()
         self.worker = Worker(self.store, self.engine, settings.max_batch_size, settings.batch_wait_ms / 1000,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sfumato.errors import InvalidRequest
 
@@ -44,6 +45,7 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
     compile: str | None = None  # torch.compile mode for the served models (speed.compiled), None: eager
+    memory: Any = None  # memory.MemorySettings: low-memory modes and 8-bit weights for the served models
 
     def check(self) -> ServerSettings:
         """Refuse settings that would expose an open server; validate sizes."""
