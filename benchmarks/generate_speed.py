@@ -90,11 +90,17 @@ def diffusers_scheduler(sampler: str, config: dict):
 
 
 def _peak_mb(device: str) -> float:
+    """Peak memory of this process: CUDA allocations, or the RSS high-water mark (VmHWM, which starts afresh at
+    exec; ru_maxrss would carry over the parent's peak, e.g. the model-building parent's)."""
     import torch
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(settings: dict, model: str, size: int, steps: int, batch: int, sampler: str, device: str,

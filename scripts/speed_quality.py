@@ -29,7 +29,7 @@ from sfumato.evaluation.metrics import psnr, ssim  # noqa: E402
 from sfumato.models.embedded import EMBEDDED_DIR  # noqa: E402
 from sfumato.requests import GenerationRequest  # noqa: E402
 
-SETTINGS = [  # (label, request fields, engine dtype)
+SETTINGS = [  # (label, request fields, engine: a key of ENGINES)
     ("default (Euler a, 8 steps, CFG 2)", {}, None),
     ("step cache: interval 2, branch 0", {"cache_interval": 2}, None),
     ("step cache: interval 2, branch 1", {"cache_interval": 2, "cache_branch": 1}, None),
@@ -38,7 +38,10 @@ SETTINGS = [  # (label, request fields, engine dtype)
     ("token merging 0.3", {"token_merging_ratio": 0.3}, None),
     ("token merging 0.5", {"token_merging_ratio": 0.5}, None),
     ("bfloat16", {}, "bfloat16"),
+    ("int8 weights", {}, "int8"),
+    ("fp8 weights", {}, "fp8"),
 ]
+ENGINES = {None: {}, "bfloat16": {"dtype": "bfloat16"}, "int8": {"quantize": "int8"}, "fp8": {"quantize": "fp8"}}
 
 
 def generate(engine: Engine, names: list[str], seeds: list[int], fields: dict, batch: int = 128):
@@ -56,8 +59,14 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=468)
     parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--only", help="comma-separated setting labels to run besides the default (e.g. 'int8 "
+                                       "weights,fp8 weights'); writes speed-quality-only.json")
     args = parser.parse_args()
-    engines = {None: Engine(str(EMBEDDED_DIR)), "bfloat16": Engine(str(EMBEDDED_DIR), dtype="bfloat16")}
+    from sfumato.memory import memory_settings
+
+    settings = [row for k, row in enumerate(SETTINGS) if k == 0 or not args.only or row[0] in args.only.split(",")]
+    engines = {key: Engine(str(EMBEDDED_DIR), dtype=spec.get("dtype"), memory=memory_settings(
+        quantize=spec.get("quantize"))) for key, spec in ENGINES.items() if any(row[2] == key for row in settings)}
     info = engines[None].describe()
     names, real = load_reference(args.data, info.native_size)
     chosen = list(range(len(names)))[:: max(1, len(names) // args.limit)]
@@ -66,14 +75,14 @@ def main() -> None:
     for engine in engines.values():
         generate(engine, prompts[:8], chosen[:8], {})  # warm-up
     rows, reference = [], None
-    for label, fields, dtype in SETTINGS:
+    for label, fields, key in settings:
         start = time.perf_counter()
-        images = generate(engines[dtype], prompts, chosen, fields)
+        images = generate(engines[key], prompts, chosen, fields)
         seconds = time.perf_counter() - start
         reference = reference or images
         ranks, _, _ = _retrieval(extractor, real, None, {"names": (images, chosen)})
         pairs = list(zip(images, reference))
-        rows.append({"setting": label, "fields": fields, "dtype": dtype or "float32",
+        rows.append({"setting": label, "fields": fields, "engine": ENGINES[key] or "float32",
                      "images_per_s": len(images) / seconds,
                      "ref_psnr_db": float(np.median([psnr(a, b) for a, b in pairs])) if images is not reference
                      else None,
@@ -88,7 +97,8 @@ def main() -> None:
         print(f"  {r['setting']:36s} {r['images_per_s']:7.1f} {r['images_per_s'] / base:7.2f}x {ref:>9s} "
               f"{r['ref_ssim']:8.3f} {r['top1']:6.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed-quality.json").write_text(json.dumps(rows, indent=2) + "\n")
+    name = "speed-quality-only.json" if args.only else "speed-quality.json"
+    (args.out / name).write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

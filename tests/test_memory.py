@@ -10,7 +10,7 @@ from PIL import Image
 from sfumato.engine import Engine
 from sfumato.errors import InvalidRequest
 from sfumato.evaluation.metrics import psnr
-from sfumato.memory import PRESETS, apply_memory, memory_settings
+from sfumato.memory import PRESETS, memory_settings
 from sfumato.memory.quantize import QuantizedConv2d, QuantizedLinear, quantize_weights, weight_bytes
 from sfumato.models.embedded import embedded_model
 from sfumato.requests import GenerationRequest

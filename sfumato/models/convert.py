@@ -23,10 +23,12 @@ def convert(source: Path, target: Path, allow_pickle: bool = False, half: bool =
         raise ModelNotFound(f"{source} does not exist")
     if target.exists() and target.resolve() == source.resolve():
         raise InvalidRequest("source and target are the same path")
-    if quant is not None and target.suffix.lower() != ".gguf":
-        raise InvalidRequest("--quant is for .gguf targets")
+    if quant is not None and target.suffix and target.suffix.lower() != ".gguf":
+        raise InvalidRequest("--quant is for .gguf targets, or a folder whose denoiser becomes GGUF")
     if target.suffix.lower() == ".gguf":
         return _to_gguf(source, target, quant or "q8_0")
+    if quant is not None:
+        return _to_gguf_folder(source, target, quant)
     to_file = target.suffix.lower() == ".safetensors"
     if not to_file and target.suffix:
         raise InvalidRequest(f"target {target} must end in .safetensors or .gguf, or be a folder (no suffix)")
@@ -63,6 +65,19 @@ def _to_gguf(source: Path, target: Path, quant: str) -> Path:
     model = load_model(source, device="cpu", dtype="float32")
     state, metadata = ldm_checkpoint(components_of(model), model.info)
     write_gguf(state, target, quant, metadata)
+    return target
+
+
+def _to_gguf_folder(source: Path, target: Path, quant: str) -> Path:
+    """A diffusers folder whose UNet/transformer weights are one GGUF file (FLUX and SD3 too)."""
+    from sfumato.models.gguf import QUANTS, write_component
+
+    if quant not in QUANTS:
+        raise InvalidRequest(f"--quant must be one of {', '.join(QUANTS)} (K-quants load but cannot be written)")
+    model = load_model(source, device="cpu", dtype="float32")
+    model.pipe.save_pretrained(str(target), safe_serialization=True)
+    component = "transformer" if getattr(model.pipe, "transformer", None) is not None else "unet"
+    write_component(getattr(model.pipe, component), target / component, quant, model.info.family.name)
     return target
 
 

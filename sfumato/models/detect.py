@@ -99,7 +99,18 @@ def _describe_folder(path: Path) -> ModelInfo:
     prediction = configs.get("scheduler", {}).get("prediction_type", family.prediction_type)
     if family.prediction_type == "flow":
         prediction = "flow"
-    return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs, settings)
+    return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs, settings,
+                     _component_quantization(path))
+
+
+def _component_quantization(path: Path) -> str | None:
+    """The weight type of a GGUF denoiser inside a diffusers folder (None when it has none)."""
+    from sfumato.models.gguf import component_file, read_metadata
+
+    for component in ("unet", "transformer"):
+        if (path / component).is_dir() and component_file(path / component) is not None:
+            return read_metadata(component_file(path / component))[2]
+    return None
 
 
 def _describe_single_file(path: Path) -> ModelInfo:

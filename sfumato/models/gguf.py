@@ -34,14 +34,16 @@ def _type(name: str):
     return GGMLQuantizationType[name.upper()]
 
 
-def quantizable(key: str, tensor: torch.Tensor, block: int) -> bool:
-    """A UNet weight matrix whose rows split into whole blocks."""
-    return (key.startswith(UNET_PREFIX) and key.endswith(".weight") and tensor.dim() == 2
+def quantizable(key: str, tensor: torch.Tensor, block: int, prefix: str = UNET_PREFIX) -> bool:
+    """A denoiser weight matrix (keys under `prefix`) whose rows split into whole blocks."""
+    return (key.startswith(prefix) and key.endswith(".weight") and tensor.dim() == 2
             and tensor.shape[-1] % block == 0 and tensor.numel() >= MIN_QUANTIZED)
 
 
-def write_gguf(state: dict[str, torch.Tensor], out: Path, quant: str, metadata: dict[str, str]) -> dict[str, int]:
-    """Write an LDM-layout state dict as GGUF with the UNet's matrices in `quant`; returns tensors per type."""
+def write_gguf(state: dict[str, torch.Tensor], out: Path, quant: str, metadata: dict[str, str],
+               prefix: str = UNET_PREFIX) -> dict[str, int]:
+    """Write a state dict as GGUF with the denoiser's matrices (keys under `prefix`: the UNet of an LDM-layout
+    checkpoint, or every key of a lone denoiser) in `quant`; returns tensors per type."""
     from gguf import GGML_QUANT_SIZES, GGUFWriter
     from gguf.quants import quantize
 
@@ -61,7 +63,7 @@ def write_gguf(state: dict[str, torch.Tensor], out: Path, quant: str, metadata: 
         array = tensor.detach().float().cpu().numpy()
         if quant == "f32" or tensor.dim() <= 1:
             kind, data = "F32", array.astype(np.float32)
-        elif quantizable(key, tensor, block) or (quant in ("f16", "bf16") and tensor.is_floating_point()):
+        elif quantizable(key, tensor, block, prefix) or (quant in ("f16", "bf16") and tensor.is_floating_point()):
             kind = quant.upper()
             data = array.astype(np.float16) if quant == "f16" else quantize(array, qtype)
         else:
@@ -93,8 +95,9 @@ def read_metadata(path: Path) -> tuple[set[str], dict[str, str], str]:
     for name, item in reader.fields.items():
         if item.types and item.types[0] == GGUFValueType.STRING:
             strings[name] = bytes(item.parts[item.data[0]]).decode("utf-8", "replace")
+    prefix = UNET_PREFIX if any(t.name.startswith(UNET_PREFIX) for t in reader.tensors) else ""
     kinds = {t.tensor_type.name.lower() for t in reader.tensors
-             if t.name.startswith(UNET_PREFIX) and len(t.shape) == 2 and t.name.endswith(".weight")}
+             if t.name.startswith(prefix) and len(t.shape) == 2 and t.name.endswith(".weight")}
     quantization = strings.get("sfumato.quantization") or (kinds.pop() if len(kinds) == 1 else "mixed")
     return {t.name for t in reader.tensors}, strings, quantization
 
@@ -130,3 +133,51 @@ def quantized_linears(model: torch.nn.Module, state: dict[str, torch.Tensor], dt
                 torch.nn.Parameter(state[key], requires_grad=False)
             used.add(key)
     return used
+
+
+# ---------------------------------------------------------------- a denoiser alone (a diffusers folder's component)
+
+BFL_KEYS = {"double_blocks.": "flux", "joint_blocks.": "sd3"}  # original (non-diffusers) transformer layouts
+
+
+def component_file(folder: Path) -> Path | None:
+    """The `.gguf` weights of a diffusers component folder (`transformer/`, `unet/`), when it has no safetensors."""
+    ggufs = sorted(folder.glob("*.gguf"))
+    return ggufs[0] if ggufs and not any(folder.glob("*.safetensors")) else None
+
+
+def load_component(cls, folder: Path, dtype: torch.dtype):
+    """A diffusers denoiser from its folder's config and a GGUF file: diffusers keys, or the original FLUX/SD3
+    layout (city96's files) converted by diffusers' own single-file converters. Quantized matrices stay packed."""
+    from accelerate import init_empty_weights
+
+    path = component_file(folder)
+    state = read_gguf(path)
+    state = {k.removeprefix("model.diffusion_model."): v for k, v in state.items()}
+    layout = next((name for key, name in BFL_KEYS.items() if any(k.startswith(key) for k in state)), None)
+    if layout is not None:
+        from diffusers.loaders import single_file_utils as convert
+
+        converter = {"flux": convert.convert_flux_transformer_checkpoint_to_diffusers,
+                     "sd3": convert.convert_sd3_transformer_checkpoint_to_diffusers}[layout]
+        state = converter(state)
+    with init_empty_weights():
+        model = cls.from_config(cls.load_config(str(folder)))
+    used = quantized_linears(model, state, dtype)
+    rest = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if k not in used}
+    expected = {k for k, v in model.state_dict().items() if v.is_meta}
+    missing, unexpected = expected - set(rest), set(rest) - set(model.state_dict())
+    if missing or unexpected:
+        raise UnsupportedModel(f"{path} does not fit {folder.name}/config.json ({len(missing)} missing, "
+                               f"{len(unexpected)} unexpected weights, e.g. {sorted(missing or unexpected)[0]})")
+    model.load_state_dict(rest, strict=False, assign=True)
+    return model.eval()
+
+
+def write_component(model: torch.nn.Module, folder: Path, quant: str, family: str) -> Path:
+    """Replace a saved component's safetensors weights by one GGUF file (diffusers keys, `quant` matrices)."""
+    out = folder / "diffusion_pytorch_model.gguf"
+    write_gguf(model.state_dict(), out, quant, {"sfumato.family": family, "sfumato.layout": "diffusers"}, prefix="")
+    for old in folder.glob("*.safetensors*"):
+        old.unlink()
+    return out

@@ -116,6 +116,15 @@ def _load_folder(info: ModelInfo, torch_dtype: torch.dtype):
             extra.setdefault(component, None)
     if "safety_checker" in index:
         extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    for component in ("unet", "transformer"):  # a GGUF denoiser (sfumato convert --quant, or city96's files)
+        if component in index and (info.path / component).is_dir():
+            from sfumato.models.gguf import component_file, load_component
+
+            if component_file(info.path / component) is not None:
+                import diffusers
+
+                cls = getattr(diffusers, index[component][1])
+                extra[component] = load_component(cls, info.path / component, torch_dtype)
     try:
         return DiffusionPipeline.from_pretrained(
             str(info.path), torch_dtype=torch_dtype, local_files_only=True, use_safetensors=True, **extra
