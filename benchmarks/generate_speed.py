@@ -176,14 +176,28 @@ def psnr(path_a: str, path_b: str) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-def measure(row: str, model: Path, args, image_out: Path) -> dict:
-    spec = json.dumps({"row": row, "model": str(model), "size": args.size, "steps": args.steps, "batch": args.batch,
-                       "sampler": args.sampler, "device": args.device, "image": str(image_out)})
-    done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
+def run_child(script: str, name: str, spec: dict) -> dict:
+    """Run `script --child SPEC` in a fresh process and return the JSON it prints last (a failure raises, saying
+    how the process ended: a kill by signal 9 is usually the out-of-memory killer)."""
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"row {row} failed:\n{tail}")
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        raise RuntimeError(f"row {name} failed ({how}):\n{tail}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def build_in_child(script: str, family: str, out: Path, extra: list[str] = ()) -> Path:
+    """`script --build FAMILY OUT` (`build_random`) in its own process, so the parent does not keep the model's
+    memory while the rows run."""
+    subprocess.run([sys.executable, script, "--build", family, str(out), *extra], check=True, capture_output=True)
+    return out
+
+
+def measure(row: str, model: Path, args, image_out: Path) -> dict:
+    return run_child(__file__, row, {"row": row, "model": str(model), "size": args.size, "steps": args.steps,
+                                     "batch": args.batch, "sampler": args.sampler, "device": args.device,
+                                     "image": str(image_out)})
 
 
 def main() -> None:
@@ -199,7 +213,11 @@ def main() -> None:
                                                      "NAME again in a new process (warm-up from the compile cache)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build:
+        build_random(args.build[0], Path(args.build[1]))
+        return
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(child(settings_of(spec["row"]), spec["model"], spec["size"], spec["steps"], spec["batch"],
@@ -216,7 +234,7 @@ def main() -> None:
         if args.only == "tiny":
             model, label, args.size = build_tiny("sd1", Path(tmp) / "tiny"), "tiny SD1", args.size or 64
         else:
-            model = build_random(args.model, Path(tmp) / args.model)
+            model = build_in_child(__file__, args.model, Path(tmp) / args.model)
             label = {"sd15": "SD 1.5-size", "sdxl": "SDXL-size"}[args.model] + " (random weights)"
             args.size = args.size or (512 if args.model == "sd15" else 1024)
         results = {}

@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_speed import PROMPT, _peak_mb, build_random, psnr  # noqa: E402
+from generate_speed import PROMPT, _peak_mb, build_in_child, build_random, psnr, run_child  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROWS = {  # name -> engine settings (dtype, memory preset and options, GGUF model)
@@ -81,13 +80,8 @@ def _resident_mb(device: str) -> float:
 
 
 def measure(row: str, model: Path, args, image_out: Path) -> dict:
-    spec = json.dumps({"row": row, "model": str(model), "size": args.size, "steps": args.steps,
-                       "device": args.device, "image": str(image_out)})
-    done = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"row {row} failed:\n{tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, row, {"row": row, "model": str(model), "size": args.size, "steps": args.steps,
+                                     "device": args.device, "image": str(image_out)})
 
 
 def main() -> None:
@@ -99,7 +93,16 @@ def main() -> None:
     parser.add_argument("--rows", help=f"comma-separated, from: {', '.join(ROWS)} (base always runs first)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--gguf", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build:  # in a child process: the parent must not hold the model while rows measure memory
+        from sfumato.models.convert import convert
+
+        model = build_random(args.build[0], Path(args.build[1]))
+        for quant in filter(None, (args.gguf or "").split(",")):
+            convert(model, model.with_suffix(f".{quant}.gguf"), quant=quant)
+        return
     if args.child:
         spec = json.loads(args.child)
         settings = ROWS[spec["row"]]
@@ -112,12 +115,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown rows {unknown}")
     args.size = args.size or (512 if args.model == "sd15" else 1024)
-    from sfumato.models.convert import convert
-
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_random(args.model, Path(tmp) / args.model)
-        for quant in sorted({ROWS[r]["gguf"] for r in rows if "gguf" in ROWS[r]}):
-            convert(model, model.with_suffix(f".{quant}.gguf"), quant=quant)
+        quants = ",".join(sorted({ROWS[r]["gguf"] for r in rows if "gguf" in ROWS[r]}))
+        model = build_in_child(__file__, args.model, Path(tmp) / args.model, ["--gguf", quants])
         results = {}
         for row in rows:
             results[row] = measure(row, model, args, Path(tmp) / f"{row}.png")

@@ -161,6 +161,8 @@ CASES = [
     (["convert", "{sd1}", "{tmp}/o.gguf", "--quant", "q4_k"], 2),
     (["convert", "{sd1}", "{tmp}/o.safetensors", "--quant", "q8_0"], 2),
     (["convert", "{missing}", "{tmp}/o.gguf"], 2),
+    (["generate", "x", "--model", "{sd1}", "--quantize", "int4"], 2),
+    (["generate", "x", "--model", "{sd1}", "--offload", "disk"], 2),
     (["nonsense"], 2),
 ]
 
