@@ -69,9 +69,11 @@ def load_components(info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict
     if info.format == "gguf":  # quantized matrices stay quantized: their Linear layers dequantize per call
         from sfumato.models.gguf import quantized_linears
 
-        for key in quantized_linears(unet, unet_state, dtype):
-            unet_state.pop(key)
-    _load_strict(unet, unet_state, info, "UNet")
+        loaded = quantized_linears(unet, unet_state, dtype)
+        unet_state = {k: v for k, v in unet_state.items() if k not in loaded}
+    else:
+        loaded = set()
+    _load_strict(unet, unet_state, info, "UNet", loaded)
     _load_strict(vae, convert_ldm_vae_checkpoint(checkpoint, vae.config), info, "VAE")
     components["unet"], components["vae"] = unet.to(dtype), vae.to(dtype)
 
@@ -108,8 +110,10 @@ def to_model_keys(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dic
     return {k.removeprefix("text_model."): v for k, v in state.items()}
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], info: ModelInfo, what: str) -> None:
-    expected = {k for k, v in model.state_dict().items() if v.is_meta}  # (quantized layers are loaded already)
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], info: ModelInfo, what: str,
+                 loaded: set[str] = frozenset()) -> None:
+    """Load `state` (every key the model expects, except those `loaded` already: GGUF's packed matrices)."""
+    expected = set(model.state_dict()) - set(loaded)
     missing = sorted(expected - set(state) - {"text_model.embeddings.position_ids"})
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
