@@ -164,13 +164,18 @@ def load_component(cls, folder: Path, dtype: torch.dtype):
     with init_empty_weights():
         model = cls.from_config(cls.load_config(str(folder)))
     used = quantized_linears(model, state, dtype)
-    rest = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items() if k not in used}
+    rest = {k: v.to(dtype) if v.is_floating_point() and v.dtype != torch.float16 else v
+            for k, v in state.items() if k not in used}
     expected = {k for k, v in model.state_dict().items() if v.is_meta}
     missing, unexpected = expected - set(rest), set(rest) - set(model.state_dict())
     if missing or unexpected:
         raise UnsupportedModel(f"{path} does not fit {folder.name}/config.json ({len(missing)} missing, "
                                f"{len(unexpected)} unexpected weights, e.g. {sorted(missing or unexpected)[0]})")
     model.load_state_dict(rest, strict=False, assign=True)
+    if dtype != torch.float16:  # the file's float16 matrices stay float16 in memory, computed in `dtype`
+        from sfumato.memory.quantize import quantize_weights
+
+        quantize_weights(model, "f16", everything=True, compute_dtype=dtype)
     return model.eval()
 
 

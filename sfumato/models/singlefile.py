@@ -74,6 +74,10 @@ def load_components(info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict
     else:
         loaded = set()
     _load_strict(unet, unet_state, info, "UNet", loaded)
+    if info.format == "gguf" and dtype != torch.float16:  # its float16 tensors stay float16, computed in `dtype`
+        from sfumato.memory.quantize import quantize_weights
+
+        quantize_weights(unet, "f16", everything=True, compute_dtype=dtype)
     _load_strict(vae, convert_ldm_vae_checkpoint(checkpoint, vae.config), info, "VAE")
     components["unet"], components["vae"] = unet.to(dtype), vae.to(dtype)
 
