@@ -55,7 +55,10 @@ def test_gguf_tensors_round_trip(files, sd1_single):
 def test_gguf_models_generate_close_to_the_original(files, sd1):
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
-    reference = Engine(sd1).generate(GenerationRequest(**REQUEST)).images[0].image
+    from sfumato.memory.quantize import weight_bytes
+
+    plain = Engine(sd1)
+    reference = plain.generate(GenerationRequest(**REQUEST)).images[0].image
     measured = {}
     for quant in ("q8_0", "q4_0", "f32"):
         info = describe(files[quant])
@@ -65,6 +68,8 @@ def test_gguf_models_generate_close_to_the_original(files, sd1):
         measured[quant] = psnr(reference, image)
         linears = sum(isinstance(m, GGUFLinear) for m in engine.load().pipe.unet.modules())
         assert (linears > 50) == (quant != "f32")  # quantized matrices stay quantized in memory
+        if quant == "q8_0":  # and float16 convolutions stay float16: 0.45 of the float32 UNet's bytes
+            assert weight_bytes(engine.load().pipe.unet) < 0.5 * weight_bytes(plain.load().pipe.unet)
     assert measured["f32"] == float("inf")
     assert measured["q8_0"] > 58 and measured["q4_0"] > 45, measured  # measured 63.5 and 51.5 dB
 
