@@ -85,3 +85,23 @@ def test_motion_modules_and_videos_are_names_only(client):
     assert client.get("/api/v1/motion-modules").json() == {"motion_modules": []}
     assert client.get("/api/v1/videos/..%2Fjobs.sqlite3").status_code == 404
     assert client.get("/api/v1/videos/" + "0" * 32 + ".mp4").status_code == 404
+
+
+def test_cancel_a_running_animation(client):
+    import time
+
+    r = client.post("/api/v1/animations", json={"generation": {"prompt": "a cat", "steps": 40, "width": 64,
+                                                                "height": 64}, "frames": 30, "formats": ["gif"]})
+    job_id = r.json()["id"]
+    deadline = time.time() + 60
+    while client.get(f"/api/v1/jobs/{job_id}").json().get("progress", {}).get("step", 0) < 2:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    progress = client.get(f"/api/v1/jobs/{job_id}").json()["progress"]
+    assert progress["total"] >= 30 * 40 * 0.9  # the whole animation's steps, estimated from the first frame
+    assert client.delete(f"/api/v1/jobs/{job_id}").json()["status"] == "cancelled"
+    job = _wait(client, job_id)
+    assert job["status"] == "cancelled" and "images" not in job
+    after = client.post("/api/v1/animations", json={"generation": {"prompt": "a dog", **SMALL}, "frames": 2,
+                                                    "formats": ["gif"]})
+    assert _wait(client, after.json()["id"])["status"] == "completed"  # the worker goes on
