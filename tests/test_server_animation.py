@@ -54,14 +54,14 @@ def test_prompt_travel_job_gives_frames_videos_and_metrics(client, tmp_path):
 
 
 def test_video_to_video_job_takes_a_base64_video(client, tmp_path):
-    write_video([Image.new("RGB", (64, 64), (60 * k, 80, 90)) for k in range(3)], tmp_path / "in.gif", fps=4)
+    write_video([Image.new("RGB", (64, 64), (12 * k, 80, 90)) for k in range(18)], tmp_path / "in.gif", fps=4)
     data = base64.b64encode((tmp_path / "in.gif").read_bytes()).decode()
     r = client.post("/api/v1/animations", json={"mode": "video", "video": data, "strength": 0.5, "formats": ["gif"],
                                                 "generation": {"prompt": "a painting", "steps": 2, "seed": 1}})
     assert r.status_code == 202, r.text
     job = _wait(client, r.json()["id"])
     assert job["status"] == "completed", job
-    assert len(job["images"]) == 3 and job["result"]["request"]["mode"] == "video"
+    assert len(job["images"]) == 18 and job["result"]["request"]["mode"] == "video"  # every frame (not 16)
 
 
 @pytest.mark.parametrize("body, status, words", [

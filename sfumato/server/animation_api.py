@@ -31,7 +31,8 @@ class AnimationBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     generation: dict[str, Any] = Field(default_factory=dict, description="generation settings shared by every frame")
     mode: str = "travel"
-    frames: int = 16
+    frames: int | None = Field(None, description="default 16; video mode: every input frame (up to the server's "
+                                                "frame limit)")
     fps: float = 8.0
     prompts: dict[str, str] | str = Field(default_factory=dict, description='{"0": "a red apple", "24": "a pear"}')
     seeds: dict[str, int] | str = Field(default_factory=dict)
@@ -94,6 +95,8 @@ def request_from_body(service, body: AnimationBody) -> AnimationRequest:
     """Wire names and base64 data -> an animation request with paths inside the server's folders."""
     generation = service.request_from_wire(_job_fields(body.generation))
     fields = body.model_dump(exclude={"generation"})
+    if fields["frames"] is None:
+        fields["frames"] = service.settings.limits.max_frames if body.mode == "video" else 16
     if body.init_image:
         fields["init_image"] = service.upload(body.init_image, "init_image")
     if body.video:
