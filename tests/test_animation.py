@@ -359,3 +359,25 @@ def test_animatediff_on_sdxl_shares_the_added_conditioning(sdxl, tmp_path):
     with pytest.raises(Exception, match="3 levels, the model's UNet 2"):  # an SD 1.5 module on SDXL, in small
         motion_latents(engine, AnimationRequest(base, mode="motion", motion_adapter=str(tmp_path / "three-levels"),
                                                 frames=2, formats=[]).validate(), base)
+
+
+def test_animatediff_prompt_travel_inside_one_clip(engine_sd1, motion_files):
+    from sfumato.animation.animatediff import motion_latents
+
+    request, base = _motion(engine_sd1, motion_files["folder"], frames=6)
+    plain, _ = motion_latents(engine_sd1, request, base)
+    one_key, _ = motion_latents(engine_sd1, _motion(engine_sd1, motion_files["folder"], frames=6,
+                                                    prompts={0: "a boat"})[0], base)
+    assert torch_equal(plain, one_key)  # a single keyframe is the plain clip
+    travel, _ = motion_latents(engine_sd1, _motion(engine_sd1, motion_files["folder"], frames=6,
+                                                   prompts={0: "a boat", 5: "a red car"})[0], base)
+    assert (travel - plain).abs().max() > 1e-3
+    with pytest.raises(InvalidRequest, match="plain prompts"):
+        motion_latents(engine_sd1, _motion(engine_sd1, motion_files["folder"], frames=2,
+                                           prompts={0: "a AND b"})[0], base)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

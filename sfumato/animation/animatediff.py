@@ -171,9 +171,11 @@ class WindowedUNet:
     """Calls a motion UNet on [B, C, F, h, w] latents with the frame axis cut into windows of `length` frames that
     overlap by `overlap`; overlapping predictions are averaged. One window when the clip fits."""
 
-    def __init__(self, unet, length: int, overlap: int):
+    def __init__(self, unet, length: int, overlap: int, frame_context: torch.Tensor | None = None,
+                 negative_rows: list[bool] = ()):
         self.unet, self.length, self.overlap = unet, length, overlap
         self.config, self.dtype = unet.config, unet.dtype
+        self.frame_context, self.negative_rows = frame_context, list(negative_rows)  # prompt travel: [F, T, D]
 
     def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, return_dict: bool = False,
                  class_labels=None, added_cond_kwargs=None, timestep_cond=None, **_ignored):
@@ -183,6 +185,12 @@ class WindowedUNet:
         for start in windows(frames, self.length, self.overlap):
             chunk = sample[:, :, start:start + self.length]
             context = encoder_hidden_states.repeat_interleave(chunk.shape[2], dim=0)
+            if self.frame_context is not None:  # each frame its own (travelled) prompt; negatives stay shared
+                n = chunk.shape[2]
+                own = self.frame_context[start:start + n].to(context.device, context.dtype)
+                for row, negative in enumerate(self.negative_rows):
+                    if not negative:
+                        context[row * n:(row + 1) * n] = own
             prediction = self.unet(chunk, timestep, encoder_hidden_states=context, added_cond_kwargs=added_cond_kwargs,
                                    timestep_cond=timestep_cond, return_dict=False)[0]
             total[:, :, start:start + self.length] += prediction
@@ -230,14 +238,18 @@ def motion_latents(engine: "Engine", request: AnimationRequest, base: Generation
     model, encoder = engine.prepared(resolved)
     if model.info.family.prediction_type == "flow":
         raise InvalidRequest(f"AnimateDiff motion modules animate SD 1.5 and SDXL models, not {model.info.family.name}")
-    unet = WindowedUNet(_cached_motion_unet(model, request), request.context_length, request.context_overlap)
+    if request.prompts:
+        guidance, frame_context = _travelled_prompts(encoder, resolved, request)
+    else:
+        guidance, frame_context = guidance_for(encoder, resolved, BatchPrompts.of(resolved, 1)), None
+    unet = WindowedUNet(_cached_motion_unet(model, request), request.context_length, request.context_overlap,
+                        frame_context, guidance.row_is_negative())
     scheduler = scheduler_for(model, resolved, resolved.seed)
     channels, scale = model.pipe.unet.config.in_channels, model.vae_scale
     shape = (1, channels, request.frames, resolved.height // scale, resolved.width // scale)
     generator = torch.Generator("cpu").manual_seed(resolved.seed)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(model.device, model.dtype)
     timesteps = set_timesteps(scheduler, resolved.steps, 1.0, model.device)
-    guidance = guidance_for(encoder, resolved, BatchPrompts.of(resolved, 1))
     done = [0]
 
     def on_step(_latents: torch.Tensor) -> None:
@@ -248,6 +260,29 @@ def motion_latents(engine: "Engine", request: AnimationRequest, base: Generation
     latents = denoise(model, scheduler, noise * scheduler.init_noise_sigma, timesteps, guidance, [generator],
                       resolved.width, resolved.height, None, on_step, None, resolved.eta, unet=unet)
     return latents, resolved
+
+
+def _travelled_prompts(encoder, resolved: GenerationRequest, request: AnimationRequest):
+    """Prompt travel inside one AnimateDiff clip: the guidance of the first keyframe and every frame's text
+    conditioning, interpolated between keyframes (plain prompts; SDXL's pooled vector stays the first keyframe's)."""
+    from sfumato.animation.keyframes import segment
+    from sfumato.pipelines.guidance import Guidance, build_guidance
+    from sfumato.prompts.schedule import has_syntax
+
+    keys = sorted(request.prompts)
+    texts = [request.prompts[k] for k in keys]
+    if any(has_syntax(t) or "<lora:" in t for t in texts):
+        raise InvalidRequest("motion-mode keyframes are plain prompts (no AND, prompt editing or LoRA tags)")
+    many = build_guidance(encoder, texts, [resolved.negative_prompt] * len(texts), resolved.cfg_scale,
+                          resolved.clip_skip, resolved.steps, directions=resolved.directions)
+    first = Guidance([many.parts[0]], [many.negatives[0]], resolved.cfg_scale, many.encoded, many.zero_negative,
+                     many.shift)
+    frames = []
+    for frame in range(request.frames):
+        a, b, t = segment(keys, frame)
+        start, end = many.encoded[request.prompts[a]].embeds, many.encoded[request.prompts[b]].embeds
+        frames.append(start + t * (end - start) + (many.shift.embeds if many.shift is not None else 0))
+    return first, torch.cat(frames)
 
 
 def animate_motion(engine: "Engine", request: AnimationRequest, base: GenerationRequest,

@@ -100,8 +100,8 @@ class AnimationRequest:
             raise InvalidRequest(f"{mode} mode needs {needs[mode][1]}")
         if mode == "interpolate" and len(self.images) != 2:
             raise InvalidRequest(f"interpolate mode takes exactly two images, got {len(self.images)}")
-        if self.prompts and mode not in ("travel", "loopback"):
-            raise InvalidRequest(f"prompt keyframes are for travel and loopback modes, not {mode}")
+        if self.prompts and mode not in ("travel", "loopback", "motion"):
+            raise InvalidRequest(f"prompt keyframes are for travel, loopback and motion modes, not {mode}")
         if self.seeds and mode != "travel":
             raise InvalidRequest("seed keyframes are for travel mode")
         if self.scenes and mode != "story":
