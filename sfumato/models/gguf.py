@@ -15,6 +15,7 @@ the model's dtype). K-quants (`Q4_K`, `Q6_K`, ...) load; `gguf`'s Python writer 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,18 @@ def write_gguf(state: dict[str, torch.Tensor], out: Path, quant: str, metadata: 
 
 
 def read_metadata(path: Path) -> tuple[set[str], dict[str, str], str]:
-    """Tensor names, string metadata and the UNet's quantization ("q8_0", "f16", or "mixed") without the weights."""
+    """Tensor names, string metadata and the UNet's quantization ("q8_0", "f16", or "mixed") without the weights.
+    Cached per file version: `describe` runs for every request, and a header holds thousands of tensor entries."""
+    stat = Path(path).stat()
+    return _read_metadata(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _read_metadata(path: str, _mtime_ns: int, _size: int) -> tuple[set[str], dict[str, str], str]:
     from gguf import GGUFReader, GGUFValueType
 
     try:
-        reader = GGUFReader(str(path))
+        reader = GGUFReader(path)
     except (ValueError, OSError, IndexError) as exc:
         raise UnsupportedModel(f"{path} is not a readable GGUF file ({exc})") from None
     strings = {}

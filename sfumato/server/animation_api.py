@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sfumato.animation.request import AnimationRequest
 from sfumato.animation.run import preflight
 from sfumato.errors import InvalidRequest, ModelNotFound
-from sfumato.server.uploads import UploadTooLarge, decode_base64
+from sfumato.server.uploads import UploadTooLarge, decode_base64, store_bytes
 
 Schedule = float | str | dict[str, float]
 VIDEO_NAME = re.compile(r"^[0-9a-f]{32}\.(gif|webp|mp4)$")
@@ -81,14 +81,7 @@ def _store_video(service, data: str) -> str:
         suffix = ".webp"
     if suffix is None:
         raise InvalidRequest("video must be MP4, WebM, GIF or WebP")
-    import hashlib
-
-    path = service.store.uploads_dir / f"{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"
-    if not path.exists():
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(raw)
-        tmp.replace(path)
-    return str(path)
+    return store_bytes(raw, service.store.uploads_dir, suffix)
 
 
 def request_from_body(service, body: AnimationBody) -> AnimationRequest:

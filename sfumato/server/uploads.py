@@ -58,11 +58,14 @@ def open_image(data: bytes, limits: Limits, what: str = "image") -> Image.Image:
 
 def store_image(image: Image.Image, folder: Path) -> str:
     """Save as RGB PNG under `folder`, named by content hash; return the path (only the server uses it)."""
-    image = image.convert("RGB")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    data = buffer.getvalue()
-    path = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+    image.convert("RGB").save(buffer, format="PNG")
+    return store_bytes(buffer.getvalue(), folder, ".png")
+
+
+def store_bytes(data: bytes, folder: Path, suffix: str) -> str:
+    """Write `data` under `folder` named by its content hash (atomically, once); return the path."""
+    path = Path(folder) / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
     if not path.exists():
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)
