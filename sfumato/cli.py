@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--inpainting", action="store_true")
     _add_train_parser(commands)
     from sfumato.cli_animate import add_animate_parser
+    from sfumato.cli_batch import add_batch_parser
     from sfumato.cli_eval import add_eval_parsers
     from sfumato.cli_image import add_image_parsers
     from sfumato.cli_tools import add_tool_parsers
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(commands)
     add_image_parsers(commands)
     add_animate_parser(commands)
+    add_batch_parser(commands)
     add_tool_parsers(commands)
     _add_serve_parser(commands)
 
@@ -651,13 +653,19 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return {"merge": cli_tools.cmd_merge, "lora": cli_tools.cmd_lora, "portrait": cli_tools.cmd_portrait}[args.command](args)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sfumato.cli_batch import cmd_batch as run
+
+    return run(args)
+
+
 def cmd_animate(args: argparse.Namespace) -> int:
     from sfumato.cli_animate import cmd_animate as run
 
     return run(args)
 
 
-COMMANDS = {"animate": cmd_animate, "merge": cmd_tools, "lora": cmd_tools, "portrait": cmd_tools, "upscale": cmd_image, "upscalers": cmd_image, "colorize": cmd_image, "restore": cmd_image,
+COMMANDS = {"animate": cmd_animate, "batch": cmd_batch, "merge": cmd_tools, "lora": cmd_tools, "portrait": cmd_tools, "upscale": cmd_image, "upscalers": cmd_image, "colorize": cmd_image, "restore": cmd_image,
             "style": cmd_image, "serve": cmd_serve, "eval": cmd_eval, "grid": cmd_grid, "train": cmd_train, "data": cmd_data, "generate": cmd_generate, "info": cmd_info, "replay": cmd_replay, "convert": cmd_convert,
             "models": cmd_models, "make-tiny": cmd_make_tiny, "preprocess": cmd_preprocess}
 

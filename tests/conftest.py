@@ -71,3 +71,12 @@ def engine_sd1(sd1):
     from sfumato.engine import Engine
 
     return Engine(sd1)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (2 CPUs, no dashboard), started on first use."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
