@@ -292,6 +292,11 @@ def _add_serve_parser(commands) -> None:
                        help="step previews while a client watches: a linear latent->RGB map (cheap), a VAE decode "
                             "(full), or none")
     serve.add_argument("--data-dir", type=Path, default=Path("sfumato-server"), help="job database and images")
+    serve.add_argument("--store", default=os.environ.get("SFUMATO_STORE"), metavar="URL",
+                       help="job store: sqlite (data-dir/jobs.sqlite3, default) or postgresql://user@host/db, one "
+                            "queue for several servers (they must share --data-dir); or set $SFUMATO_STORE")
+    serve.add_argument("--store-lease", type=float, default=30.0, metavar="S",
+                       help="shared store: a running job whose server has been silent this long runs again elsewhere")
     serve.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin (repeatable)")
     serve.add_argument("--allowed-host", action="append", default=[],
                        help="answer requests for this Host name besides loopback names and the bind address "
@@ -615,6 +620,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=_api_key(args),
                               insecure_no_auth=args.insecure_no_auth, max_batch_size=args.max_batch_size,
                               batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size, data_dir=args.data_dir,
+                              store=args.store, store_lease_s=args.store_lease,
                               cors_origins=tuple(args.cors_origin), allowed_hosts=tuple(args.allowed_host),
                               safety=args.safety,
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,

@@ -80,3 +80,61 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def _postgres_bin() -> "Path | None":
+    import glob
+    import shutil
+    from pathlib import Path
+
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(versions[-1]).parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL for this session (Debian `postgresql`, installed by .ci/run), on a free loopback port, in a
+    throwaway data folder; yields a function that makes a fresh database and returns its URL."""
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    import uuid
+
+    psycopg = pytest.importorskip("psycopg")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    folder = tempfile.mkdtemp(prefix="sfumato-pg-")
+    run_as: dict = {}
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the postgres user
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        run_as = {"user": user.pw_uid, "group": user.pw_gid}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = os.path.join(folder, "data")
+    subprocess.run([bindir / "initdb", "-D", data, "-U", "sfumato", "--auth=trust", "-E", "UTF8", "--no-sync"],
+                   check=True, capture_output=True, **run_as)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run([bindir / "pg_ctl", "-D", data, "-o", options, "-l", os.path.join(folder, "log"), "-w", "start"],
+                   check=True, capture_output=True, **run_as)
+    admin = psycopg.connect(f"postgresql://sfumato@127.0.0.1:{port}/postgres", autocommit=True)
+
+    def fresh_database() -> str:
+        name = "t" + uuid.uuid4().hex[:12]
+        admin.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://sfumato@127.0.0.1:{port}/{name}"
+
+    yield fresh_database
+    admin.close()
+    subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **run_as)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -201,9 +201,9 @@ def test_a_batch_that_is_not_full_waits_for_late_jobs(tmp_path, sd1, wait_ms, ex
 
 
 def test_store_tells_listeners_once_when_a_job_finishes(tmp_path):
-    from sfumato.server.store import JobStore
+    from sfumato.server.store import SqliteJobStore
 
-    store = JobStore(tmp_path, queue_size=8)
+    store = SqliteJobStore(tmp_path, queue_size=8)
     heard = []
     store.on_final.append(heard.append)
     done, failed, cancelled = (store.add({"prompt": p}).id for p in "abc")

@@ -34,7 +34,7 @@ from sfumato.safety.classifier import SafetySettings
 from sfumato.server.errors import error_body
 from sfumato.server.guard import BrowserGuard, HostPolicy
 from sfumato.server.settings import ServerSettings
-from sfumato.server.store import FINAL, Job, JobStore, QueueFull, is_whole_png
+from sfumato.server.store import FINAL, Job, QueueFull, is_whole_png, open_store
 from sfumato.server.uploads import decode_base64, open_image, store_image
 from sfumato.server.worker import Worker
 
@@ -49,7 +49,8 @@ class Service:
         self.settings = settings
         safety = SafetySettings(settings.safety, settings.safety_threshold, settings.safety_policy)
         self.engine = Engine(device=settings.device, safety=safety, compile=settings.compile, memory=settings.memory)
-        self.store = JobStore(settings.data_dir, settings.queue_size)
+        self.store = open_store(settings.store, settings.data_dir, settings.queue_size, not settings.shared_store,
+                                settings.store_lease_s)
         self._upscale_lock = threading.Lock()
         self.worker = Worker(self.store, self.engine, settings.max_batch_size, settings.batch_wait_ms / 1000,
                              settings.preview)

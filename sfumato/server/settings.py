@@ -36,6 +36,9 @@ class ServerSettings:
     batch_wait_ms: float = 30.0  # a batch that is not full waits this long for more compatible jobs
     queue_size: int = 256
     data_dir: Path = Path("sfumato-server")
+    store: str | None = None  # the job store: None/"sqlite" (data_dir/jobs.sqlite3) or a postgresql://… URL
+    store_lease_s: float = 30.0  # shared stores: a silent owner's running jobs are claimed again after this
+    shared_store: bool = False  # other servers use the same SQLite store (Ray Serve replicas): leases, no takeover
     cors_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback names and the bind address
     safety: str = "blur"
@@ -58,6 +61,8 @@ class ServerSettings:
             raise InvalidRequest("--preview must be cheap, full or off")
         if self.compile not in (None, "default", "reduce-overhead", "max-autotune"):
             raise InvalidRequest("--compile must be default, reduce-overhead or max-autotune")
+        if not 1 <= self.store_lease_s <= 3600:
+            raise InvalidRequest("--store-lease must be between 1 and 3600 seconds")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise InvalidRequest("--batch-wait-ms must be between 0 and 10000")
         return self

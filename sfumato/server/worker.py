@@ -27,6 +27,7 @@ from sfumato.server.store import Job, JobStore
 log = logging.getLogger("sfumato.server")
 PREVIEW_EVERY_S = 0.5
 WATCH_S = 2.0  # previews keep being made this long after a client last asked
+CLAIM_CHECK_S = 1.0  # shared stores: how often a running batch checks that its jobs are still its own
 PREVIEW_MODES = ("cheap", "full", "off")
 
 
@@ -59,6 +60,8 @@ class Worker:
         self._last_preview = 0.0
         self._keys: dict[str, tuple] = {}  # job id -> batch key (computed once per job)
         self._serial = itertools.count()  # keeps the keys of jobs that must run alone distinct
+        self._last_stale_check = 0.0  # shared stores: when this worker last re-queued dead replicas' jobs
+        self._last_claim_check = 0.0  # ... and when the running batch last checked its jobs are still its own
         self._thread = threading.Thread(target=self._loop, name="sfumato-worker", daemon=True)
 
     def start(self) -> None:
@@ -106,6 +109,9 @@ class Worker:
         if self._store_failed:  # nothing runs between batches: jobs left `running` by the failure run again
             self.store.requeue_running()
             self._store_failed = False
+        if not self.store.exclusive and time.monotonic() - self._last_stale_check > self.store.lease_s / 3:
+            self._last_stale_check = time.monotonic()
+            self.store.requeue_stale()  # a killed replica's jobs: claimed again here or by another
         batch = self._pick()
         if batch and self.batch_wait_s and _images(batch) < self.max_batch_size:
             self._stop.wait(self.batch_wait_s)
@@ -190,19 +196,24 @@ class Worker:
             ids = []
             try:
                 for k, item in enumerate(result.images):
-                    image_id = f"{job.id}-{k}"
+                    image_id = _image_id(job, k)
                     save_generated(item, self.store.images_dir / f"{image_id}.png", model_sha)
                     ids.append(image_id)
             except SfumatoError as exc:  # disk full: this job fails cleanly, its saved images are removed
-                for image_id in ids:
-                    (self.store.images_dir / f"{image_id}.png").unlink(missing_ok=True)
+                self._remove(ids)
                 self.store.fail(job.id, str(exc))
                 continue
-            self.store.complete(job.id, {
+            completed = self.store.complete(job.id, {
                 "images": ids, "seeds": [i.seed for i in result.images], "subseeds": [i.subseed for i in result.images],
                 "infotexts": [i.infotext for i in result.images], "nsfw": [i.nsfw for i in result.images],
                 "blocked": result.blocked, "seconds": round(result.seconds, 3), "request": result.request.to_dict(),
                 "batch_jobs": len(jobs)})
+            if not completed:  # cancelled meanwhile, or another replica claimed it again (this one looked dead)
+                self._remove(ids)
+
+    def _remove(self, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            (self.store.images_dir / f"{image_id}.png").unlink(missing_ok=True)
 
     def _run_animation(self, job: Job) -> None:
         """An animation job: frames saved as images of the job, videos under videos/, metrics in the result."""
@@ -227,7 +238,7 @@ class Worker:
         if job.id in self._cancelled:
             return
         model_sha = sha256(self.engine.model_path(result.frames[0].request.model))
-        ids = [f"{job.id}-{k}" for k in range(len(result.frames))]
+        ids = [_image_id(job, k) for k in range(len(result.frames))]
         videos_dir = self.store.data_dir / "videos"
         try:
             for image_id, item in zip(ids, result.frames):
@@ -236,20 +247,25 @@ class Worker:
             videos = {kind: write_video([f.image for f in result.frames], videos_dir / f"{job.id}.{kind}", request.fps)
                       for kind in request.formats}
         except (SfumatoError, OSError) as exc:  # disk full: the job fails cleanly, nothing half-written stays
-            for image_id in ids:
-                (self.store.images_dir / f"{image_id}.png").unlink(missing_ok=True)
+            self._remove(ids)
             for kind in request.formats:
                 (videos_dir / f"{job.id}.{kind}").unlink(missing_ok=True)
             self.store.fail(job.id, str(exc))
             return
-        self.store.complete(job.id, {
+        completed = self.store.complete(job.id, {
             "images": ids, "videos": {kind: f"/api/v1/videos/{path.name}" for kind, path in videos.items()},
             "metrics": result.metrics, "seeds": [f.seed for f in result.frames],
             "infotexts": [f.infotext for f in result.frames], "seconds": round(result.seconds, 3),
             "request": request.to_dict()})
+        if not completed:
+            self._remove(ids)
 
     def _check_cancelled(self) -> None:
-        if any(job_id in self._cancelled for job_id in self.progress.job_ids):
+        ids = self.progress.job_ids
+        if not self.store.exclusive and time.monotonic() - self._last_claim_check > CLAIM_CHECK_S:
+            self._last_claim_check = time.monotonic()  # cancelled through another replica, or claimed again
+            self._cancelled.update(self.store.lost(ids))
+        if any(job_id in self._cancelled for job_id in ids):
             raise Interrupted()
 
     def _on_step(self, done: int, total: int) -> None:
@@ -270,6 +286,11 @@ class Worker:
         buffer = io.BytesIO()
         self.engine.preview_image(latents, full=self.preview == "full").save(buffer, format="PNG")
         self.progress.preview_png, self.progress.preview_step = buffer.getvalue(), self.progress.step
+
+
+def _image_id(job: Job, index: int) -> str:
+    """`JOB-K`; a job run again after its first claim was lost gets `JOB-aN-K`: the attempts never share a file."""
+    return f"{job.id}-{index}" if job.attempts == 0 else f"{job.id}-a{job.attempts + 1}-{index}"
 
 
 def _images(jobs: list[Job]) -> int:
