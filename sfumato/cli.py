@@ -301,6 +301,15 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--allowed-host", action="append", default=[],
                        help="answer requests for this Host name besides loopback names and the bind address "
                             "(repeatable; e.g. the name a reverse proxy forwards)")
+    ray = serve.add_argument_group("Ray Serve (several replicas, one queue)")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="serve through Ray Serve: a local Ray instance, or the cluster at ADDRESS")
+    ray.add_argument("--replicas", type=int, default=1, help="generation replicas, each with its own engine")
+    ray.add_argument("--autoscale", metavar="MIN,MAX", help="scale replicas between MIN and MAX on load")
+    ray.add_argument("--autoscale-target", type=float, default=2.0,
+                     help="requests in flight per replica that autoscaling aims at")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (fractions share one)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
     _add_compile_arg(serve)
     _add_memory_args(serve)
     serve.add_argument("--max-side", type=int, default=2048)
@@ -626,6 +635,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
                               limits=limits, device=args.device, preview=args.preview,
                               compile=args.compile, memory=memory_from_args(args))
+    if args.ray:
+        from sfumato.scale import serve as ray_serve
+
+        scale = ray_serve.ServeScale(args.replicas, ray_serve.parse_autoscale(args.autoscale) if args.autoscale
+                                     else None, args.autoscale_target, args.gpus_per_replica, args.cpus_per_replica,
+                                     args.ray)
+        ray_serve.run_forever(settings, scale, lambda: print(
+            f"sfumato serving on Ray Serve at http://{args.host}:{args.port} ({args.autoscale or args.replicas} "
+            f"replicas{', API key required' if settings.api_key else ''})", file=sys.stderr, flush=True))
+        return 0
     app = create_app(settings.check())
     print(f"sfumato serving {app.state.service.current_model or 'no model'} on http://{args.host}:{args.port} "
           f"(docs at /docs{', API key required' if settings.api_key else ''})", file=sys.stderr, flush=True)

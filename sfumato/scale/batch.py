@@ -169,9 +169,9 @@ def _run_on_ray(out: Path, settings: BatchSettings, batch_size: int, address: st
     """The pending rows through Ray Data: read as a stream, `map_batches` over an actor pool of `BatchWorker`s."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, log_to_driver=False,
-                 include_dashboard=False, configure_logging=False)
+    from sfumato.scale.cluster import connect
+
+    connect(address)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

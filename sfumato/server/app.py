@@ -380,7 +380,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.get("/healthz", tags=["server"])
     def healthz():
         return {"status": "ok", "version": __version__, "model": service.current_model,
-                "recovered_jobs": service.store.recovered}
+                "recovered_jobs": service.store.recovered, "replica": service.store.owner}
 
     @app.get("/metrics", tags=["server"], dependencies=guarded, response_class=PlainTextResponse)
     def metrics():
@@ -530,8 +530,8 @@ async def _events(service: Service, job_id: str):
     while True:
         job = service.store.get(job_id)
         if job.status == "queued" and not sent_queued:
-            position = [j.id for j in service.store.queued()].index(job_id)
-            yield event("queued", {"id": job_id, "position": position})
+            waiting = [j.id for j in service.store.queued()]  # it may have started meanwhile (another replica)
+            yield event("queued", {"id": job_id, "position": waiting.index(job_id) if job_id in waiting else 0})
             sent_queued = True
         elif job.status == "running":
             service.worker.watch()
