@@ -22,12 +22,16 @@ def add_eval_parsers(commands) -> None:
                            ("is", "Inception Score (needs class logits)"), ("clip-score", "CLIP score of captions"),
                            ("adherence", "top-k retrieval of each image's prompt among labelled references")):
         sub = metrics.add_parser(name, help=helptext)
-        sub.add_argument("--fake", type=Path, required=True, help="folder of generated images")
+        sub.add_argument("--fake", type=Path, required=True,
+                         help="folder of generated images, or a `sfumato batch` manifest (OUT/manifest.parquet or OUT)")
         sub.add_argument("--real", type=Path, required=name in ("fid", "kid", "adherence"),
                          help="folder of reference images")
         sub.add_argument("--extractor", default="open-nsfw", help=extractor_help)
         sub.add_argument("--save", type=Path, help="append the result to DIR/metrics.jsonl (for `eval report`)")
         sub.add_argument("--json", action="store_true")
+        sub.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                         help="extract features on Ray Data (a local instance, or the cluster at ADDRESS)")
+        sub.add_argument("--replicas", type=int, default=2, help="Ray: extractor actors")
         if name == "kid":
             sub.add_argument("--subsets", type=int, default=100)
             sub.add_argument("--subset-size", type=int, default=1000)
@@ -120,41 +124,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       f"temporal SSIM: {report['temporal_ssim']:.4f} over {report['frames']} frames (worst pair "
                       f"{report['worst_pair']}: {report['temporal_ssim_worst']:.4f}), flicker {report['flicker']:.4f}")
         return 0
-    fake = ev_images.load_folder(args.fake, "--fake folder")
+    from sfumato.scale.evaluate import image_set
+
+    fake, fake_prompts = image_set(args.fake)
     record: dict[str, Any] = {"metric": args.metric, "fake": str(args.fake), "fake_images": len(fake)}
+    if args.replicas < 1:
+        raise InvalidRequest("--replicas must be at least 1")
     if args.metric == "clip-score":
         from sfumato.evaluation.clip_score import ClipScorer
 
-        scorer = ClipScorer(args.clip_model)
-        value = float(scorer.scores(fake, ev_images.image_captions(args.fake, args.captions)).mean())
-        _print_metric(args, record | {"value": value, "model": scorer.name},
-                      f"CLIP score ({scorer.name}): {value:.3f} over {len(fake)} images")
+        captions = (ev_images.image_captions(args.fake, args.captions) if args.captions or fake_prompts is None
+                    else fake_prompts)
+        if len(captions) != len(fake):
+            raise InvalidRequest(f"{len(captions)} captions for {len(fake)} images")
+        if args.ray:
+            from sfumato.scale.evaluate import ray_values
+
+            scores, name = ray_values(str(args.clip_model), "clip", fake, args.ray, args.replicas, 32, captions), \
+                f"clip:{args.clip_model.name}"
+        else:
+            scorer = ClipScorer(args.clip_model)
+            scores, name = scorer.scores(_load(fake), captions), scorer.name
+        value = float(np.mean(scores))
+        _print_metric(args, record | {"value": value, "model": name},
+                      f"CLIP score ({name}): {value:.3f} over {len(fake)} images")
         return 0
     from sfumato.evaluation.features import load_extractor
 
     extractor = load_extractor(args.extractor)
     record["extractor"] = extractor.name
     bar = tqdm(total=len(fake), unit="img", desc="features", file=sys.stderr, disable=None)
+
+    def values(paths, kind: str = "features"):
+        """Features (or logits) of images: on Ray Data with --ray, else here; the same batches either way."""
+        if args.ray:
+            from sfumato.scale.evaluate import ray_values
+
+            return ray_values(args.extractor, kind, paths, args.ray, args.replicas, extractor.batch_size,
+                              progress=bar.update)
+        return getattr(extractor, kind)(_load(paths), bar.update)
+
     if args.metric == "is":
-        mean, std = metrics.inception_score(extractor.logits(fake, bar.update), args.splits)
+        mean, std = metrics.inception_score(values(fake, "logits"), args.splits)
         bar.close()
         _print_metric(args, record | {"value": mean, "std": std},
                       f"IS ({extractor.name}): {mean:.3f} ± {std:.3f} over {len(fake)} images")
         return 0
-    from sfumato.evaluation.sweep import labelled_reference
+    from sfumato.evaluation.sweep import labelled_reference_paths
 
-    real, labels = labelled_reference(args.real)  # metadata.jsonl rows (subfolders allowed), else the folder's images
+    real, labels = labelled_reference_paths(args.real)  # metadata.jsonl rows (subfolders allowed), else the folder's images
     record |= {"real": str(args.real), "real_images": len(real)}
     if args.metric == "adherence":
-        prompts = ev_images.image_captions(args.fake)
+        prompts = fake_prompts if fake_prompts is not None else ev_images.image_captions(args.fake)
         index = {label: i for i, label in enumerate(labels) if label}
         missing = [p for p in prompts if p not in index]
         if missing:
             raise InvalidRequest(f"{len(missing)} prompts have no labelled reference image (e.g. {missing[0]!r}); "
                                  "label --real images by name/text in its metadata.jsonl")
         bar.total = len(fake) + len(real)
-        ranks = metrics.retrieval_ranks(extractor.features(fake, bar.update), extractor.features(real, bar.update),
-                                        [index[p] for p in prompts])
+        ranks = metrics.retrieval_ranks(values(fake), values(real), [index[p] for p in prompts])
         bar.close()
         top1, top5 = metrics.top_k_accuracy(ranks, 1), metrics.top_k_accuracy(ranks, 5)
         _print_metric(args, record | {"value": top1, "top1": top1, "top5": top5},
@@ -162,7 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       f"against {len(real)} references")
         return 0
     bar.total = len(fake) + len(real)
-    fake_f, real_f = extractor.features(fake, bar.update), extractor.features(real, bar.update)
+    fake_f, real_f = values(fake), values(real)
     bar.close()
     if args.metric == "fid":
         value = metrics.frechet_distance(fake_f, real_f)
@@ -173,6 +201,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _print_metric(args, record | {"value": mean, "std": std},
                       f"KID ({extractor.name}): {mean:.5f} ± {std:.5f}  [{len(real)} real, {len(fake)} fake]")
     return 0
+
+
+def _load(paths):
+    from sfumato.scale.evaluate import load
+
+    return load(paths)
 
 
 def _eval_steps(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -82,10 +83,9 @@ def ray_local():
     ray.shutdown()
 
 
-def _postgres_bin() -> "Path | None":
+def _postgres_bin() -> Path | None:
     import glob
     import shutil
-    from pathlib import Path
 
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):

@@ -59,7 +59,13 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def labelled_reference(folder: Path) -> tuple[list[Image.Image], list[str | None]]:
-    """Reference images and labels: the rows of `folder/metadata.jsonl` (`file_name`, and `name` or the first
+    """Reference images and labels (see `labelled_reference_paths`)."""
+    paths, labels = labelled_reference_paths(folder)
+    return [Image.open(p).convert("RGB") for p in paths], labels
+
+
+def labelled_reference_paths(folder: Path) -> tuple[list[Path], list[str | None]]:
+    """Reference image files and labels: the rows of `folder/metadata.jsonl` (`file_name`, and `name` or the first
     `text` as label; files may sit in subfolders), else the images directly in `folder`, unlabelled."""
     from sfumato.evaluation.images import image_files
 
@@ -67,8 +73,8 @@ def labelled_reference(folder: Path) -> tuple[list[Image.Image], list[str | None
     meta = folder / "metadata.jsonl"
     if not meta.is_file():
         files = image_files(folder, "reference folder")
-        return [Image.open(p).convert("RGB") for p in files], [None] * len(files)
-    images, labels = [], []
+        return files, [None] * len(files)
+    paths, labels = [], []
     root = folder.resolve()
     for line in meta.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -78,11 +84,11 @@ def labelled_reference(folder: Path) -> tuple[list[Image.Image], list[str | None
         if not path.is_relative_to(root) or not path.is_file():
             raise InvalidRequest(f"{meta}: {row['file_name']!r} is not an image inside {folder}")
         text = row.get("name") or row.get("text")
-        images.append(Image.open(path).convert("RGB"))
+        paths.append(path)
         labels.append(text[0] if isinstance(text, list) else text)
-    if not images:
+    if not paths:
         raise InvalidRequest(f"{meta} lists no images")
-    return images, labels
+    return paths, labels
 
 
 class _Scorer:
