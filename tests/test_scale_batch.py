@@ -158,6 +158,9 @@ def test_ray_data_gives_the_same_images_and_manifest(tmp_path, ray_local):
     # two single-thread actors: other float summation order, so equal up to one level of 255
     ray2 = run_batch(jobs, tmp_path / "ray2", seed=3, ray="local", replicas=2, cpus_per_replica=1, batch_size=2)
     assert here.images == ray1.images == ray2.images == 5
+    # ids that look like numbers stay the plan's strings on Ray (no type guessing on the way)
+    numeric = run_batch(write_jsonl(tmp_path / "two.jsonl", ROWS[:2]), tmp_path / "ray3", seed=3, ray="local")
+    assert numeric.made == 2 and [e["row"] for e in manifest(tmp_path / "ray3")] == ["000001", "000002"]
     columns = ("row", "image", "of", "path", "seed", "subseed", "request")
     expected = [{c: e[c] for c in columns} for e in manifest(tmp_path / "here")]
     for name, tolerance in (("ray1", 0), ("ray2", 1)):

@@ -91,3 +91,22 @@ def test_a_killed_replicas_jobs_complete_on_the_other(served):
     while _replica_states() != {"RUNNING": 2}:  # Ray Serve replaced the killed replica
         assert time.time() < deadline, _replica_states()
         time.sleep(0.5)
+
+
+def test_the_declarative_builder_checks_its_arguments_and_keeps_the_key_out_of_the_config(monkeypatch, tmp_path):
+    from ray.serve import Application
+
+    from sfumato.errors import InvalidRequest
+    from sfumato.scale import serve as ray_serve
+
+    with pytest.raises(InvalidRequest, match="unknown sfumato application arguments: api_key"):
+        ray_serve.build({"api_key": "in-the-yaml"})
+    with pytest.raises(InvalidRequest, match="--autoscale is MIN,MAX"):
+        ray_serve.build({"autoscale": "4"})
+    with pytest.raises(InvalidRequest, match="--autoscale is MIN,MAX with"):
+        ray_serve.build({"autoscale": "3,1"})
+    monkeypatch.delenv("SFUMATO_API_KEY", raising=False)
+    assert isinstance(ray_serve.build({"data_dir": str(tmp_path), "replicas": "2"}), Application)
+    monkeypatch.setenv("SFUMATO_API_KEY", "secret")
+    app = ray_serve.build({"data_dir": str(tmp_path), "autoscale": "1,4", "allowed_hosts": "sfumato.example.com"})
+    assert isinstance(app, Application)

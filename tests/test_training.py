@@ -347,6 +347,34 @@ def test_two_process_run_with_accelerate_launch(tiny_ldm, squares, tmp_path):
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
 
 
+def test_two_machine_recipe_with_accelerate_launch(tiny_ldm, squares, tmp_path):
+    """The multi-node recipe of the README: one `accelerate launch` per machine (--num_machines 2, --machine_rank,
+    the main machine's address and port), here two "machines" on loopback, each with its own cache folder."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    launches = []
+    for rank in (0, 1):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "-m", "sfumato.cli", "train", "full", "--model", str(tiny_ldm), "--data", str(squares), "--output",
+                   str(out), "--steps", "3", "--batch-size", "2", "--resolution", "32", "--cache-dir",
+                   str(tmp_path / f"cache-{rank}")]
+        launches.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [launch.communicate(timeout=600) for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    report = json.loads(outputs[0][0][outputs[0][0].index("{"):])  # the main machine reports
+    assert report["processes"] == 2 and report["steps"] == 3
+    assert outputs[1][0].strip() == ""  # the other machine trains its share and prints nothing
+    assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+
 def test_train_cli_errors_are_one_line(tmp_path, sd1):
     from sfumato.cli import main
 

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 from sfumato.errors import InvalidRequest, SfumatoError
 from sfumato.scale import plan as plans
 
-MANIFEST_COLUMNS = ("row", "image", "of", "path", "seed", "subseed", "request", "seconds", "worker", "blocked", "error")
+MANIFEST_COLUMNS = ("row", "image", "of", "path", "seed", "subseed", "request", "seconds", "worker", "finished",
+                    "blocked", "error")
 
 
 @dataclass
@@ -47,12 +48,16 @@ class BatchReport:
 
 
 class BatchWorker:
-    """One `Engine`; called with a batch of plan rows (`row`, `images`, `request` columns), returns manifest rows."""
+    """One `Engine`; called with a batch of plan lines (a `text` column, as Ray Data's `read_text` gives them),
+    returns the manifest entries of their images (an `entry` column of JSON)."""
 
     def __init__(self, out: str, settings: BatchSettings | None = None):
         from sfumato.engine import Engine
         from sfumato.safety.classifier import SafetySettings
 
+        from sfumato.scale.cluster import fit_threads
+
+        fit_threads()
         settings = settings or BatchSettings()
         self.out = Path(out)
         self.images_dir = self.out / "images"
@@ -62,8 +67,7 @@ class BatchWorker:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        rows = [plans.PlanRow.from_line(json.dumps({"row": str(r), "images": int(n), "request": str(q)}))
-                for r, n, q in zip(batch["row"], batch["images"], batch["request"])]
+        rows = [plans.PlanRow.from_line(str(line)) for line in batch["text"]]
         entries: list[dict[str, Any]] = []
         started = time.perf_counter()
         try:
@@ -86,8 +90,8 @@ class BatchWorker:
     def _entry(self, planned: plans.PlanRow, image: int, **extra: Any) -> dict[str, Any]:
         return {"row": planned.row, "image": image, "of": planned.images, "path": None,
                 "seed": planned.request.seed + image, "subseed": planned.request.subseed + image,
-                "request": planned.request.to_json(), "seconds": None, "worker": self.worker, "blocked": None,
-                "error": None, **extra}
+                "request": planned.request.to_json(), "seconds": None, "worker": self.worker,
+                "finished": time.time(), "blocked": None, "error": None, **extra}
 
     def _save(self, planned: plans.PlanRow, result, seconds: float | None) -> list[dict[str, Any]]:
         """Write a row's PNGs; `seconds`: this image's share of its engine call (None: the row ran alone)."""
@@ -108,17 +112,16 @@ class BatchWorker:
         return entries
 
 
-def _chunks(path: Path, size: int) -> Iterator[dict[str, list]]:
-    """The pending rows in batches of `size` (column lists, the shape Ray Data hands an actor)."""
-    batch: list[dict] = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            batch.append(json.loads(line))
-            if len(batch) == size:
-                yield {k: [b[k] for b in batch] for k in ("row", "images", "request")}
-                batch = []
+def _chunks(out: Path, size: int) -> Iterator[dict[str, list]]:
+    """The pending plan lines in batches of `size` (the shape Ray Data hands an actor)."""
+    batch: list[str] = []
+    for line in plans.pending_lines(out):
+        batch.append(line)
+        if len(batch) == size:
+            yield {"text": batch}
+            batch = []
     if batch:
-        yield {k: [b[k] for b in batch] for k in ("row", "images", "request")}
+        yield {"text": batch}
 
 
 def run_batch(jobs: Path, out: Path, model: str | None = None, seed: int | None = None, batch_size: int = 4,
@@ -134,7 +137,7 @@ def run_batch(jobs: Path, out: Path, model: str | None = None, seed: int | None 
     started = time.perf_counter()
     header = plans.make_plan(jobs, out, model, seed)
     done = plans.done_rows(out)
-    pending_rows, pending_images = plans.write_pending(out, done)
+    pending_rows, pending_images = plans.write_pending(out, done, rows_per_file=4 * batch_size)
     made = images = failed = 0
     settings = settings or BatchSettings()
     with open(out / plans.JOURNAL, "a", encoding="utf-8") as journal:
@@ -160,7 +163,7 @@ def run_batch(jobs: Path, out: Path, model: str | None = None, seed: int | None 
 
 def _run_here(out: Path, settings: BatchSettings, batch_size: int) -> Iterator[dict[str, list]]:
     worker = BatchWorker(str(out), settings)
-    for batch in _chunks(out / plans.PENDING, batch_size):
+    for batch in _chunks(out, batch_size):
         yield worker(batch)
 
 
@@ -176,9 +179,9 @@ def _run_on_ray(out: Path, settings: BatchSettings, batch_size: int, address: st
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    # reading the plan is light: it takes no CPU slot, so N actors can hold every core of a small machine
-    dataset = ray.data.read_json(str((out / plans.PENDING).resolve()), lines=True, override_num_blocks=replicas,
-                                 num_cpus=0)
+    # plan lines as text (no type guessing: row ids like 000001 stay strings), a block per pending file so the
+    # actors share them; reading is light and takes no CPU slot, so N actors can hold every core of a small machine
+    dataset = ray.data.read_text(str((out / plans.PENDING).resolve()), num_cpus=0)
     made = dataset.map_batches(BatchWorker, fn_constructor_kwargs={"out": str(out.resolve()), "settings": settings},
                                batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
                                num_gpus=gpus or None, num_cpus=cpus, batch_format="numpy")
@@ -202,7 +205,8 @@ def write_manifest(out: Path) -> Path:
     rows = sorted(latest.values(), key=lambda e: (order[e["row"]], e["image"]))
     schema = pa.schema([("row", pa.string()), ("image", pa.int32()), ("of", pa.int32()), ("path", pa.string()),
                         ("seed", pa.int64()), ("subseed", pa.int64()), ("request", pa.string()),
-                        ("seconds", pa.float64()), ("worker", pa.string()), ("blocked", pa.string()),
+                        ("seconds", pa.float64()), ("worker", pa.string()), ("finished", pa.float64()),
+                        ("blocked", pa.string()),
                         ("error", pa.string())])
     table = pa.Table.from_pylist([{c: e.get(c) for c in MANIFEST_COLUMNS} for e in rows], schema=schema)
     path = out / plans.MANIFEST

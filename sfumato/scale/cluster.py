@@ -24,3 +24,20 @@ def connect(address: str | None) -> None:
     ray.init(address=None if address in (None, "local") else address, include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": worker_env()})
     logging.getLogger("ray").setLevel(logging.WARNING)
+
+
+def fit_threads() -> None:
+    """Inside a Ray actor or replica: torch uses as many threads as CPUs Ray gave it (never every core of the node:
+    N actors with all-core thread pools on one machine spin against each other)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # not in a Ray worker
+        return
+    if cpus:
+        import torch
+
+        torch.set_num_threads(max(1, int(cpus)))

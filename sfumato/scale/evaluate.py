@@ -53,6 +53,9 @@ class FeatureWorker:
     """An actor: one extractor (or CLIP scorer), called with chunks of image paths (and captions)."""
 
     def __init__(self, spec: str, kind: str):
+        from sfumato.scale.cluster import fit_threads
+
+        fit_threads()
         self.kind = kind
         if kind == "clip":
             from sfumato.evaluation.clip_score import ClipScorer

@@ -24,7 +24,7 @@ from sfumato.requests import GenerationRequest, MAX_SEED
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 ROW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-PLAN, PENDING, JOURNAL, MANIFEST = "plan.jsonl", "pending.jsonl", "manifest.jsonl", "manifest.parquet"
+PLAN, PENDING, JOURNAL, MANIFEST = "plan.jsonl", "pending", "manifest.jsonl", "manifest.parquet"
 
 
 @dataclass
@@ -213,14 +213,35 @@ def read_journal(out: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
-def write_pending(out: Path, done: set[str]) -> tuple[int, int]:
-    """`out/pending.jsonl`: the plan's rows not yet done (what this run makes); (rows, images) in it."""
+def write_pending(out: Path, done: set[str], rows_per_file: int = 32) -> tuple[int, int]:
+    """`out/pending/part-N.jsonl`: the plan's rows not yet done (what this run makes), `rows_per_file` rows per
+    file (one Ray Data block each, so the actors share them); (rows, images) in it."""
+    import shutil
+
+    folder = out / PENDING
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
     rows = images = 0
-    with open(out / PLAN, encoding="utf-8") as plan, open(out / PENDING, "w", encoding="utf-8") as pending:
+    part = None
+    with open(out / PLAN, encoding="utf-8") as plan:
         for line in plan:
             entry = json.loads(line)
             if entry["row"] in done:
                 continue
-            pending.write(line)
+            if rows % rows_per_file == 0:
+                if part:
+                    part.close()
+                part = open(folder / f"part-{rows // rows_per_file:06d}.jsonl", "w", encoding="utf-8")
+            part.write(line)
             rows, images = rows + 1, images + entry["images"]
+    if part:
+        part.close()
     return rows, images
+
+
+def pending_lines(out: Path):
+    """The pending plan lines, in plan order."""
+    for part in sorted((out / PENDING).glob("part-*.jsonl")):
+        with open(part, encoding="utf-8") as handle:
+            for line in handle:
+                yield line.rstrip("\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sfumato.errors import InvalidRequest
@@ -62,8 +63,10 @@ def deployment(settings: ServerSettings, scale: ServeScale):
     settings = replica_settings(settings)
 
     def build_app():
+        from sfumato.scale.cluster import fit_threads
         from sfumato.server.app import create_app
 
+        fit_threads()
         return create_app(settings)
 
     class SfumatoReplica:
@@ -106,3 +109,31 @@ def run_forever(settings: ServerSettings, scale: ServeScale, ready=lambda: None)
         pass
     finally:
         serve.shutdown()
+
+
+def build(args: dict[str, Any]):
+    """A Ray Serve application builder for declarative deployments (`serve run sfumato.scale.serve:build k=v …`,
+    KubeRay's RayService `import_path`). Arguments: model, data_dir, store, replicas, autoscale ("1,4"),
+    gpus_per_replica, cpus_per_replica, allowed_hosts (comma-separated), max_batch_size, queue_size, safety.
+    The API key comes from $SFUMATO_API_KEY (a secret), never from the config; without one the application
+    answers loopback only, as `sfumato serve` does."""
+    import os
+
+    known = {"model", "data_dir", "store", "replicas", "autoscale", "gpus_per_replica", "cpus_per_replica",
+             "allowed_hosts", "max_batch_size", "queue_size", "safety", "store_lease_s"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown sfumato application arguments: {', '.join(unknown)}")
+    key = os.environ.get("SFUMATO_API_KEY") or None
+    hosts = tuple(h.strip() for h in str(args.get("allowed_hosts", "")).split(",") if h.strip())
+    settings = ServerSettings(host="0.0.0.0" if key else "127.0.0.1", model=args.get("model"), api_key=key,
+                              data_dir=Path(args.get("data_dir", "/tmp/sfumato-server")),
+                              store=args.get("store"), allowed_hosts=hosts,
+                              max_batch_size=int(args.get("max_batch_size", 8)),
+                              queue_size=int(args.get("queue_size", 256)), safety=args.get("safety", "blur"),
+                              store_lease_s=float(args.get("store_lease_s", 30.0))).check()
+    scale = ServeScale(replicas=int(args.get("replicas", 1)),
+                       autoscale=parse_autoscale(args["autoscale"]) if args.get("autoscale") else None,
+                       gpus_per_replica=float(args.get("gpus_per_replica", 0)),
+                       cpus_per_replica=float(args.get("cpus_per_replica", 1))).check()
+    return deployment(settings, scale)
