@@ -194,3 +194,30 @@ def test_eval_takes_a_manifest_and_gives_the_same_numbers_on_ray(tmp_path, capsy
             numbers.append(record["value"])
         assert numbers[0] == numbers[1], (metric, numbers)
         assert numbers[0] != 0
+
+
+def test_planning_resuming_and_the_manifest_keep_memory_flat_in_the_number_of_rows(tmp_path):
+    """Rows are streamed: ten times the rows (each with a 2 KB request) must not cost ten times the memory."""
+    import tracemalloc
+
+    from sfumato.scale.batch import write_manifest
+
+    peaks = {}
+    plans.make_plan(write_jsonl(tmp_path / "warm.jsonl", ROWS), tmp_path / "warm")  # imports, caches
+    for rows in (500, 5000):
+        out = tmp_path / f"run{rows}"
+        jobs = write_jsonl(tmp_path / f"jobs{rows}.jsonl", [{"prompt": f"prompt {i} " + "x" * 300}
+                                                             for i in range(rows)])
+        tracemalloc.start()
+        plans.make_plan(jobs, out, seed=1)
+        with open(out / "manifest.jsonl", "w") as journal:  # what a finished run leaves
+            for line in open(out / "plan.jsonl"):
+                entry = json.loads(line)
+                journal.write(json.dumps({"row": entry["row"], "image": 0, "of": 1, "path": None, "blocked": "x",
+                                          "request": entry["request"]}) + "\n")
+        assert len(plans.done_rows(out)) == rows and plans.write_pending(out, set()) == (rows, rows)
+        assert pq.read_metadata(write_manifest(out, chunk=1000)).num_rows == rows
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # the journal alone is 5000 x ~2.4 KB = 12 MB; an index of it (row ids, offsets) is what may grow
+    assert peaks[5000] < peaks[500] + 4 * 2**20, peaks

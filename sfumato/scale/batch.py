@@ -189,8 +189,9 @@ def _run_on_ray(out: Path, settings: BatchSettings, batch_size: int, address: st
         yield {k: list(v) for k, v in batch.items()}
 
 
-def write_manifest(out: Path) -> Path:
-    """`out/manifest.parquet`: the journal's latest entry per (row, image), in plan order."""
+def write_manifest(out: Path, chunk: int = 10_000) -> Path:
+    """`out/manifest.parquet`: the journal's latest entry per (row, image), in plan order, written in chunks (the
+    journal is read by offset, so memory holds an index, not the entries)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -198,20 +199,24 @@ def write_manifest(out: Path) -> Path:
     with open(out / plans.PLAN, encoding="utf-8") as plan:
         for index, line in enumerate(plan):
             order[json.loads(line)["row"]] = index
-    latest: dict[tuple[str, int], dict] = {}
-    for entry in plans.read_journal(out):
-        if entry["row"] in order:
-            latest[(entry["row"], entry["image"])] = entry
-    rows = sorted(latest.values(), key=lambda e: (order[e["row"]], e["image"]))
+    offsets = plans.journal_offsets(out)
+    keys = sorted((k for k in offsets if k[0] in order), key=lambda k: (order[k[0]], k[1]))
     schema = pa.schema([("row", pa.string()), ("image", pa.int32()), ("of", pa.int32()), ("path", pa.string()),
                         ("seed", pa.int64()), ("subseed", pa.int64()), ("request", pa.string()),
                         ("seconds", pa.float64()), ("worker", pa.string()), ("finished", pa.float64()),
-                        ("blocked", pa.string()),
-                        ("error", pa.string())])
-    table = pa.Table.from_pylist([{c: e.get(c) for c in MANIFEST_COLUMNS} for e in rows], schema=schema)
+                        ("blocked", pa.string()), ("error", pa.string())])
     path = out / plans.MANIFEST
-    pq.write_table(table, path.with_suffix(".part"))
-    path.with_suffix(".part").replace(path)
+    partial = path.with_suffix(".part")
+    with open(out / plans.JOURNAL, "rb") if keys else open(os.devnull, "rb") as journal, \
+            pq.ParquetWriter(partial, schema) as writer:
+        for first in range(0, max(len(keys), 1), chunk):
+            rows = []
+            for key in keys[first:first + chunk]:
+                journal.seek(offsets[key])
+                entry = json.loads(journal.readline())
+                rows.append({c: entry.get(c) for c in MANIFEST_COLUMNS})
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    partial.replace(path)
     return path
 
 

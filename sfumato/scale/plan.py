@@ -182,23 +182,42 @@ def image_name(row: str, index: int, images: int) -> str:
 
 def done_rows(out: Path) -> set[str]:
     """Rows whose images are all recorded in the journal and whole on disk (a killed run's half-written rows and
-    rows that failed are not done: a rerun makes them)."""
+    rows that failed are not done: a rerun makes them). Keeps a few fields per image, not the entries."""
     from sfumato.server.store import is_whole_png
 
-    made: dict[str, list[dict]] = {}
+    made: dict[str, tuple[int, dict[int, tuple[str | None, bool, bool]]]] = {}
     for entry in read_journal(out):
-        made.setdefault(entry["row"], []).append(entry)
+        images = made.setdefault(entry["row"], (entry["of"], {}))[1]
+        images[entry["image"]] = (entry.get("path"), bool(entry.get("error")), bool(entry.get("blocked")))
+        made[entry["row"]] = (entry["of"], images)
     done = set()
-    for row, entries in made.items():
-        latest = {e["image"]: e for e in entries}
-        if any(e.get("error") for e in latest.values()):
+    for row, (expected, images) in made.items():
+        if any(error for _, error, _ in images.values()):
             continue
-        expected = entries[-1]["of"]
-        pictures = [e for e in latest.values() if e.get("path")]
-        if entries[-1].get("blocked") or (len(pictures) == expected and all(
-                is_whole_png(out / e["path"]) for e in pictures)):
+        paths = [path for path, _, _ in images.values() if path]
+        if any(blocked for _, _, blocked in images.values()) or (
+                len(paths) == expected and all(is_whole_png(out / p) for p in paths)):
             done.add(row)
     return done
+
+
+def journal_offsets(out: Path) -> dict[tuple[str, int], int]:
+    """(row, image) -> byte offset of its latest journal line (what the manifest keeps)."""
+    latest: dict[tuple[str, int], int] = {}
+    path = out / JOURNAL
+    if not path.is_file():
+        return latest
+    with open(path, "rb") as handle:
+        while True:
+            offset = handle.tell()
+            line = handle.readline()
+            if not line:
+                return latest
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            latest[(entry["row"], entry["image"])] = offset
 
 
 def read_journal(out: Path) -> Iterator[dict[str, Any]]:
