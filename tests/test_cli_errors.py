@@ -51,8 +51,17 @@ def files(tmp_path):
     empty.mkdir()
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a\n")
+    bad_jobs = tmp_path / "bad-jobs.jsonl"
+    bad_jobs.write_text('{"prompt": "a"}\n{"prompt": "b", "steps": 0}\n')
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a", "steps": 1}\n')
+    corrupt_parquet = tmp_path / "jobs.parquet"
+    corrupt_parquet.write_bytes(b"PAR1 not really")
+    binary_jsonl = tmp_path / "binary.jsonl"
+    binary_jsonl.write_bytes(b"\xff\xfe\x00garbage\n")
     return dict(text=text, plain=plain, bad_meta=bad_meta, pickle=pickle, corrupt=corrupt, toml=toml, empty=empty,
-                prompts=prompts, missing=tmp_path / "missing", tmp=tmp_path)
+                prompts=prompts, missing=tmp_path / "missing", tmp=tmp_path, bad_jobs=bad_jobs, jobs=jobs,
+                corrupt_parquet=corrupt_parquet, binary_jsonl=binary_jsonl)
 
 
 CASES = [
@@ -144,6 +153,22 @@ CASES = [
     (["portrait", "train", "{empty}", "-o", "{tmp}/p", "--model", "{sd1}"], 2),
     (["portrait", "generate", "{missing}", "-o", "{tmp}/p.png"], 2),
     (["portrait", "generate", "{empty}", "-o", "{tmp}/p.png"], 2),
+    (["batch"], 2),
+    (["batch", "{jobs}"], 2),
+    (["batch", "{prompts}", "--out", "{tmp}/o"], 2),
+    (["batch", "{missing}.jsonl", "--out", "{tmp}/o"], 2),
+    (["batch", "{bad_jobs}", "--out", "{tmp}/o"], 2),
+    (["batch", "{jobs}", "--out", "{tmp}/o", "--batch-size", "0"], 2),
+    (["batch", "{jobs}", "--out", "{tmp}/o", "--ray", "--replicas", "0"], 2),
+    (["batch", "{jobs}", "--out", "{text}"], 2),
+    (["batch", "{corrupt_parquet}", "--out", "{tmp}/o"], 2),
+    (["batch", "{binary_jsonl}", "--out", "{tmp}/o"], 2),
+    (["serve", "--store", "mysql://db/x", "--data-dir", "{tmp}/d"], 2),
+    (["serve", "--store", "postgresql://nobody@127.0.0.1:1/x", "--data-dir", "{tmp}/d"], 1),
+    (["serve", "--store-lease", "0", "--data-dir", "{tmp}/d"], 2),
+    (["serve", "--ray", "--replicas", "0", "--data-dir", "{tmp}/d"], 2),
+    (["serve", "--ray", "--autoscale", "x", "--data-dir", "{tmp}/d"], 2),
+    (["eval", "fid", "--fake", "{tmp}/none.parquet", "--real", "{empty}"], 2),
     (["animate", "--model", "{sd1}"], 2),
     (["animate", "x", "--model", "{sd1}", "--mode", "dance"], 2),
     (["animate", "x", "--model", "{sd1}", "--keyframes", '0: "unterminated'], 2),

@@ -44,11 +44,18 @@ class PlanRow:
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, fields) for every row of a JSONL, CSV or Parquet jobs file, streamed."""
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise InvalidRequest(f"{path}: a jobs file is .jsonl, .csv or .parquet")
-    if not path.is_file():
-        raise InvalidRequest(f"{path}: no such jobs file")
+    try:
+        yield from _read_rows(path)
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise InvalidRequest(f"{path}: cannot read it as a jobs file ({exc})") from None
+    except Exception as exc:  # pyarrow's errors for a file that is not Parquet
+        if type(exc).__module__.startswith("pyarrow"):
+            raise InvalidRequest(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise
+
+
+def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    kind = check_jobs_file(path)
     if kind == "jsonl":
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
@@ -75,6 +82,16 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             for fields in batch.to_pylist():
                 number += 1
                 yield number, fields
+
+
+def check_jobs_file(path: Path) -> str:
+    """The jobs file's format (jsonl, csv, parquet), or one line saying why it cannot be read."""
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise InvalidRequest(f"{path}: a jobs file is .jsonl, .csv or .parquet")
+    if not path.is_file():
+        raise InvalidRequest(f"{path}: no such jobs file")
+    return kind
 
 
 def _field_kinds() -> dict[str, str]:
@@ -145,6 +162,9 @@ def make_plan(jobs: Path, out: Path, model: str | None = None, seed: int | None 
 
     Seeds are fixed here: a row's -1 seeds come from a generator seeded by the plan seed and the row id, so the
     plan is the same whether written once or again with the same `seed`."""
+    check_jobs_file(jobs)
+    if out.exists() and not out.is_dir():
+        raise InvalidRequest(f"--out {out} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     header_path, plan_path = out / "plan.json", out / PLAN
     sha = file_sha256(jobs)
