@@ -21,17 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from live_server import start_server  # noqa: E402
+from server_load import PROMPTS  # noqa: E402
+from server_load import _run as run  # noqa: E402  (N OpenAI-API clients, distinct prompts and seeds)
 
-PROMPTS = ["red apple", "grinning face", "rocket", "dog face", "pizza", "sun", "red heart", "ghost", "fire",
-           "snowman", "rainbow", "cat face", "thumbs up", "banana", "star", "t-rex"]
 
 
 def bench_batch(rows: int, steps: int, root: Path) -> dict[str, float]:
@@ -79,8 +75,9 @@ def bench_serve(requests: int, clients: int, root: Path) -> dict[str, float]:
         process, base = start_server("--data-dir", str(data), "--safety", "off", "--queue-size", "4096",
                                      "--max-batch-size", "16", *flags, timeout_s=180)
         try:
-            _load(base, 2, 4)  # warm up
-            seconds, errors = _load(base, clients, requests)
+            run(base, 2, 4, process)  # warm up
+            measured = run(base, clients, requests, process)
+            seconds, errors = measured["seconds"], measured["errors"]
         finally:
             process.terminate()
             try:
@@ -93,34 +90,6 @@ def bench_serve(requests: int, clients: int, root: Path) -> dict[str, float]:
         print(f"serve {name:28s}: {requests} requests, {clients} clients, {seconds:6.1f} s = {out[name]:.2f} "
               "images/s", flush=True)
     return out
-
-
-def _load(base: str, clients: int, total: int) -> tuple[float, int]:
-    counter, errors, lock = [0], [0], threading.Lock()
-
-    def client() -> None:
-        with httpx.Client(timeout=600) as http:
-            while True:
-                with lock:
-                    if counter[0] >= total:
-                        return
-                    n = counter[0]
-                    counter[0] += 1
-                try:
-                    ok = http.post(base + "/v1/images/generations", json={
-                        "prompt": PROMPTS[n % len(PROMPTS)], "seed": n, "response_format": "b64_json"}).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                with lock:
-                    errors[0] += 0 if ok else 1
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, errors[0]
 
 
 def main() -> None:

@@ -161,6 +161,8 @@ def test_ray_data_gives_the_same_images_and_manifest(tmp_path, ray_local):
     # ids that look like numbers stay the plan's strings on Ray (no type guessing on the way)
     numeric = run_batch(write_jsonl(tmp_path / "two.jsonl", ROWS[:2]), tmp_path / "ray3", seed=3, ray="local")
     assert numeric.made == 2 and [e["row"] for e in manifest(tmp_path / "ray3")] == ["000001", "000002"]
+    again = run_batch(tmp_path / "jobs.jsonl", tmp_path / "ray2", ray="local", replicas=2)  # resumes: nothing left
+    assert (again.skipped, again.made) == (4, 0) and len(manifest(tmp_path / "ray2")) == 5
     columns = ("row", "image", "of", "path", "seed", "subseed", "request")
     expected = [{c: e[c] for c in columns} for e in manifest(tmp_path / "here")]
     for name, tolerance in (("ray1", 0), ("ray2", 1)):
