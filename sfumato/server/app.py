@@ -290,8 +290,8 @@ class Service:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise HTTPException(504, f"job {job.id} is still {current.status}; poll /api/v1/jobs/{job.id}")
-                try:
-                    await asyncio.wait_for(event.wait(), timeout=min(left, 1.0))
+                try:  # a shared store's job may finish in another replica, which cannot wake us: poll faster
+                    await asyncio.wait_for(event.wait(), timeout=min(left, 1.0 if self.store.exclusive else 0.1))
                 except asyncio.TimeoutError:
                     pass
         finally:
