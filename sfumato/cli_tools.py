@@ -79,6 +79,8 @@ def add_tool_parsers(commands) -> None:
     pgen.add_argument("--control-weight", type=float, default=0.5)
     pgen.add_argument("--polish-strength", type=float, default=0.25, help="the whole-image pass (0: none)")
     pgen.add_argument("--lora-weight", type=float, default=1.0)
+    pgen.add_argument("--inpaint-fill", choices=["fill", "original"], default="fill",
+                      help="the face region starts from its surroundings (fill) or the template's pixels (original)")
 
 
 def _weights(text: str | None) -> list[float] | None:
@@ -147,7 +149,8 @@ def cmd_portrait(args: argparse.Namespace) -> int:
                                seed=args.seed, strength=args.strength, control=args.control,
                                control_model=args.control_model, control_weight=args.control_weight,
                                polish_strength=args.polish_strength, lora_weight=args.lora_weight,
-                               work=args.output.parent / (args.output.stem + "-steps"), steps=args.steps)
+                               work=args.output.parent / (args.output.stem + "-steps"), steps=args.steps,
+                               inpaint_fill=args.inpaint_fill)
     from sfumato.output import save_generated
 
     save_generated(result.item, args.output, None)  # the steps (template, mask, inpainted) lie beside it

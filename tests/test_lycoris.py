@@ -266,3 +266,53 @@ def test_module_kinds_are_read_once_per_file_version(tmp_path, monkeypatch):
     save_file({"lora_unet_a.hada_w1_a": torch.zeros(2, 4), "lora_unet_a.hada_w1_b": torch.zeros(2, 4)}, str(path))
     os.utime(path, ns=(1, 10**18))  # a new version of the file
     assert lycoris.is_lycoris(path) and len(reads) == 2
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_lokr_and_loha_on_sd3_and_flux_transformers(family, tmp_path):
+    """LyCORIS files for the MM-DiT transformers, in the LyCORIS library's names (`lycoris_<diffusers path>`), plus a
+    kohya text-encoder module: applied with the reference math (a second engine whose weights were patched by hand
+    gives the same image)."""
+    from sfumato.models.tiny import build_tiny
+
+    folder = build_tiny(family, tmp_path / family)
+    reference = Engine(folder)
+    pipe = reference.load().pipe  # patched by hand below: the reference
+    generator = torch.Generator().manual_seed(11)
+    modules, layers = {}, {}
+    for name, layer in pipe.transformer.named_modules():
+        if isinstance(layer, torch.nn.Linear) and name.endswith(("attn.to_q", "attn.to_out.0", "ff.net.2")):
+            out, inp = layer.weight.shape
+            kind = "lokr" if len(modules) % 2 else "loha"
+            if kind == "lokr":
+                p = {"lokr_w1": torch.randn(2, 2, generator=generator),
+                     "lokr_w2_a": 0.3 * torch.randn(out // 2, 4, generator=generator),
+                     "lokr_w2_b": 0.3 * torch.randn(4, inp // 2, generator=generator), "alpha": torch.tensor(2.0)}
+            else:
+                p = {k: 0.5 * torch.randn(*shape, generator=generator) for k, shape in (
+                    ("hada_w1_a", (out, 3)), ("hada_w1_b", (3, inp)), ("hada_w2_a", (out, 3)), ("hada_w2_b", (3, inp)))}
+                p["alpha"] = torch.tensor(3.0)
+            modules["lycoris_" + name.replace(".", "_")] = (kind, p)
+            layers["lycoris_" + name.replace(".", "_")] = layer
+    encoder = next((n, m) for n, m in pipe.text_encoder.named_modules() if n.endswith("self_attn.q_proj"))
+    te_name = ("lora_te1_" + ("" if encoder[0].startswith("text_model.") else "text_model.") + encoder[0])
+    te_name = te_name.replace(".", "_")
+    modules[te_name] = ("full", {"diff": 0.2 * torch.randn(*encoder[1].weight.shape, generator=generator)})
+    layers[te_name] = encoder[1]
+    path = tmp_path / "network.safetensors"
+    save_file({f"{m}.{k}": v.contiguous() for m, (_, p) in modules.items() for k, v in p.items()}, str(path))
+    weight = 0.8
+    engine = Engine(folder)
+
+    def pixels(engine, loras=()):
+        request = GenerationRequest("red apple", seed=3, steps=3, width=32, height=32, loras=list(loras))
+        return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+
+    base = pixels(engine)
+    with_file = pixels(engine, [(str(path), weight)])
+    with torch.no_grad():
+        for name, (kind, p) in modules.items():
+            layers[name].weight.add_(weight * _reference_delta(kind, p, layers[name].weight.shape))
+    assert np.abs(with_file - base).max() > 10
+    assert np.abs(with_file - pixels(reference)).max() <= 1
+    assert np.array_equal(pixels(engine), base)

@@ -6,7 +6,9 @@ take this path, which does what A1111's built-in networks do: each module's ΔW 
 by alpha/dim and the request's weight, and added to the layer's weight; the original weights are kept and put back
 when the request's set of LyCORIS files changes. Key names: kohya's (`lora_unet_down_blocks_0_…`,
 `lora_te_text_model_…`, `lora_te1_`/`lora_te2_` for SDXL) and the SGM block names of SDXL files
-(`lora_unet_input_blocks_4_1_…`), mapped with diffusers' own table.
+(`lora_unet_input_blocks_4_1_…`), mapped with diffusers' own table; for SD3/FLUX transformers the LyCORIS library's
+`lycoris_<diffusers module path>` names. Not read: SD3/FLUX files in the original (BFL/SAI) block names with fused
+qkv projections (`lora_unet_double_blocks_0_img_attn_qkv`); convert them to diffusers names first.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from sfumato.models.home import open_weights
 # module kind -> the parameter that marks it
 MARKERS = (("loha", "hada_w1_a"), ("lokr", "lokr_w1"), ("lokr", "lokr_w1_a"), ("full", "diff"),
            ("lora", "lora_down.weight"))
-PREFIXES = (("unet", ("lora_unet",)), ("text_encoder", ("lora_te", "lora_te1")), ("text_encoder_2", ("lora_te2",)))
+# component -> the name prefixes of its modules: kohya's for UNets and text encoders (lora_te3 = SD3's T5), and for
+# SD3/FLUX transformers the LyCORIS library's own (`lycoris_` + the diffusers module path, as SimpleTuner and
+# LyCORIS' `create_lycoris` write them) or kohya-style names over diffusers paths
+PREFIXES = (("unet", ("lora_unet",)), ("text_encoder", ("lora_te", "lora_te1")), ("text_encoder_2", ("lora_te2",)),
+            ("text_encoder_3", ("lora_te3",)), ("transformer", ("lycoris", "lora_transformer", "lora_unet")))
 
 
 def module_kinds(path: Path) -> set[str]:

@@ -146,6 +146,16 @@ def train_portrait(photos: Path, output: Path, model: Path, settings: PortraitSe
     return record
 
 
+def blank_region(picture: Image.Image, region: Image.Image) -> Image.Image:
+    """The picture with the masked region painted in the mean colour of the rest (no edges inside it)."""
+    pixels = np.asarray(picture.convert("RGB"))
+    inside = np.asarray(region.convert("L")) > 127
+    mean = pixels[~inside].mean(axis=0) if (~inside).any() else pixels.reshape(-1, 3).mean(axis=0)
+    out = pixels.copy()
+    out[inside] = mean.round().astype(np.uint8)
+    return Image.fromarray(out)
+
+
 def read_run(run: Path) -> dict:
     path = Path(run) / RUN_FILE
     if not path.exists():
@@ -166,8 +176,12 @@ def generate_portrait(run: Path, template: Path | None = None, style: str | None
                       detector: Detector | None = None, seed: int = 0, strength: float = 0.8,
                       control: str = "canny", control_model: str | None = None, control_weight: float = 0.5,
                       polish_strength: float = 0.25, lora_weight: float = 1.0, work: Path | None = None,
-                      steps: int | None = None) -> PortraitResult:
-    """Put the run's subject into a template: inpaint the face region under ControlNet, then polish the whole."""
+                      steps: int | None = None, inpaint_fill: str = "fill") -> PortraitResult:
+    """Put the run's subject into a template: inpaint the face region under ControlNet, then polish the whole.
+
+    The control image is the template with the face region blanked (its mean colour): the unit holds the
+    surroundings' structure and leaves the region free for the subject (the template's own face edges would draw the
+    template's face again). The region starts from its surroundings (`inpaint_fill="fill"`), not the old face."""
     from sfumato.engine import Engine
     from sfumato.requests import GenerationRequest
 
@@ -205,11 +219,14 @@ def generate_portrait(run: Path, template: Path | None = None, style: str | None
     mask_path = work / "mask.png"
     region.save(mask_path)
     prompt = f"{record['subject']}, {style}" if style else record["subject"]
-    controls = [] if control == "none" else [{"image": str(template_path), "module": control,
+    control_path = work / "control.png"
+    blank_region(picture, region).save(control_path)
+    controls = [] if control == "none" else [{"image": str(control_path), "module": control,
                                               "model": control_model, "weight": control_weight}]
     inpaint = engine.generate(GenerationRequest(
         prompt, seed=seed, width=picture.width, height=picture.height, init_image=str(template_path),
-        mask=str(mask_path), strength=strength, loras=[(lora, lora_weight)], controls=controls, steps=steps))
+        mask=str(mask_path), strength=strength, loras=[(lora, lora_weight)], controls=controls, steps=steps,
+        inpaint_fill=inpaint_fill))
     inpainted = inpaint.images[0].image.convert("RGB")
     inpainted_path = work / "inpainted.png"
     inpainted.save(inpainted_path)
