@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="A1111's control mode: balanced, my prompt is more important, ControlNet is more important")
     gen.add_argument("--control-resize-mode", choices=["just_resize", "crop_and_resize", "resize_and_fill"],
                      default="crop_and_resize")
+    gen.add_argument("--control-region", metavar="MASK", help="control units apply only where this mask is white "
+                                                               "(A1111's effective region mask)")
     gen.add_argument("--output", "-o", type=Path, help="PNG file or folder (default: outputs/<date>/)")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     gen.add_argument("--dry-run", action="store_true", help="print the fully resolved request and exit")
@@ -363,7 +365,8 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         token_merging_ratio=args.token_merging, cache_threshold=args.cache_threshold,
         directions=[parse_direction(text, args.prompt) for text in args.direction],
         controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
-                   "control_mode": args.control_mode, "resize_mode": args.control_resize_mode}
+                   "control_mode": args.control_mode, "resize_mode": args.control_resize_mode,
+                   **({"effective_region_mask": args.control_region} if args.control_region else {})}
                   for unit in args.control],
     )
 

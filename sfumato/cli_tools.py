@@ -80,7 +80,9 @@ def add_tool_parsers(commands) -> None:
     pgen.add_argument("--polish-strength", type=float, default=0.25, help="the whole-image pass (0: none)")
     pgen.add_argument("--lora-weight", type=float, default=1.0)
     pgen.add_argument("--inpaint-fill", choices=["fill", "original"], default="fill",
-                      help="the face region starts from its surroundings (fill) or the template's pixels (original)")
+                      help="without fusion: the face region starts from its surroundings (fill) or the template's")
+    pgen.add_argument("--no-fuse", dest="fuse", action="store_false",
+                      help="do not paste the subject drawn alone into the region first (EasyPhoto's face fusion)")
 
 
 def _weights(text: str | None) -> list[float] | None:
@@ -150,7 +152,7 @@ def cmd_portrait(args: argparse.Namespace) -> int:
                                control_model=args.control_model, control_weight=args.control_weight,
                                polish_strength=args.polish_strength, lora_weight=args.lora_weight,
                                work=args.output.parent / (args.output.stem + "-steps"), steps=args.steps,
-                               inpaint_fill=args.inpaint_fill)
+                               inpaint_fill=args.inpaint_fill, fuse=args.fuse)
     from sfumato.output import save_generated
 
     save_generated(result.item, args.output, None)  # the steps (template, mask, inpainted) lie beside it

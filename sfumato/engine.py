@@ -330,6 +330,8 @@ class Engine:
                 unit.model = shipped.name
             resolve_control(unit.model)  # fail now, not after the first pass
             imgs.load_image(unit.image, f"control unit {index} image")
+            if unit.effective_region_mask:
+                imgs.load_image(unit.effective_region_mask, f"control unit {index} effective region mask")
             units.append(unit.to_dict())
         return units
 

@@ -85,12 +85,31 @@ def union_type(module: str) -> int:
     return UNION_TYPES[module]
 
 
+def region_tensor(unit: ControlUnit, width: int, height: int, device: torch.device) -> torch.Tensor | None:
+    """The unit's effective region mask as [1, 1, H, W] in [0, 1] at the output size (None: no mask)."""
+    if not unit.effective_region_mask:
+        return None
+    mask = imgs.load_image(unit.effective_region_mask, "control effective region mask").convert("L")
+    mask = mask.resize((width, height), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None].to(device)
+
+
 @dataclass
 class PreparedUnit:
     unit: ControlUnit
     model: ControlModel
     image: torch.Tensor  # [1, 3, H, W]
     adapter_state: list[torch.Tensor] | None = None  # T2I-Adapter features (computed once per pass)
+    region: torch.Tensor | None = None  # [1, 1, H, W] in [0, 1]: where the control applies (None: everywhere)
+
+    def masked(self, residuals: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Residuals (or adapter features) times the effective region, resized to each one's resolution."""
+        if self.region is None:
+            return residuals
+        import torch.nn.functional as F
+
+        return [r * F.interpolate(self.region.to(r.device, r.dtype), size=r.shape[-2:], mode="area")
+                for r in residuals]
 
 
 class ControlSet:
@@ -102,10 +121,10 @@ class ControlSet:
         self.units: list[PreparedUnit] = []
         for unit, model in units:
             image = map_tensor(unit, control_map(unit, width, height)).to(device, model.module.dtype)
-            prepared = PreparedUnit(unit, model, image)
+            prepared = PreparedUnit(unit, model, image, region=region_tensor(unit, width, height, device))
             if model.kind == "t2i-adapter":
                 with torch.no_grad():
-                    prepared.adapter_state = [f * unit.weight for f in model.module(image)]
+                    prepared.adapter_state = prepared.masked([f * unit.weight for f in model.module(image)])
             self.units.append(prepared)
         self.dtype = dtype
 
@@ -152,7 +171,7 @@ class ControlSet:
             if unit.control_mode == "control":
                 mask = positive.view(-1, 1, 1, 1).to(residuals[0].dtype)
                 residuals = [r * mask for r in residuals]
-            residuals = [r.to(self.dtype) for r in residuals]
+            residuals = [r.to(self.dtype) for r in prepared.masked(residuals)]
             if down is None:
                 down, mid = residuals[:-1], residuals[-1]
             else:

@@ -36,6 +36,7 @@ class ControlUnit:
     threshold_b: float | None = None
     pixel_perfect: bool = False
     mask: str | None = None  # for the inpaint preprocessor: white = to repaint
+    effective_region_mask: str | None = None  # white = where this unit's control applies (A1111's field name)
 
     @classmethod
     def from_dict(cls, data: Any, index: int = 0) -> "ControlUnit":
@@ -46,7 +47,8 @@ class ControlUnit:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidRequest(f"{where}: unknown field(s) {', '.join(unknown)}")
-        values = {k: v for k, v in data.items() if v is not None or k in ("model", "processor_res", "mask")}
+        values = {k: v for k, v in data.items()
+                  if v is not None or k in ("model", "processor_res", "mask", "effective_region_mask")}
         if not isinstance(values.get("image"), str) or not values.get("image"):
             raise InvalidRequest(f"{where} needs an image")
         values["control_mode"] = _choice(values.get("control_mode", "balanced"), CONTROL_MODES, MODE_NAMES,
@@ -57,7 +59,7 @@ class ControlUnit:
         for name in ("module", "image"):
             if not isinstance(getattr(unit, name), str):
                 raise InvalidRequest(f"{where} {name} must be a string")
-        for name in ("model", "mask"):
+        for name in ("model", "mask", "effective_region_mask"):
             if getattr(unit, name) is not None and not isinstance(getattr(unit, name), str):
                 raise InvalidRequest(f"{where} {name} must be a string or null")
         if not isinstance(unit.pixel_perfect, bool):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sfumato.errors import InvalidRequest
 from sfumato.portrait.faces import Detector, ellipse_mask, face_box, mask_box, square_crop
@@ -146,14 +146,17 @@ def train_portrait(photos: Path, output: Path, model: Path, settings: PortraitSe
     return record
 
 
-def blank_region(picture: Image.Image, region: Image.Image) -> Image.Image:
-    """The picture with the masked region painted in the mean colour of the rest (no edges inside it)."""
-    pixels = np.asarray(picture.convert("RGB"))
-    inside = np.asarray(region.convert("L")) > 127
-    mean = pixels[~inside].mean(axis=0) if (~inside).any() else pixels.reshape(-1, 3).mean(axis=0)
-    out = pixels.copy()
-    out[inside] = mean.round().astype(np.uint8)
-    return Image.fromarray(out)
+def fuse_subject(template: Image.Image, subject: Image.Image, region: Image.Image, margin: float = 1.8) -> Image.Image:
+    """The template with the subject's face pasted into the region: the centre of a portrait of the subject (its
+    training crops hold the face `margin` times enlarged, centred) resized to the region's box, blended by the
+    region."""
+    x, y, w, h = mask_box(region)
+    side = min(subject.size) * min(1.0, 1.3 / margin)
+    cx, cy = subject.width / 2, subject.height / 2
+    face = subject.crop((round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2)))
+    out = template.copy()
+    out.paste(face.resize((w, h), Image.Resampling.LANCZOS), (x, y), region.convert("L").crop((x, y, x + w, y + h)))
+    return out
 
 
 def read_run(run: Path) -> dict:
@@ -170,18 +173,22 @@ class PortraitResult:
     inpainted: Image.Image
     final: Image.Image
     item: object  # the last pass's GeneratedImage (its request replays that pass from the steps folder)
+    fused: Image.Image | None = None  # the template with the subject pasted in (before the inpainting)
 
 
 def generate_portrait(run: Path, template: Path | None = None, style: str | None = None, mask: Path | None = None,
                       detector: Detector | None = None, seed: int = 0, strength: float = 0.8,
                       control: str = "canny", control_model: str | None = None, control_weight: float = 0.5,
                       polish_strength: float = 0.25, lora_weight: float = 1.0, work: Path | None = None,
-                      steps: int | None = None, inpaint_fill: str = "fill") -> PortraitResult:
+                      steps: int | None = None, inpaint_fill: str = "fill", fuse: bool = True) -> PortraitResult:
     """Put the run's subject into a template: inpaint the face region under ControlNet, then polish the whole.
 
-    The control image is the template with the face region blanked (its mean colour): the unit holds the
-    surroundings' structure and leaves the region free for the subject (the template's own face edges would draw the
-    template's face again). The region starts from its surroundings (`inpaint_fill="fill"`), not the old face."""
+    The control unit applies outside the face region only (its effective region mask is the inverted face mask): it
+    holds the surroundings' structure and leaves the region free for the subject (the template's own face edges
+    would draw the template's face again). With `fuse` (EasyPhoto's face fusion), the subject is first drawn alone with
+    its LoRA and pasted into the region, so the inpainting (at `strength`, 0.8 by default) blends a face that is
+    there instead of drawing it against the template's context; without it the region starts from its surroundings
+    (`inpaint_fill="fill"`)."""
     from sfumato.engine import Engine
     from sfumato.requests import GenerationRequest
 
@@ -219,14 +226,21 @@ def generate_portrait(run: Path, template: Path | None = None, style: str | None
     mask_path = work / "mask.png"
     region.save(mask_path)
     prompt = f"{record['subject']}, {style}" if style else record["subject"]
-    control_path = work / "control.png"
-    blank_region(picture, region).save(control_path)
-    controls = [] if control == "none" else [{"image": str(control_path), "module": control,
-                                              "model": control_model, "weight": control_weight}]
+    outside_path = work / "control-region.png"
+    ImageOps.invert(region.convert("L")).save(outside_path)
+    controls = [] if control == "none" else [{"image": str(template_path), "module": control, "model": control_model,
+                                              "weight": control_weight, "effective_region_mask": str(outside_path)}]
+    init_path, fused = template_path, None
+    if fuse:
+        alone = engine.generate(GenerationRequest(record["subject"], seed=seed, width=size, height=size,
+                                                  loras=[(lora, lora_weight)], steps=steps)).images[0].image
+        init_path = work / "fused.png"
+        fused = fuse_subject(picture, alone.convert("RGB"), region)
+        fused.save(init_path)
     inpaint = engine.generate(GenerationRequest(
-        prompt, seed=seed, width=picture.width, height=picture.height, init_image=str(template_path),
+        prompt, seed=seed, width=picture.width, height=picture.height, init_image=str(init_path),
         mask=str(mask_path), strength=strength, loras=[(lora, lora_weight)], controls=controls, steps=steps,
-        inpaint_fill=inpaint_fill))
+        inpaint_fill="original" if fuse else inpaint_fill))
     inpainted = inpaint.images[0].image.convert("RGB")
     inpainted_path = work / "inpainted.png"
     inpainted.save(inpainted_path)
@@ -236,4 +250,4 @@ def generate_portrait(run: Path, template: Path | None = None, style: str | None
             prompt, seed=seed, width=picture.width, height=picture.height, init_image=str(inpainted_path),
             strength=polish_strength, loras=[(lora, lora_weight)], steps=steps))
         final, item = polish.images[0].image.convert("RGB"), polish.images[0]
-    return PortraitResult(picture, region, inpainted, final, item)
+    return PortraitResult(picture, region, inpainted, final, item, fused)

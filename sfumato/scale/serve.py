@@ -93,8 +93,9 @@ def start(settings: ServerSettings, scale: ServeScale) -> None:
     settings.check()
     scale.check()
     connect(scale.address)
-    serve.start(http_options={"host": settings.host, "port": settings.port}, detached=False)
-    serve.run(deployment(settings, scale), name=APP_NAME, route_prefix="/", blocking=False)
+    quiet = {"log_level": "WARNING", "enable_access_log": False}  # a log line per request costs CPU on every hop
+    serve.start(http_options={"host": settings.host, "port": settings.port}, logging_config=quiet)
+    serve.run(deployment(settings, scale), name=APP_NAME, route_prefix="/", blocking=False, logging_config=quiet)
 
 
 def run_forever(settings: ServerSettings, scale: ServeScale, ready=lambda: None) -> None:

@@ -161,7 +161,8 @@ class Service:
                 "ip_images": [self.upload(image, f"ip_images[{k}]") for k, image in enumerate(images)]}
 
     def control_units(self, units: list) -> list[dict]:
-        """Over HTTP a unit's `image` and `mask` are base64 images and its `model` a listed name."""
+        """Over HTTP a unit's `image`, `mask` and `effective_region_mask` are base64 images and its `model` a listed
+        name."""
         from sfumato.control.units import MAX_UNITS
 
         if not isinstance(units, list) or len(units) > MAX_UNITS:
@@ -172,8 +173,9 @@ class Service:
                 raise InvalidRequest(f"control unit {index} needs an image (base64)")
             unit = dict(unit)
             unit["image"] = self.upload(unit["image"], f"control unit {index} image")
-            if unit.get("mask"):
-                unit["mask"] = self.upload(unit["mask"], f"control unit {index} mask")
+            for name in ("mask", "effective_region_mask"):
+                if unit.get(name):
+                    unit[name] = self.upload(unit[name], f"control unit {index} {name}")
             unit["model"] = self.control_model_path(unit.get("model"))
             out.append(unit)
         return out

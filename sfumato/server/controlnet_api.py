@@ -49,6 +49,8 @@ def units_from_alwayson(scripts: dict[str, Any], service) -> tuple[list[dict], d
             continue
         unit = {name: raw[name] for name in UNIT_FIELDS if name in raw and raw[name] is not None}
         unit["image"], unit["mask"] = image, mask
+        if isinstance(raw.get("effective_region_mask"), str) and raw["effective_region_mask"]:
+            unit["effective_region_mask"] = raw["effective_region_mask"]
         if isinstance(unit.get("module"), str) and unit["module"].lower() == "none":
             unit["module"] = "none"
         units.append(unit)
