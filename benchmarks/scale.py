@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from live_server import start_server  # noqa: E402
 from server_load import PROMPTS  # noqa: E402
+from server_load import _mean_batch  # noqa: E402
 from server_load import _run as run  # noqa: E402  (N OpenAI-API clients, distinct prompts and seeds)
 
 
@@ -63,7 +64,7 @@ def _steady(manifest: Path, first: int) -> float:
     return (len(times) - first) / (times[-1] - times[first - 1])
 
 
-def bench_serve(requests: int, clients: int, root: Path) -> dict[str, float]:
+def bench_serve(requests: int, clients: int, root: Path, extra: tuple[str, ...] = ()) -> dict[str, float]:
     cores = os.cpu_count() or 1
     modes = {"in-process": [], "ray 1 replica x all cores": ["--ray", "--replicas", "1", "--cpus-per-replica",
                                                            str(cores)],
@@ -73,7 +74,7 @@ def bench_serve(requests: int, clients: int, root: Path) -> dict[str, float]:
         data = root / ("serve_" + name.replace(" ", "_"))
         shutil.rmtree(data, ignore_errors=True)
         process, base = start_server("--data-dir", str(data), "--safety", "off", "--queue-size", "4096",
-                                     "--max-batch-size", "16", *flags, timeout_s=180)
+                                     "--max-batch-size", "16", *flags, *extra, timeout_s=180)
         try:
             run(base, 2, 4, process)  # warm up
             measured = run(base, clients, requests, process)
@@ -88,7 +89,8 @@ def bench_serve(requests: int, clients: int, root: Path) -> dict[str, float]:
             raise SystemExit(f"serve {name}: {errors} requests failed: no ratio reported")
         out[name] = requests / seconds
         print(f"serve {name:28s}: {requests} requests, {clients} clients, {seconds:6.1f} s = {out[name]:.2f} "
-              "images/s", flush=True)
+              f"images/s; mean batch {_mean_batch(str(data)):.1f} jobs; p50 latency {measured['p50']:.2f} s",
+              flush=True)
     return out
 
 
@@ -99,17 +101,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--skip-batch", action="store_true")
+    parser.add_argument("--batch-wait-ms", type=float, default=30.0, help="the servers' --batch-wait-ms")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="sfumato-scale-") as folder:
         root = Path(folder)
-        batch = bench_batch(args.rows, args.steps, root)
-        print(f"Ray overhead at one replica (same cores): {1 - batch['ray 1 replica x all cores'] / batch['in-process']:+.1%}"
-              " of in-process rows/s (target <= 10 %)")
-        print(f"scaling {cores} replicas / 1 replica (1 core each): "
-              f"{batch[f'ray {cores} replicas x 1 core'] / batch['ray 1 replica x 1 core']:.2f}x on {cores} cores")
+        batch = {} if args.skip_batch else bench_batch(args.rows, args.steps, root)
+        if batch:
+            print(f"Ray overhead at one replica (same cores): "
+                  f"{1 - batch['ray 1 replica x all cores'] / batch['in-process']:+.1%} of in-process rows/s (target <= 10 %)")
+            print(f"scaling {cores} replicas / 1 replica (1 core each): "
+                  f"{batch[f'ray {cores} replicas x 1 core'] / batch['ray 1 replica x 1 core']:.2f}x on {cores} cores")
         if not args.skip_serve:
-            serve = bench_serve(args.requests, args.clients, root)
+            serve = bench_serve(args.requests, args.clients, root, ("--batch-wait-ms", str(args.batch_wait_ms)))
             print(f"Ray Serve 1 replica / in-process server: {serve['ray 1 replica x all cores'] / serve['in-process']:.2f}")
             print(f"Ray Serve {cores} replicas / in-process server: "
                   f"{serve[f'ray {cores} replicas x 1 core'] / serve['in-process']:.2f}")
