@@ -212,8 +212,9 @@ def test_sd3_generates_with_sfumato_seeds(tmp_path):
     single = np.asarray(engine.generate(request).images[0].image)
     np.testing.assert_array_equal(np.asarray(batch.images[0].image), single)
     assert batch.request.sampler == "Euler" and batch.images[1].seed == 8
-    assert single[14:17, 14:17, 0].flatten().tolist() == pytest.approx([251, 161, 167, 245, 202, 134, 150, 207, 119], abs=3)
-    with pytest.raises(UnsupportedModel, match="txt2img only"):
+    # the tiny SD3 has 16 latent channels since SD3 inpainting needs them (the pin changed with it)
+    assert single[14:17, 14:17, 0].flatten().tolist() == pytest.approx([70, 89, 105, 165, 76, 104, 171, 162, 117], abs=3)
+    with pytest.raises(UnsupportedModel, match="does not support tiling"):
         engine.generate(dataclasses.replace(request, tile=True))
 
 

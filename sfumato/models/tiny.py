@@ -68,16 +68,17 @@ def _tiny_ldm(scheduler):
 
 
 def _tiny_sd3():
-    """SD3 layout (MMDiT transformer, two CLIP encoders with projection, 16->4-channel VAE), no T5."""
+    """SD3 layout (MMDiT transformer, two CLIP encoders with projection, a 16-latent-channel VAE as the real SD3's:
+    diffusers' SD3 inpaint pipeline requires it), no T5."""
     import diffusers
     from transformers import CLIPTextModelWithProjection
 
     transformer = diffusers.SD3Transformer2DModel(
-        sample_size=16, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=4,
+        sample_size=16, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64, out_channels=16,
     )
     vae = diffusers.AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=16, sample_size=32,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
     )

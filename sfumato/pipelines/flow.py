@@ -1,8 +1,11 @@
-"""SD3 and FLUX.1 (flow matching, transformer) txt2img through their diffusers pipelines, with sfumato's
-seeds and progress.
+"""SD3 and FLUX.1 (flow matching, transformer) through their diffusers pipelines, with sfumato's seeds and progress:
+txt2img, img2img, inpainting and outpainting (the Img2Img / Inpaint pipelines built from the loaded components).
 
-The noise is drawn like every other family's (CPU, per-image seeds, variation seeds) and handed to the
-pipeline as `latents` (packed 2x2 for FLUX), so seeds replay exactly. Prompts go to the pipeline's own
+txt2img noise is drawn like every other family's (CPU, per-image seeds, variation seeds) and handed to the
+pipeline as `latents` (packed 2x2 for FLUX), so seeds replay exactly. Edits pass one CPU generator per image seeded
+with the image's seed (the pipeline encodes the init image and draws the noise from it), so an edit equals the plain
+diffusers pipeline with those generators; variation seeds are refused there. Masks are blurred and outpaint
+canvases built as for the UNet families, and the original is pasted back outside the mask. Prompts go to the pipeline's own
 encoders as plain text (SD3: CLIP-L + CLIP-G, and T5 when present; FLUX: CLIP-L + T5): A1111 emphasis
 syntax is not applied to these families, but prompt editing and alternation are (`ScheduledEmbeddings`).
 FLUX's cfg_scale is its distilled guidance; it has no negative prompt.
@@ -26,7 +29,7 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
     """Refuse what the flow pipelines do not do yet, before any work."""
     if family == "flux" and request.negative_prompt:
         raise UnsupportedModel("FLUX models take no negative prompt (guidance is distilled); remove it")
-    unsupported = [name for name, used in (("init image / inpainting", request.init_image),
+    unsupported = [name for name, used in (("colorize / init upscaler", request.colorize or request.init_upscaler),
                                            ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile),
                                            ("SD upscale", request.sd_upscale > 1.0),
                                            ("ControlNet units", bool(request.controls)),
@@ -34,15 +37,30 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                                            ("token merging", request.token_merging_ratio > 0))
                    if used]
     if unsupported:
-        raise UnsupportedModel(f"{family} supports txt2img only for now, not {', '.join(unsupported)}")
+        raise UnsupportedModel(f"{family} does not support {', '.join(unsupported)} yet (txt2img, img2img, "
+                               "inpainting and outpainting work)")
+    if request.init_image and request.subseed_strength > 0:
+        raise UnsupportedModel(f"{family} edits (init image) take no variation seeds yet")
     if any(len(split_and(text)) > 1 for text in (request.prompt, request.negative_prompt)):
         raise UnsupportedModel(f"{family} does not support AND (composable diffusion) yet; prompt editing, "
                                "alternation, styles and dynamic prompts work")
 
 
+EDIT_PIPELINES = {("flux", False): "FluxImg2ImgPipeline", ("flux", True): "FluxInpaintPipeline",
+                  ("sd3", False): "StableDiffusion3Img2ImgPipeline", ("sd3", True): "StableDiffusion3InpaintPipeline"}
+
+
+def edit_steps(steps: int, strength: float) -> int:
+    """The denoising steps an img2img pass of `steps` at `strength` runs (diffusers' `get_timesteps`)."""
+    return steps - int(max(steps - min(steps * strength, steps), 0))
+
+
 def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int],
                         progress, prompts: list[str] | None = None) -> list[Image.Image]:
     """One batch through the diffusers SD3/FLUX pipeline; `prompts` are the images' own (dynamic) prompts."""
+    from sfumato.pipelines.tasks import finish, prepare_source
+
+    source = prepare_source(request)
     pipe = model.pipe
     scale = model.vae_scale
     flux = model.family == "flux"
@@ -50,11 +68,22 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
     height, width = request.height // scale, request.width // scale
     if flux and (height % 2 or width % 2):
         raise UnsupportedModel(f"FLUX sizes must be multiples of {2 * scale} px")
-    noise = batch_noise((channels, height, width), generators_for(seeds), subseeds, request.subseed_strength)
-    if flux:
-        noise = pipe._pack_latents(noise, len(seeds), channels, height, width)
     pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=True)
-    progress.add_total(request.steps)
+    if source is None:
+        noise = batch_noise((channels, height, width), generators_for(seeds), subseeds, request.subseed_strength)
+        if flux:
+            noise = pipe._pack_latents(noise, len(seeds), channels, height, width)
+        inputs = {"latents": noise.to(model.device, model.dtype)}
+        progress.add_total(request.steps)
+    else:  # img2img / inpaint / outpaint: the edit pipeline over the same components, a generator per image
+        import diffusers
+
+        pipe = getattr(diffusers, EDIT_PIPELINES[(model.family, source.mask is not None)]).from_pipe(pipe)
+        inputs = {"image": [source.image] * len(seeds), "strength": request.strength,
+                  "generator": [torch.Generator().manual_seed(seed) for seed in seeds]}
+        if source.mask is not None:
+            inputs["mask_image"] = [source.mask] * len(seeds)
+        progress.add_total(edit_steps(request.steps, request.strength))
 
     count = len(seeds)
     prompts = prompts or [request.prompt] * count
@@ -71,11 +100,13 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
         texts = scheduled.first_inputs()
     else:
         texts = {"prompt": prompts} if flux else {"prompt": prompts, "negative_prompt": negatives}
-    callback_inputs = ["prompt_embeds"] if flux else ["prompt_embeds", "pooled_prompt_embeds"]
+    # the edit pipelines let a callback change only the sequence embeddings (pooled vectors stay the first step's)
+    callback_inputs = ["prompt_embeds"] if flux or source is not None else ["prompt_embeds", "pooled_prompt_embeds"]
     with block_cache_for(pipe.transformer, request.cache_interval, request.cache_threshold):
-        return pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
-                    width=request.width, latents=noise.to(model.device, model.dtype), callback_on_step_end=on_step,
-                    callback_on_step_end_tensor_inputs=callback_inputs, output_type="pil", **texts).images
+        images = pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
+                      width=request.width, callback_on_step_end=on_step,
+                      callback_on_step_end_tensor_inputs=callback_inputs, output_type="pil", **inputs, **texts).images
+    return finish(request, images, source)
 
 
 class ScheduledEmbeddings:

@@ -150,10 +150,10 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
             latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress,
                                                 control, upscaler_for)
         pixels = decode_latents(model, latents)
-    return _finish(request, to_pil(pixels), source)
+    return finish(request, to_pil(pixels), source)
 
 
-def _finish(request: GenerationRequest, images: list[Image.Image], source: Source | None) -> list[Image.Image]:
+def finish(request: GenerationRequest, images: list[Image.Image], source: Source | None) -> list[Image.Image]:
     """Inpaint overlay (the original kept outside the mask) and colourising (the original's lightness kept)."""
     if source is None:
         return images
@@ -192,7 +192,7 @@ def _sd_upscale_batch(model: LoadedModel, encoder: PromptEncoder, request: Gener
                 return to_pil(decode_latents(model, latents))[0]
 
             out.append(sd_upscale(request, base, upscaler, refine))
-    return _finish(request, out, source) if source is not None and request.colorize else out
+    return finish(request, out, source) if source is not None and request.colorize else out
 
 
 class _CountingProgress:
