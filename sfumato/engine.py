@@ -31,6 +31,7 @@ from sfumato.models.lora import apply_loras, check_loras, lora_hashes
 from sfumato.models.vae import apply_vae, is_own, resolve_vae
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
+from sfumato.pipelines.dit import check_dit_request, generate_dit_batch
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
 from sfumato.pipelines.recipes import recipe_request
 from sfumato.pipelines.tasks import BatchPrompts, Controls, generate_batch
@@ -152,7 +153,7 @@ class Engine:
         """Tokens per chunk of `prompt` as the model's tokenizer splits it (flags and LoRA tags removed): the largest
         count over its AND parts and scheduled texts, the chunk length, and each scheduled text's own counts."""
         loaded = self.load(model)
-        if loaded.info.family.prediction_type == "flow":
+        if loaded.info.family.denoiser == "transformer":
             raise InvalidRequest("token counts are available for CLIP/BERT-conditioned (UNet) models")
         text, _ = extract_lora_tags(prompt)
         text, _ = split_flags(text)
@@ -188,6 +189,7 @@ class Engine:
         info = self.describe(request.model)
         family = info.family
         flow = family.prediction_type == "flow"
+        transformer = family.denoiser == "transformer"  # through its own diffusers pipeline (SD3, FLUX, PixArt, DiT)
         styled, negative = request.prompt, request.negative_prompt
         if request.template is None:  # not yet resolved (a replayed request keeps what it resolved to)
             styled, negative = apply_styles(request.prompt, request.negative_prompt, request.styles)
@@ -240,11 +242,13 @@ class Engine:
         for toward, away, _strength in resolved.directions:
             if any(has_syntax(t) or "<lora:" in t for t in (toward, away)):
                 raise InvalidRequest("direction prompts are plain text (no AND, prompt editing or LoRA tags)")
-        if flow and resolved.directions:
+        if transformer and resolved.directions:
             raise InvalidRequest("conditioning directions (and prompt travel) need a UNet model for now, "
                                  f"not {family.name}")
         if flow:
             check_flow_request(family.name, resolved)
+        elif transformer:
+            check_dit_request(family.name, resolved)
         elif resolved.cache_threshold > 0:
             raise InvalidRequest("cache_threshold (adaptive first-block cache) is for transformer models (SD3, FLUX); "
                                  "UNet models take cache_interval")
@@ -383,7 +387,12 @@ class Engine:
             if not request.outpaint:
                 width, height = request.width or width, request.height or height
             return max(8, width // 8 * 8), max(8, height // 8 * 8)
-        return request.width or info.native_size, request.height or info.native_size
+        native = info.native_size
+        if info.family.name == "dit" and "transformer" in info.configs and "vae" in info.configs:
+            # a DiT makes one size: its latent size times the VAE's factor
+            native = info.configs["transformer"]["sample_size"] * 2 ** (
+                len(info.configs["vae"].get("block_out_channels", [0] * 4)) - 1)
+        return request.width or native, request.height or native
 
     def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
                  preview: PreviewCallback | None = None) -> GenerationResult:
@@ -443,6 +452,8 @@ class Engine:
             prompts = resolved.image_prompts[first:first + resolved.batch_size] or [resolved.prompt] * len(seeds)
             if model.info.family.prediction_type == "flow":
                 pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker, prompts)
+            elif model.info.family.denoiser == "transformer":
+                pictures = generate_dit_batch(model, batch_request, seeds, subseeds, tracker, prompts)
             else:
                 texts = BatchPrompts(prompts, [resolved.negative_prompt] * len(seeds), resolved.cfg_scale)
                 pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker, texts,
@@ -558,7 +569,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
              or request.ip_adapter is not None or request.p2p_source is not None or sampler_has_own_noise(request.sampler)
              or request.sd_upscale > 1
              or bool(request.image_prompts)
-             or request.model is None or describe(Path(request.model)).family.prediction_type == "flow"
+             or request.model is None or describe(Path(request.model)).family.denoiser == "transformer"
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))
     if alone:
         return ("alone", index)

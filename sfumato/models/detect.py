@@ -88,6 +88,10 @@ def _describe_folder(path: Path) -> ModelInfo:
         family = FAMILIES["sd3"]
     elif pipeline.startswith("Flux"):
         family = FAMILIES["flux"]
+    elif pipeline.startswith("PixArt"):
+        family = FAMILIES["pixart"]
+    elif pipeline == "DiTPipeline":
+        family = FAMILIES["dit"]
     elif pipeline.startswith("StableDiffusionXL"):
         has_first_encoder = (index.get("text_encoder") or [None])[0] is not None
         family = FAMILIES["sdxl"] if has_first_encoder else FAMILIES["sdxl-refiner"]
@@ -95,7 +99,7 @@ def _describe_folder(path: Path) -> ModelInfo:
         openclip = configs.get("text_encoder", {}).get("hidden_act") == "gelu"  # SD1's CLIP-L uses quick_gelu
         family = FAMILIES["sd2"] if unet.get("cross_attention_dim") == 1024 or openclip else FAMILIES["sd1"]
     else:
-        raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (SD1/2, SDXL, SD3, FLUX)")
+        raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (SD1/2, SDXL, SD3, FLUX, PixArt, DiT)")
     prediction = configs.get("scheduler", {}).get("prediction_type", family.prediction_type)
     if family.prediction_type == "flow":
         prediction = "flow"

@@ -23,6 +23,7 @@ class Family:
     prediction_type: str = "epsilon"
     pipeline_class: str = "StableDiffusionPipeline"
     skeleton: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    denoiser: str = "unet"  # "transformer": the family runs through its own diffusers pipeline (pipelines/flow, dit)
 
 
 def _clip_text(hidden: int, layers: int, heads: int, act: str, projection: int) -> dict[str, Any]:
@@ -153,9 +154,15 @@ SDXL_REFINER = Family(
 LDM = Family(name="ldm", native_size=32, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=5.0)
 
 SD3 = Family(name="sd3", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=7.0,
-             prediction_type="flow", pipeline_class="StableDiffusion3Pipeline")
+             prediction_type="flow", pipeline_class="StableDiffusion3Pipeline", denoiser="transformer")
 FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=3.5,
-              prediction_type="flow", pipeline_class="FluxPipeline")
+              prediction_type="flow", pipeline_class="FluxPipeline", denoiser="transformer")
+# DiT families from diffusers folders: PixArt-α/Σ (T5 text encoder, learned-sigma transformer) and class-conditional
+# DiT (ImageNet labels as prompts; the image size is the model's)
+PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
+                pipeline_class="PixArtSigmaPipeline", denoiser="transformer")
+DIT = Family(name="dit", native_size=256, default_sampler="DPM++ 2M", default_steps=25, default_cfg_scale=4.0,
+             pipeline_class="DiTPipeline", denoiser="transformer")
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX)}
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, PIXART, DIT)}
 UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm")

@@ -6,6 +6,8 @@ model (same classes, same key layout, same tokenizer) in milliseconds per step.
 
 from __future__ import annotations
 
+import json
+
 import re
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import torch
 from sfumato.models.families import FAMILIES
 from sfumato.models.singlefile import clip_tokenizer
 
-TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm", "sd3", "flux")
+TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm", "sd3", "flux", "pixart", "dit")
 
 
 def _text_config(act: str, projection: int = 32):
@@ -88,6 +90,44 @@ def _tiny_sd3():
         text_encoder_2=CLIPTextModelWithProjection(_text_config("gelu")), tokenizer_2=clip_tokenizer("!"),
         text_encoder_3=None, tokenizer_3=None,
     )
+
+
+def _tiny_vae():
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32)
+
+
+def _tiny_pixart():
+    """PixArt-Σ layout (PixArtTransformer2DModel with learned sigma and adaLN-single, T5 encoder), DPM-Solver."""
+    import diffusers
+    from transformers import T5Config, T5EncoderModel
+
+    transformer = diffusers.PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=16,
+        patch_size=2, cross_attention_dim=16, caption_channels=32, norm_num_groups=32)
+    tokenizer = tiny_t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    return diffusers.PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=t5, vae=_tiny_vae(), transformer=transformer,
+                                         scheduler=diffusers.DPMSolverMultistepScheduler())
+
+
+DIT_LABELS = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 207: "golden retriever", 281: "tabby, tabby cat",
+              948: "Granny Smith"}  # a few ImageNet classes for the tiny DiT (the real models carry all 1000)
+
+
+def _tiny_dit():
+    """Class-conditional DiT layout (DiTTransformer2DModel, adaLN-zero, learned sigma), 1000 ImageNet classes."""
+    import diffusers
+
+    transformer = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+        patch_size=2, num_embeds_ada_norm=1000, norm_num_groups=32)
+    return diffusers.DiTPipeline(transformer=transformer, vae=_tiny_vae(),
+                                 scheduler=diffusers.DDIMScheduler(), id2label=DIT_LABELS)
 
 
 def tiny_t5_tokenizer():
@@ -182,6 +222,10 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         return _tiny_sd3()
     if family == "flux":
         return _tiny_flux()
+    if family == "pixart":
+        return _tiny_pixart()
+    if family == "dit":
+        return _tiny_dit()
     raise ValueError(f"no tiny builder for family {family!r} (choose from {', '.join(TINY_FAMILIES)})")
 
 
@@ -191,6 +235,11 @@ def build_tiny(family: str, out: Path, inpainting: bool = False, seed: int = 0) 
     pipe.save_pretrained(str(out), safe_serialization=True)
     if family == "ldm":
         (Path(out) / "sfumato.json").write_text('{"family": "ldm", "text_chunk_length": 14}')
+    if family == "dit":  # save_pretrained drops id2label; the published DiT folders keep it in model_index.json
+        index_path = Path(out) / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["id2label"] = {str(k): v for k, v in DIT_LABELS.items()}
+        index_path.write_text(json.dumps(index, indent=2))
     return out
 
 
