@@ -88,5 +88,27 @@ def test_outpaint_grows_the_canvas_and_keeps_the_original(flow_model, tmp_path):
     assert np.abs(picture[:, :16] - np.asarray(init, dtype=np.int16)[:, :16]).max() <= 1
     with pytest.raises(UnsupportedModel, match="variation seeds"):
         engine.generate(GenerationRequest("x", init_image=str(tmp_path / "init.png"), subseed_strength=0.5))
-    with pytest.raises(UnsupportedModel, match="hires fix"):
-        engine.generate(GenerationRequest("x", hires_scale=2.0, width=32, height=32))
+    with pytest.raises(UnsupportedModel, match="hires fix of an edit"):
+        engine.generate(GenerationRequest("x", hires_scale=2.0, init_image=str(tmp_path / "init.png")))
+
+
+def test_hires_fix_refines_the_upscaled_first_pass(flow_model):
+    """First pass, bicubic upscale ("latent" means pixels for these families), then the Img2Img pipeline at
+    hires_strength: the same as doing those steps by hand with diffusers."""
+    import diffusers
+
+    family, folder = flow_model
+    engine = Engine(folder)
+    request = GenerationRequest("red apple", seed=4, steps=4, width=32, height=32, hires_scale=1.5, hires_strength=0.5)
+    result = engine.generate(request)
+    assert result.images[0].image.size == (48, 48) and "Hires upscale: 1.5" in result.images[0].infotext
+    first = engine.generate(dataclasses.replace(request, hires_scale=1.0)).images[0].image
+    resolved = engine.resolve(request)
+    pipe = getattr(diffusers, PIPELINES[family][0]).from_pipe(engine.load().pipe)
+    texts = {"prompt": ["red apple"]} | ({"negative_prompt": [""]} if family == "sd3" else {})
+    reference = pipe(image=[first.resize((48, 48), Image.Resampling.BICUBIC)], strength=0.5, num_inference_steps=4,
+                     guidance_scale=resolved.cfg_scale, height=48, width=48, output_type="pil",
+                     generator=[torch.Generator().manual_seed(resolved.seed)], **texts).images[0]
+    assert np.abs(_ours(result)[0] - np.asarray(reference, dtype=np.int16)).max() <= 1
+    assert np.abs(_ours(result)[0] - np.asarray(first.resize((48, 48), Image.Resampling.BICUBIC),
+                                                dtype=np.int16)).mean() > 2

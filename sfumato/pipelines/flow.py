@@ -30,7 +30,8 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
     if family == "flux" and request.negative_prompt:
         raise UnsupportedModel("FLUX models take no negative prompt (guidance is distilled); remove it")
     unsupported = [name for name, used in (("colorize / init upscaler", request.colorize or request.init_upscaler),
-                                           ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile),
+                                           ("hires fix of an edit", request.hires_scale > 1.0 and request.init_image),
+                                           ("tiling", request.tile),
                                            ("SD upscale", request.sd_upscale > 1.0),
                                            ("ControlNet units", bool(request.controls)),
                                            ("IP-Adapter", bool(request.ip_adapter)),
@@ -56,11 +57,36 @@ def edit_steps(steps: int, strength: float) -> int:
 
 
 def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int],
-                        progress, prompts: list[str] | None = None) -> list[Image.Image]:
-    """One batch through the diffusers SD3/FLUX pipeline; `prompts` are the images' own (dynamic) prompts."""
-    from sfumato.pipelines.tasks import finish, prepare_source
+                        progress, prompts: list[str] | None = None, upscaler_for=None) -> list[Image.Image]:
+    """One batch through the diffusers SD3/FLUX pipeline; `prompts` are the images' own (dynamic) prompts. A hires
+    fix upscales the first pass's images (in pixels: "latent" upscalers mean bicubic here, any upscaler name works)
+    and refines them with the Img2Img pipeline at `hires_strength`."""
+    import dataclasses
 
-    source = prepare_source(request)
+    images = _flow_pass(model, request, seeds, subseeds, progress, prompts)
+    if request.hires_scale <= 1.0 or request.init_image:
+        return images
+    from sfumato.pipelines.tasks import hires_size
+    from sfumato.upscale.upscalers import upscale
+
+    width, height = hires_size(request)
+    if request.hires_upscaler.startswith("latent"):
+        mode = Image.Resampling.NEAREST if request.hires_upscaler == "latent-nearest" else Image.Resampling.BICUBIC
+        upscaled = [image.resize((width, height), mode) for image in images]
+    else:
+        upscaler = upscaler_for(request.hires_upscaler)
+        upscaled = [upscale(image, upscaler, width, height) for image in images]
+    second = dataclasses.replace(request, width=width, height=height, steps=request.hires_steps or request.steps,
+                                 strength=request.hires_strength, hires_scale=1.0, subseed_strength=0.0)
+    return _flow_pass(model, second, seeds, subseeds, progress, prompts, upscaled)
+
+
+def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int], progress,
+               prompts: list[str] | None, init: list[Image.Image] | None = None) -> list[Image.Image]:
+    """One pass: txt2img, or an edit of the request's init image (or of `init`, one picture per image)."""
+    from sfumato.pipelines.tasks import Source, finish, prepare_source
+
+    source = prepare_source(request) if init is None else Source(init[0], None)
     pipe = model.pipe
     scale = model.vae_scale
     flux = model.family == "flux"
@@ -79,7 +105,7 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
         import diffusers
 
         pipe = getattr(diffusers, EDIT_PIPELINES[(model.family, source.mask is not None)]).from_pipe(pipe)
-        inputs = {"image": [source.image] * len(seeds), "strength": request.strength,
+        inputs = {"image": init or [source.image] * len(seeds), "strength": request.strength,
                   "generator": [torch.Generator().manual_seed(seed) for seed in seeds]}
         if source.mask is not None:
             inputs["mask_image"] = [source.mask] * len(seeds)
