@@ -247,6 +247,16 @@ class SqliteJobStore(JobStore):
         with self._db_lock, storage_errors():
             return self._db.execute(sql, args).rowcount
 
+    def _migrate(self) -> None:
+        """Migrate inside one write transaction: servers sharing the file and starting together migrate once."""
+        self._change("BEGIN IMMEDIATE")
+        try:
+            super()._migrate()
+        except BaseException:
+            self._change("ROLLBACK")
+            raise
+        self._change("COMMIT")
+
     def _columns(self) -> set[str]:
         return {row[1] for row in self._rows("PRAGMA table_info(jobs)")}
 
