@@ -117,7 +117,8 @@ def build(args: dict[str, Any]):
     KubeRay's RayService `import_path`). Arguments: model, data_dir, store, replicas, autoscale ("1,4"),
     gpus_per_replica, cpus_per_replica, allowed_hosts (comma-separated), max_batch_size, queue_size, safety.
     The API key comes from $SFUMATO_API_KEY (a secret), never from the config; without one the application
-    answers loopback only, as `sfumato serve` does."""
+    answers loopback only, as `sfumato serve` does. Without a `store` argument, $SFUMATO_STORE names the store (a
+    PostgreSQL URL with its password belongs in a secret too)."""
     import os
 
     known = {"model", "data_dir", "store", "replicas", "autoscale", "gpus_per_replica", "cpus_per_replica",
@@ -129,7 +130,7 @@ def build(args: dict[str, Any]):
     hosts = tuple(h.strip() for h in str(args.get("allowed_hosts", "")).split(",") if h.strip())
     settings = ServerSettings(host="0.0.0.0" if key else "127.0.0.1", model=args.get("model"), api_key=key,
                               data_dir=Path(args.get("data_dir", "/tmp/sfumato-server")),
-                              store=args.get("store"), allowed_hosts=hosts,
+                              store=args.get("store") or os.environ.get("SFUMATO_STORE"), allowed_hosts=hosts,
                               max_batch_size=int(args.get("max_batch_size", 8)),
                               queue_size=int(args.get("queue_size", 256)), safety=args.get("safety", "blur"),
                               store_lease_s=float(args.get("store_lease_s", 30.0))).check()
