@@ -110,3 +110,21 @@ def test_the_declarative_builder_checks_its_arguments_and_keeps_the_key_out_of_t
     monkeypatch.setenv("SFUMATO_API_KEY", "secret")
     app = ray_serve.build({"data_dir": str(tmp_path), "autoscale": "1,4", "allowed_hosts": "sfumato.example.com"})
     assert isinstance(app, Application)
+
+
+def test_the_kuberay_example_deploys_arguments_the_builder_takes(monkeypatch, tmp_path):
+    """docs/kuberay/sfumato-rayservice.yaml: valid YAML, its application points at the builder, and the builder takes
+    its arguments (paths swapped for this machine's)."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve import Application
+
+    from sfumato.scale import serve as ray_serve
+
+    manifest = yaml.safe_load((Path(__file__).parents[1] / "docs/kuberay/sfumato-rayservice.yaml").read_text())
+    application = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]
+    assert application["import_path"] == "sfumato.scale.serve:build" and application["route_prefix"] == "/"
+    args = dict(application["args"], model=None, data_dir=str(tmp_path))
+    monkeypatch.setenv("SFUMATO_API_KEY", "from-a-secret")
+    assert isinstance(ray_serve.build(args), Application)
