@@ -255,11 +255,18 @@ def _add_train_parser(commands) -> None:
 
     from sfumato.training.config import METHODS, TrainConfig
 
-    train = commands.add_parser("train", help="train: scratch, full, lora, dreambooth, oft, textual-inversion, vae")
-    train.add_argument("method", choices=[*METHODS, "vae"])
+    train = commands.add_parser("train", help="train: scratch, full, lora, dreambooth, oft, textual-inversion, vae, "
+                                              "vqgan")
+    train.add_argument("method", choices=[*METHODS, "vae", "vqgan"])
     train.add_argument("--config", type=Path, help="TOML file of training settings (data only)")
     train.add_argument("--vae-config", help="`train vae`: AutoencoderKL config.json overriding the small default")
     train.add_argument("--kl-weight", type=float, default=1e-6, help="`train vae`: KL term weight")
+    vq = train.add_argument_group("train vqgan")
+    vq.add_argument("--codebook-size", type=int, default=256, help="codes in the codebook")
+    vq.add_argument("--disc-start", type=int, default=500, help="steps before the PatchGAN discriminator joins")
+    vq.add_argument("--disc-weight", type=float, default=0.1, help="weight of the adversarial term")
+    vq.add_argument("--restart-every", type=int, default=100, help="dead-code restart window in steps (0: never)")
+    vq.add_argument("--holdout", type=float, default=0.1, help="share of images held out for the reported metrics")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "method":
@@ -571,7 +578,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     missing = [k for k in ("data", "output") if not values.get(k)]
     if missing:
         raise InvalidRequest(f"`train {method}` needs --{' and --'.join(missing)}")
-    config = TrainConfig(method="full" if method == "vae" else method, **values)
+    config = TrainConfig(method="full" if method in ("vae", "vqgan") else method, **values)
+    if method == "vqgan":
+        from sfumato.training.vqgan import VQGANSettings, train_vqgan
+
+        settings = VQGANSettings(args.codebook_size, args.disc_start, args.disc_weight, args.restart_every, args.holdout)
+        print(train_vqgan(dataclasses.replace(config, model=None), settings, say=lambda m: print(m, file=sys.stderr)))
+        return 0
     if method == "vae":
         from sfumato.training.vae import train_vae
 

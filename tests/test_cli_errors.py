@@ -153,6 +153,7 @@ CASES = [
     (["portrait", "train", "{empty}", "-o", "{tmp}/p", "--model", "{sd1}"], 2),
     (["portrait", "generate", "{missing}", "-o", "{tmp}/p.png"], 2),
     (["portrait", "generate", "{empty}", "-o", "{tmp}/p.png"], 2),
+    (["train", "vqgan", "--data", "{empty}", "--output", "{tmp}/o", "--codebook-size", "1"], 2),
     (["batch"], 2),
     (["batch", "{jobs}"], 2),
     (["batch", "{prompts}", "--out", "{tmp}/o"], 2),

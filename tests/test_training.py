@@ -462,3 +462,31 @@ def test_controlnet_training_only_trains_the_controlnet_and_its_output_controls(
                            controlnet=str(result.output), control_augment=1.0), say=_quiet)
     assert load_control_model(warped.output).module.config.conditioning_embedding_out_channels == \
         net.config.conditioning_embedding_out_channels
+
+
+def test_vqgan_trains_with_a_codebook_discriminator_and_dead_code_restarts(squares, tmp_path, capsys):
+    """A tiny `sfumato train vqgan` run: the reconstruction loss falls, several codes are used, dead codes are
+    restarted, the discriminator joins after --disc-start, and the output is a diffusers VQModel."""
+    import csv
+
+    from diffusers import VQModel
+
+    from sfumato.cli import main
+
+    out = tmp_path / "vq"
+    code = main(["train", "vqgan", "--data", str(squares), "--output", str(out), "--steps", "60", "--batch-size", "4",
+                 "--resolution", "32", "--learning-rate", "3e-4", "--codebook-size", "32", "--disc-start", "40",
+                 "--restart-every", "10", "--holdout", "0.2"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    first = sum(float(r["reconstruction"]) for r in rows[:5]) / 5
+    last = sum(float(r["reconstruction"]) for r in rows[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    assert all(float(r["discriminator"]) == 0 for r in rows[:40]) and any(float(r["discriminator"]) > 0
+                                                                           for r in rows[40:])
+    assert max(float(r["usage"]) for r in rows) * 32 > 1  # more than one code in use
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["codes_restarted"] > 0 and metrics["heldout_images"] == 1 and metrics["psnr"] > 5
+    model = VQModel.from_pretrained(str(out / "vqmodel"))
+    assert model.config.num_vq_embeddings == 32
+    assert (out / "codebook.png").stat().st_size > 0 and (out / "reconstructions.png").exists()
