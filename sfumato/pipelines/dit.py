@@ -88,8 +88,6 @@ def _dit(model: LoadedModel, request: GenerationRequest, seeds: list[int], promp
     size = dit_size(model)
     if (request.width, request.height) != (size, size):
         raise UnsupportedModel(f"this DiT model makes {size}x{size} images only (--width/--height {size})")
-    if len(prompts) == 1 < len(seeds):
-        prompts = prompts * len(seeds)
     ids = class_ids(pipe, prompts)
     images = pipe(class_labels=ids, guidance_scale=request.cfg_scale, num_inference_steps=request.steps,
                   generator=[torch.Generator().manual_seed(seed) for seed in seeds], output_type="pil").images

@@ -65,6 +65,7 @@ class BatchWorker:
         self.engine = Engine(device=settings.device, dtype=settings.dtype, safety=settings.safety or SafetySettings(), compile=settings.compile,
                              memory=settings.memory)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._model_sha: dict[str, str] = {}  # model path -> SHA-256 for the PNG records (once per model, not per row)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         rows = [plans.PlanRow.from_line(str(line)) for line in batch["text"]]
@@ -101,7 +102,10 @@ class BatchWorker:
         if not result.images:
             return [self._entry(planned, 0, blocked="; ".join(result.blocked) or "no image was produced",
                                 seconds=result.seconds)]
-        sha = sha256(Path(result.request.model))
+        model = str(result.request.model)
+        if model not in self._model_sha:
+            self._model_sha[model] = sha256(Path(model))
+        sha = self._model_sha[model]
         entries = []
         for index, item in enumerate(result.images):
             name = plans.image_name(planned.row, index, planned.images)
