@@ -58,7 +58,7 @@ def set_timesteps(scheduler, steps: int, strength: float, device: torch.device) 
 def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative_rows: list[bool], width: int,
                        height: int) -> dict[str, torch.Tensor] | None:
     """SDXL's pooled text embeddings and size/crop (or aesthetic score) time ids, one row per UNet row."""
-    if pooled is None or model.pipe.unet.config.addition_embed_type != "text_time":
+    if pooled is None or model.pipe.unet.config.get("addition_embed_type") != "text_time":
         return None
     if getattr(model.pipe.config, "requires_aesthetics_score", False):
         positive, negative = [height, width, 0, 0, 6.0], [height, width, 0, 0, 2.5]

@@ -58,7 +58,8 @@ class TrainConfig:
     validation_extractor: str = "open-nsfw"  # features for that retrieval (any `eval` extractor, e.g. classifier:PATH)
     log_every: int = 10
     # scratch
-    unet_config: str | None = None  # a diffusers UNet2DConditionModel config.json
+    unet_config: str | None = None  # a diffusers UNet2DConditionModel config.json (a models.textdit one for --arch dit)
+    arch: str = "unet"  # unet, or dit: a text-conditioned DiT (PixArt-α blocks) in the UNet's place
     vae: str | None = None  # an AutoencoderKL folder (e.g. from `sfumato train vae`)
     text_encoder: str | None = None  # "minilm" or a local transformers model folder
     text_chunk_length: int = 75
@@ -96,6 +97,8 @@ class TrainConfig:
             raise InvalidRequest(f"`train {self.method}` needs --model (the model to start from)")
         if self.method == "scratch" and not (self.unet_config and self.vae and self.text_encoder):
             raise InvalidRequest("`train scratch` needs --unet-config, --vae and --text-encoder")
+        if self.arch not in ("unet", "dit") or (self.arch == "dit" and self.method != "scratch"):
+            raise InvalidRequest("arch must be unet or dit (dit: `train scratch` only)")
         if self.method == "dreambooth" and not (self.instance_prompt and self.class_prompt):
             raise InvalidRequest("`train dreambooth` needs --instance-prompt and --class-prompt")
         if self.method == "textual-inversion" and not (self.token and self.initializer_token):

@@ -86,8 +86,8 @@ class TrainSetup:
         self.vae_config = dict(self.pipe.vae.config)
         self.vae_scale = 2 ** (len(self.vae_config["block_out_channels"]) - 1)
         unet = self.pipe.unet.config
-        self.class_embed = unet.class_embed_type is not None
-        self.time_ids = unet.addition_embed_type == "text_time"
+        self.class_embed = unet.get("class_embed_type") is not None
+        self.time_ids = unet.get("addition_embed_type") == "text_time"
         if unet.in_channels == 9:
             raise UnsupportedModel("training inpainting models is not supported")
 
@@ -199,8 +199,11 @@ def save_model_folder(pipe, folder: Path, settings: dict[str, Any] | None = None
             if name in ("safety_checker", "feature_extractor", "image_encoder"):
                 index[name] = [None, None]
             continue
-        library = "transformers" if type(component).__module__.startswith("transformers") else "diffusers"
-        index[name] = [library, type(component).__name__]
+        cls = type(component)
+        if cls.__module__.startswith("sfumato."):  # our own subclass (models.textdit): diffusers knows its base
+            cls = cls.__mro__[1]
+        library = "transformers" if cls.__module__.startswith("transformers") else "diffusers"
+        index[name] = [library, cls.__name__]
         if referenced and name in ("text_encoder", "tokenizer"):
             continue
         target = folder / name
@@ -258,10 +261,15 @@ def build_scratch(config: TrainConfig, device: torch.device, say: Callable[[str]
     except (OSError, ValueError) as exc:
         raise InvalidRequest(f"cannot read UNet config {config.unet_config}: {exc}") from None
     hidden = parts["text_encoder"].config.hidden_size
-    unet_config["cross_attention_dim"] = hidden
-    if unet_config.get("class_embed_type") == "projection":
-        unet_config["projection_class_embeddings_input_dim"] = hidden
-    unet = UNet2DConditionModel.from_config(unet_config)
+    if config.arch == "dit":  # a DiT denoiser in the UNet's place (models.textdit)
+        from sfumato.models.textdit import build_textdit
+
+        unet = build_textdit(unet_config, hidden)
+    else:
+        unet_config["cross_attention_dim"] = hidden
+        if unet_config.get("class_embed_type") == "projection":
+            unet_config["projection_class_embeddings_input_dim"] = hidden
+        unet = UNet2DConditionModel.from_config(unet_config)
     vae = AutoencoderKL.from_pretrained(str(config.vae), torch_dtype=torch.float32)
     scheduler = DDPMScheduler(**SD_BETAS, prediction_type=config.prediction_type or "epsilon", clip_sample=False)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=unet,
@@ -277,7 +285,8 @@ def build_scratch(config: TrainConfig, device: torch.device, say: Callable[[str]
     parts["text_encoder"].requires_grad_(False)
     setup = TrainSetup(pipe, info, device, unet, dict(unet.named_parameters()), chunk_length=config.text_chunk_length)
     setup._save = lambda cfg, run: save_model_folder(pipe, run / "model", json.loads((folder / "sfumato.json").read_text()))
-    say(f"scratch UNet: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters; text encoder "
+    say(f"scratch {'DiT' if config.arch == 'dit' else 'UNet'}: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M "
+        f"parameters; text encoder "
         f"{type(parts['text_encoder']).__name__} ({hidden}-d), VAE latent x{setup.vae_scale}")
     return setup
 
