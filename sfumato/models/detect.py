@@ -148,10 +148,10 @@ def family_from_keys(keys: set[str], path: Path) -> Family:
     def has(prefix: str) -> bool:
         return any(key.startswith(prefix) for key in keys)
 
-    if has("model.diffusion_model.joint_blocks."):
-        raise UnsupportedModel(f"{path}: SD3 single files are not supported; use an SD3 diffusers folder")
+    if has("model.diffusion_model.joint_blocks.") or has("joint_blocks."):
+        return FAMILIES["sd3"]
     if has("double_blocks.") or has("model.diffusion_model.double_blocks."):
-        raise UnsupportedModel(f"{path}: FLUX single files are not supported; use a FLUX diffusers folder")
+        return FAMILIES["flux"]
     if not has("model.diffusion_model."):
         if has("lora_") or any(".lora" in key for key in keys):
             raise UnsupportedModel(f"{path} is a LoRA, not a checkpoint; pass it with --lora")

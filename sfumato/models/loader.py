@@ -70,6 +70,10 @@ def load_model(path: Path, device: str | None = None, dtype: str | None = None) 
     try:
         if info.format == "diffusers":
             pipe = _load_folder(info, torch_dtype)
+        elif info.family.name in ("sd3", "flux") and info.format == "safetensors":
+            from sfumato.models.flowfile import load_flow_pipeline
+
+            pipe = load_flow_pipeline(info, torch_dtype)
         else:
             pipe = _assemble(info, singlefile.load_components(info, torch_dtype))
     except SfumatoError:

@@ -249,7 +249,11 @@ def openclip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def ldm_checkpoint(components: dict[str, Any], info: ModelInfo,
                    half: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Diffusers components (unet, vae, text encoders) -> one LDM-layout state dict and the metadata (configs,
-    family, prediction type) that lets us load it back without a network."""
+    family, prediction type) that lets us load it back without a network. SD3/FLUX: their original layouts."""
+    if info.family.name in ("sd3", "flux"):
+        from sfumato.models.flowfile import flow_checkpoint
+
+        return flow_checkpoint(components, info, half)
     if info.family.name not in TEXT_PREFIXES:
         raise UnsupportedModel(f"{info.family.name} models have no single-file layout (their text encoder is not an "
                                "SD one): keep the diffusers folder")
