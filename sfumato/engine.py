@@ -451,7 +451,8 @@ class Engine:
             batch_request = dataclasses.replace(resolved, seed=seeds[0], subseed=subseeds[0], batch_count=1)
             prompts = resolved.image_prompts[first:first + resolved.batch_size] or [resolved.prompt] * len(seeds)
             if model.info.family.prediction_type == "flow":
-                pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker, prompts, self.upscaler)
+                pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker, prompts, self.upscaler,
+                                               controls.units if controls else None)
             elif model.info.family.denoiser == "transformer":
                 pictures = generate_dit_batch(model, batch_request, seeds, subseeds, tracker, prompts)
             else:

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from sfumato.control import preprocessors
-from sfumato.control.models import ControlModel
+from sfumato.control.models import FLOW_KINDS, ControlModel
 from sfumato.control.units import ControlUnit
-from sfumato.errors import InvalidRequest
+from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.pipelines import images as imgs
 
 SOFT_INJECTION = 0.825
@@ -120,6 +120,9 @@ class ControlSet:
         self.ip_embeds = ip_embeds  # IP-Adapter (negative, positive) image embeddings, one row per image
         self.units: list[PreparedUnit] = []
         for unit, model in units:
+            if model.kind in FLOW_KINDS:
+                raise UnsupportedModel(f"control model {model.name} is a {FLOW_KINDS[model.kind].upper()} ControlNet; "
+                                       "it does not fit a UNet model")
             image = map_tensor(unit, control_map(unit, width, height)).to(device, model.module.dtype)
             prepared = PreparedUnit(unit, model, image, region=region_tensor(unit, width, height, device))
             if model.kind == "t2i-adapter":

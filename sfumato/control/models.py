@@ -26,7 +26,9 @@ from sfumato.models import home
 
 CONFIG_METADATA_KEY = "sfumato.config"
 EMBEDDED_CONTROLNETS = Path(__file__).resolve().parent.parent / "models" / "embedded"
-CLASSES = {"ControlNetModel": "controlnet", "ControlNetUnionModel": "controlnet-union", "T2IAdapter": "t2i-adapter"}
+CLASSES = {"ControlNetModel": "controlnet", "ControlNetUnionModel": "controlnet-union", "T2IAdapter": "t2i-adapter",
+           "SD3ControlNetModel": "controlnet-sd3", "FluxControlNetModel": "controlnet-flux"}  # the last two: flow.py
+FLOW_KINDS = {"controlnet-sd3": "sd3", "controlnet-flux": "flux"}
 CROSS_ATTENTION_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 

@@ -33,13 +33,18 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                                            ("hires fix of an edit", request.hires_scale > 1.0 and request.init_image),
                                            ("tiling", request.tile),
                                            ("SD upscale", request.sd_upscale > 1.0),
-                                           ("ControlNet units", bool(request.controls)),
+                                           ("ControlNet units with an init image or hires fix",
+                                            bool(request.controls) and (request.init_image or request.hires_scale > 1)),
                                            ("IP-Adapter", bool(request.ip_adapter)),
                                            ("token merging", request.token_merging_ratio > 0))
                    if used]
     if unsupported:
-        raise UnsupportedModel(f"{family} does not support {', '.join(unsupported)} yet (txt2img, img2img, "
-                               "inpainting and outpainting work)")
+        raise UnsupportedModel(f"{family} does not support {', '.join(unsupported)} yet (txt2img with ControlNets, "
+                               "img2img, inpainting, outpainting and hires fix work)")
+    for index, unit in enumerate(request.controls or []):
+        if unit.get("control_mode", "balanced") != "balanced" or unit.get("effective_region_mask"):
+            raise UnsupportedModel(f"control unit {index}: control_mode and effective_region_mask are for UNet "
+                                   f"ControlNets; {family} ControlNets take weight and guidance start/end")
     if request.init_image and request.subseed_strength > 0:
         raise UnsupportedModel(f"{family} edits (init image) take no variation seeds yet")
     if any(len(split_and(text)) > 1 for text in (request.prompt, request.negative_prompt)):
@@ -56,14 +61,19 @@ def edit_steps(steps: int, strength: float) -> int:
     return steps - int(max(steps - min(steps * strength, steps), 0))
 
 
+CONTROL_PIPELINES = {"sd3": ("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel"),
+                     "flux": ("FluxControlNetPipeline", "FluxMultiControlNetModel")}
+
+
 def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int],
-                        progress, prompts: list[str] | None = None, upscaler_for=None) -> list[Image.Image]:
+                        progress, prompts: list[str] | None = None, upscaler_for=None,
+                        controls: list | None = None) -> list[Image.Image]:
     """One batch through the diffusers SD3/FLUX pipeline; `prompts` are the images' own (dynamic) prompts. A hires
     fix upscales the first pass's images (in pixels: "latent" upscalers mean bicubic here, any upscaler name works)
     and refines them with the Img2Img pipeline at `hires_strength`."""
     import dataclasses
 
-    images = _flow_pass(model, request, seeds, subseeds, progress, prompts)
+    images = _flow_pass(model, request, seeds, subseeds, progress, prompts, controls=controls)
     if request.hires_scale <= 1.0 or request.init_image:
         return images
     from sfumato.pipelines.tasks import hires_size
@@ -82,8 +92,10 @@ def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: l
 
 
 def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int], progress,
-               prompts: list[str] | None, init: list[Image.Image] | None = None) -> list[Image.Image]:
-    """One pass: txt2img, or an edit of the request's init image (or of `init`, one picture per image)."""
+               prompts: list[str] | None, init: list[Image.Image] | None = None, controls: list | None = None
+               ) -> list[Image.Image]:
+    """One pass: txt2img (with the units' ControlNets when `controls` has any), or an edit of the request's init image
+    (or of `init`, one picture per image)."""
     from sfumato.pipelines.tasks import Source, finish, prepare_source
 
     source = prepare_source(request) if init is None else Source(init[0], None)
@@ -101,10 +113,14 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
             noise = pipe._pack_latents(noise, len(seeds), channels, height, width)
         inputs = {"latents": noise.to(model.device, model.dtype)}
         progress.add_total(request.steps)
+        if controls:
+            pipe, control_inputs = _control_pipeline(model, pipe, controls, request.width, request.height)
+            inputs.update(control_inputs)
     else:  # img2img / inpaint / outpaint: the edit pipeline over the same components, a generator per image
         import diffusers
 
         pipe = getattr(diffusers, EDIT_PIPELINES[(model.family, source.mask is not None)]).from_pipe(pipe)
+        pipe.set_progress_bar_config(disable=True)
         inputs = {"image": init or [source.image] * len(seeds), "strength": request.strength,
                   "generator": [torch.Generator().manual_seed(seed) for seed in seeds]}
         if source.mask is not None:
@@ -126,13 +142,44 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
         texts = scheduled.first_inputs()
     else:
         texts = {"prompt": prompts} if flux else {"prompt": prompts, "negative_prompt": negatives}
-    # the edit pipelines let a callback change only the sequence embeddings (pooled vectors stay the first step's)
-    callback_inputs = ["prompt_embeds"] if flux or source is not None else ["prompt_embeds", "pooled_prompt_embeds"]
-    with block_cache_for(pipe.transformer, request.cache_interval, request.cache_threshold):
+    # the edit and ControlNet pipelines let a callback change only the sequence embeddings (pooled vectors stay the
+    # first step's)
+    callback_inputs = [name for name in ("prompt_embeds", "pooled_prompt_embeds") if name in pipe._callback_tensor_inputs]
+    with block_cache_for(pipe.transformer, request.cache_interval, request.cache_threshold), \
+            torch.random.fork_rng(devices=[model.device.index or 0] if model.device.type == "cuda" else []):
+        # the ControlNet pipelines sample the control image's VAE posterior from the global generator: seed it, so
+        # a seed replays the same image (outside this block the process's random state is untouched)
+        torch.manual_seed(seeds[0])
         images = pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
                       width=request.width, callback_on_step_end=on_step,
                       callback_on_step_end_tensor_inputs=callback_inputs, output_type="pil", **inputs, **texts).images
     return finish(request, images, source)
+
+
+def _control_pipeline(model: LoadedModel, pipe, controls: list, width: int, height: int):
+    """The family's diffusers ControlNet pipeline over the loaded components, and its control inputs: one map per
+    unit (preprocessed as for UNet ControlNets), its weight and guidance start/end."""
+    import diffusers
+
+    from sfumato.control.apply import control_map
+    from sfumato.control.models import FLOW_KINDS
+
+    for unit, control in controls:
+        if FLOW_KINDS.get(control.kind) != model.family:
+            raise UnsupportedModel(f"control model {control.name} ({control.kind}) does not fit a {model.family} model: "
+                                   f"it needs a {model.family.upper()} ControlNet")
+    pipeline, multi = CONTROL_PIPELINES[model.family]
+    nets = [control.module for _, control in controls]
+    net = nets[0] if len(nets) == 1 else getattr(diffusers, multi)(nets)
+    maps = [control_map(unit, width, height) for unit, _ in controls]
+    one = len(controls) == 1
+    inputs = {"control_image": maps[0] if one else maps,
+              "controlnet_conditioning_scale": controls[0][0].weight if one else [u.weight for u, _ in controls],
+              "control_guidance_start": [u.guidance_start for u, _ in controls],
+              "control_guidance_end": [u.guidance_end for u, _ in controls]}
+    control_pipe = getattr(diffusers, pipeline).from_pipe(pipe, controlnet=net)
+    control_pipe.set_progress_bar_config(disable=True)
+    return control_pipe, inputs
 
 
 class ScheduledEmbeddings:
