@@ -111,3 +111,39 @@ def test_a_folder_whose_denoiser_is_gguf(family, sd1, models_dir, tmp_path):
     image = engine.generate(GenerationRequest(**request)).images[0].image
     assert psnr(reference, image) > 55  # measured 64.9 dB (FLUX)
     assert any(isinstance(m, GGUFLinear) for m in getattr(engine.load().pipe, part).modules())
+
+
+def test_city96_style_gguf_in_the_original_flux_layout(models_dir, tmp_path):
+    """A FLUX transformer GGUF in Black Forest Labs' key layout (city96's files: fused q/k/v and single-block
+    projections, Q8_0 rows) dropped into a diffusers folder: the same weights, so the same image, as the
+    diffusers-layout Q8_0 conversion (Q8_0 quantizes each row on its own, so fused rows quantize identically)."""
+    import shutil
+
+    from sfumato.models.flowfile import to_original
+    from sfumato.models.gguf import write_gguf
+    from sfumato.models.loader import load_model
+    from sfumato.models.tiny import build_tiny
+
+    source = models_dir / "flux"
+    if not source.exists():
+        build_tiny("flux", source)
+    diffusers_layout = convert(source, tmp_path / "flux-q8", quant="q8_0")
+    city96 = tmp_path / "flux-city96"
+    shutil.copytree(diffusers_layout, city96)
+    (city96 / "transformer" / "diffusion_pytorch_model.gguf").unlink()
+    transformer = load_model(source, "cpu", "float32").pipe.transformer
+    counts = write_gguf(to_original(transformer.state_dict(), "flux"), city96 / "transformer" / "flux1-tiny-Q8_0.gguf",
+                        "q8_0", {"sfumato.family": "flux"}, prefix="")
+    assert counts["Q8_0"] > 5
+    from gguf import GGUFReader
+
+    names = {t.name for t in GGUFReader(str(city96 / "transformer" / "flux1-tiny-Q8_0.gguf")).tensors}
+    assert "double_blocks.0.img_attn.qkv.weight" in names and "single_blocks.0.linear1.weight" in names
+    request = GenerationRequest(prompt="a cat", seed=1, steps=3, width=64, height=64)
+    ours = np.asarray(Engine(city96).generate(request).images[0].image)
+    theirs = np.asarray(Engine(diffusers_layout).generate(request).images[0].image)
+    assert np.array_equal(ours, theirs)
+    from sfumato.errors import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="transformer/ folder"):
+        Engine(city96 / "transformer" / "flux1-tiny-Q8_0.gguf").generate(request)

@@ -156,19 +156,18 @@ def component_file(folder: Path) -> Path | None:
 
 def load_component(cls, folder: Path, dtype: torch.dtype):
     """A diffusers denoiser from its folder's config and a GGUF file: diffusers keys, or the original FLUX/SD3
-    layout (city96's files) converted by diffusers' own single-file converters. Quantized matrices stay packed."""
+    layout (city96's files; `models.flowfile` maps the keys, splitting fused q/k/v rows of packed blocks as they are).
+    Quantized matrices stay packed."""
     from accelerate import init_empty_weights
 
     path = component_file(folder)
     state = read_gguf(path)
     state = {k.removeprefix("model.diffusion_model."): v for k, v in state.items()}
     layout = next((name for key, name in BFL_KEYS.items() if any(k.startswith(key) for k in state)), None)
-    if layout is not None:
-        from diffusers.loaders import single_file_utils as convert
+    if layout is not None:  # our rule table (models.flowfile): any width; packed rows split like plain ones
+        from sfumato.models.flowfile import to_diffusers
 
-        converter = {"flux": convert.convert_flux_transformer_checkpoint_to_diffusers,
-                     "sd3": convert.convert_sd3_transformer_checkpoint_to_diffusers}[layout]
-        state = converter(state)
+        state = to_diffusers(state, layout, path)
     with init_empty_weights():
         model = cls.from_config(cls.load_config(str(folder)))
     used = quantized_linears(model, state, dtype)

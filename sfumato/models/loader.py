@@ -74,6 +74,10 @@ def load_model(path: Path, device: str | None = None, dtype: str | None = None) 
             from sfumato.models.flowfile import load_flow_pipeline
 
             pipe = load_flow_pipeline(info, torch_dtype)
+        elif info.family.name in ("sd3", "flux"):  # city96's GGUFs hold the transformer alone
+            raise UnsupportedModel(f"{path}: a {info.family.name} GGUF holds the transformer alone; put it in the "
+                                   f"transformer/ folder of a {info.family.name} diffusers model (in place of its "
+                                   "safetensors) and load that folder")
         else:
             pipe = _assemble(info, singlefile.load_components(info, torch_dtype))
     except SfumatoError:
