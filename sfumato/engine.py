@@ -32,6 +32,7 @@ from sfumato.models.vae import apply_vae, is_own, resolve_vae
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
 from sfumato.pipelines.dit import check_dit_request, generate_dit_batch
+from sfumato.pipelines.vq import check_vq_request, generate_vq_batch
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
 from sfumato.pipelines.recipes import recipe_request
 from sfumato.pipelines.tasks import BatchPrompts, Controls, generate_batch
@@ -153,7 +154,7 @@ class Engine:
         """Tokens per chunk of `prompt` as the model's tokenizer splits it (flags and LoRA tags removed): the largest
         count over its AND parts and scheduled texts, the chunk length, and each scheduled text's own counts."""
         loaded = self.load(model)
-        if loaded.info.family.denoiser == "transformer":
+        if loaded.info.family.denoiser != "unet":
             raise InvalidRequest("token counts are available for CLIP/BERT-conditioned (UNet) models")
         text, _ = extract_lora_tags(prompt)
         text, _ = split_flags(text)
@@ -189,7 +190,7 @@ class Engine:
         info = self.describe(request.model)
         family = info.family
         flow = family.prediction_type == "flow"
-        transformer = family.denoiser == "transformer"  # through its own diffusers pipeline (SD3, FLUX, PixArt, DiT)
+        transformer = family.denoiser != "unet"  # through its own diffusers pipeline (SD3, FLUX, PixArt, DiT, VQ)
         styled, negative = request.prompt, request.negative_prompt
         if request.template is None:  # not yet resolved (a replayed request keeps what it resolved to)
             styled, negative = apply_styles(request.prompt, request.negative_prompt, request.styles)
@@ -247,6 +248,8 @@ class Engine:
                                  f"not {family.name}")
         if flow:
             check_flow_request(family.name, resolved)
+        elif family.denoiser == "pipeline":
+            check_vq_request(family.name, resolved)
         elif transformer:
             check_dit_request(family.name, resolved)
         elif resolved.cache_threshold > 0:
@@ -453,6 +456,8 @@ class Engine:
             if model.info.family.prediction_type == "flow":
                 pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker, prompts, self.upscaler,
                                                controls.units if controls else None)
+            elif model.info.family.denoiser == "pipeline":
+                pictures = generate_vq_batch(model, batch_request, seeds, subseeds, tracker, prompts)
             elif model.info.family.denoiser == "transformer":
                 pictures = generate_dit_batch(model, batch_request, seeds, subseeds, tracker, prompts)
             else:
@@ -570,7 +575,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
              or request.ip_adapter is not None or request.p2p_source is not None or sampler_has_own_noise(request.sampler)
              or request.sd_upscale > 1
              or bool(request.image_prompts)
-             or request.model is None or describe(Path(request.model)).family.denoiser == "transformer"
+             or request.model is None or describe(Path(request.model)).family.denoiser != "unet"
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))
     if alone:
         return ("alone", index)

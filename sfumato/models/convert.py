@@ -60,7 +60,7 @@ def _to_gguf(source: Path, target: Path, quant: str) -> Path:
     info = describe(source)
     if info.format == "pickle":
         raise InvalidRequest(f"{source} is a pickle: convert it to .safetensors first (--allow-pickle)")
-    if info.family.denoiser == "transformer":
+    if info.family.denoiser != "unet":
         raise UnsupportedModel(f"GGUF conversion writes SD 1.x/2.x/XL checkpoints, not {info.family.name}")
     model = load_model(source, device="cpu", dtype="float32")
     state, metadata = ldm_checkpoint(components_of(model), model.info)

@@ -92,6 +92,10 @@ def _describe_folder(path: Path) -> ModelInfo:
         family = FAMILIES["pixart"]
     elif pipeline == "DiTPipeline":
         family = FAMILIES["dit"]
+    elif pipeline == "LDMTextToImagePipeline":
+        family = FAMILIES["ldm-vq"]
+    elif pipeline == "KandinskyV22CombinedPipeline":
+        family = FAMILIES["kandinsky22"]
     elif pipeline.startswith("StableDiffusionXL"):
         has_first_encoder = (index.get("text_encoder") or [None])[0] is not None
         family = FAMILIES["sdxl"] if has_first_encoder else FAMILIES["sdxl-refiner"]
@@ -99,7 +103,7 @@ def _describe_folder(path: Path) -> ModelInfo:
         openclip = configs.get("text_encoder", {}).get("hidden_act") == "gelu"  # SD1's CLIP-L uses quick_gelu
         family = FAMILIES["sd2"] if unet.get("cross_attention_dim") == 1024 or openclip else FAMILIES["sd1"]
     else:
-        raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (SD1/2, SDXL, SD3, FLUX, PixArt, DiT)")
+        raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (SD1/2, SDXL, SD3, FLUX, PixArt, DiT, LDM-VQ, Kandinsky 2.2 combined)")
     prediction = configs.get("scheduler", {}).get("prediction_type", family.prediction_type)
     if family.prediction_type == "flow":
         prediction = "flow"

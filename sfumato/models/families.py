@@ -23,7 +23,8 @@ class Family:
     prediction_type: str = "epsilon"
     pipeline_class: str = "StableDiffusionPipeline"
     skeleton: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-    denoiser: str = "unet"  # "transformer": the family runs through its own diffusers pipeline (pipelines/flow, dit)
+    denoiser: str = "unet"  # "transformer" / "pipeline": the family runs through its own diffusers pipeline
+    # (pipelines/flow and dit; pipelines/vq)
 
 
 def _clip_text(hidden: int, layers: int, heads: int, act: str, projection: int) -> dict[str, Any]:
@@ -164,5 +165,12 @@ PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", def
 DIT = Family(name="dit", native_size=256, default_sampler="DPM++ 2M", default_steps=25, default_cfg_scale=4.0,
              pipeline_class="DiTPipeline", denoiser="transformer")
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, PIXART, DIT)}
+# Vector-quantised autoencoder families through their diffusers pipelines (pipelines/vq): CompVis' LDM text-to-image
+# (VQModel + LDMBert + UNet) and Kandinsky 2.2 (CLIP image prior + UNet + MoVQ decoder)
+LDM_VQ = Family(name="ldm-vq", native_size=256, default_sampler="DDIM", default_steps=50, default_cfg_scale=6.0,
+                pipeline_class="LDMTextToImagePipeline", denoiser="pipeline")
+KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM", default_steps=50,
+                     default_cfg_scale=4.0, pipeline_class="KandinskyV22CombinedPipeline", denoiser="pipeline")
+
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, PIXART, DIT, LDM_VQ, KANDINSKY22)}
 UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm")

@@ -16,7 +16,7 @@ import torch
 from sfumato.models.families import FAMILIES
 from sfumato.models.singlefile import clip_tokenizer
 
-TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm", "sd3", "flux", "pixart", "dit")
+TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm", "sd3", "flux", "pixart", "dit", "ldm-vq", "kandinsky22")
 
 
 def _text_config(act: str, projection: int = 32):
@@ -130,6 +130,60 @@ def _tiny_dit():
                                  scheduler=diffusers.DDIMScheduler(), id2label=DIT_LABELS)
 
 
+def _tiny_ldm_vq():
+    """CompVis' LDM text-to-image layout: VQModel autoencoder (x8, the factor the pipeline assumes), LDMBert text
+    encoder (bert-base-uncased WordPiece, as MiniLM's), a UNet2DConditionModel in the VQ latent space, DDIM."""
+    import diffusers
+    from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
+
+    _, tokenizer = tiny_bert()
+    bert = LDMBertModel(LDMBertConfig(vocab_size=tokenizer.vocab_size, d_model=32, encoder_layers=2, encoder_ffn_dim=37,
+                                      encoder_attention_heads=4, head_dim=8, max_position_embeddings=77))
+    vqvae = diffusers.VQModel(block_out_channels=(32, 32, 32, 64), in_channels=3, out_channels=3, latent_channels=3,
+                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                              num_vq_embeddings=64, vq_embed_dim=3, norm_num_groups=32, sample_size=32)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=3, out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+    scheduler = diffusers.DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+                                        clip_sample=False, set_alpha_to_one=False)
+    return diffusers.LDMTextToImagePipeline(vqvae=vqvae, bert=bert, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def _tiny_kandinsky22():
+    """Kandinsky 2.2 combined layout: CLIP text/image towers and a PriorTransformer (text -> CLIP image embedding),
+    an image-conditioned UNet, the MoVQ (spatially normalised VQ) decoder."""
+    import diffusers
+    from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    prior = diffusers.PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=32, num_layers=1)
+    prior.clip_std = torch.nn.Parameter(torch.ones(prior.clip_std.shape))
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, image_size=32, projection_dim=32,
+                                                            intermediate_size=37, num_attention_heads=4,
+                                                            num_hidden_layers=2, patch_size=8))
+    unet = diffusers.UNet2DConditionModel(
+        in_channels=4, out_channels=8, addition_embed_type="image", block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        encoder_hid_dim=32, encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift", class_embed_type=None)
+    movq = diffusers.VQModel(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+                             in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+                             num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+                             vq_embed_dim=4)
+    return diffusers.KandinskyV22CombinedPipeline(
+        unet=unet, movq=movq, scheduler=diffusers.DDIMScheduler(
+            beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, set_alpha_to_one=False,
+            steps_offset=1),
+        prior_prior=prior, prior_image_encoder=vision, prior_text_encoder=CLIPTextModelWithProjection(_text_config("gelu")),
+        prior_tokenizer=clip_tokenizer("!"), prior_image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        prior_scheduler=diffusers.UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                                  num_train_timesteps=1000, clip_sample=True, clip_sample_range=10.0))
+
+
 def tiny_t5_tokenizer():
     """A T5 (Unigram, SentencePiece-style) tokenizer with a small English vocabulary, built offline."""
     from transformers import T5TokenizerFast
@@ -226,6 +280,10 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         return _tiny_pixart()
     if family == "dit":
         return _tiny_dit()
+    if family == "ldm-vq":
+        return _tiny_ldm_vq()
+    if family == "kandinsky22":
+        return _tiny_kandinsky22()
     raise ValueError(f"no tiny builder for family {family!r} (choose from {', '.join(TINY_FAMILIES)})")
 
 
