@@ -112,3 +112,33 @@ def test_hires_fix_refines_the_upscaled_first_pass(flow_model):
     assert np.abs(_ours(result)[0] - np.asarray(reference, dtype=np.int16)).max() <= 1
     assert np.abs(_ours(result)[0] - np.asarray(first.resize((48, 48), Image.Resampling.BICUBIC),
                                                 dtype=np.int16)).mean() > 2
+
+
+def test_flux_fill_models_inpaint_through_the_fill_pipeline(tmp_path):
+    """A FLUX.1 Fill transformer (latent + masked-image latent + mask channels in) is told apart by its input width and
+    inpaints through FluxFillPipeline: the same image as that pipeline with a generator per image; txt2img refused."""
+    import diffusers
+
+    from sfumato.models.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("flux")
+    torch.manual_seed(2)
+    pipe.transformer = diffusers.FluxTransformer2DModel(  # 16 packed latent + 16 masked-image + 16 mask (2x2 x 2x2)
+        patch_size=1, in_channels=48, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True)
+    pipe.save_pretrained(str(tmp_path / "fill"), safe_serialization=True)
+    engine = Engine(tmp_path / "fill")
+    init, mask = _pictures(tmp_path)
+    request = GenerationRequest("red apple", seed=5, steps=4, width=32, height=32, init_image=str(tmp_path / "init.png"),
+                                mask=str(tmp_path / "mask.png"), mask_blur=0, strength=1.0, cfg_scale=30.0,
+                                batch_size=2, inpaint_full_image_overlay=False)
+    ours = _ours(engine.generate(request))
+    fill = diffusers.FluxFillPipeline.from_pipe(engine.load().pipe)
+    theirs = fill(prompt=["red apple"] * 2, image=[init] * 2, mask_image=[mask] * 2, height=32, width=32, strength=1.0,
+                  num_inference_steps=4, guidance_scale=30.0, output_type="pil",
+                  generator=[torch.Generator().manual_seed(s) for s in (5, 6)]).images
+    for a, b in zip(ours, theirs):
+        assert np.abs(a - np.asarray(b, dtype=np.int16)).max() <= 1
+    with pytest.raises(UnsupportedModel, match="Fill models inpaint"):
+        engine.generate(GenerationRequest("red apple", seed=1, steps=2, width=32, height=32))

@@ -1,5 +1,7 @@
 """SD3 and FLUX.1 (flow matching, transformer) through their diffusers pipelines, with sfumato's seeds and progress:
-txt2img, img2img, inpainting and outpainting (the Img2Img / Inpaint pipelines built from the loaded components).
+txt2img, img2img, inpainting and outpainting (the Img2Img / Inpaint pipelines built from the loaded components; a
+FLUX.1 Fill model, told apart by its transformer's extra mask and masked-image input channels, inpaints and outpaints
+through FluxFillPipeline; its distilled guidance wants a high cfg_scale, 30 in BFL's examples).
 
 txt2img noise is drawn like every other family's (CPU, per-image seeds, variation seeds) and handed to the
 pipeline as `latents` (packed 2x2 for FLUX), so seeds replay exactly. Edits pass one CPU generator per image seeded
@@ -107,6 +109,9 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     if flux and (height % 2 or width % 2):
         raise UnsupportedModel(f"FLUX sizes must be multiples of {2 * scale} px")
     pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=True)
+    fill = flux and pipe.transformer.config.in_channels > 4 * pipe.vae.config.latent_channels  # FLUX.1 Fill
+    if fill and (source is None or source.mask is None):
+        raise UnsupportedModel("FLUX Fill models inpaint and outpaint: give an init image with a mask (or --outpaint)")
     if source is None:
         noise = batch_noise((channels, height, width), generators_for(seeds), subseeds, request.subseed_strength)
         if flux:
@@ -119,7 +124,8 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     else:  # img2img / inpaint / outpaint: the edit pipeline over the same components, a generator per image
         import diffusers
 
-        pipe = getattr(diffusers, EDIT_PIPELINES[(model.family, source.mask is not None)]).from_pipe(pipe)
+        name = "FluxFillPipeline" if fill else EDIT_PIPELINES[(model.family, source.mask is not None)]
+        pipe = getattr(diffusers, name).from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
         inputs = {"image": init or [source.image] * len(seeds), "strength": request.strength,
                   "generator": [torch.Generator().manual_seed(seed) for seed in seeds]}
