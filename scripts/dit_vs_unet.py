@@ -6,7 +6,9 @@ Each model is trained from scratch by `sfumato train scratch` with the shipped e
 (`sfumato/models/configs/emoji/train-unet.toml`: batch 64, lr 5e-4, warm-up 200, min-SNR 5, EMA 0.999, MiniLM text,
 the shipped sfumato-emoji VAE: 8x8 latents) for the same number of steps, so every model sees the same images in the
 same order; `--arch dit` puts a text-conditioned DiT (PixArt-α blocks, patch 2: 16 tokens) in the U-Net's place. The
-runs go one after another on the same machine, each in a fresh process, and their training wall time is recorded.
+runs go one after another on the same machine, each in a fresh process, and their training wall time is recorded
+(other work on the machine slows some runs: the cost per training image is therefore also measured for every model
+side by side in one process at the end, `train_images_per_second_quiet`).
 Each trained model is then scored by `scripts/emoji_quality.py` (reference classifier top-1/top-5 retrieval among all
 base emoji, Open-NSFW top-1 and FID) and its images/s measured after a warm-up (128 prompts in one batch, the family's
 default 20 DPM++ 2M steps, CFG 5).
@@ -98,6 +100,43 @@ def images_per_second(model: Path, count: int = 128) -> float:
     return count / (time.perf_counter() - started)
 
 
+def training_throughput(names: list[str], batch: int = 64, steps: int = 12) -> dict[str, float]:
+    """Training images/s of each denoiser (forward, backward and AdamW step on 8x8x4 latents with 32 tokens of 384-d
+    text, batch 64), measured one after another in this process after a warm-up: the side-by-side cost per image."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from sfumato.models.textdit import build_textdit
+
+    out = {}
+    for name in names:
+        arch, config = MODELS[name]
+        torch.manual_seed(0)
+        if arch == "dit":
+            model = build_textdit(dict(config), 384)
+        else:
+            model = UNet2DConditionModel.from_config({**config, "cross_attention_dim": 384,
+                                                      "projection_class_embeddings_input_dim": 384})
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        latents, text = torch.randn(batch, 4, 8, 8), torch.randn(batch, 32, 384)
+        extra = {"class_labels": torch.randn(batch, 384)} if arch == "unet" else {}
+        timesteps = torch.randint(0, 1000, (batch,))
+
+        def step():
+            loss = model(latents, timesteps, encoder_hidden_states=text, return_dict=False, **extra)[0].pow(2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        for _ in range(3):
+            step()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        out[name] = batch * steps / (time.perf_counter() - started)
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -158,6 +197,8 @@ def main() -> None:
                          "fid_open_nsfw": quality["fid"], "images_per_second": json.loads(speed_file.read_text())["images_per_second"],
                          "paraphrase_top5": quality["classifier"]["paraphrase_top5"]}
         print(json.dumps(results[name]), file=sys.stderr)
+    for name, rate in training_throughput(list(results)).items():
+        results[name]["train_images_per_second_quiet"] = rate
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"command": f"python scripts/dit_vs_unet.py --steps {args.steps} --limit {args.limit}",
               "recipe": str(RECIPE.relative_to(ROOT)), "emoji_scored": args.limit, "models": results}
@@ -165,7 +206,8 @@ def main() -> None:
     plot(results, args.out / "dit-vs-unet.png")
     for r in results.values():
         print(f"{r['name']:8s} {r['parameters_m']:6.2f}M  top1 {r['classifier_top1']:.3f}  top5 {r['classifier_top5']:.3f}"
-              f"  FID {r['fid_open_nsfw']:7.2f}  {r['images_per_second']:6.1f} img/s  train {r['train_seconds']:6.0f} s")
+              f"  FID {r['fid_open_nsfw']:7.2f}  {r['images_per_second']:6.1f} img/s  train {r['train_seconds']:6.0f} s"
+              f"  ({r['train_images_per_second_quiet']:.0f} train img/s side by side)")
 
 
 if __name__ == "__main__":

@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
 
     tiny = commands.add_parser("make-tiny", help="write a tiny random-weight model (for tests and demos)")
-    tiny.add_argument("family", choices=["sd1", "sd2", "sdxl", "sdxl-refiner", "ldm", "sd3", "flux", "pixart", "dit", "clip"], help="a model family, or clip (a CLIPModel)")
+    from sfumato.models.families import TINY_FAMILIES
+
+    tiny.add_argument("family", choices=[*TINY_FAMILIES, "clip"], help="a model family, or clip (a CLIPModel)")
     tiny.add_argument("output", type=Path)
     tiny.add_argument("--inpainting", action="store_true")
     _add_train_parser(commands)

@@ -174,3 +174,4 @@ KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM"
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, PIXART, DIT, LDM_VQ, KANDINSKY22)}
 UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm")
+TINY_FAMILIES = tuple(FAMILIES)  # `sfumato make-tiny` builds each (models.tiny)

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import torch
 
-from sfumato.models.families import FAMILIES
+from sfumato.models.families import FAMILIES, TINY_FAMILIES
 from sfumato.models.singlefile import clip_tokenizer
-
-TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm", "sd3", "flux", "pixart", "dit", "ldm-vq", "kandinsky22")
 
 
 def _text_config(act: str, projection: int = 32):
