@@ -21,8 +21,8 @@ from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.sampling.samplers import make_scheduler
 
 
-def check_dit_request(family: str, request: GenerationRequest) -> None:
-    """Refuse what these pipelines do not do, before any work."""
+def check_txt2img_only(family: str, request: GenerationRequest) -> None:
+    """Refuse what the txt2img-only pipeline families (DiT, PixArt, VQ) do not do, before any work."""
     unsupported = [name for name, used in (("init image / inpainting", request.init_image),
                                            ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile),
                                            ("SD upscale", request.sd_upscale > 1.0),
@@ -35,6 +35,11 @@ def check_dit_request(family: str, request: GenerationRequest) -> None:
                    if used]
     if unsupported:
         raise UnsupportedModel(f"{family} models do txt2img only for now, not {', '.join(unsupported)}")
+
+
+def check_dit_request(family: str, request: GenerationRequest) -> None:
+    """Refuse what these pipelines do not do, before any work."""
+    check_txt2img_only(family, request)
     if family == "dit":
         if request.negative_prompt:
             raise UnsupportedModel("DiT models are class-conditional: no negative prompt")

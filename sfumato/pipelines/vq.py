@@ -18,7 +18,7 @@ from PIL import Image
 
 from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.models.loader import LoadedModel
-from sfumato.prompts.schedule import has_syntax
+from sfumato.pipelines.dit import check_txt2img_only
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.sampling.samplers import make_scheduler
@@ -26,18 +26,7 @@ from sfumato.sampling.samplers import make_scheduler
 
 def check_vq_request(family: str, request: GenerationRequest) -> None:
     """Refuse what these pipelines do not do, before any work."""
-    unsupported = [name for name, used in (("init image / inpainting", request.init_image),
-                                           ("hires fix", request.hires_scale > 1.0), ("tiling", request.tile),
-                                           ("SD upscale", request.sd_upscale > 1.0),
-                                           ("ControlNet units", bool(request.controls)),
-                                           ("IP-Adapter", bool(request.ip_adapter)), ("LoRAs", bool(request.loras)),
-                                           ("step caching / token merging", request.cache_interval > 1 or
-                                            request.cache_threshold > 0 or request.token_merging_ratio > 0),
-                                           ("prompt editing / AND", has_syntax(request.prompt) or
-                                            has_syntax(request.negative_prompt)))
-                   if used]
-    if unsupported:
-        raise UnsupportedModel(f"{family} models do txt2img only for now, not {', '.join(unsupported)}")
+    check_txt2img_only(family, request)
     if family == "ldm-vq" and request.negative_prompt:
         raise UnsupportedModel("LDM-VQ's pipeline takes no negative prompt")
     if family == "kandinsky22" and request.subseed_strength > 0:
