@@ -228,6 +228,40 @@ def test_scratch_training_writes_a_model_sfumato_generates_with(tiny_ldm, square
     assert image.size == (16, 16)  # native size: UNet sample_size 8 x VAE factor 2
 
 
+def test_scratch_dit_trains_saves_and_generates_as_the_ldm_family(tiny_ldm, squares, tmp_path):
+    """`--arch dit`: a text-conditioned DiT (PixArt-α blocks, patch 2) in the UNet's place; the loss falls on a
+    repeated batch, the folder names its diffusers base class (plain diffusers can read the index) and our class in
+    the component config, and the engine generates with it like with the UNet."""
+    from sfumato.engine import Engine
+    from sfumato.errors import InvalidRequest
+    from sfumato.models.textdit import TextDiT
+    from sfumato.models.tiny import tiny_bert
+    from sfumato.requests import GenerationRequest
+    from sfumato.training.trainer import train
+
+    encoder, tokenizer = tiny_bert()
+    encoder.save_pretrained(tmp_path / "te")
+    tokenizer.save_pretrained(tmp_path / "te")
+    (tmp_path / "dit.json").write_text(json.dumps({"_class_name": "TextDiT", "sample_size": 8, "patch_size": 2,
+                                                  "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 16}))
+    result = train(_config("scratch", squares, tmp_path / "run", unet_config=str(tmp_path / "dit.json"), arch="dit",
+                           vae=str(tiny_ldm / "vae"), text_encoder=str(tmp_path / "te"), text_chunk_length=14,
+                           steps=30, batch_size=6, caption_dropout=0.0, learning_rate=2e-3), say=_quiet)
+    assert sum(result.losses[-5:]) < 0.8 * sum(result.losses[:5])
+    index = json.loads((result.output / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "PixArtTransformer2DModel"]
+    assert json.loads((result.output / "unet" / "config.json").read_text())["_class_name"] == "TextDiT"
+    engine = Engine(result.output)
+    assert engine.describe().family.name == "ldm"
+    request = GenerationRequest("red square", seed=3, steps=3)
+    image = engine.generate(request).images[0].image
+    assert isinstance(engine.load().pipe.unet, TextDiT) and image.size == (16, 16)
+    again = engine.generate(request).images[0].image
+    assert np.array_equal(np.asarray(image), np.asarray(again))
+    with pytest.raises(InvalidRequest, match="arch must be unet or dit"):
+        _config("lora", squares, tmp_path / "x", model=str(tiny_ldm), arch="dit").validate()
+
+
 class _Replay:
     """An engine that 'generates' given images, to check the probe's bookkeeping."""
 
