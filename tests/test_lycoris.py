@@ -316,3 +316,46 @@ def test_lokr_and_loha_on_sd3_and_flux_transformers(family, tmp_path):
     assert np.abs(with_file - base).max() > 10
     assert np.abs(with_file - pixels(reference)).max() <= 1
     assert np.array_equal(pixels(engine), base)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_original_layout_modules_split_over_the_diffusers_layers(family, tmp_path):
+    """LyCORIS modules in the original block names (BFL `double_blocks_0_img_attn_qkv`, `single_blocks_0_linear1`,
+    SAI `joint_blocks_0_x_block_attn_qkv`, the final adaLN with its shift/scale order) give the same image as the
+    same ΔW written per diffusers layer: the fused ΔW is split by the single-file rule table."""
+    from sfumato.models.flowfile import RULES
+    from sfumato.models.tiny import build_tiny
+
+    folder = build_tiny(family, tmp_path / family)
+    engine = Engine(folder)
+    transformer = engine.load().pipe.transformer
+    state = transformer.state_dict()
+    wanted = {"flux": ("double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight",
+                       "final_layer.adaLN_modulation.1.weight"),
+              "sd3": ("joint_blocks.0.x_block.attn.qkv.weight", "joint_blocks.0.context_block.adaLN_modulation.1.weight",
+                      "final_layer.adaLN_modulation.1.weight")}[family]
+    generator = torch.Generator().manual_seed(4)
+    original, split = {}, {}
+    for name, sources, kind in RULES[family](state.keys(), False):
+        if name not in wanted:
+            continue
+        delta = 0.3 * torch.randn(sum(state[s].shape[0] for s in sources), state[sources[0]].shape[1],
+                                  generator=generator)
+        original["lora_unet_" + name.removesuffix(".weight").replace(".", "_") + ".diff"] = delta
+        per_layer = torch.cat(delta.chunk(2)[::-1]) if kind == "swap" else delta
+        for source, part in zip(sources, torch.split(per_layer, [state[s].shape[0] for s in sources])):
+            split["lycoris_" + source.removesuffix(".weight").replace(".", "_") + ".diff"] = part.contiguous()
+    assert len(original) == 3
+    save_file(original, str(tmp_path / "original.safetensors"))
+    save_file(split, str(tmp_path / "split.safetensors"))
+
+    def pixels(path=None):
+        loras = [(str(path), 0.7)] if path else []
+        request = GenerationRequest("red apple", seed=3, steps=3, width=32, height=32, loras=loras)
+        return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+
+    base = pixels()
+    fused = pixels(tmp_path / "original.safetensors")
+    assert np.abs(fused - base).max() > 10
+    assert np.abs(fused - pixels(tmp_path / "split.safetensors")).max() <= 1
+    assert np.array_equal(pixels(), base)  # restored

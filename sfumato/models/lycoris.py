@@ -7,8 +7,9 @@ by alpha/dim and the request's weight, and added to the layer's weight; the orig
 when the request's set of LyCORIS files changes. Key names: kohya's (`lora_unet_down_blocks_0_…`,
 `lora_te_text_model_…`, `lora_te1_`/`lora_te2_` for SDXL) and the SGM block names of SDXL files
 (`lora_unet_input_blocks_4_1_…`), mapped with diffusers' own table; for SD3/FLUX transformers the LyCORIS library's
-`lycoris_<diffusers module path>` names. Not read: SD3/FLUX files in the original (BFL/SAI) block names with fused
-qkv projections (`lora_unet_double_blocks_0_img_attn_qkv`); convert them to diffusers names first.
+`lycoris_<diffusers module path>` names, or the original (BFL/SAI) block names with fused projections
+(`lora_unet_double_blocks_0_img_attn_qkv`, `lora_unet_joint_blocks_0_x_block_attn_qkv`): their ΔW is rebuilt at the
+fused shape and split over the diffusers layers it stands for, by the single-file rule table (`models.flowfile`).
 """
 
 from __future__ import annotations
@@ -190,6 +191,53 @@ def _match(modules: list[str], layers: dict[str, torch.nn.Module], unet) -> dict
     return found
 
 
+def _fused_targets(model) -> dict[str, tuple[list[torch.nn.Module], str]]:
+    """Original-layout (BFL/SAI) module names of an SD3/FLUX transformer, kohya style (`lora_unet_` + the name with
+    `_`), -> the diffusers Linear layers they stand for and how the weight maps onto them (copy, fuse, swap)."""
+    if model.family not in ("sd3", "flux"):
+        return {}
+    from sfumato.models.flowfile import RULES
+
+    linears = {name.removesuffix(".base_layer"): module for name, module in model.pipe.transformer.named_modules()
+               if isinstance(module, torch.nn.Linear) and ".lora_" not in name}
+    out = {}
+    for original, sources, kind in RULES[model.family]([f"{n}.weight" for n in linears], False):
+        if not original.endswith(".weight") or not all(s.removesuffix(".weight") in linears for s in sources):
+            continue
+        layers = [linears[s.removesuffix(".weight")] for s in sources]
+        for prefix in ("lora_unet", "lora_transformer"):
+            out[f"{prefix}_{original.removesuffix('.weight').replace('.', '_')}"] = (layers, kind)
+    return out
+
+
+def _fused_deltas(params: dict[str, torch.Tensor], layers: list[torch.nn.Module], kind: str, path: Path
+                  ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """A fused module's ΔW (and bias) rebuilt at the original shape, split over its diffusers layers."""
+    if "dora_scale" in params:
+        raise UnsupportedModel(f"{path.name}: DoRA on a fused (original-layout) module is not supported")
+    rows = [layer.weight.shape[0] for layer in layers]
+    delta, bias = module_delta(params, (sum(rows), layers[0].weight.shape[1]))
+    if kind == "swap":  # the original's (shift, scale) order is diffusers' (scale, shift)
+        delta = torch.cat(delta.chunk(2)[::-1])
+        bias = None if bias is None else torch.cat(bias.reshape(-1).chunk(2)[::-1])
+    deltas = torch.split(delta, rows)
+    biases = torch.split(bias.reshape(-1), rows) if bias is not None else [None] * len(rows)
+    return list(zip(deltas, biases))
+
+
+def _patch(model, layer: torch.nn.Module, delta: torch.Tensor, bias: torch.Tensor | None, weight: float,
+           dora_scale: torch.Tensor | None = None) -> None:
+    """Add `weight` × ΔW (and bias) to a layer, keeping its original weights to put back."""
+    if id(layer) not in model.patches.originals:
+        model.patches.originals[id(layer)] = (layer, layer.weight.detach().clone(),
+                                              None if layer.bias is None else layer.bias.detach().clone())
+    if dora_scale is not None:
+        delta = weight_decompose(delta, model.patches.originals[id(layer)][1].float(), dora_scale)
+    layer.weight.copy_((layer.weight.float() + weight * delta).to(layer.weight.dtype))
+    if bias is not None and layer.bias is not None:
+        layer.bias.copy_((layer.bias.float() + weight * bias.reshape(layer.bias.shape)).to(layer.bias.dtype))
+
+
 @dataclass
 class PatchState:
     """What is patched into a model's weights now, and the original weights to put back."""
@@ -226,22 +274,19 @@ def apply_networks(model, networks: list[tuple[Path, float]]) -> None:
         for path, weight in networks:
             modules = read_network(path)
             targets = _match(list(modules), layers, getattr(model.pipe, "unet", None))
-            missing = [m for m in modules if m not in targets]
+            fused = _fused_targets(model) if len(targets) < len(modules) else {}
+            missing = [m for m in modules if m not in targets and m not in fused]
             if missing:
                 restore(model)
                 raise UnsupportedModel(f"LoRA {path.name} does not fit this {model.family} model "
                                        f"({len(missing)} of {len(modules)} modules have no layer, e.g. {missing[0]})")
             for module, params in modules.items():
+                if module not in targets:  # an original-layout module over one or more diffusers layers
+                    parts = fused[module]
+                    for layer, (delta, bias) in zip(parts[0], _fused_deltas(params, *parts, path)):
+                        _patch(model, layer, delta, bias, weight)
+                    continue
                 layer = targets[module]
-                if id(layer) not in model.patches.originals:
-                    model.patches.originals[id(layer)] = (layer, layer.weight.detach().clone(),
-                                                          None if layer.bias is None else layer.bias.detach().clone())
-                original = model.patches.originals[id(layer)][1].float()
                 delta, bias = module_delta(params, layer.weight.shape)
-                if "dora_scale" in params:
-                    delta = weight_decompose(delta, original, params["dora_scale"])
-                layer.weight.copy_((layer.weight.float() + weight * delta).to(layer.weight.dtype))
-                if bias is not None and layer.bias is not None:
-                    layer.bias.copy_((layer.bias.float() + weight * bias.reshape(layer.bias.shape))
-                                     .to(layer.bias.dtype))
+                _patch(model, layer, delta, bias, weight, params.get("dora_scale"))
     model.patches.applied = key
