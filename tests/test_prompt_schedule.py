@@ -166,3 +166,37 @@ def test_flow_models_follow_edited_and_alternating_prompts(tmp_path, family):
     assert torch.equal(scheduled.step_outputs(2)["prompt_embeds"][-1:], dog)
     with pytest.raises(UnsupportedModel, match="AND"):
         engine.generate(GenerationRequest("a cat AND a dog", seed=1, **kw))
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_models_take_a1111_emphasis(tmp_path, family):
+    """SD3/FLUX features with emphasis: without weights they equal the pipeline's own encode_prompt; a weight moves
+    the emphasised tokens' features (and the image); `(word:1.0)` and escaped brackets are syntax, not text."""
+    from sfumato.engine import Engine
+    from sfumato.models.tiny import build_tiny
+    from sfumato.prompts.flow_encode import flux_features, plain_text, sd3_features
+
+    engine = Engine(build_tiny(family, tmp_path / family))
+    pipe = engine.load().pipe
+    if family == "sd3":
+        ours = sd3_features(pipe, "a red apple")
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=["a red apple"], prompt_2=None, prompt_3=None,
+                                                  device=pipe._execution_device, do_classifier_free_guidance=False)
+    else:
+        ours = flux_features(pipe, "a red apple")
+        embeds, pooled, _ = pipe.encode_prompt(prompt=["a red apple"], prompt_2=None, device=pipe._execution_device)
+    assert ours[0].shape == embeds.shape and ours[1].shape == pooled.shape
+    assert (ours[0] - embeds).abs().max() <= 1e-4 and (ours[1] - pooled).abs().max() <= 1e-4  # parity bound
+    weighted = (sd3_features if family == "sd3" else flux_features)(pipe, "a (red:1.6) apple")
+    assert (weighted[0] - ours[0]).abs().max() > 1e-3
+    assert plain_text("a (red:1.0) \\(apple\\)") == "a red (apple)"
+
+    def image(prompt):
+        request = GenerationRequest(prompt, seed=7, steps=4, width=32, height=32)
+        return np.asarray(engine.generate(request).images[0].image, dtype=int)
+
+    plain = image("a red apple")
+    assert np.array_equal(image("a (red:1.0) apple"), plain)
+    # the tiny models' images move little with one token's weight (measured on SD3: red x3 changes <= 1 level where
+    # red -> blue changes 24), but the weight does reach the image
+    assert not np.array_equal(image("a (red:3) apple"), plain)

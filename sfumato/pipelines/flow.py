@@ -7,9 +7,10 @@ txt2img noise is drawn like every other family's (CPU, per-image seeds, variatio
 pipeline as `latents` (packed 2x2 for FLUX), so seeds replay exactly. Edits pass one CPU generator per image seeded
 with the image's seed (the pipeline encodes the init image and draws the noise from it), so an edit equals the plain
 diffusers pipeline with those generators; variation seeds are refused there. Masks are blurred and outpaint
-canvases built as for the UNet families, and the original is pasted back outside the mask. Prompts go to the pipeline's own
-encoders as plain text (SD3: CLIP-L + CLIP-G, and T5 when present; FLUX: CLIP-L + T5): A1111 emphasis
-syntax is not applied to these families, but prompt editing and alternation are (`ScheduledEmbeddings`).
+canvases built as for the UNet families, and the original is pasted back outside the mask. Plain prompts go to the pipeline's own
+encoders (SD3: CLIP-L + CLIP-G, and T5 when present; FLUX: CLIP-L + T5); prompts with A1111 emphasis, prompt
+editing or alternation are encoded per scheduled text by `prompts.flow_encode` (the same features, emphasis applied)
+and handed to the pipeline per step (`ScheduledEmbeddings`).
 FLUX's cfg_scale is its distilled guidance; it has no negative prompt.
 """
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 from sfumato.errors import UnsupportedModel
 from sfumato.models.loader import LoadedModel
+from sfumato.prompts.flow_encode import flux_features, has_emphasis, plain_text, sd3_features
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and, text_at
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.noise import batch_noise, generators_for
@@ -137,7 +139,7 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     prompts = prompts or [request.prompt] * count
     negatives = [request.negative_prompt] * count
     scheduled = None
-    if any(has_syntax(text) for text in (*prompts, request.negative_prompt)):
+    if any(has_syntax(text) or has_emphasis(text) for text in (*prompts, request.negative_prompt)):
         scheduled = ScheduledEmbeddings(pipe, flux, prompts, negatives, request.steps, request.cfg_scale > 1)
 
     def on_step(_pipe, index, _timestep, _tensors):
@@ -147,7 +149,8 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     if scheduled is not None:  # prompt editing / alternation: embeddings per step, through the step callback
         texts = scheduled.first_inputs()
     else:
-        texts = {"prompt": prompts} if flux else {"prompt": prompts, "negative_prompt": negatives}
+        plain = [plain_text(text) for text in prompts]  # markup without weights (`(word:1.0)`, `\(`) is syntax
+        texts = {"prompt": plain} if flux else {"prompt": plain, "negative_prompt": [plain_text(t) for t in negatives]}
     # the edit and ControlNet pipelines let a callback change only the sequence embeddings (pooled vectors stay the
     # first step's)
     callback_inputs = [name for name in ("prompt_embeds", "pooled_prompt_embeds") if name in pipe._callback_tensor_inputs]
@@ -189,8 +192,9 @@ def _control_pipeline(model: LoadedModel, pipe, controls: list, width: int, heig
 
 
 class ScheduledEmbeddings:
-    """Prompt editing and alternation for the diffusers SD3/FLUX pipelines: every scheduled text is encoded once by
-    the pipeline's own `encode_prompt`, and the step callback swaps in the next step's embeddings (A1111 schedule).
+    """Emphasis, prompt editing and alternation for the diffusers SD3/FLUX pipelines: every scheduled text is encoded
+    once (`prompts.flow_encode`: the pipeline's features with A1111 emphasis), and the step callback swaps in the next
+    step's embeddings (A1111 schedule).
     FLUX's pipeline lets a callback change only the T5 sequence, so its pooled CLIP vector stays the first step's."""
 
     def __init__(self, pipe, flux: bool, prompts: list[str], negatives: list[str], steps: int, guided: bool):
@@ -200,14 +204,8 @@ class ScheduledEmbeddings:
         self._encoded: dict[str, tuple] = {}
 
     def _encode(self, text: str) -> tuple:
-        if text not in self._encoded:
-            device = self.pipe._execution_device
-            if self.flux:
-                embeds, pooled, _ = self.pipe.encode_prompt(prompt=[text], prompt_2=None, device=device)
-            else:
-                embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=[text], prompt_2=None, prompt_3=None,
-                                                               device=device, do_classifier_free_guidance=False)
-            self._encoded[text] = (embeds, pooled)
+        if text not in self._encoded:  # the pipeline's features, with A1111 emphasis (prompts.flow_encode)
+            self._encoded[text] = (flux_features if self.flux else sd3_features)(self.pipe, text)
         return self._encoded[text]
 
     def _rows(self, schedules: list, step: int) -> tuple[torch.Tensor, torch.Tensor]:
