@@ -12,7 +12,8 @@ side by side in one process at the end, `train_images_per_second_quiet`).
 Each trained model is then scored by `scripts/emoji_quality.py` (reference classifier top-1/top-5 retrieval among all
 base emoji, Open-NSFW top-1 and FID) and its images/s measured after a warm-up (128 prompts in one batch, the family's
 default 20 DPM++ 2M steps, CFG 5).
-Writes OUT/dit-vs-unet.json and OUT/dit-vs-unet.png. Runs are resumable (checkpoints every 250 steps; finished models
+Writes OUT/dit-vs-unet.json, OUT/dit-vs-unet.png (the scaling plot) and OUT/dit-vs-unet-samples.png (rows: the
+models in --models order; columns: the same eight prompts and seeds). Runs are resumable (checkpoints every 250 steps; finished models
 are kept in --work and not retrained).
 """
 
@@ -137,6 +138,23 @@ def training_throughput(names: list[str], batch: int = 64, steps: int = 12) -> d
     return out
 
 
+SAMPLE_PROMPTS = ["red apple", "grinning face", "dog face", "rocket", "pizza", "red heart", "ghost", "snowman"]
+
+
+def sample_grid(work: Path, names: list[str], path: Path) -> None:
+    """Rows: the models (in `names` order); columns: the same prompts and seeds, at the family defaults."""
+    from sfumato.engine import Engine
+    from sfumato.requests import GenerationRequest
+    from sfumato.training.report import image_grid
+
+    images = []
+    for name in names:
+        engine = Engine(str(work / name / "model"))
+        requests = [GenerationRequest(prompt=p, seed=100 + i) for i, p in enumerate(SAMPLE_PROMPTS)]
+        images += [r.images[0].image.resize((64, 64)) for r in engine.generate_many(requests)]
+    image_grid(images, columns=len(SAMPLE_PROMPTS)).save(path)
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -204,6 +222,7 @@ def main() -> None:
               "recipe": str(RECIPE.relative_to(ROOT)), "emoji_scored": args.limit, "models": results}
     (args.out / "dit-vs-unet.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.out / "dit-vs-unet.png")
+    sample_grid(args.work, list(results), args.out / "dit-vs-unet-samples.png")
     for r in results.values():
         print(f"{r['name']:8s} {r['parameters_m']:6.2f}M  top1 {r['classifier_top1']:.3f}  top5 {r['classifier_top5']:.3f}"
               f"  FID {r['fid_open_nsfw']:7.2f}  {r['images_per_second']:6.1f} img/s  train {r['train_seconds']:6.0f} s"
