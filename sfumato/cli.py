@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sfumato import __version__
-from sfumato.errors import InvalidRequest, SfumatoError
+from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.requests import GenerationRequest, parse_direction
 
 EXIT_USAGE = 2
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="GGUF: the type of the UNet's weight matrices (default q8_0)")
     convert.add_argument("--allow-pickle", action="store_true", help="load a pickle with torch.load(weights_only=True)")
     convert.add_argument("--half", action="store_true", help="store float16 weights")
+    convert.add_argument("--add", type=Path, action="append", default=[], metavar="FILE",
+                         help="SD3/FLUX: join a transformer-only SOURCE with these separate VAE / CLIP / T5 files "
+                              "into one all-in-one TARGET .safetensors (repeatable)")
 
     pre = commands.add_parser("preprocess", help="show a control map: run a preprocessor (annotator) on an image")
     pre.add_argument("name", help="canny, scribble, threshold, softedge, lineart, shuffle, tile, blur, color, invert, "
@@ -540,6 +543,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from sfumato.models.convert import convert
 
+    if args.add:
+        from sfumato.models.flowfile import assemble
+
+        if args.target.suffix.lower() != ".safetensors" or args.quant or args.half:
+            raise InvalidRequest("--add writes one .safetensors file (no --quant or --half)")
+        for path in (args.source, *args.add):
+            if not path.is_file():
+                raise ModelNotFound(f"{path} does not exist")
+        counts = assemble(args.source, args.add, args.target)
+        print(f"{args.target} ({', '.join(f'{k}: {v} tensors' for k, v in counts.items())})")
+        return 0
     print(convert(args.source, args.target, allow_pickle=args.allow_pickle, half=args.half, quant=args.quant))
     return 0
 

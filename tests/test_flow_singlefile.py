@@ -165,3 +165,45 @@ def test_partial_files_and_a_missing_t5_tokenizer_are_refused_with_a_way_out(flo
     loaded = load_model(no_tokenizer, "cpu", "float32")
     assert loaded.pipe.tokenizer_2("red apple").input_ids == load_model(file, "cpu", "float32").pipe.tokenizer_2(
         "red apple").input_ids
+
+
+def test_split_component_files_assemble_into_one(flow_pair, tmp_path, monkeypatch):
+    """ComfyUI's split layout — a transformer-only file (BFL/SAI names, no prefix), the VAE (`ae.safetensors`, LDM
+    names; or a diffusers AutoencoderKL file), CLIP-L/CLIP-G and T5 in transformers' names — joins into one file
+    (`sfumato convert T OUT --add ...`) that loads to the same weights."""
+    from sfumato.cli import main
+
+    family, folder, file = flow_pair
+    state = load_file(str(file))
+    parts = {"transformer.safetensors": "model.diffusion_model.", "ae.safetensors": "first_stage_model.",
+             "clip_l.safetensors": "text_encoders.clip_l.transformer.",
+             "clip_g.safetensors": "text_encoders.clip_g.transformer.",
+             "t5xxl.safetensors": "text_encoders.t5xxl.transformer."}
+    written = []
+    for name, prefix in parts.items():
+        tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if tensors:
+            save_file(tensors, str(tmp_path / name))
+            written.append(tmp_path / name)
+    reference = load_model(folder, "cpu", "float32")
+    if family == "sd3":  # the VAE as a diffusers AutoencoderKL file instead
+        from safetensors.torch import save_file as save
+
+        save(reference.pipe.vae.state_dict(), str(tmp_path / "ae.safetensors"))
+    out = tmp_path / "joined.safetensors"
+    assert main(["convert", str(written[0]), str(out), *sum((["--add", str(p)] for p in written[1:]), [])]) == 0
+    # the tiny models' head sizes cannot be read off their shapes (tested above on an SD3.5-style file): give the
+    # joined file the configs, as a real file's shapes would
+    with safe_open(str(file), "pt") as handle:
+        configs = handle.metadata()[CONFIGS_METADATA_KEY]
+    joined_state = load_file(str(out))
+    assert set(joined_state) == {k for k in state if not k.startswith("text_encoders.clip_g") or family == "sd3"}
+    save_file(joined_state, str(out), metadata={CONFIGS_METADATA_KEY: configs})
+    monkeypatch.setenv("SFUMATO_HOME", str(tmp_path / "home"))
+    if family == "flux":  # the joined file carries no tokenizer: the T5 one comes from SFUMATO_HOME
+        reference.pipe.tokenizer_2.save_pretrained(str(tmp_path / "home/models/tokenizers/t5"))
+    joined = load_model(out, "cpu", "float32")
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        ours, theirs = getattr(joined.pipe, name).state_dict(), getattr(reference.pipe, name).state_dict()
+        assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    assert main(["convert", str(written[0]), str(tmp_path / "x.safetensors"), "--add", str(tmp_path / "nope")]) != 0

@@ -9,7 +9,8 @@ Configs come from the file's metadata when we wrote it, else are read off the te
 size from the q/k norms); the scheduler is the family's (FLUX.1-schnell, without a guidance embedder: shift 1). No
 T5 tokenizer ships in any registry, so a T5 encoder needs one: in the file's metadata (files we write carry it) or in
 `$SFUMATO_HOME/models/tokenizers/t5/` (a transformers tokenizer folder, e.g. google/t5-v1_1-xxl's). A file that
-holds only the transformer (BFL's flux1-dev.safetensors) is refused with that explanation.
+holds only the transformer (BFL's flux1-dev.safetensors) is refused with that explanation; `assemble` joins it with
+the separate files ComfyUI users keep (ae.safetensors, clip_l/clip_g, t5xxl) into one all-in-one file.
 """
 
 from __future__ import annotations
@@ -278,7 +279,8 @@ def load_flow_components(info: ModelInfo, checkpoint: dict[str, torch.Tensor], m
                                             for prefix, kind in TEXT[family].values() if kind == "clip")) if not present]
     if missing:
         raise UnsupportedModel(f"{info.path}: this {family} file holds only part of the model (no {', '.join(missing)}); "
-                               f"use an all-in-one checkpoint (transformer, VAE and text encoders in one file) or a "
+                               f"join it with its VAE and text-encoder files (`sfumato convert {info.path.name} "
+                               f"OUT.safetensors --add ae.safetensors --add clip_l.safetensors ...`) or use a "
                                f"diffusers folder")
     config = configs.get("transformer") or transformer_config(family, original)
     cls = diffusers.SD3Transformer2DModel if family == "sd3" else diffusers.FluxTransformer2DModel
@@ -416,3 +418,65 @@ def flow_checkpoint(components: dict[str, Any], info: ModelInfo, half: bool = Fa
     metadata.update({CONFIGS_METADATA_KEY: json.dumps(configs, default=_jsonable), "sfumato.family": family,
                      "sfumato.prediction_type": "flow"})
     return state, metadata
+
+
+# ------------------------------------------------------------------------------------- split files -> one file
+
+
+def part_kind(keys: set[str], path) -> tuple[str, str]:
+    """(what, key prefix in an all-in-one file) of a separate component file: a VAE, CLIP-L, CLIP-G or T5."""
+    if any(k.startswith(VAE_PREFIXES) for k in keys) or "decoder.conv_in.weight" in keys or \
+            "encoder.down_blocks.0.resnets.0.conv1.weight" in keys:
+        return "vae", "first_stage_model."
+    if "shared.weight" in keys or any(k.startswith("encoder.block.") for k in keys):
+        return "t5xxl", "text_encoders.t5xxl.transformer."
+    if "text_model.embeddings.token_embedding.weight" in keys:
+        return "clip", "text_encoders.{}.transformer."
+    raise UnsupportedModel(f"{path}: not a VAE, CLIP or T5 file (its keys are none of theirs)")
+
+
+def assemble(transformer_file, parts: list, out) -> dict[str, int]:
+    """An all-in-one SD3/FLUX file from a transformer-only file and separate VAE / text-encoder files (CLIP-L vs
+    CLIP-G told apart by file name, else by width, 768 vs 1280); returns tensors per part. Dtypes are kept."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from sfumato.models.detect import family_from_keys
+
+    state = load_file(str(transformer_file))
+    family = family_from_keys(set(state), Path(transformer_file)).name
+    if family not in TEXT:
+        raise UnsupportedModel(f"{transformer_file}: not an SD3 or FLUX transformer")
+    out_state = {(k if k.startswith(PREFIX) else PREFIX + k): v for k, v in state.items()
+                 if not k.startswith(VAE_PREFIXES + ("text_encoders.",))}
+    counts = {"transformer": len(out_state)}
+    for part in parts:
+        with safe_open(str(part), "pt") as handle:
+            keys = set(handle.keys())
+        what, prefix = part_kind(keys, part)
+        tensors = load_file(str(part))
+        if what == "vae":
+            tensors = {next((k[len(p):] for p in VAE_PREFIXES if k.startswith(p)), k): v for k, v in tensors.items()}
+            if any(k.startswith("encoder.down_blocks.") for k in tensors):  # a diffusers AutoencoderKL file
+                from sfumato.models.singlefile import VAE_PREFIX, vae_to_ldm
+
+                blocks = _count(tensors, r"encoder\.down_blocks\.(\d+)\.")
+                tensors = {k[len(VAE_PREFIX):]: v for k, v in vae_to_ldm(tensors, {"block_out_channels": [0] * blocks}).items()}
+        if what == "clip":  # by its file name as ComfyUI names them, else by width (CLIP-G 1280, CLIP-L 768)
+            width = tensors["text_model.embeddings.token_embedding.weight"].shape[1]
+            stem = Path(part).stem.lower()
+            what = "clip_g" if "clip_g" in stem else "clip_l" if "clip_l" in stem else \
+                "clip_g" if width == 1280 else "clip_l"
+            prefix = prefix.format(what)
+        if what in ("clip_g", "t5xxl") and what not in {p.split(".")[1] for p, _ in TEXT[family].values()}:
+            raise UnsupportedModel(f"{part}: {family} has no {what} text encoder")
+        out_state.update({prefix + k: v.contiguous() for k, v in tensors.items()})
+        counts[what] = len(tensors)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(out_state, str(tmp), metadata={"format": "pt", "sfumato.family": family})
+    tmp.replace(out)
+    return counts
