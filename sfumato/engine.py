@@ -22,7 +22,7 @@ from sfumato.control.ip_adapter import (IPAdapterWeights, ip_adapter_loaded, loa
 from sfumato.control.models import ControlModel, controlnet_dir, embedded_controlnet, load_control_model
 from sfumato.control.models import resolve as resolve_control
 from sfumato.control.units import ControlUnit, parse_units
-from sfumato.errors import ImageBlocked, InvalidRequest, SfumatoError
+from sfumato.errors import ImageBlocked, InvalidRequest, SfumatoError, UnsupportedModel
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
@@ -222,6 +222,12 @@ class Engine:
         if flags.chaos is not None:
             changes["subseed_strength"] = flags.chaos / 100.0
         changes["width"], changes["height"] = self._size(request, info, flags.aspect_ratio)
+        if info.configs.get("unet", {}).get("_class_name") == "TextDiT":  # `train scratch --arch dit`
+            used = [name for name, on in (("step caching", request.cache_interval > 1), ("token merging",
+                    request.token_merging_ratio > 0), ("ControlNet units", bool(request.controls)),
+                    ("IP-Adapter", bool(request.ip_adapter)), ("prompt-to-prompt", bool(request.p2p_source))) if on]
+            if used:
+                raise UnsupportedModel(f"{info.name} has a DiT denoiser: {', '.join(used)} need a UNet")
         instruct = info.configs.get("unet", {}).get("in_channels") == 8
         if request.instruction_edit and not instruct:
             raise InvalidRequest(f"{info.name} is not an InstructPix2Pix model (its UNet takes no image channels)")

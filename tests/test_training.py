@@ -258,6 +258,10 @@ def test_scratch_dit_trains_saves_and_generates_as_the_ldm_family(tiny_ldm, squa
     assert isinstance(engine.load().pipe.unet, TextDiT) and image.size == (16, 16)
     again = engine.generate(request).images[0].image
     assert np.array_equal(np.asarray(image), np.asarray(again))
+    from sfumato.errors import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="DiT denoiser: step caching need a UNet"):
+        engine.generate(GenerationRequest("red square", seed=3, steps=3, cache_interval=2))
     with pytest.raises(InvalidRequest, match="arch must be unet or dit"):
         _config("lora", squares, tmp_path / "x", model=str(tiny_ldm), arch="dit").validate()
 
