@@ -157,6 +157,7 @@ def sample_grid(work: Path, names: list[str], path: Path) -> None:
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,6 +177,9 @@ def plot(results: dict, path: Path) -> None:
     for ax, title in zip(axes, ("reference-classifier top-1 (higher is better)", "FID, Open-NSFW features (lower)",
                                 "images/s, 20 steps batched (higher)")):
         ax.set_xscale("log")
+        ax.set_xticks([1, 2, 3, 5, 7, 10])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("denoiser parameters (M)")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
