@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sfumato import __version__
-from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
+from sfumato.errors import InvalidRequest, SfumatoError
 from sfumato.requests import GenerationRequest, parse_direction
 
 EXIT_USAGE = 2
@@ -543,18 +543,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from sfumato.models.convert import convert
 
-    if args.add:
-        from sfumato.models.flowfile import assemble
-
-        if args.target.suffix.lower() != ".safetensors" or args.quant or args.half:
-            raise InvalidRequest("--add writes one .safetensors file (no --quant or --half)")
-        for path in (args.source, *args.add):
-            if not path.is_file():
-                raise ModelNotFound(f"{path} does not exist")
-        counts = assemble(args.source, args.add, args.target)
-        print(f"{args.target} ({', '.join(f'{k}: {v} tensors' for k, v in counts.items())})")
-        return 0
-    print(convert(args.source, args.target, allow_pickle=args.allow_pickle, half=args.half, quant=args.quant))
+    print(convert(args.source, args.target, allow_pickle=args.allow_pickle, half=args.half, quant=args.quant,
+                  add=args.add))
     return 0
 
 

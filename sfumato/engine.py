@@ -222,7 +222,7 @@ class Engine:
         if flags.chaos is not None:
             changes["subseed_strength"] = flags.chaos / 100.0
         changes["width"], changes["height"] = self._size(request, info, flags.aspect_ratio)
-        if info.configs.get("unet", {}).get("_class_name") == "TextDiT":  # `train scratch --arch dit`
+        if info.dit_denoiser:
             used = [name for name, on in (("step caching", request.cache_interval > 1), ("token merging",
                     request.token_merging_ratio > 0), ("ControlNet units", bool(request.controls)),
                     ("IP-Adapter", bool(request.ip_adapter)), ("prompt-to-prompt", bool(request.p2p_source))) if on]

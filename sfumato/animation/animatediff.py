@@ -236,7 +236,7 @@ def motion_latents(engine: "Engine", request: AnimationRequest, base: Generation
                              "prompt-to-prompt or IP-Adapter")
     resolved = engine.resolve(base)
     model, encoder = engine.prepared(resolved)
-    if model.info.family.denoiser != "unet" or model.info.configs.get("unet", {}).get("_class_name") == "TextDiT":
+    if model.info.family.denoiser != "unet" or model.info.dit_denoiser:
         raise InvalidRequest(f"AnimateDiff motion modules animate SD 1.5 and SDXL models, not {model.info.family.name}")
     if request.prompts:
         guidance, frame_context = _travelled_prompts(encoder, resolved, request)

@@ -16,11 +16,20 @@ from sfumato.models.singlefile import ldm_checkpoint, write_single_file
 
 
 def convert(source: Path, target: Path, allow_pickle: bool = False, half: bool = False,
-            quant: str | None = None) -> Path:
+            quant: str | None = None, add: list[Path] | None = None) -> Path:
     """Convert `source` to `target`; the target's form (`.safetensors`, `.gguf` or folder) picks the direction.
-    `quant` (GGUF only, default q8_0): the UNet matrices' type (`models.gguf.QUANTS`)."""
-    if not source.exists():
-        raise ModelNotFound(f"{source} does not exist")
+    `quant` (GGUF only, default q8_0): the UNet matrices' type (`models.gguf.QUANTS`). `add`: separate VAE / CLIP /
+    T5 files joined with a transformer-only SD3/FLUX `source` into one `.safetensors` (`flowfile.assemble`)."""
+    for path in (source, *(add or [])):
+        if not path.exists():
+            raise ModelNotFound(f"{path} does not exist")
+    if add:
+        from sfumato.models.flowfile import assemble
+
+        if target.suffix.lower() != ".safetensors" or quant or half or not source.is_file():
+            raise InvalidRequest("--add joins a transformer-only file into one .safetensors file (no --quant or --half)")
+        assemble(source, add, target)
+        return target
     if target.exists() and target.resolve() == source.resolve():
         raise InvalidRequest("source and target are the same path")
     if quant is not None and target.suffix and target.suffix.lower() != ".gguf":

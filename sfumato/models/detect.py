@@ -38,6 +38,11 @@ class ModelInfo:
         return self.family.native_size
 
     @property
+    def dit_denoiser(self) -> bool:
+        """A `train scratch --arch dit` model: a DiT (models.textdit) where the UNet goes."""
+        return self.configs.get("unet", {}).get("_class_name") == "TextDiT"
+
+    @property
     def name(self) -> str:
         return self.path.name if self.path.is_dir() else self.path.stem
 

@@ -270,13 +270,13 @@ def load_flow_components(info: ModelInfo, checkpoint: dict[str, torch.Tensor], m
 
     family = info.family.name
     configs = json.loads(metadata[CONFIGS_METADATA_KEY]) if CONFIGS_METADATA_KEY in metadata else {}
-    transformer_keys = {k[len(PREFIX):] if k.startswith(PREFIX) else k: k for k in checkpoint
-                        if not k.startswith(VAE_PREFIXES + ("text_encoders.",))}
-    original = {short: checkpoint[key] for short, key in transformer_keys.items()}
+    original = {k.removeprefix(PREFIX): v for k, v in checkpoint.items()
+                if not k.startswith(VAE_PREFIXES + ("text_encoders.",))}
     vae_prefix = next((p for p in VAE_PREFIXES if any(k.startswith(p) for k in checkpoint)), None)
-    missing = [what for what, present in (("the VAE", vae_prefix is not None),
-                                          *((f"text encoder {prefix.split('.')[1]}", any(k.startswith(prefix) for k in checkpoint))
-                                            for prefix, kind in TEXT[family].values() if kind == "clip")) if not present]
+    missing = [] if vae_prefix else ["the VAE"]
+    for prefix, kind in TEXT[family].values():  # T5 may be absent (SD3 runs without it; FLUX says so below)
+        if kind == "clip" and not any(k.startswith(prefix) for k in checkpoint):
+            missing.append(f"text encoder {prefix.split('.')[1]}")
     if missing:
         raise UnsupportedModel(f"{info.path}: this {family} file holds only part of the model (no {', '.join(missing)}); "
                                f"join it with its VAE and text-encoder files (`sfumato convert {info.path.name} "
@@ -440,7 +440,6 @@ def assemble(transformer_file, parts: list, out) -> dict[str, int]:
     CLIP-G told apart by file name, else by width, 768 vs 1280); returns tensors per part. Dtypes are kept."""
     from pathlib import Path
 
-    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from sfumato.models.detect import family_from_keys
@@ -453,10 +452,8 @@ def assemble(transformer_file, parts: list, out) -> dict[str, int]:
                  if not k.startswith(VAE_PREFIXES + ("text_encoders.",))}
     counts = {"transformer": len(out_state)}
     for part in parts:
-        with safe_open(str(part), "pt") as handle:
-            keys = set(handle.keys())
-        what, prefix = part_kind(keys, part)
         tensors = load_file(str(part))
+        what, prefix = part_kind(set(tensors), part)
         if what == "vae":
             tensors = {next((k[len(p):] for p in VAE_PREFIXES if k.startswith(p)), k): v for k, v in tensors.items()}
             if any(k.startswith("encoder.down_blocks.") for k in tensors):  # a diffusers AutoencoderKL file

@@ -133,8 +133,7 @@ def _load_folder(info: ModelInfo, torch_dtype: torch.dtype):
 
                 cls = getattr(diffusers, index[component][1])
                 extra[component] = load_component(cls, info.path / component, torch_dtype)
-    config = info.path / "unet" / "config.json"  # our DiT denoiser (models.textdit) in the UNet's place
-    if "unet" in index and config.is_file() and json.loads(config.read_text()).get("_class_name") == "TextDiT":
+    if info.dit_denoiser:  # our DiT denoiser (models.textdit) in the UNet's place: built by us
         from sfumato.models.textdit import TextDiT
 
         extra["unet"] = TextDiT.from_pretrained(str(info.path / "unet"), torch_dtype=torch_dtype, use_safetensors=True,

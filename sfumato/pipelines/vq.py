@@ -42,12 +42,11 @@ def generate_vq_batch(model: LoadedModel, request: GenerationRequest, seeds: lis
     """One batch through the LDM-VQ or Kandinsky 2.2 pipeline; `prompts` are the images' own (dynamic) prompts."""
     pipe = model.pipe
     prompts = prompts or [request.prompt] * len(seeds)
-    progress.add_total(request.steps)
+    progress.add_total(request.steps * (len(seeds) if model.family == "kandinsky22" else 1))
     if model.family == "kandinsky22":
         # one image per call: the prior batches the negative prompts with the positive ones, so a generator list
         # would not line up with the images; a call per image keeps image k = seed + k whatever the batch
         images = []
-        progress.add_total(request.steps * (len(seeds) - 1))
         for seed, prompt in zip(seeds, prompts):
             pipe.scheduler = make_scheduler(request.sampler, dict(pipe.scheduler.config), seed)
             images += pipe(prompt=prompt, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
