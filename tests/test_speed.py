@@ -253,3 +253,85 @@ def test_first_block_cache_on_transformers(flow_models, family, monkeypatch):
 def test_cache_threshold_is_for_transformer_models(engine_sd1):
     with pytest.raises(InvalidRequest, match="transformer models"):
         engine_sd1.generate(req(cache_threshold=0.1))
+
+
+# ops that make a CUDA host wait for the device (a value read back), and tensors made from Python data (a
+# host-to-device copy, which PyTorch follows with a stream sync when not pinned)
+HOST_SYNC_OPS = ("aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default",
+                 "aten.equal.default", "aten.lift_fresh.default")
+
+
+def _ops_between_unet_calls(unet, run, first: int, last: int) -> dict[str, int]:
+    """Counts of the aten ops dispatched outside `unet` from step `first` to step `last` (progress callbacks)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    depth, counts, state = [0], Counter(), {"on": False}
+    forward = unet.forward
+
+    def counted_forward(*args, **kwargs):
+        depth[0] += 1
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            depth[0] -= 1
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if state["on"] and not depth[0]:
+                counts[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    def at_step(done: int) -> None:
+        state["on"] = first <= done < last
+
+    unet.forward = counted_forward
+    try:
+        with Count():
+            run(at_step)
+    finally:
+        del unet.forward
+    return dict(counts)
+
+
+@pytest.mark.parametrize("sampler", ["DPM++ 2M Karras", "Euler"])
+def test_the_denoise_loop_adds_no_host_sync_to_the_diffusers_loop(sd1, engine_sd1, sampler):
+    """Issue 15 saw DPM++ 2M Karras 1.34x slower than diffusers on an H100 (Euler equal). Between UNet calls our
+    loop must dispatch what diffusers' does (the scheduler's ops) and nothing that waits for the device: the
+    `guided` check used to read a tensor back every step. Composable AND prompts with a per-image CFG keep their
+    constants on the device too."""
+    from sfumato.sampling.samplers import get_sampler
+
+    steps = 8
+    unet = engine_sd1.load().pipe.unet
+
+    def ours(at_step, prompt="a red apple", batch=1):
+        request = GenerationRequest(prompt, seed=1, steps=steps, width=64, height=64, sampler=sampler, cfg_scale=7.0,
+                                    batch_size=batch)
+        engine_sd1.generate(request, progress=lambda done, total: at_step(done))
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd1, local_files_only=True, safety_checker=None)
+    chosen = get_sampler(sampler)
+    pipe.scheduler = getattr(diffusers, chosen.scheduler).from_config(pipe.scheduler.config, **chosen.options)
+    pipe.set_progress_bar_config(disable=True)
+
+    def theirs(at_step):
+        def on_step(pipe_, i, t, kwargs):
+            at_step(i + 1)
+            return kwargs
+        pipe("a red apple", num_inference_steps=steps, guidance_scale=7.0, height=64, width=64,
+             callback_on_step_end=on_step)
+
+    mine = _ops_between_unet_calls(unet, ours, 2, steps - 1)
+    reference = _ops_between_unet_calls(pipe.unet, theirs, 2, steps - 1)
+    assert sum(mine.values()) > 5 * 10  # the scheduler's arithmetic was seen (5 steps)
+    for op in HOST_SYNC_OPS:
+        assert mine.get(op, 0) <= reference.get(op, 0), (op, mine, reference)
+    # the same scheduler ops; the UNet input is gathered by row (index + 2 slices) where diffusers cats and splits
+    ours_rest = {k: v for k, v in mine.items() if k not in ("aten.index.Tensor", "aten.slice.Tensor")}
+    theirs_rest = {k: v for k, v in reference.items() if k not in ("aten.cat.default", "aten.split.Tensor")}
+    assert ours_rest == theirs_rest
+    composed = _ops_between_unet_calls(unet, lambda at: ours(at, "a red apple AND a pear :0.5", batch=2), 2, steps - 1)
+    for op in HOST_SYNC_OPS:  # (Euler's own sigma checks read its CPU sigmas: counted on both sides)
+        assert composed.get(op, 0) <= reference.get(op, 0), (op, composed, reference)

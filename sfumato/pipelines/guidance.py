@@ -12,7 +12,8 @@ prompt encoder's LRU cache keeps them across requests).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +37,9 @@ class Guidance:
     encoded: dict[str, Conditioning]  # text -> [1, T, D] (+ pooled), all padded to the same T
     zero_negative: bool = False  # SDXL's force_zeros_for_empty_prompt applies to empty negative prompts
     shift: Conditioning | None = None  # added to every positive row (the request's conditioning directions)
+    # combine()'s constant tensors per (device, dtype): made once, not every step (each would be a host-to-device
+    # copy, and a CUDA stream sync, per step)
+    _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def images(self) -> int:
@@ -46,8 +50,8 @@ class Guidance:
         """Each image has one part of weight 1 (ordinary classifier-free guidance)."""
         return all(len(p) == 1 and p[0].weight == 1.0 for p in self.parts)
 
-    @property
-    def guided(self) -> bool:
+    @functools.cached_property
+    def guided(self) -> bool:  # asked every step: computed once (a Guidance is not changed after it is built)
         return bool((torch.as_tensor(self.cfg_scale) > 1.0).any()) or not self.plain
 
     @property
@@ -88,17 +92,28 @@ class Guidance:
         if not self.guided:
             return prediction
         count = self.images
-        cfg = self.cfg_scale
-        if isinstance(cfg, torch.Tensor):
-            cfg = cfg.to(prediction.device, prediction.dtype).view(-1, *([1] * (prediction.dim() - 1)))
+        cfg, owners, weights = self._combine_constants(prediction.device, prediction.dtype, prediction.dim())
         negative, positive = prediction[:count], prediction[count:]
         if self.plain:
             return negative + cfg * (positive - negative)
-        owners = torch.tensor(self.row_images()[count:], device=prediction.device)
-        weights = torch.tensor([p.weight for parts in self.parts for p in parts], device=prediction.device,
-                               dtype=prediction.dtype).view(-1, *([1] * (prediction.dim() - 1)))
         delta = torch.zeros_like(negative).index_add_(0, owners, weights * (positive - negative[owners]))
         return negative + cfg * delta
+
+    def _combine_constants(self, device: torch.device, dtype: torch.dtype, dims: int) -> tuple:
+        """cfg (a number or one per image), each positive row's image and each part's weight, on `device`."""
+        key = (device, dtype, dims)
+        if key not in self._constants:
+            shape = (-1, *([1] * (dims - 1)))
+            cfg = self.cfg_scale
+            if isinstance(cfg, torch.Tensor):
+                cfg = cfg.to(device, dtype).view(shape)
+            owners = weights = None
+            if not self.plain:
+                owners = torch.tensor(self.row_images()[self.images:], device=device)
+                weights = torch.tensor([p.weight for parts in self.parts for p in parts], device=device,
+                                       dtype=dtype).view(shape)
+            self._constants[key] = (cfg, owners, weights)
+        return self._constants[key]
 
 
 def build_guidance(encoder: PromptEncoder, prompts: list[str], negatives: list[str], cfg_scale: float | torch.Tensor,
