@@ -7,8 +7,9 @@ the embedded model by default, and lets 16 concurrent clients send OpenAI `image
 requests (distinct prompts and seeds) until the request count is reached. Prints throughput with
 batching vs without as a ratio (target >= 3x), p50/p95 latency, errors (target 0) and the server's
 RSS after 100 and after all requests of the batched run (target <= 10 % growth), and the batched server's
-throughput against `Engine.generate_many` at the same batch size in this process (target >= 0.90). Any failed
-request stops it before a ratio is printed.
+throughput against `Engine.generate_many` at the same batch size in this process (target >= 0.90): the two take
+turns (`--rounds`, the same number of images each turn), so both see the same drift of a shared machine's speed
+(consecutive runs here differed by up to 1.7x). Any failed request stops it before a ratio is printed.
 """
 
 from __future__ import annotations
@@ -36,60 +37,89 @@ def _start(model: str | None, batch: int, data_dir: str) -> tuple[subprocess.Pop
     return start_server(*flags, *(["--model", model] if model else []), timeout_s=60)
 
 
-def _run(base: str, clients: int, total: int, process: subprocess.Popen, rss_at: int = 100) -> dict:
-    latencies: list[float] = []
-    errors = [0]
-    counter = [0]
-    rss_early: list[float] = []
-    lock = threading.Lock()
+class Load:
+    """Closed-loop clients: each sends an OpenAI `images/generations` request, waits for it, sends the next."""
 
-    def client(index: int) -> None:
-        with httpx.Client(timeout=600) as http:
-            while True:
-                with lock:
-                    if counter[0] >= total:
-                        return
-                    n = counter[0]
-                    counter[0] += 1
-                started = time.perf_counter()
-                try:
-                    r = http.post(base + "/v1/images/generations",
-                                  json={"prompt": PROMPTS[n % len(PROMPTS)], "seed": n, "response_format": "b64_json"})
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                with lock:
-                    latencies.append(time.perf_counter() - started)
-                    errors[0] += 0 if ok else 1
-                    if len(latencies) == rss_at:
-                        rss_early.append(psutil.Process(process.pid).memory_info().rss / 2**20)
+    def __init__(self, base: str, process: subprocess.Popen, clients: int, rss_at: int = 100):
+        self.base, self.process, self.clients, self.rss_at = base, process, clients, rss_at
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.seconds = 0.0
+        self.rss_early: float | None = None
+        self._sent = 0
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - started
-    latencies.sort()
-    return {"requests": len(latencies), "seconds": seconds, "throughput": len(latencies) / seconds,
-            "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-            "errors": errors[0], "rss_early": rss_early[0] if rss_early else None,
-            "rss_end": psutil.Process(process.pid).memory_info().rss / 2**20}
+    def run(self, count: int) -> None:
+        """Send `count` more requests (numbered on from the last run: distinct prompts and seeds)."""
+        lock = threading.Lock()
+        last = self._sent + count
+
+        def client() -> None:
+            with httpx.Client(timeout=600) as http:
+                while True:
+                    with lock:
+                        if self._sent >= last:
+                            return
+                        n = self._sent
+                        self._sent += 1
+                    started = time.perf_counter()
+                    try:
+                        r = http.post(self.base + "/v1/images/generations",
+                                      json={"prompt": PROMPTS[n % len(PROMPTS)], "seed": n,
+                                            "response_format": "b64_json"})
+                        ok = r.status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    with lock:
+                        self.latencies.append(time.perf_counter() - started)
+                        self.errors += 0 if ok else 1
+                        if len(self.latencies) == self.rss_at:
+                            self.rss_early = self.rss()
+
+        threads = [threading.Thread(target=client) for _ in range(self.clients)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.seconds += time.perf_counter() - started
+
+    def rss(self) -> float:
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def summary(self) -> dict:
+        latencies = sorted(self.latencies)
+        return {"requests": len(latencies), "seconds": self.seconds, "throughput": len(latencies) / self.seconds,
+                "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
+                "errors": self.errors, "rss_early": self.rss_early, "rss_end": self.rss()}
 
 
-def _engine_throughput(model: str | None, batch: int, images: int) -> float:
-    """Images/s of `Engine.generate_many` in this process, on the server's requests (distinct prompts and seeds)."""
-    from sfumato.engine import Engine
-    from sfumato.requests import GenerationRequest
+class EngineAlone:
+    """`Engine.generate_many` in this process on the same requests, `batch` at a time (the server's batch size)."""
 
-    engine = Engine(model)
-    requests = [GenerationRequest(PROMPTS[n % len(PROMPTS)], seed=n) for n in range(images)]
-    engine.generate_many(requests[:batch])  # warm up: model load, prompt cache
-    started = time.perf_counter()
-    for first in range(0, images, batch):
-        engine.generate_many(requests[first:first + batch])
-    return images / (time.perf_counter() - started)
+    def __init__(self, model: str | None, batch: int):
+        from sfumato.engine import Engine
+
+        self.engine, self.batch = Engine(model), batch
+        self.images, self.seconds, self._next = 0, 0.0, 0
+        self._generate(batch)  # warm up: model load, prompt cache
+        self.images, self.seconds = 0, 0.0
+
+    def _generate(self, count: int) -> None:
+        from sfumato.requests import GenerationRequest
+
+        requests = [GenerationRequest(PROMPTS[n % len(PROMPTS)], seed=n) for n in range(self._next, self._next + count)]
+        self._next += count
+        started = time.perf_counter()
+        for first in range(0, count, self.batch):
+            self.engine.generate_many(requests[first:first + self.batch])
+        self.seconds += time.perf_counter() - started
+        self.images += count
+
+    run = _generate
+
+    @property
+    def throughput(self) -> float:
+        return self.images / self.seconds
 
 
 def _mean_batch(data_dir: str) -> float:
@@ -105,30 +135,44 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--unbatched-requests", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=5, help="server and engine take turns this many times")
     parser.add_argument("--data-dir", default="/tmp/sfumato-server-bench")
     args = parser.parse_args()
+    batch = 16
+    engine = None
+    per_round = -(-args.requests // args.rounds // batch) * batch  # whole batches
     results = {}
-    for label, batch, total in (("batched", 16, args.requests), ("unbatched", 1, args.unbatched_requests)):
+    for label, size, total in (("batched", batch, per_round * args.rounds), ("unbatched", 1, args.unbatched_requests)):
         shutil.rmtree(os.path.join(args.data_dir, label), ignore_errors=True)  # a fresh job store per run
-        process, base = _start(args.model, batch, os.path.join(args.data_dir, label))
+        process, base = _start(args.model, size, os.path.join(args.data_dir, label))
         try:
-            _run(base, 2, 4, process)  # warm up: model load, first batches
-            results[label] = _run(base, args.clients, total, process)
+            warm_up = Load(base, process, 2)
+            warm_up.run(4)  # model load, first batches
+            if warm_up.errors:
+                raise SystemExit(f"{warm_up.errors} of 4 warm-up requests failed: no ratio reported")
+            load = Load(base, process, args.clients)
+            if label == "batched":  # turns: the machine's speed drifts (shared cores), both see the same drift
+                engine = EngineAlone(args.model, batch)
+                for _ in range(args.rounds):
+                    load.run(per_round)
+                    engine.run(per_round)
+            else:
+                load.run(total)
+            results[label] = load.summary()
         finally:
             process.terminate()
             process.wait(30)
         r = results[label]
-        print(f"{label:9s} (--max-batch-size {batch:2d}): {r['requests']} requests in {r['seconds']:.1f} s = "
+        print(f"{label:9s} (--max-batch-size {size:2d}): {r['requests']} requests in {r['seconds']:.1f} s = "
               f"{r['throughput']:.2f} req/s; p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s; errors {r['errors']}; "
               f"mean batch {_mean_batch(os.path.join(args.data_dir, label)):.1f} jobs")
+        if r["errors"]:  # a ratio over failed requests means nothing
+            raise SystemExit(f"{r['errors']} requests failed: no ratio reported")
     b, u = results["batched"], results["unbatched"]
-    failed = b["errors"] + u["errors"]
-    if failed:  # a ratio over failed requests means nothing
-        raise SystemExit(f"{failed} requests failed: no ratio reported")
-    engine = _engine_throughput(args.model, 16, max(32, args.requests // 8))
-    print(f"engine alone, generate_many({16}): {engine:.2f} images/s")
+    print(f"engine alone, generate_many({batch}), in turns with the batched server: {engine.images} images in "
+          f"{engine.seconds:.1f} s = {engine.throughput:.2f} images/s")
     print(f"throughput ratio batched / unbatched: {b['throughput'] / u['throughput']:.2f}x (target >= 3x)")
-    print(f"server batched / engine generate_many: {b['throughput'] / engine:.2f} (target >= 0.90)")
+    print(f"server batched / engine generate_many: {b['throughput'] / engine.throughput:.2f} (target >= 0.90)")
     if b["rss_early"]:
         growth = (b["rss_end"] - b["rss_early"]) / b["rss_early"]
         print(f"server RSS after 100 requests {b['rss_early']:.0f} MiB, after {b['requests']}: {b['rss_end']:.0f} MiB "

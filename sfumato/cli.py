@@ -300,7 +300,8 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback bind without a key")
     serve.add_argument("--max-batch-size", type=int, default=8, help="images per batch across jobs (1 = no batching)")
     serve.add_argument("--batch-wait-ms", type=float, default=30.0,
-                       help="how long a batch that is not full waits for more compatible jobs")
+                       help="a batch that is not full waits this long after its last new job for more compatible "
+                            "jobs (10 times this at most)")
     serve.add_argument("--queue-size", type=int, default=256, help="unfinished jobs before answering 429")
     serve.add_argument("--preview", choices=["cheap", "full", "off"], default="cheap",
                        help="step previews while a client watches: a linear latent->RGB map (cheap), a VAE decode "

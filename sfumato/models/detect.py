@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,51 @@ class ModelInfo:
 
 
 def describe(path: Path) -> ModelInfo:
-    """Detect a model's format and family from `model_index.json` or from single-file keys."""
+    """Detect a model's format and family from `model_index.json` or from single-file keys.
+
+    Asked for every request (resolve, batch keys): a description is kept while the files it was read from keep
+    their size and modification time (a single file's header lists every tensor; a folder has up to 8 JSON
+    files). The returned ModelInfo is shared: treat it as read-only."""
     if not path.exists():
         raise ModelNotFound(f"model {path} does not exist")
+    signature = _signature(path)
+    cached = _DESCRIBED.get(path)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    info = _describe(path)
+    if len(_DESCRIBED) >= 64:
+        _DESCRIBED.clear()
+    _DESCRIBED[path] = (signature, info)
+    return info
+
+
+_DESCRIBED: dict[Path, tuple[tuple, ModelInfo]] = {}
+_FOLDER_FILES = ("model_index.json", SETTINGS_FILE) + tuple(
+    f"{component}/{name}" for component in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler", "transformer")
+    for name in ("config.json", "scheduler_config.json"))
+
+
+def _signature(path: Path) -> tuple:
+    """(size, mtime) of the files a description reads (missing ones as None): equal means nothing changed."""
+    names = _FOLDER_FILES if path.is_dir() else ("",)
+    signature = []
+    for name in names:
+        try:
+            stat = os.stat(os.path.join(path, name) if name else path)
+            signature.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            signature.append(None)
+    if path.is_dir():  # a GGUF denoiser dropped into unet/ or transformer/ (used when no safetensors is there)
+        for component in ("unet", "transformer"):
+            try:
+                signature.append(tuple(sorted(n for n in os.listdir(path / component)
+                                              if n.endswith((".gguf", ".safetensors")))))
+            except OSError:
+                signature.append(None)
+    return tuple(signature)
+
+
+def _describe(path: Path) -> ModelInfo:
     if path.is_dir():
         return _describe_folder(path)
     suffix = path.suffix.lower()

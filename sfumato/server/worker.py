@@ -2,8 +2,9 @@
 
 Request handling never waits on it: routes only read and write the job store and the live
 `Progress`. Jobs that share model, size, sampler and steps run together up to `max_batch_size`
-images (`Engine.generate_many`; each image equals its job run alone); a batch that is not full waits
-`batch_wait_s` for more jobs first (clients that just got a result are resubmitting). Cancelling a job of a running
+images (`Engine.generate_many`; each image equals its job run alone); a batch that is not full waits for more
+jobs first while they keep coming (clients that just got a result are resubmitting, one after another): until it is
+full, or `batch_wait_s` passes without a new one, or BATCH_WAIT_CAP times that in all. Cancelling a job of a running
 batch stops the batch between two steps; its other jobs go back to the queue.
 """
 
@@ -29,6 +30,7 @@ PREVIEW_EVERY_S = 0.5
 WATCH_S = 2.0  # previews keep being made this long after a client last asked
 CLAIM_CHECK_S = 1.0  # shared stores: how often a running batch checks that its jobs are still its own
 PREVIEW_MODES = ("cheap", "full", "off")
+BATCH_WAIT_CAP = 10  # a batch that keeps growing waits at most this many `batch_wait_s` in all
 
 
 @dataclass
@@ -113,9 +115,20 @@ class Worker:
             self._last_stale_check = time.monotonic()
             self.store.requeue_stale()  # a killed replica's jobs: claimed again here or by another
         batch = self._pick()
-        if batch and self.batch_wait_s and _images(batch) < self.max_batch_size:
-            self._stop.wait(self.batch_wait_s)
-            batch = self._pick()
+        started = time.monotonic()
+        deadline = started + self.batch_wait_s
+        while batch and _images(batch) < self.max_batch_size and not self._stop.is_set():
+            # wait for more jobs while they keep coming (clients resubmitting one after another), at most
+            # BATCH_WAIT_CAP waits in all; start as soon as the batch is full
+            left = min(deadline, started + BATCH_WAIT_CAP * self.batch_wait_s) - time.monotonic()
+            if left <= 0:
+                break
+            self._wake.wait(left)  # set by every enqueue (on this replica)
+            self._wake.clear()
+            grown = self._pick()
+            if _images(grown) > _images(batch):
+                deadline = time.monotonic() + self.batch_wait_s
+            batch = grown
         jobs = [job for job in batch if self.store.start(job.id)]
         for job in batch:
             self._keys.pop(job.id, None)
