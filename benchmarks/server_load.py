@@ -46,6 +46,7 @@ class Load:
         self.errors = 0
         self.seconds = 0.0
         self.rss_early: float | None = None
+        self.client_cpu = self.server_cpu_s = 0.0  # CPU seconds of the clients and of the server while they ran
         self._sent = 0
 
     def run(self, count: int) -> None:
@@ -76,12 +77,18 @@ class Load:
                             self.rss_early = self.rss()
 
         threads = [threading.Thread(target=client) for _ in range(self.clients)]
-        started = time.perf_counter()
+        started, cpu, server_cpu = time.perf_counter(), time.process_time(), self.server_cpu()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         self.seconds += time.perf_counter() - started
+        self.client_cpu += time.process_time() - cpu  # this process runs only the clients meanwhile
+        self.server_cpu_s += self.server_cpu() - server_cpu
+
+    def server_cpu(self) -> float:
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
 
     def rss(self) -> float:
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
@@ -90,7 +97,8 @@ class Load:
         latencies = sorted(self.latencies)
         return {"requests": len(latencies), "seconds": self.seconds, "throughput": len(latencies) / self.seconds,
                 "p50": statistics.median(latencies), "p95": latencies[int(0.95 * (len(latencies) - 1))],
-                "errors": self.errors, "rss_early": self.rss_early, "rss_end": self.rss()}
+                "errors": self.errors, "rss_early": self.rss_early, "rss_end": self.rss(),
+                "client_cpu": self.client_cpu, "server_cpu": self.server_cpu_s}
 
 
 class EngineAlone:
@@ -100,19 +108,20 @@ class EngineAlone:
         from sfumato.engine import Engine
 
         self.engine, self.batch = Engine(model), batch
-        self.images, self.seconds, self._next = 0, 0.0, 0
+        self.images, self.seconds, self.cpu, self._next = 0, 0.0, 0.0, 0
         self._generate(batch)  # warm up: model load, prompt cache
-        self.images, self.seconds = 0, 0.0
+        self.images, self.seconds, self.cpu = 0, 0.0, 0.0
 
     def _generate(self, count: int) -> None:
         from sfumato.requests import GenerationRequest
 
         requests = [GenerationRequest(PROMPTS[n % len(PROMPTS)], seed=n) for n in range(self._next, self._next + count)]
         self._next += count
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for first in range(0, count, self.batch):
             self.engine.generate_many(requests[first:first + self.batch])
         self.seconds += time.perf_counter() - started
+        self.cpu += time.process_time() - cpu
         self.images += count
 
     run = _generate
@@ -173,6 +182,12 @@ def main() -> None:
           f"{engine.seconds:.1f} s = {engine.throughput:.2f} images/s")
     print(f"throughput ratio batched / unbatched: {b['throughput'] / u['throughput']:.2f}x (target >= 3x)")
     print(f"server batched / engine generate_many: {b['throughput'] / engine.throughput:.2f} (target >= 0.90)")
+    cores = os.cpu_count() or 1
+    print(f"CPU per image: engine {engine.cpu / engine.images * 1000:.0f} ms; server {b['server_cpu'] / b['requests'] * 1000:.0f}"
+          f" ms; clients {b['client_cpu'] / b['requests'] * 1000:.0f} ms (the clients took "
+          f"{b['client_cpu'] / (b['seconds'] * cores):.1%} of this machine's {cores} cores during the server's turns)")
+    print(f"engine CPU / server CPU per image: {engine.cpu / engine.images / (b['server_cpu'] / b['requests']):.2f} "
+          f"(the server's own cost, without the load generator's share of the cores)")
     if b["rss_early"]:
         growth = (b["rss_end"] - b["rss_early"]) / b["rss_early"]
         print(f"server RSS after 100 requests {b['rss_early']:.0f} MiB, after {b['requests']}: {b['rss_end']:.0f} MiB "
