@@ -103,7 +103,36 @@ def test_slicing_and_offload_hooks_keep_the_image(sd1):
     hooked.load().pipe.enable_model_cpu_offload(device=torch.device("cpu"))  # directly, so the hooks must fire
     image = hooked.generate(GenerationRequest(**REQUEST, batch_size=2)).images[1].image
     assert np.abs(pixels(image) - reference).max() <= 1
-    # (sequential offload cannot run on a CPU: diffusers' own pipeline fails with it there too)
+
+
+def test_sequential_offload_hooks_keep_every_task(sd1, tmp_path):
+    """The hooks `enable_sequential_cpu_offload` installs (accelerate's `cpu_offload` on every component; diffusers
+    itself refuses a CPU device), here with the CPU as execution device: weights wait on the meta device and come in
+    per layer. Tensors our code makes "on the encoder's device" used to land on meta (NotImplementedError: Cannot
+    copy out of meta tensor); `memory.execution_device` asks the hook."""
+    from accelerate import cpu_offload
+    from PIL import Image
+
+    from sfumato.memory import execution_device
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "init.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    plain, offloaded = Engine(sd1), Engine(sd1)
+    pipe = offloaded.load().pipe
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            cpu_offload(component, torch.device("cpu"), offload_buffers=len(component._parameters) > 0)
+    assert next(pipe.unet.parameters()).device.type == "meta"
+    assert execution_device(pipe.text_encoder) == torch.device("cpu")
+    base = dict(prompt="a red apple", seed=3, steps=3, width=64, height=64)
+    for extra in ({"batch_size": 2}, {"init_image": str(tmp_path / "init.png"), "strength": 0.6},
+                  {"init_image": str(tmp_path / "init.png"), "mask": str(tmp_path / "mask.png")},
+                  {"hires_scale": 1.5, "hires_steps": 2}):
+        expected = plain.generate(GenerationRequest(**base, **extra)).images[-1].image
+        assert np.array_equal(pixels(offloaded.generate(GenerationRequest(**base, **extra)).images[-1].image),
+                              pixels(expected)), extra
 
 
 def test_quantized_weights_take_loras(sd1, lora_files):  # noqa: F811

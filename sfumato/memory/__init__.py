@@ -97,3 +97,15 @@ def apply_memory(pipe, settings: MemorySettings, device: torch.device) -> list[s
     elif settings.offload:
         done.append(f"{settings.offload} offload skipped (no GPU)")
     return done
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes: its weights' device, or under offload hooks (accelerate's, as diffusers' offload
+    installs them) the hook's execution device — sequentially offloaded weights sit on the meta device between
+    calls, so tensors made "on the module's device" must use this."""
+    for sub in module.modules():
+        hook = getattr(sub, "_hf_hook", None)
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
+    return module.device if hasattr(module, "device") else next(module.parameters()).device
+

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sfumato.memory import execution_device
 from sfumato.prompts.attention import parse_prompt_attention
 
 CHUNK_LENGTH = 75
@@ -125,13 +126,13 @@ class TextEncoderSlot:
     def first_chunk_ids(self, captions: list[str]) -> torch.Tensor:
         """The first chunk's token ids of each caption, [B, chunk_length + 2] (training truncates here)."""
         rows = [tokenize_weighted(self.tokenizer, caption, self.chunk_length)[0].ids for caption in captions]
-        return torch.tensor(rows, device=self.encoder.device)
+        return torch.tensor(rows, device=execution_device(self.encoder))
 
     @torch.no_grad()
     def encode_many(self, prompts: list[str], clip_skip: int) -> list[tuple[list[torch.Tensor], torch.Tensor | None]]:
         """Each prompt's chunks [1, T, D] (emphasis applied) and first-chunk pooled vector; one encoder pass for all."""
         chunked = [tokenize_weighted(self.tokenizer, prompt, self.chunk_length) for prompt in prompts]
-        ids = torch.tensor([chunk.ids for chunks in chunked for chunk in chunks], device=self.encoder.device)
+        ids = torch.tensor([chunk.ids for chunks in chunked for chunk in chunks], device=execution_device(self.encoder))
         hidden, pooled = self.forward_ids(ids, clip_skip)
         out, row = [], 0
         for chunks in chunked:
