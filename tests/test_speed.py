@@ -265,21 +265,18 @@ def _ops_between_unet_calls(unet, run, first: int, last: int) -> dict[str, int]:
     """Counts of the aten ops dispatched outside `unet` from step `first` to step `last` (progress callbacks)."""
     from collections import Counter
 
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-    depth, counts, state = [0], Counter(), {"on": False}
+    counts, state = Counter(), {"on": False}
     forward = unet.forward
 
     def counted_forward(*args, **kwargs):
-        depth[0] += 1
-        try:
+        with _disable_current_modes():  # the UNet itself is not counted (and runs at full speed)
             return forward(*args, **kwargs)
-        finally:
-            depth[0] -= 1
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if state["on"] and not depth[0]:
+            if state["on"]:
                 counts[str(func)] += 1
             return func(*args, **(kwargs or {}))
 
@@ -303,7 +300,7 @@ def test_the_denoise_loop_adds_no_host_sync_to_the_diffusers_loop(sd1, engine_sd
     constants on the device too."""
     from sfumato.sampling.samplers import get_sampler
 
-    steps = 8
+    steps = 6
     unet = engine_sd1.load().pipe.unet
 
     def ours(at_step, prompt="a red apple", batch=1):
@@ -325,7 +322,7 @@ def test_the_denoise_loop_adds_no_host_sync_to_the_diffusers_loop(sd1, engine_sd
 
     mine = _ops_between_unet_calls(unet, ours, 2, steps - 1)
     reference = _ops_between_unet_calls(pipe.unet, theirs, 2, steps - 1)
-    assert sum(mine.values()) > 5 * 10  # the scheduler's arithmetic was seen (5 steps)
+    assert sum(mine.values()) > 3 * 10  # the scheduler's arithmetic was seen (3 steps)
     for op in HOST_SYNC_OPS:
         assert mine.get(op, 0) <= reference.get(op, 0), (op, mine, reference)
     # the same scheduler ops; the UNet input is gathered by row (index + 2 slices) where diffusers cats and splits
