@@ -108,4 +108,3 @@ def execution_device(module: torch.nn.Module) -> torch.device:
         if getattr(hook, "execution_device", None) is not None:
             return torch.device(hook.execution_device)
     return module.device if hasattr(module, "device") else next(module.parameters()).device
-

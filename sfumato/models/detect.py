@@ -75,7 +75,8 @@ _FOLDER_FILES = ("model_index.json", SETTINGS_FILE) + tuple(
 
 def _signature(path: Path) -> tuple:
     """(size, mtime) of the files a description reads (missing ones as None): equal means nothing changed."""
-    names = _FOLDER_FILES if path.is_dir() else ("",)
+    folder = path.is_dir()
+    names = _FOLDER_FILES if folder else ("",)
     signature = []
     for name in names:
         try:
@@ -83,7 +84,7 @@ def _signature(path: Path) -> tuple:
             signature.append((stat.st_size, stat.st_mtime_ns))
         except OSError:
             signature.append(None)
-    if path.is_dir():  # a GGUF denoiser dropped into unet/ or transformer/ (used when no safetensors is there)
+    if folder:  # a GGUF denoiser dropped into unet/ or transformer/ (used when no safetensors is there)
         for component in ("unet", "transformer"):
             try:
                 signature.append(tuple(sorted(n for n in os.listdir(path / component)

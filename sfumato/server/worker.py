@@ -114,21 +114,7 @@ class Worker:
         if not self.store.exclusive and time.monotonic() - self._last_stale_check > self.store.lease_s / 3:
             self._last_stale_check = time.monotonic()
             self.store.requeue_stale()  # a killed replica's jobs: claimed again here or by another
-        batch = self._pick()
-        started = time.monotonic()
-        deadline = started + self.batch_wait_s
-        while batch and _images(batch) < self.max_batch_size and not self._stop.is_set():
-            # wait for more jobs while they keep coming (clients resubmitting one after another), at most
-            # BATCH_WAIT_CAP waits in all; start as soon as the batch is full
-            left = min(deadline, started + BATCH_WAIT_CAP * self.batch_wait_s) - time.monotonic()
-            if left <= 0:
-                break
-            self._wake.wait(left)  # set by every enqueue (on this replica)
-            self._wake.clear()
-            grown = self._pick()
-            if _images(grown) > _images(batch):
-                deadline = time.monotonic() + self.batch_wait_s
-            batch = grown
+        batch = self._filled(self._pick())
         jobs = [job for job in batch if self.store.start(job.id)]
         for job in batch:
             self._keys.pop(job.id, None)
@@ -148,6 +134,23 @@ class Worker:
                     self.store.fail(job.id, message)
                 except SfumatoError:  # the store cannot write either (disk full): queue it again once it can
                     self._store_failed = True
+
+    def _filled(self, batch: list[Job]) -> list[Job]:
+        """`batch` grown while compatible jobs keep arriving: until full, `batch_wait_s` after the last new one, or
+        BATCH_WAIT_CAP times that in all (woken by every enqueue on this replica)."""
+        cap = time.monotonic() + BATCH_WAIT_CAP * self.batch_wait_s
+        deadline = time.monotonic() + self.batch_wait_s
+        while batch and _images(batch) < self.max_batch_size and not self._stop.is_set():
+            left = min(deadline, cap) - time.monotonic()
+            if left <= 0:
+                break
+            self._wake.wait(left)
+            self._wake.clear()
+            grown = self._pick()
+            if _images(grown) > _images(batch):
+                deadline = time.monotonic() + self.batch_wait_s
+            batch = grown
+        return batch
 
     def _pick(self) -> list[Job]:
         """The oldest queued job and the compatible ones behind it, up to `max_batch_size` images (not started)."""
