@@ -48,35 +48,37 @@ class Load:
         self.rss_early: float | None = None
         self.client_cpu = self.server_cpu_s = 0.0  # CPU seconds of the clients and of the server while they ran
         self._sent = 0
+        # made once: an httpx.Client builds an SSL context (reads the CA bundle, ~50 ms of CPU here), which inside the
+        # timed turn delayed each turn's first batch
+        self._http = [httpx.Client(timeout=600) for _ in range(clients)]
 
     def run(self, count: int) -> None:
         """Send `count` more requests (numbered on from the last run: distinct prompts and seeds)."""
         lock = threading.Lock()
         last = self._sent + count
 
-        def client() -> None:
-            with httpx.Client(timeout=600) as http:
-                while True:
-                    with lock:
-                        if self._sent >= last:
-                            return
-                        n = self._sent
-                        self._sent += 1
-                    started = time.perf_counter()
-                    try:
-                        r = http.post(self.base + "/v1/images/generations",
-                                      json={"prompt": PROMPTS[n % len(PROMPTS)], "seed": n,
-                                            "response_format": "b64_json"})
-                        ok = r.status_code == 200
-                    except httpx.HTTPError:
-                        ok = False
-                    with lock:
-                        self.latencies.append(time.perf_counter() - started)
-                        self.errors += 0 if ok else 1
-                        if len(self.latencies) == self.rss_at:
-                            self.rss_early = self.rss()
+        def client(http: httpx.Client) -> None:
+            while True:
+                with lock:
+                    if self._sent >= last:
+                        return
+                    n = self._sent
+                    self._sent += 1
+                started = time.perf_counter()
+                try:
+                    r = http.post(self.base + "/v1/images/generations",
+                                  json={"prompt": PROMPTS[n % len(PROMPTS)], "seed": n,
+                                        "response_format": "b64_json"})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    self.latencies.append(time.perf_counter() - started)
+                    self.errors += 0 if ok else 1
+                    if len(self.latencies) == self.rss_at:
+                        self.rss_early = self.rss()
 
-        threads = [threading.Thread(target=client) for _ in range(self.clients)]
+        threads = [threading.Thread(target=client, args=(http,)) for http in self._http]
         started, cpu, server_cpu = time.perf_counter(), time.process_time(), self.server_cpu()
         for t in threads:
             t.start()
@@ -85,6 +87,10 @@ class Load:
         self.seconds += time.perf_counter() - started
         self.client_cpu += time.process_time() - cpu  # this process runs only the clients meanwhile
         self.server_cpu_s += self.server_cpu() - server_cpu
+
+    def close(self) -> None:
+        for http in self._http:
+            http.close()
 
     def server_cpu(self) -> float:
         times = psutil.Process(self.process.pid).cpu_times()
@@ -157,6 +163,7 @@ def main() -> None:
         try:
             warm_up = Load(base, process, 2)
             warm_up.run(4)  # model load, first batches
+            warm_up.close()
             if warm_up.errors:
                 raise SystemExit(f"{warm_up.errors} of 4 warm-up requests failed: no ratio reported")
             load = Load(base, process, args.clients)
@@ -167,6 +174,7 @@ def main() -> None:
                     engine.run(per_round)
             else:
                 load.run(total)
+            load.close()
             results[label] = load.summary()
         finally:
             process.terminate()

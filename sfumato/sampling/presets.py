@@ -40,24 +40,25 @@ def preset_settings(name: str) -> dict[str, Any]:
     return PRESETS[name]
 
 
-def model_settings(path: Path) -> dict[str, Any]:
+def model_settings(path: Path, declared: dict[str, Any] | None = None) -> dict[str, Any]:
     """A model's declared sampling defaults: `sfumato.json` in its folder (or `NAME.json` beside a single file),
-    either `{"preset": NAME}` or the settings themselves."""
-    candidates = [path / "sfumato.json"] if path.is_dir() else [path.with_suffix(".json")]
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text())
-            except (OSError, ValueError) as exc:
-                raise InvalidRequest(f"{candidate}: not valid JSON ({exc})") from None
-            if not isinstance(data, dict):
-                raise InvalidRequest(f"{candidate}: expected a JSON object")
-            settings = dict(preset_settings(data["preset"])) if data.get("preset") else {}
-            settings.update({k: v for k, v in data.items() if k in SETTINGS})
-            if data.get("preset"):
-                settings["preset"] = data["preset"]  # the name, recorded with the image (`Preset: lcm`)
-            return settings
-    return {}
+    either `{"preset": NAME}` or the settings themselves. `declared`: that file's content as already read (a folder's
+    `ModelInfo.settings`), so a request does not read it again."""
+    if declared is None:
+        candidate = path / "sfumato.json" if path.is_dir() else path.with_suffix(".json")
+        if not candidate.is_file():
+            return {}
+        try:
+            declared = json.loads(candidate.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"{candidate}: not valid JSON ({exc})") from None
+        if not isinstance(declared, dict):
+            raise InvalidRequest(f"{candidate}: expected a JSON object")
+    settings = dict(preset_settings(declared["preset"])) if declared.get("preset") else {}
+    settings.update({k: v for k, v in declared.items() if k in SETTINGS})
+    if declared.get("preset"):
+        settings["preset"] = declared["preset"]  # the name, recorded with the image (`Preset: lcm`)
+    return settings
 
 
 def lora_preset(path: Path) -> str | None:
