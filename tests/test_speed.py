@@ -88,6 +88,39 @@ def test_interval_one_is_the_uncached_image_and_caching_is_recorded(engine_sd1, 
     assert "Step cache: interval 3, branch 1" in result.images[0].infotext
 
 
+def test_what_steps_keep_survives_cuda_graph_replays(engine_sd1, monkeypatch):
+    """CUDA graphs (`--compile reduce-overhead`) replay into the same memory: a call's tensors are overwritten by the
+    next call. Played here on the CPU: the UNet's "compiled" call first poisons (NaN) every tensor the previous call
+    returned or left in the step cache. Unprotected, the step cache's reused features are garbage; with
+    `calls_reuse_outputs` (what `compile_pipeline` does for reduce-overhead) the latents are exactly the plain ones."""
+    from torch.utils._pytree import tree_map_only
+
+    from sfumato.speed.wrapping import AFTER_CALL, calls_reuse_outputs
+
+    request = req(sampler="DPM++ 2M", cache_interval=2)  # DPM++ 2M keeps the previous step's prediction too
+    plain = capture_latents(engine_sd1, request, monkeypatch)
+    unet = engine_sd1.load().pipe.unet
+    made: list[torch.Tensor] = []
+
+    def replay(*args, **kwargs):
+        for tensor in made:
+            tensor.fill_(float("nan"))
+        made.clear()
+        out = unet._call_impl(*args, **kwargs)
+        for tree in [out, *(cache.outputs for cache in unet.__dict__.get("_sfumato_step_caches", {}).values())]:
+            tree_map_only(torch.Tensor, made.append, tree)
+        return out
+
+    monkeypatch.setattr(unet, "_compiled_call_impl", replay)
+    try:
+        assert torch.isnan(capture_latents(engine_sd1, request, monkeypatch)).all()
+        calls_reuse_outputs(unet)
+        assert torch.equal(capture_latents(engine_sd1, request, monkeypatch), plain)
+        assert unet.__dict__[AFTER_CALL] == []  # the step cache's hook is gone after the pass
+    finally:
+        unet.__dict__.pop(AFTER_CALL, None)
+
+
 def test_step_cache_requests_are_checked():
     for bad in (dict(cache_interval=0), dict(cache_interval=11), dict(cache_branch=-1), dict(cache_interval=2.5),
                 dict(cache_interval=2, p2p_source="x")):
@@ -248,6 +281,40 @@ def test_first_block_cache_on_transformers(flow_models, family, monkeypatch):
     assert seen[-1].full_calls == 1
     engine.generate(dataclasses.replace(request, cache_threshold=1e-9))
     assert seen[-1].full_calls == 6
+
+
+def test_the_block_cache_survives_cuda_graph_replays(flow_models, monkeypatch):
+    """As for the UNet step cache: a transformer call that overwrites the last call's tensors (CUDA graphs, played
+    on the CPU by poisoning them) breaks the reused residuals unless `calls_reuse_outputs` copies them."""
+    import numpy as np
+    from torch.utils._pytree import tree_map_only
+
+    from sfumato.engine import Engine
+    from sfumato.speed import blockcache
+    from sfumato.speed.wrapping import calls_reuse_outputs
+
+    engine = Engine(flow_models["sd3"])
+    transformer = engine.load().pipe.transformer
+    request = GenerationRequest("red apple", seed=7, steps=6, width=32, height=32, cache_interval=2)
+    plain = np.asarray(engine.generate(request).images[0].image)
+    caches, made = [], []
+    real = blockcache.BlockCache.installed
+    monkeypatch.setattr(blockcache.BlockCache, "installed", lambda self: caches.append(self) or real(self))
+
+    def replay(*args, **kwargs):
+        for tensor in made:
+            tensor.fill_(float("nan"))
+        made.clear()
+        out = transformer._call_impl(*args, **kwargs)
+        tree_map_only(torch.Tensor, made.append, [out, caches[-1].previous_residual, caches[-1].rest_residual])
+        return out
+
+    monkeypatch.setattr(transformer, "_compiled_call_impl", replay)
+    with pytest.warns(RuntimeWarning):  # NaN pixels
+        broken = np.asarray(engine.generate(request).images[0].image)
+    assert not np.array_equal(broken, plain)
+    calls_reuse_outputs(transformer)
+    assert np.array_equal(np.asarray(engine.generate(request).images[0].image), plain)
 
 
 def test_cache_threshold_is_for_transformer_models(engine_sd1):

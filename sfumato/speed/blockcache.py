@@ -22,11 +22,12 @@ from typing import Iterator
 
 import torch
 
-from sfumato.speed.wrapping import forwards_replaced
+from sfumato.speed.wrapping import after_each_call, cloned, forwards_replaced
 
 
 class BlockCache:
     def __init__(self, transformer, interval: int = 1, threshold: float = 0.0):
+        self.transformer = transformer
         self.blocks = list(transformer.transformer_blocks) + list(getattr(transformer, "single_transformer_blocks",
                                                                           None) or [])
         self.interval, self.threshold = interval, threshold
@@ -75,6 +76,12 @@ class BlockCache:
 
         return forward
 
+    def keep(self) -> None:
+        """After a call of a transformer whose calls reuse their memory (CUDA graphs): own copies of what a full call
+        left for the next calls."""
+        if not self.skip:
+            self.previous_residual, self.rest_residual = cloned((self.previous_residual, self.rest_residual))
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[BlockCache]:
         replacements = []
@@ -82,7 +89,7 @@ class BlockCache:
             replacements.append((self.blocks[0], self._first(self.blocks[0].forward)))
             replacements += [(block, self._rest(block.forward, last=index == len(self.blocks) - 1))
                              for index, block in enumerate(self.blocks[1:], start=1)]
-        with forwards_replaced(replacements):
+        with forwards_replaced(replacements), after_each_call(self.transformer, self.keep):
             yield self
 
 

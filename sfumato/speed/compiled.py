@@ -3,6 +3,11 @@
 - **Modes.** `default` (inductor: fused kernels; on CPU C++/OpenMP code), `reduce-overhead` (CUDA: the compiled
   step is captured as a CUDA graph and replayed; inputs are copied into its static buffers), `max-autotune`
   (CUDA, autotunes matmuls; minutes). On CPU, `reduce-overhead` behaves like `default`.
+- **CUDA graphs replay into the same memory**, and torch frees a call's tensors at the next call. So with
+  `reduce-overhead` the denoiser's outputs are cloned right after each call (schedulers keep earlier predictions),
+  the step caches copy the features they keep (`wrapping.after_each_call`), and the VAE decoder is compiled in
+  `default` mode: tiled and sliced decodes keep each call's output until all are stitched, and one decode per
+  image gains nothing from a graph.
 - **Layout.** UNets and the VAE go channels-last (convolutions run in NHWC), as diffusers' speed guide does.
 - **Shapes.** Compiled for static shapes: a new size, batch or CFG row count compiles once more; after
   `RECOMPILE_LIMIT` variants of one function dynamo runs that function eagerly (same images, eager speed).
@@ -23,6 +28,7 @@ import torch._dynamo
 
 from sfumato.errors import InvalidRequest
 from sfumato.models.home import home
+from sfumato.speed.wrapping import calls_reuse_outputs
 
 MODES = ("default", "reduce-overhead", "max-autotune")
 RECOMPILE_LIMIT = 16
@@ -59,11 +65,13 @@ def compile_pipeline(pipe, mode: str = "default") -> list[str]:
         if getattr(pipe, "unet", None) is not None:
             denoiser.to(memory_format=torch.channels_last)
         denoiser.compile(mode=mode, dynamic=False)
+        if mode == "reduce-overhead":
+            calls_reuse_outputs(denoiser)
         compiled.append(type(denoiser).__name__)
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "decoder"):
         vae.to(memory_format=torch.channels_last)
-        vae.decoder.compile(mode=mode, dynamic=False)
+        vae.decoder.compile(mode="default" if mode == "reduce-overhead" else mode, dynamic=False)
         compiled.append("VAE decoder")
     pipe._sfumato_compiled = compiled
     return compiled

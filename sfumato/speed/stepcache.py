@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 
 from sfumato.errors import InvalidRequest
-from sfumato.speed.wrapping import forwards_replaced
+from sfumato.speed.wrapping import after_each_call, cloned, forwards_replaced
 
 MAX_INTERVAL = 10
 
@@ -85,6 +85,7 @@ class UNetStepCache:
 
     def __init__(self, unet, settings: StepCacheSettings):
         self.settings = settings.check()
+        self.unet = unet
         self.modules = skipped_modules(unet, settings.branch)
         self.outputs: dict[int, object] = {}
         self.originals: dict[int, object] = {}
@@ -126,12 +127,17 @@ class UNetStepCache:
 
         return forward
 
+    def keep(self) -> None:
+        """After a call of a UNet whose calls reuse their memory (CUDA graphs): own copies of a full call's outputs."""
+        if not self.reuse:
+            self.outputs = {key: cloned(out) for key, out in self.outputs.items()}
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[UNetStepCache]:
         for module in self.modules:
             self.originals[id(module)] = module.forward  # the class's, or e.g. an offload hook's
         try:
-            with forwards_replaced(list(zip(self.modules, self.wrappers))):
+            with forwards_replaced(list(zip(self.modules, self.wrappers))), after_each_call(self.unet, self.keep):
                 yield self
         finally:
             self.outputs.clear()
