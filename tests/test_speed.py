@@ -113,7 +113,8 @@ def test_what_steps_keep_survives_cuda_graph_replays(engine_sd1, monkeypatch):
 
     monkeypatch.setattr(unet, "_compiled_call_impl", replay)
     try:
-        assert torch.isnan(capture_latents(engine_sd1, request, monkeypatch)).all()
+        with pytest.warns(RuntimeWarning):  # NaN pixels
+            assert torch.isnan(capture_latents(engine_sd1, request, monkeypatch)).all()
         calls_reuse_outputs(unet)
         assert torch.equal(capture_latents(engine_sd1, request, monkeypatch), plain)
         assert unet.__dict__[AFTER_CALL] == []  # the step cache's hook is gone after the pass
