@@ -270,8 +270,8 @@ class Engine:
         `sfumato.json`, else the preset a LoRA was distilled for (LCM-LoRA, Lightning, Hyper-SD, TCD)."""
         if request.preset:
             return request.preset, preset_settings(request.preset)
-        path = Path(info.path)
-        declared = model_settings(path, info.settings if path.is_dir() else None)  # describe read a folder's
+        folder = info.format == "diffusers"  # describe read a folder's sfumato.json (cached with the description)
+        declared = model_settings(Path(info.path), info.settings if folder else None)
         if declared:
             return declared.pop("preset", None), declared
         for name, _weight in loras:
