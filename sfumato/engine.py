@@ -21,8 +21,10 @@ from sfumato.control.ip_adapter import (IPAdapterWeights, ip_adapter_loaded, loa
                                         resolve_adapter, resolve_encoder)
 from sfumato.control.models import ControlModel, controlnet_dir, embedded_controlnet, load_control_model
 from sfumato.control.models import resolve as resolve_control
+from sfumato.control import preprocessors
 from sfumato.control.units import ControlUnit, parse_units
 from sfumato.errors import ImageBlocked, InvalidRequest, SfumatoError, UnsupportedModel
+from sfumato.limits import LOCAL, Limits, OverBudget, check_pixels
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
@@ -97,8 +99,11 @@ class Engine:
     """Turns generation requests into images. `model` is the default for requests that name none."""
 
     def __init__(self, model: str | Path | None = None, device: str | None = None, dtype: str | None = None,
-                 safety: SafetySettings | None = None, compile: str | None = None, memory=None):
+                 safety: SafetySettings | None = None, compile: str | None = None, memory=None,
+                 limits: Limits | None = None, paths: bool = True):
         self.default_model = str(model) if model is not None else None
+        self.limits = limits or LOCAL  # text, pixel and frame budgets of every request (the server passes its own)
+        self.paths = paths  # LoRA tags in prompts may name files outside the models home (the CLI; never a server)
         self.device, self.dtype = device, dtype
         self.compile = compile  # torch.compile mode for every model this engine loads (speed.compiled), or None
         self.memory = memory  # low-memory modes and 8-bit weights for every model it loads (memory.MemorySettings)
@@ -153,6 +158,7 @@ class Engine:
     def token_counts(self, prompt: str, model: str | None = None, steps: int = 20) -> tuple[list[int], int, list[dict]]:
         """Tokens per chunk of `prompt` as the model's tokenizer splits it (flags and LoRA tags removed): the largest
         count over its AND parts and scheduled texts, the chunk length, and each scheduled text's own counts."""
+        self.limits.check_text(prompt, "prompt")
         loaded = self.load(model)
         if loaded.info.family.denoiser != "unet":
             raise InvalidRequest("token counts are available for CLIP/BERT-conditioned (UNet) models")
@@ -185,6 +191,7 @@ class Engine:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Apply prompt tags and flags, model defaults and random seeds; validate. Loads no weights."""
         request = dataclasses.replace(request).validate()
+        self.limits.check_texts(request.texts())  # before any parser reads them
         if self._policy is not None:
             self._policy.check(request.prompt)
         info = self.describe(request.model)
@@ -195,6 +202,7 @@ class Engine:
         if request.template is None:  # not yet resolved (a replayed request keeps what it resolved to)
             styled, negative = apply_styles(request.prompt, request.negative_prompt, request.styles)
         prompt, tag_loras = extract_lora_tags(styled)
+        tag_loras = [(self._tag_lora(name), weight) for name, weight in tag_loras]
         prompt, flags = split_flags(prompt)
         changes: dict = {"prompt": prompt, "negative_prompt": negative, "model": str(info.path),
                          "loras": [*request.loras, *tag_loras],
@@ -241,6 +249,10 @@ class Engine:
         if resolved.controls:
             resolved = dataclasses.replace(resolved, controls=self._resolve_units(resolved, info))
         resolved = self._resolve_upscalers(resolved)
+        self.limits.check_texts(resolved.texts())  # styles and wildcards expanded
+        self.limits.check_generation(resolved.width, resolved.height, resolved.hires_scale, resolved.sd_upscale)
+        if self._policy is not None:
+            self._policy.check_texts(resolved.conditioning_texts())
         if resolved.ip_adapter:
             adapter = resolve_adapter(resolved.ip_adapter)
             resolve_encoder(adapter, resolved.ip_image_encoder)
@@ -263,6 +275,13 @@ class Engine:
                                  "UNet models take cache_interval")
         check_loras(resolved.loras)
         return resolved
+
+    def _tag_lora(self, name: str) -> str:
+        """A `<lora:NAME:W>` tag's file: any path for the CLI; for a server only a name inside the models home, with
+        one answer whether a path is not allowed or not there."""
+        if self.paths:
+            return name
+        return str(home.find_named(name, "lora"))
 
     def _sampling_defaults(self, request: GenerationRequest, info: ModelInfo,
                            loras: list[tuple[str, float]]) -> tuple[str | None, dict]:
@@ -312,8 +331,10 @@ class Engine:
     def upscale(self, image, request: UpscaleRequest):
         """Upscale one PIL image (A1111 "Extras"); returns the new image. Loads no diffusion model."""
         request = dataclasses.replace(request).validate()
+        check_pixels(*image.size, self.limits.max_upload_pixels, "the image to upscale", OverBudget)
         size, (target_w, target_h) = upscalers.extras_sizes(image.size, request.scale, request.width, request.height,
                                                             request.crop)
+        check_pixels(*size, self.limits.max_upscaled_pixels, "the upscaled image")
         out = upscalers.upscale(image, self.upscaler(request.upscaler), *size, request.tile, request.tile_overlap)
         if request.upscaler_2 and request.upscaler_2_visibility > 0:
             second = upscalers.upscale(image, self.upscaler(request.upscaler_2), *size, request.tile,
@@ -336,6 +357,10 @@ class Engine:
         """Normalised units; a unit without a model gets the control model shipped for the embedded base model."""
         units = []
         for index, unit in enumerate(parse_units(request.controls)):
+            image = imgs.load_image(unit.image, f"control unit {index} image")
+            if unit.processor_res is not None and not unit.pixel_perfect:  # a map of this size will be made
+                check_pixels(*preprocessors.short_side_size(image.size, unit.processor_res), self.limits.max_pixels,
+                             f"control unit {index}'s map")
             if unit.model is None:
                 shipped = embedded_controlnet(info.name)
                 if shipped is None or unit.module not in SHIPPED_MODULES:
@@ -343,7 +368,6 @@ class Engine:
                                          f"{controlnet_dir()} and name one, or pass a path")
                 unit.model = shipped.name
             resolve_control(unit.model)  # fail now, not after the first pass
-            imgs.load_image(unit.image, f"control unit {index} image")
             if unit.effective_region_mask:
                 imgs.load_image(unit.effective_region_mask, f"control unit {index} effective region mask")
             units.append(unit.to_dict())
@@ -381,9 +405,6 @@ class Engine:
             if resolved.combinatorial:  # every combination once; a last partial batch repeats from the start
                 changes["batch_count"] = -(-len(prompts) // resolved.batch_size)
                 prompts = [prompts[k % len(prompts)] for k in range(changes["batch_count"] * resolved.batch_size)]
-            if self._policy is not None:
-                for text in dict.fromkeys(prompts):
-                    self._policy.check(text)
             changes["image_prompts"] = prompts
         return dataclasses.replace(resolved, **changes).validate()
 

@@ -130,9 +130,31 @@ def parse_infotext(text: str) -> dict[str, str]:
         else:
             lines.append(line)
     result = {"prompt": "\n".join(lines), "Negative prompt": negative}
-    for match in re.finditer(r'\s*([\w ]+):\s*("(?:\\.|[^"])*"|[^,]*)(?:,|$)', last):
-        result[match.group(1).strip()] = match.group(2).strip().strip('"')
+    for field in _fields(last):
+        key, colon, value = field.partition(":")
+        if colon and _KEY.fullmatch(key.strip()):
+            result[key.strip()] = value.strip().strip('"')
     return result
+
+
+_KEY = re.compile(r"[\w ]+")
+
+
+def _fields(line: str) -> list[str]:
+    """`Key: value, Key: "quoted, value", ...` split at the commas outside quotes (one pass over the line)."""
+    fields, start, quoted, escaped = [], 0, False, False
+    for i, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            fields.append(line[start:i])
+            start = i + 1
+    fields.append(line[start:])
+    return fields
 
 
 @dataclass

@@ -100,6 +100,8 @@ class GenerationRequest:
         for name in ("styles", "image_prompts", "ip_images"):
             if not isinstance(getattr(self, name), list) or not all(isinstance(v, str) for v in getattr(self, name)):
                 raise InvalidRequest(f"{name} must be a list of strings")
+        if len(self.styles) > MAX_STYLES:
+            raise InvalidRequest(f"at most {MAX_STYLES} styles, got {len(self.styles)}")
         if self.template is not None and not isinstance(self.template, str):
             raise InvalidRequest("template must be a string or null")
         for name in ("tile", "inpaint_full_image_overlay", "combinatorial", "instruction_edit", "colorize"):
@@ -209,6 +211,31 @@ class GenerationRequest:
             _check_range(f"LoRA {name} weight", weight, -10.0, 10.0)
         return self
 
+    def texts(self) -> list[tuple[str, str]]:
+        """(field, text) of every text field the prompt parsers, the encoder or the prompt policy read."""
+        out = [("prompt", self.prompt), ("negative_prompt", self.negative_prompt)]
+        if self.p2p_source is not None:
+            out.append(("p2p_source", self.p2p_source))
+        if self.template is not None:
+            out.append(("template", self.template))
+        for k, (toward, away, _strength) in enumerate(self.directions):
+            out += [(f"directions[{k}]", toward), (f"directions[{k}]", away)]
+        out += [(f"styles[{k}]", name) for k, name in enumerate(self.styles)]
+        out += [("image prompt", text) for text in dict.fromkeys(self.image_prompts)]
+        return out
+
+    def conditioning_texts(self) -> list[str]:
+        """The texts that steer the image toward something (what the prompt policy reads): each image's prompt,
+        both ends of every direction (a negative strength turns them round), the prompt-to-prompt source, and the
+        negative prompt when a CFG scale below 1 weighs it positively ((1 - cfg) * uncond + cfg * cond)."""
+        texts = list(dict.fromkeys(self.image_prompts)) or [self.prompt]
+        texts += [text for toward, away, _strength in self.directions for text in (toward, away)]
+        if self.p2p_source is not None:
+            texts.append(self.p2p_source)
+        if self.cfg_scale is not None and self.cfg_scale < 1 and self.negative_prompt:
+            texts.append(self.negative_prompt)
+        return texts
+
     def with_seeds_resolved(self, rng: random.Random | None = None) -> GenerationRequest:
         """Return a copy whose -1 seeds are replaced by random ones (A1111 semantics)."""
         rng = rng or random.Random()
@@ -297,6 +324,7 @@ class GenerationResult:
 
 
 MAX_DIRECTIONS = 8
+MAX_STYLES = 32
 
 
 def check_known_fields(cls, data: Any, what: str) -> None:

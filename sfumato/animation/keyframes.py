@@ -13,7 +13,8 @@ from sfumato.errors import InvalidRequest
 
 MAX_FRAMES = 1000
 _PROMPT_KEY = re.compile(r"\s*(\d+)\s*:\s*")
-_NUMBER_PAIR = re.compile(r"\s*(\d+)\s*:\s*\(?\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\)?\s*(?:,|$)")
+_NUMBER_PAIR = re.compile(r"\s*(\d+)\s*:\s*\(?\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*\)?\s*(?:,|$)")
+_AFTER_PROMPT = re.compile(r"\s*(?:,|\n|$)\s*")
 
 
 def parse_prompts(value: Any) -> dict[int, str]:
@@ -38,7 +39,8 @@ def parse_prompts(value: Any) -> dict[int, str]:
 def _prompt_items(text: str) -> list[tuple[str, str]]:
     items, position = [], 0
     decoder = json.JSONDecoder()
-    while position < len(text.rstrip()):
+    end_of_text = len(text.rstrip())
+    while position < end_of_text:
         key = _PROMPT_KEY.match(text, position)
         if not key:
             raise InvalidRequest(f"prompt keyframes: expected 'FRAME: \"prompt\"' at {text[position:position + 30]!r}")
@@ -48,10 +50,10 @@ def _prompt_items(text: str) -> list[tuple[str, str]]:
                 prompt, position = decoder.raw_decode(text, position)
             except json.JSONDecodeError:
                 raise InvalidRequest(f"prompt keyframes: unterminated quote after frame {key.group(1)}") from None
-            rest = re.match(r"\s*(?:,|\n|$)\s*", text[position:])
+            rest = _AFTER_PROMPT.match(text, position)
             if rest is None:
                 raise InvalidRequest(f"prompt keyframes: expected ',' after the prompt of frame {key.group(1)}")
-            position += rest.end()
+            position = rest.end()
         else:  # one unquoted keyframe per line
             end = text.find("\n", position)
             end = len(text) if end < 0 else end

@@ -206,7 +206,8 @@ def _video(engine: "Engine", request: AnimationRequest, base: GenerationRequest,
            tracker: FrameProgress) -> list[GeneratedImage]:
     """Video-to-video: each input frame through img2img with the same seed (control units without an image take the
     frame); with colour coherence each output is matched to the first output's colours."""
-    inputs = read_frames(request.video, request.frames)
+    limits = engine.limits
+    inputs = read_frames(request.video, request.frames, limits.max_upload_pixels, limits.max_decoded_pixels)
     tracker.frames = len(inputs)
     strength = parse_numbers(request.strength, "strength")
     frames: list[GeneratedImage] = []

@@ -3,58 +3,96 @@ Pillow, or a folder of images) and write GIF, animated WebP and H.264 MP4."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from sfumato.errors import InvalidRequest, ModelNotFound, RuntimeFailure
+from sfumato.limits import LOCAL, OverBudget, check_pixels
 
 PILLOW_ANIMATIONS = {".gif", ".webp", ".png", ".apng"}
 FFMPEG_VIDEOS = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 
 
-def read_frames(source: str | Path, limit: int | None = None) -> list[Image.Image]:
-    """The frames of a video or animated image (or the images of a folder, by name), at most `limit`."""
+def read_frames(source: str | Path, limit: int | None = None, frame_pixels: int = LOCAL.max_upload_pixels,
+                total_pixels: int = LOCAL.max_decoded_pixels) -> list[Image.Image]:
+    """The frames of a video or animated image (or the images of a folder, by name), at most `limit`; each frame
+    within `frame_pixels` and all of them within `total_pixels` (checked from the header before decoding where the
+    container says its frame count, else frame by frame)."""
     from sfumato.evaluation.images import load_folder
 
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelNotFound(f"video {source} does not exist")
+    budget = _Budget(str(source), frame_pixels, total_pixels)
     if path.is_dir():
         frames = load_folder(path, "frames folder")[:limit]
+        for frame in frames:
+            budget.add(frame.size)
     elif path.suffix.lower() in FFMPEG_VIDEOS:
-        frames = _ffmpeg_frames(path, limit)
+        frames = _ffmpeg_frames(path, limit, budget)
     else:
         try:
-            with Image.open(path) as image:
-                frames = []
-                for frame in ImageSequence.Iterator(image):
-                    frames.append(frame.convert("RGB"))
-                    if limit is not None and len(frames) >= limit:
-                        break
-        except (UnidentifiedImageError, OSError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget below decides
+                with Image.open(path) as image:
+                    count = min(getattr(image, "n_frames", 1), limit or 2**31)
+                    budget.expect(image.size, count)
+                    frames = []
+                    for frame in ImageSequence.Iterator(image):
+                        budget.add(frame.size)
+                        frames.append(frame.convert("RGB"))
+                        if limit is not None and len(frames) >= limit:
+                            break
+        except Image.DecompressionBombError:
+            raise OverBudget(f"{source}: its frames have more pixels than the decoder allows") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InvalidRequest(f"{source}: not a readable video or animated image ({exc})") from None
     if not frames:
         raise InvalidRequest(f"{source} has no frames")
     return frames
 
 
-def _ffmpeg_frames(path: Path, limit: int | None) -> list[Image.Image]:
+class _Budget:
+    """Pixels decoded from one video so far, against the per-frame and total budgets."""
+
+    def __init__(self, source: str, frame_pixels: int, total_pixels: int):
+        self.source, self.frame_pixels, self.total_pixels, self.total = source, frame_pixels, total_pixels, 0
+
+    def expect(self, size: tuple[int, int], count: int) -> None:
+        check_pixels(*size, self.frame_pixels, f"{self.source}: a frame", OverBudget)
+        if size[0] * size[1] * count > self.total_pixels:
+            raise OverBudget(f"{self.source}: {count} frames of {size[0]}x{size[1]} are more than the limit of "
+                             f"{self.total_pixels} decoded pixels; use fewer or smaller frames")
+
+    def add(self, size: tuple[int, int]) -> None:
+        check_pixels(*size, self.frame_pixels, f"{self.source}: a frame", OverBudget)
+        self.total += size[0] * size[1]
+        if self.total > self.total_pixels:
+            raise OverBudget(f"{self.source}: its frames are more than the limit of {self.total_pixels} decoded "
+                             "pixels; use fewer or smaller frames")
+
+
+def _ffmpeg_frames(path: Path, limit: int | None, budget: _Budget) -> list[Image.Image]:
     import imageio_ffmpeg
 
     frames = []
+    reader = imageio_ffmpeg.read_frames(str(path))
     try:
-        reader = imageio_ffmpeg.read_frames(str(path))
         meta = next(reader)
         width, height = meta["size"]
+        budget.expect((width, height), 1)
         for raw in reader:
+            budget.add((width, height))
             frames.append(Image.frombytes("RGB", (width, height), raw))
             if limit is not None and len(frames) >= limit:
                 break
-        reader.close()
     except (RuntimeError, OSError, StopIteration) as exc:
         raise InvalidRequest(f"{path}: not a readable video ({str(exc).strip().splitlines()[-1:]})") from None
+    finally:
+        reader.close()  # stops the ffmpeg process, also when the budget ran out
     return frames
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from sfumato.errors import InvalidRequest
+from sfumato.limits import LOCAL, check_pixels
 
 Annotator = Callable[[np.ndarray, float, float], np.ndarray]  # HxWx3 uint8 RGB -> HxWx3 uint8 map
 
@@ -163,17 +164,24 @@ def get(name: str) -> Preprocessor:
     return PREPROCESSORS[key]
 
 
-def resize_short_side(image: Image.Image, side: int) -> Image.Image:
-    width, height = image.size
+def short_side_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The size of an image of `size` whose short side is scaled to `side` (the long side follows)."""
+    width, height = size
     scale = side / min(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_short_side(image: Image.Image, side: int) -> Image.Image:
+    size = short_side_size(image.size, side)
+    scale = side / min(image.size)
     resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.LANCZOS
     return image.resize(size, resample) if size != image.size else image
 
 
 def run(name: str, image: Image.Image, resolution: int | None = None, threshold_a: float | None = None,
-        threshold_b: float | None = None) -> Image.Image:
-    """Apply preprocessor `name` to `image` (short side scaled to `resolution` first when given)."""
+        threshold_b: float | None = None, max_pixels: int = LOCAL.max_pixels) -> Image.Image:
+    """Apply preprocessor `name` to `image` (short side scaled to `resolution` first when given; the map must fit
+    `max_pixels`, both sides counted: a 16x1024 image at resolution 1448 would be 1448x92672)."""
     pre = get(name)
     if pre.run is None:
         raise InvalidRequest(f"preprocessor {pre.name!r} {pre.help}, which sfumato cannot load offline; make the map "
@@ -182,6 +190,7 @@ def run(name: str, image: Image.Image, resolution: int | None = None, threshold_
     if resolution:
         if not 16 <= resolution <= 4096:
             raise InvalidRequest(f"processor resolution must be between 16 and 4096, got {resolution}")
+        check_pixels(*short_side_size(image.size, int(resolution)), max_pixels, "the control map")
         image = resize_short_side(image, int(resolution))
     a = threshold_a if threshold_a is not None and threshold_a >= 0 else (pre.threshold_a or ("", 0))[1]
     b = threshold_b if threshold_b is not None and threshold_b >= 0 else (pre.threshold_b or ("", 0))[1]

@@ -48,6 +48,18 @@ def resolve(name: str, kind: str = "checkpoint") -> Path:
     raise ModelNotFound(f"{kind} {name!r} not found (not a path, and not in {folder})")
 
 
+def find_named(name: str, kind: str = "lora") -> Path:
+    """A bare name inside the models home, never a path (what a server accepts from the network): a name with a
+    separator, a `..`, or one that is not there get the same answer, so answers tell nothing about other files."""
+    folder = {"checkpoint": checkpoints_dir, "vae": vaes_dir}.get(kind, loras_dir)()
+    plain = name.strip()
+    if plain and "/" not in plain and "\\" not in plain and plain not in (".", "..") and "\x00" not in plain:
+        for candidate in [folder / plain] + [folder / f"{plain}{suffix}" for suffix in SAFE_SUFFIXES]:
+            if candidate.suffix in SAFE_SUFFIXES and candidate.is_file():
+                return candidate
+    raise ModelNotFound(f"{kind} {name!r} not found in the models home (list the names with `sfumato models`)")
+
+
 def refuse_pickle(path: Path) -> None:
     if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
         raise PickleRefused(str(path))

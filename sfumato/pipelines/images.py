@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from sfumato.errors import InvalidRequest, ModelNotFound
+from sfumato.limits import LOCAL, OverBudget, check_pixels
 
 
-def load_image(source: str | Image.Image, what: str = "image") -> Image.Image:
+def load_image(source: str | Image.Image, what: str = "image", max_pixels: int = LOCAL.max_upload_pixels) -> Image.Image:
+    """An image file, decoded only when its header's size is within `max_pixels` (the pixel budget)."""
     if isinstance(source, Image.Image):
         return source
     path = Path(source).expanduser()
     if not path.is_file():
         raise ModelNotFound(f"{what} {source} does not exist")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget decides
+            with Image.open(path) as image:
+                check_pixels(*image.size, max_pixels, what, OverBudget)
+                image.load()
+                return image.copy()
+    except Image.DecompressionBombError:
+        raise OverBudget(f"{what} {source} has more pixels than the decoder allows (a decompression bomb?); at "
+                         f"most {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidRequest(f"{what} {source} is not a readable image ({exc})") from None
 

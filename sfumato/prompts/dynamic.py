@@ -16,6 +16,7 @@ import csv
 import itertools
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from sfumato.errors import InvalidRequest, PromptSyntaxError
@@ -23,6 +24,8 @@ from sfumato.models.home import home
 
 MAX_DEPTH = 12
 MAX_COMBINATIONS = 1000
+MAX_CHOICES = 256  # variants and wildcards in one prompt (a `{|}` flood is refused, not expanded)
+MAX_EXPANDED_CHARS = 100_000  # one drawn prompt, wildcards included (the engine then checks its own limit)
 _WILDCARD = re.compile(r"__([A-Za-z0-9_\-/. ]+?)__")
 
 
@@ -65,42 +68,71 @@ def apply_styles(prompt: str, negative_prompt: str, names: list[str]) -> tuple[s
 
 
 def has_dynamic(prompt: str) -> bool:
-    return bool(_WILDCARD.search(prompt)) or _first_variant(prompt) is not None
+    return any(not isinstance(node, str) for node in _template(prompt))
 
 
-def _first_variant(text: str) -> tuple[int, int, list[str]] | None:
-    """(start, end, options) of the first balanced `{a|b}` group (a `{}` without `|` is left alone)."""
-    start = None
-    depth = 0
+def _template(prompt: str) -> list:
+    """The parsed prompt, refused when it holds more than MAX_CHOICES choices."""
+    nodes = _parse(prompt, 0)
+    count, pending = 0, [nodes]
+    while pending:
+        for node in pending.pop():
+            if isinstance(node, _Variant):
+                pending += node.options
+            count += not isinstance(node, str)
+        if count > MAX_CHOICES:
+            raise PromptSyntaxError(f"the prompt has more than {MAX_CHOICES} variants and wildcards")
+    return nodes
+
+
+@dataclass
+class _Variant:
+    options: list[list]  # each option's nodes
+
+
+@dataclass
+class _Wildcard:
+    name: str
+
+
+def _parse(text: str, depth: int) -> list:
+    """`text` as nodes, in one pass: literal strings, `_Variant`s (`{a|b}` groups of two or more options, whose
+    options are parsed in turn) and `_Wildcard`s. A group with one option (`{a}`) stays literal text, as does
+    everything after an unclosed `{`; a brace or bar after a backslash is literal."""
+    if depth > MAX_DEPTH:
+        raise PromptSyntaxError(f"dynamic prompt nests deeper than {MAX_DEPTH} levels")
+    nodes: list = []
+    literal_from = 0
+    start, level, bars = 0, 0, []
     for i, char in enumerate(text):
-        if char == "\\":
+        if i and text[i - 1] == "\\":
             continue
-        if char == "{" and (i == 0 or text[i - 1] != "\\"):
-            if depth == 0:
-                start = i
-            depth += 1
-        elif char == "}" and depth and text[i - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                options = _split_top(text[start + 1:i])
-                if len(options) > 1:
-                    return start, i + 1, options
-    return None
-
-
-def _split_top(body: str) -> list[str]:
-    options, depth, current = [], 0, []
-    for char in body:
         if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-        if char == "|" and depth == 0:
-            options.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    return options + ["".join(current)]
+            if level == 0:
+                start, bars = i, []
+            level += 1
+        elif char == "|" and level == 1:
+            bars.append(i)
+        elif char == "}" and level:
+            level -= 1
+            if level == 0 and bars:
+                nodes += _wildcards(text[literal_from:start])
+                cuts = [start, *bars, i]
+                nodes.append(_Variant([_parse(text[a + 1:b], depth + 1) for a, b in zip(cuts, cuts[1:])]))
+                literal_from = i + 1
+    nodes += _wildcards(text[literal_from:])
+    return nodes
+
+
+def _wildcards(text: str) -> list:
+    """Literal text with its `__name__` wildcards as nodes."""
+    nodes: list = []
+    position = 0
+    for match in _WILDCARD.finditer(text):
+        nodes += [text[position:match.start()], _Wildcard(match.group(1))]
+        position = match.end()
+    nodes.append(text[position:])
+    return [node for node in nodes if node != ""]
 
 
 def _wildcard_lines(name: str) -> list[str]:
@@ -120,40 +152,57 @@ def _wildcard_lines(name: str) -> list[str]:
     return lines
 
 
-def _choices(text: str) -> tuple[int, int, list[str]] | None:
-    """The first dynamic construct of `text`: (start, end, its options)."""
-    variant = _first_variant(text)
-    wildcard = _WILDCARD.search(text)
-    if wildcard and (variant is None or wildcard.start() < variant[0]):
-        return wildcard.start(), wildcard.end(), _wildcard_lines(wildcard.group(1))
-    return variant
+def random_prompt(template: str, rng: random.Random) -> str:
+    """One resolution of `template`, drawing every choice from `rng` in reading order (no recursion: a stack of
+    the sequences being read)."""
+    out: list[str] = []
+    length = 0
+    stack = [(iter(_template(template)), 0)]
+    while stack:
+        nodes, depth = stack[-1]
+        node = next(nodes, None)
+        if node is None:
+            stack.pop()
+        elif isinstance(node, str):
+            out.append(node)
+            length += len(node)
+            if length > MAX_EXPANDED_CHARS:
+                raise PromptSyntaxError(f"the dynamic prompt expands to more than {MAX_EXPANDED_CHARS} characters")
+        else:
+            if depth + 1 > MAX_DEPTH:
+                raise PromptSyntaxError(f"dynamic prompt nests deeper than {MAX_DEPTH} levels (a wildcard that names "
+                                        "itself?)")
+            if isinstance(node, _Variant):
+                chosen = rng.choice(node.options)
+            else:
+                chosen = _parse(rng.choice(_wildcard_lines(node.name)), depth + 1)
+            stack.append((iter(chosen), depth + 1))
+    return "".join(out)
 
 
-def random_prompt(template: str, rng: random.Random, depth: int = 0) -> str:
-    """One resolution of `template`, drawing every choice from `rng`."""
-    if depth > MAX_DEPTH:
-        raise PromptSyntaxError(f"dynamic prompt nests deeper than {MAX_DEPTH} levels (a wildcard that names itself?)")
-    found = _choices(template)
-    if found is None:
-        return template
-    start, end, options = found
-    chosen = random_prompt(rng.choice(options), rng, depth + 1)
-    return template[:start] + chosen + random_prompt(template[end:], rng, depth)
-
-
-def all_prompts(template: str, depth: int = 0) -> list[str]:
+def all_prompts(template: str) -> list[str]:
     """Every resolution of `template`, in order (combinatorial mode), at most MAX_COMBINATIONS."""
+    return _combinations(_template(template), 0)
+
+
+def _combinations(nodes: list, depth: int) -> list[str]:
+    """Every text of a node sequence, earlier choices varying slowest (recursion only into options, at most
+    MAX_DEPTH deep)."""
     if depth > MAX_DEPTH:
         raise PromptSyntaxError(f"dynamic prompt nests deeper than {MAX_DEPTH} levels (a wildcard that names itself?)")
-    found = _choices(template)
-    if found is None:
-        return [template]
-    start, end, options = found
-    heads = [p for option in options for p in all_prompts(option, depth + 1)]
-    tails = all_prompts(template[end:], depth)
-    if len(heads) * len(tails) > MAX_COMBINATIONS:
-        raise PromptSyntaxError(f"the prompt has more than {MAX_COMBINATIONS} combinations")
-    return [template[:start] + head + tail for head, tail in itertools.product(heads, tails)]
+    results = [""]
+    for node in nodes:
+        if isinstance(node, str):
+            alternatives = [node]
+        elif isinstance(node, _Variant):
+            alternatives = [text for option in node.options for text in _combinations(option, depth + 1)]
+        else:
+            alternatives = [text for line in _wildcard_lines(node.name)
+                            for text in _combinations(_parse(line, depth + 1), depth + 1)]
+        if len(results) * len(alternatives) > MAX_COMBINATIONS:
+            raise PromptSyntaxError(f"the prompt has more than {MAX_COMBINATIONS} combinations")
+        results = [head + tail for head in results for tail in alternatives]
+    return results
 
 
 def image_prompts(template: str, seeds: list[int], combinatorial: bool = False) -> list[str]:

@@ -28,7 +28,7 @@ Schedule = list[tuple[int, str]]  # (last sampling step this text is used for, t
 
 _NUMBER = re.compile(r"\s*([+-]?\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|[+-]?\.\d+(?:[eE][+-]?\d+)?)\s*\]")
 _AND = re.compile(r"\bAND\b")
-_WEIGHT = re.compile(r"^((?:\s|.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+_WEIGHT = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")
 
 
 class _Fail(Exception):
@@ -65,6 +65,7 @@ class _Parser:
     def __init__(self, text: str):
         self.text, self.pos = text, 0
         self.failed: set[int] = set()  # bracket positions known not to parse (a bracket's parse depends only on it)
+        self.parsed: dict[int, tuple[object, int]] = {}  # bracket position -> (its node, the position after it)
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -98,7 +99,12 @@ class _Parser:
                 try:
                     if saved in self.failed:
                         raise _Fail()
-                    nodes.append(self.bracket())
+                    if saved in self.parsed:
+                        node, self.pos = self.parsed[saved]
+                    else:
+                        node = self.bracket()
+                        self.parsed[saved] = (node, self.pos)
+                    nodes.append(node)
                     continue
                 except _Fail:
                     self.failed.add(saved)
@@ -238,12 +244,16 @@ def prompt_schedule(prompt: str, steps: int, hires_steps: int | None = None) -> 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
     """Composable diffusion: `a cat :1.2 AND a dog :0.8` -> [("a cat", 1.2), (" a dog", 0.8)] (A1111)."""
-    parts = []
-    for part in _AND.split(prompt):
-        match = _WEIGHT.search(part)
-        text, weight = match.groups() if match else (part, None)
-        parts.append((text, float(weight) if weight is not None else 1.0))
-    return parts
+    return [_weighted(part) for part in _AND.split(prompt)]
+
+
+def _weighted(part: str) -> tuple[str, float]:
+    """`text :1.2` -> ("text", 1.2); without a trailing weight the text keeps its own (trailing space removed)."""
+    text = part.rstrip()
+    colon = text.rfind(":")
+    if colon >= 0 and _WEIGHT.fullmatch(text[colon + 1:].lstrip()):
+        return text[:colon].rstrip(), float(text[colon + 1:])
+    return text, 1.0
 
 
 def text_at(schedule: Schedule, step: int) -> str:

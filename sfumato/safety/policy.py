@@ -116,9 +116,14 @@ class PromptPolicy:
 
     def check(self, prompt: str) -> None:
         """Raise `PromptBlocked` naming the category (never the rule) when the prompt is denied."""
-        category = self.category_of(prompt)
+        self.check_texts([prompt])
+
+    def check_texts(self, texts: list[str]) -> None:
+        """Every text that conditions one request (prompt, directions, p2p source, expanded prompts...): the first
+        denied one raises `PromptBlocked`; one audit record for the request."""
+        category = next((c for c in map(self.category_of, dict.fromkeys(texts)) if c), None)
         if self.audit_log and (category or self.log_allowed):
-            self._audit(prompt, category)
+            self._audit("\n".join(texts), category)
         if category:
             raise PromptBlocked(f"prompt blocked by the safety policy (category: {category})")
 

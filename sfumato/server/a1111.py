@@ -274,6 +274,10 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     def png_info(body: PngInfoRequest):
         image = service.open_upload(body.image, "image")
         items = {k: v for k, v in (getattr(image, "text", {}) or {}).items() if isinstance(v, str)}
+        longest = service.settings.limits.max_png_text_chars
+        for key, value in items.items():
+            if len(value) > longest:
+                raise InvalidRequest(f"the image's {key!r} text is longer than {longest} characters")
         info = items.pop("parameters", "")
         return {"info": info, "items": items, "parameters": parse_infotext(info) if info else {}}
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from sfumato.animation.request import AnimationRequest
@@ -124,11 +125,21 @@ def submit(service, request: AnimationRequest):
         raise InvalidRequest(f"{request.frames} frames requested; at most {limits.max_frames} per animation")
     generation = dataclasses.replace(request.generation, model=service.model_path(request.generation.model),
                                      vae=service.vae_path(request.generation.vae))
-    for text in [*request.prompts.values(), *request.scenes, request.subject]:
-        if len(text) > limits.max_prompt_chars:
-            raise InvalidRequest(f"prompt is longer than {limits.max_prompt_chars} characters")
+    if len(request.scenes) > limits.max_frames:
+        raise InvalidRequest(f"{len(request.scenes)} scenes; at most {limits.max_frames} per animation")
+    for key, text in request.prompts.items():
+        limits.check_text(text, f"keyframe {key}")
+    for index, text in enumerate(request.scenes):
+        limits.check_text(text, f"scene {index}")
+    limits.check_text(request.subject, "subject")
     service.check_limits(generation)
     service.check_limits(preflight(service.engine, dataclasses.replace(request, generation=generation)))
+    for path in (request.init_image, *request.images[:1]):  # frames take this image's size unless one is given
+        if path and (generation.width is None or generation.height is None):
+            with Image.open(path) as image:
+                width, height = image.size
+            limits.check_size(generation.width or width // 8 * 8, generation.height or height // 8 * 8,
+                              "an animation frame")
     request.generation = generation
     return service.enqueue({"animation": request.to_dict()})
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import json
 import logging
 import threading
@@ -32,7 +31,9 @@ from sfumato import upscale as upscalers
 from sfumato.requests import LATENT_UPSCALERS, GenerationRequest, UpscaleRequest
 from sfumato.safety.classifier import SafetySettings
 from sfumato.server.errors import error_body
+from sfumato.server.gate import RequestGate, key_matches
 from sfumato.server.guard import BrowserGuard, HostPolicy
+from sfumato.server.public import Names
 from sfumato.server.settings import ServerSettings
 from sfumato.server.store import FINAL, Job, QueueFull, is_whole_png, open_store
 from sfumato.server.uploads import decode_base64, open_image, store_image
@@ -48,7 +49,8 @@ class Service:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         safety = SafetySettings(settings.safety, settings.safety_threshold, settings.safety_policy)
-        self.engine = Engine(device=settings.device, safety=safety, compile=settings.compile, memory=settings.memory)
+        self.engine = Engine(device=settings.device, safety=safety, compile=settings.compile, memory=settings.memory,
+                             limits=settings.limits, paths=False)
         self.store = open_store(settings.store, settings.data_dir, settings.queue_size, not settings.shared_store,
                                 settings.store_lease_s)
         self._upscale_lock = threading.Lock()
@@ -81,6 +83,7 @@ class Service:
         self.vaes = {Path(e.path).name: e.path for e in entries if e.kind == "vae"}
         if self.current_model not in models:
             self.current_model = next(iter(models), "")
+        self.names = Names.of(self)  # how errors and job records name these files over the network
 
     def load_default_model(self) -> None:
         """Load the server's model now: a missing or broken model stops start-up instead of failing every job.
@@ -206,26 +209,21 @@ class Service:
         return self.keep(self.open_upload(data, what))
 
     def check_limits(self, request: GenerationRequest) -> None:
+        """The server's budget before a job is queued (the engine checks the same budget again per frame)."""
         limits = self.settings.limits
-        if len(request.prompt) > limits.max_prompt_chars or len(request.negative_prompt) > limits.max_prompt_chars:
-            raise InvalidRequest(f"prompt is longer than {limits.max_prompt_chars} characters")
-        for name in ("width", "height"):
-            value = getattr(request, name)
-            if value is not None and value > limits.max_side:
-                raise InvalidRequest(f"{name} {value} is larger than this server's limit of {limits.max_side}")
-        if request.width and request.height and request.width * request.height > limits.max_pixels:
-            raise InvalidRequest(f"{request.width}x{request.height} is more than {limits.max_pixels} pixels")
+        limits.check_texts(request.texts())
         if request.steps is not None and request.steps > limits.max_steps:
             raise InvalidRequest(f"steps {request.steps} is more than this server's limit of {limits.max_steps}")
         if request.batch_size * request.batch_count > limits.max_images:
             raise InvalidRequest(f"{request.batch_size * request.batch_count} images requested; at most "
                                  f"{limits.max_images} per request")
-        if request.hires_scale > 1 and request.width and request.height and \
-                request.width * request.height * request.hires_scale ** 2 > limits.max_pixels:
-            raise InvalidRequest("the hires fix size is larger than this server's pixel limit")
-        if request.sd_upscale > 1 and request.width and request.height and \
-                request.width * request.height * request.sd_upscale ** 2 > limits.max_pixels:
-            raise InvalidRequest("the SD upscale size is larger than this server's pixel limit")
+        if request.width and request.height:
+            limits.check_generation(request.width, request.height, request.hires_scale, request.sd_upscale)
+        else:
+            for name in ("width", "height"):
+                value = getattr(request, name)
+                if value is not None and value > limits.max_side:
+                    raise InvalidRequest(f"{name} {value} is larger than this server's limit of {limits.max_side}")
         for name in ("hires_upscaler", "init_upscaler", "sd_upscale_upscaler"):  # listed names only, never paths
             value = getattr(request, name)
             if value and value.lower() not in LATENT_UPSCALERS and (name != "sd_upscale_upscaler"
@@ -336,6 +334,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   description="OpenAI Images, AUTOMATIC1111 /sdapi/v1 and native jobs APIs over one engine.")
     app.state.service = service
 
+    # innermost of the three: the API key and the body budget before any route reads the body
+    app.add_middleware(RequestGate, api_key=settings.api_key, limits=settings.limits)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -346,7 +346,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(SfumatoError)
     async def _sfumato_error(_request: Request, exc: SfumatoError):
-        return JSONResponse(error_body(str(exc), type(exc).__name__, exc.http_status), status_code=exc.http_status)
+        return JSONResponse(error_body(service.names.text(str(exc)), type(exc).__name__, exc.http_status),
+                            status_code=exc.http_status)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):  # a bug of ours: logged, never shown as a traceback
@@ -356,7 +357,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException):
-        return JSONResponse(error_body(str(exc.detail), "http_error", exc.status_code), status_code=exc.status_code,
+        return JSONResponse(error_body(service.names.text(str(exc.detail)), "http_error", exc.status_code),
+                            status_code=exc.status_code,
                             headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -368,12 +370,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         body["errors"] = json.loads(json.dumps(exc.errors(), default=str))
         return JSONResponse(body, status_code=422)
 
-    def authorize(request: Request) -> None:
-        if not settings.api_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+    def authorize(request: Request) -> None:  # the gate checked it before the body; kept for routes' docs and tests
+        if settings.api_key and not key_matches(request.headers.get("authorization", ""), settings.api_key):
             raise HTTPException(401, "missing or wrong API key (send Authorization: Bearer KEY)",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -381,6 +379,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.get("/healthz", tags=["server"])
     def healthz():
+        if settings.api_key:  # a keyed server tells strangers nothing about itself
+            return {"status": "ok"}
         return {"status": "ok", "version": __version__, "model": service.current_model,
                 "recovered_jobs": service.store.recovered, "replica": service.store.owner}
 
@@ -495,12 +495,12 @@ def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:
 
     @app.get("/api/v1/jobs", tags=["native"], dependencies=guarded)
     def list_jobs(limit: int = 50):
-        return {"jobs": [j.to_dict() for j in service.store.recent(max(1, min(limit, 500)))]}
+        return {"jobs": [service.names.record(j.to_dict()) for j in service.store.recent(max(1, min(limit, 500)))]}
 
     @app.get("/api/v1/jobs/{job_id}", tags=["native"], dependencies=guarded)
     def get_job(job_id: str):
         job = get_or_404(job_id)
-        out = job.to_dict()
+        out = service.names.record(job.to_dict())
         p = service.worker.progress
         if job.status == "running" and job_id in p.job_ids:
             out["progress"] = {"step": p.step, "total": p.total}
@@ -545,6 +545,6 @@ async def _events(service: Service, job_id: str):
                     data["preview"] = base64.b64encode(p.preview_png).decode()
                 yield event("progress", data)
         elif job.status in FINAL:
-            yield event(job.status, job.to_dict())
+            yield event(job.status, service.names.record(job.to_dict()))
             return
         await asyncio.sleep(0.1)

@@ -116,7 +116,8 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             for index, data in enumerate(body.controlnet_input_images):
                 image = service.open_upload(data, f"controlnet_input_images[{index}]")
                 mapped = preprocessors.run(body.controlnet_module, image, body.controlnet_processor_res,
-                                           body.controlnet_threshold_a, body.controlnet_threshold_b)
+                                           body.controlnet_threshold_a, body.controlnet_threshold_b,
+                                           service.settings.limits.max_pixels)
                 buffer = io.BytesIO()
                 mapped.save(buffer, format="PNG")
                 out.append(base64.b64encode(buffer.getvalue()).decode())

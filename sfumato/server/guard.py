@@ -15,10 +15,9 @@ The `Host` header is never trusted for anything else: it only has to match the a
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlsplit
 
-from sfumato.server.errors import error_body
+from sfumato.server.errors import refuse
 from sfumato.server.settings import is_loopback
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -87,7 +86,7 @@ class BrowserGuard:
         host_header = headers.get("host", "")
         host, _ = split_host(host_header)
         if not self.policy.host_allowed(host):
-            return await _refuse(send, 421, f"Host {host_header!r} is not served here (DNS rebinding defence); "
+            return await refuse(send, 421, f"Host {host_header!r} is not served here (DNS rebinding defence); "
                                             "start the server with --allowed-host NAME to allow it")
         method = scope.get("method", "GET").upper()
         if method not in SAFE_METHODS:
@@ -95,15 +94,8 @@ class BrowserGuard:
             site = headers.get("sec-fetch-site", "").lower()
             if origin is not None:
                 if not self.policy.origin_allowed(origin, host_header):
-                    return await _refuse(send, 403, f"cross-site request from origin {origin!r} refused "
+                    return await refuse(send, 403, f"cross-site request from origin {origin!r} refused "
                                                     "(allow it with --cors-origin)")
             elif site in ("cross-site", "same-site"):
-                return await _refuse(send, 403, f"cross-site request refused (Sec-Fetch-Site: {site})")
+                return await refuse(send, 403, f"cross-site request refused (Sec-Fetch-Site: {site})")
         return await self.app(scope, receive, send)
-
-
-async def _refuse(send, status: int, message: str) -> None:
-    body = json.dumps(error_body(message, "forbidden", status)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

@@ -8,21 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from sfumato.errors import InvalidRequest
+from sfumato.limits import Limits
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Largest accepted values; anything beyond gets a 422 with a JSON error."""
-
-    max_side: int = 2048
-    max_pixels: int = 2048 * 2048
-    max_steps: int = 150
-    max_images: int = 16  # images per request (n, batch_size × n_iter)
-    max_frames: int = 240  # frames per animation
-    max_prompt_chars: int = 4000
-    max_upload_bytes: int = 20 * 2**20
-    max_upload_pixels: int = 4096 * 4096
-    max_upscaled_pixels: int = 8192 * 8192  # extras / upscale output
+__all__ = ["Limits", "ServerSettings", "is_loopback"]
 
 
 @dataclass(frozen=True)
