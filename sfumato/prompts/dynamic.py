@@ -13,7 +13,6 @@ template beside it, so replay needs neither the files nor the draw again.
 from __future__ import annotations
 
 import csv
-import itertools
 import random
 import re
 from dataclasses import dataclass
