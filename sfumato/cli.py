@@ -331,8 +331,11 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--max-steps", type=int, default=150)
     serve.add_argument("--max-images", type=int, default=16, help="images per request")
     serve.add_argument("--max-frames", type=int, default=240, help="frames per animation")
-    serve.add_argument("--max-prompt-chars", type=int, default=4000)
-    serve.add_argument("--max-upload-mb", type=int, default=20)
+    serve.add_argument("--max-prompt-chars", type=int, default=4000, help="characters per text field")
+    serve.add_argument("--max-upload-mb", type=int, default=20, help="bytes per uploaded image or video")
+    serve.add_argument("--max-body-mb", type=int, default=64,
+                       help="request body of routes that take images (others: --max-text-body-kb)")
+    serve.add_argument("--max-text-body-kb", type=int, default=1024, help="request body of every other route")
     serve.add_argument("--device")
     _add_safety_args(serve)
 
@@ -648,7 +651,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     limits = Limits(max_side=args.max_side, max_pixels=args.max_side ** 2, max_steps=args.max_steps,
                     max_images=args.max_images, max_frames=args.max_frames, max_prompt_chars=args.max_prompt_chars,
-                    max_upload_bytes=args.max_upload_mb * 2**20)
+                    max_upload_bytes=args.max_upload_mb * 2**20, max_body_bytes=args.max_body_mb * 2**20,
+                    max_text_body_bytes=args.max_text_body_kb * 2**10)
     settings = ServerSettings(host=args.host, port=args.port, model=args.model, api_key=_api_key(args),
                               insecure_no_auth=args.insecure_no_auth, max_batch_size=args.max_batch_size,
                               batch_wait_ms=args.batch_wait_ms, queue_size=args.queue_size, data_dir=args.data_dir,

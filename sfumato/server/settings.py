@@ -51,6 +51,8 @@ class ServerSettings:
             raise InvalidRequest("--compile must be default, reduce-overhead or max-autotune")
         if not 1 <= self.store_lease_s <= 3600:
             raise InvalidRequest("--store-lease must be between 1 and 3600 seconds")
+        if self.limits.max_body_bytes < self.limits.max_upload_bytes * 4 // 3 + 1024:
+            raise InvalidRequest("--max-body-mb must hold one upload in base64 (4/3 of --max-upload-mb)")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise InvalidRequest("--batch-wait-ms must be between 0 and 10000")
         return self
