@@ -535,3 +535,60 @@ def test_a_keyed_healthz_says_only_ok_and_stays_responsive_under_hostile_text(ke
         stop.set()
         thread.join(timeout=60)
     assert max(latencies) < 1.0, latencies
+
+
+# ------------------------------------------------------------------ fuzzing the budgets: bodies and extreme aspects
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 700), min_size=0, max_size=12), st.booleans(), st.sampled_from(["/api/v1/tokens",
+                                                                                             "/api/v1/jobs"]))
+def test_the_gate_never_lets_a_route_read_past_its_budget(chunks, declared, path):
+    import asyncio
+
+    from sfumato.server.gate import RequestGate
+
+    limits = Limits(max_body_bytes=2000, max_text_body_bytes=1000)
+    budget = 2000 if path == "/api/v1/jobs" else 1000
+    seen = {"bytes": 0}
+
+    async def app(scope, receive, send):  # reads the whole body, then answers 200
+        while True:
+            message = await receive()
+            seen["bytes"] += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    total = sum(chunks)
+    headers = [(b"host", b"127.0.0.1")] + ([(b"content-length", str(total).encode())] if declared else [])
+    messages = [{"type": "http.request", "body": b"x" * n, "more_body": i < len(chunks) - 1}
+                for i, n in enumerate(chunks)] or [{"type": "http.request", "body": b"", "more_body": False}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    asyncio.run(RequestGate(app, None, limits)(scope, receive, send))
+    status = sent[0]["status"]
+    assert status == (413 if total > budget else 200)
+    assert seen["bytes"] <= budget + max(chunks, default=0)  # at most the chunk that crossed the budget
+    if declared and total > budget:
+        assert seen["bytes"] == 0  # refused from the header alone
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 64), st.integers(1, 64), st.integers(16, 4096))
+def test_control_maps_of_extreme_aspect_ratios_stay_within_the_budget(width, height, resolution):
+    image = Image.new("RGB", (width * 4 if width > height else width, height * 4 if height >= width else height))
+    try:
+        mapped = preprocessors.run("canny", image, resolution, max_pixels=256 * 256)
+    except InvalidRequest as exc:
+        assert "more than the limit of 65536 pixels" in str(exc)
+    else:
+        assert mapped.width * mapped.height <= 256 * 256

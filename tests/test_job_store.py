@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from sfumato.server.store import MIGRATIONS, QueueFull, SqliteJobStore, open_store
+from sfumato.server.open_store import open_store
+from sfumato.server.store import MIGRATIONS, QueueFull, SqliteJobStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

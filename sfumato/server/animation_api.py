@@ -109,7 +109,7 @@ def request_from_body(service, body: AnimationBody) -> AnimationRequest:
 def _job_fields(generation: dict[str, Any]) -> dict[str, Any]:
     from pydantic import ValidationError
 
-    from sfumato.server.app import JobRequest
+    from sfumato.server.wire import JobRequest
 
     try:
         return JobRequest(**{"prompt": "", **generation}).model_dump()

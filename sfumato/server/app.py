@@ -13,14 +13,12 @@ import logging
 import threading
 import traceback
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, create_model
 
 from sfumato import __version__
 from sfumato.engine import Engine, default_model
@@ -35,8 +33,10 @@ from sfumato.server.gate import RequestGate, key_matches
 from sfumato.server.guard import BrowserGuard, HostPolicy
 from sfumato.server.public import Names
 from sfumato.server.settings import ServerSettings
-from sfumato.server.store import FINAL, Job, QueueFull, is_whole_png, open_store
+from sfumato.server.open_store import open_store
+from sfumato.server.store import FINAL, Job, QueueFull, is_whole_png
 from sfumato.server.uploads import decode_base64, open_image, store_image
+from sfumato.server.wire import JobRequest, TokensRequest
 from sfumato.server.worker import Worker
 
 RETRY_AFTER_S = 5
@@ -428,39 +428,6 @@ def _ui_routes(app: FastAPI) -> None:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
-
-
-NOT_ON_THE_WIRE = {"inpaint_full_image_overlay", "prediction_type", "template", "image_prompts", "ip_image_encoder"}
-
-
-def _job_request_model() -> type[BaseModel]:
-    """The native job body: `GenerationRequest`'s fields (one definition), unknown fields refused.
-
-    Over HTTP `init_image` and `mask` are base64 images, never paths, and `loras` are names from
-    GET /api/v1/loras; each control unit's `image`/`mask` is base64 and its `model` a name from
-    GET /controlnet/model_list (or null for the default).
-    """
-    hints = typing.get_type_hints(GenerationRequest)
-    fields: dict[str, Any] = {}
-    for f in dataclasses.fields(GenerationRequest):
-        if f.name in NOT_ON_THE_WIRE:
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = ...
-        fields[f.name] = (hints[f.name], default)
-    return create_model("JobRequest", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-JobRequest = _job_request_model()
-
-
-class TokensRequest(BaseModel):
-    prompt: str
-    model: str | None = None
 
 
 def _native_routes(app: FastAPI, service: Service, guarded: list) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sfumato.errors import InvalidRequest, OutOfSpace, RuntimeFailure
+from sfumato.errors import OutOfSpace, RuntimeFailure
 
 FINAL = ("completed", "failed", "cancelled")
 LEASE_S = 30.0  # a shared store's running job whose owner has not beaten for this long is claimed again
@@ -268,19 +268,6 @@ class SqliteJobStore(JobStore):
         super().close()
         with self._db_lock:
             self._db.close()
-
-
-def open_store(url: str | None, data_dir: Path, queue_size: int, exclusive: bool = True,
-               lease_s: float = LEASE_S) -> JobStore:
-    """The store a URL names: None or `sqlite` -> SQLite in data_dir; `postgresql://…` -> PostgreSQL (always
-    shared: several servers claim from one queue)."""
-    if url is None or url == "sqlite":
-        return SqliteJobStore(data_dir, queue_size, exclusive, lease_s)
-    if url.startswith(("postgresql://", "postgres://")):
-        from sfumato.server.store_postgres import PostgresJobStore
-
-        return PostgresJobStore(url, data_dir, queue_size, lease_s=lease_s)
-    raise InvalidRequest(f"--store must be sqlite or a postgresql://… URL, got {url.split(':')[0]!r}")
 
 
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
