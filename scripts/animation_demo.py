@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from sfumato.animation import AnimationRequest
+from sfumato.animation.run import animate
 from sfumato.animation.video import write_video
 from sfumato.engine import Engine
 from sfumato.requests import GenerationRequest
@@ -45,7 +46,7 @@ def main() -> None:
         spec = dict(spec)
         seed = spec.pop("seed")
         request = AnimationRequest(GenerationRequest("", seed=seed, sampler="Euler"), fps=8, formats=[], **spec)
-        result = engine.animate(request)
+        result = animate(engine, request)
         frames = [f.image for f in result.frames]
         big = [f.resize((f.width * args.scale, f.height * args.scale), Image.Resampling.LANCZOS) for f in frames]
         write_video(big, args.out / f"animation-{name}.gif", request.fps)

@@ -125,10 +125,12 @@ def cmd_animate(args: argparse.Namespace) -> int:
     if folder.exists() and not folder.is_dir():
         raise InvalidRequest(f"--output {folder} is a file; give a folder")
     check_writable(folder.parent if not folder.exists() else folder)
+    from sfumato.animation.run import animate
+
     engine = _engine(args)
     bar = _Bar()
     try:
-        result = engine.animate(request, progress=bar)
+        result = animate(engine, request, progress=bar)
     finally:
         bar.close()
     saved = save_animation(result, folder, sha256(Path(result.frames[0].request.model)))

@@ -497,13 +497,6 @@ class Engine:
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
         return results
 
-    def animate(self, request, progress: ProgressCallback | None = None):
-        """The frames of an `animation.request.AnimationRequest` (each an ordinary generation of this engine) and
-        their temporal metrics, as an `animation.run.AnimationResult`."""
-        from sfumato.animation.run import animate
-
-        return animate(self, request.validate(), progress)
-
     def preview_image(self, latents: torch.Tensor, full: bool = False):
         """A quick look at the first image of a batch in progress: a linear latent->RGB map fitted to the model's
         VAE (cheap, the default), or a full VAE decode (`full`)."""

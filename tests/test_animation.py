@@ -11,7 +11,7 @@ from PIL import Image
 from sfumato.animation import AnimationRequest
 from sfumato.animation.keyframes import parse_numbers, parse_prompts, segment, value_at
 from sfumato.animation.motion2d import match_colors, move
-from sfumato.animation.run import travel_requests
+from sfumato.animation.run import animate, travel_requests
 from sfumato.animation.video import read_frames, save_animation, write_video
 from sfumato.errors import InvalidRequest
 from sfumato.evaluation.metrics import flicker, temporal_report
@@ -89,7 +89,7 @@ def test_prompt_travel_keyframes_equal_single_generations(engine_sd1):
     settings = dict(seed=3, steps=3, sampler="Euler", width=64, height=64)
     request = AnimationRequest(GenerationRequest("", **settings), frames=5,
                                prompts={0: "a red apple", 4: "a green apple"}, formats=[])
-    result = engine_sd1.animate(request)
+    result = animate(engine_sd1, request)
     red = engine_sd1.generate(GenerationRequest("a red apple", **settings)).images[0].image
     green = engine_sd1.generate(GenerationRequest("a green apple", **settings)).images[0].image
     frames = [pixels(f.image) for f in result.frames]
@@ -114,7 +114,7 @@ def test_a_full_direction_reaches_the_other_prompt(engine_sd1):
 
 def test_seed_travel_ends_are_the_two_seeds_images(engine_sd1):
     settings = dict(prompt="a boat", steps=3, sampler="Euler", width=64, height=64)
-    result = engine_sd1.animate(AnimationRequest(GenerationRequest(**settings), frames=4, seeds={0: 11, 3: 22},
+    result = animate(engine_sd1, AnimationRequest(GenerationRequest(**settings), frames=4, seeds={0: 11, 3: 22},
                                                  formats=[]))
     first = engine_sd1.generate(GenerationRequest(seed=11, **settings)).images[0].image
     last = engine_sd1.generate(GenerationRequest(seed=22, **settings)).images[0].image
@@ -130,7 +130,7 @@ def test_loopback_at_strength_zero_returns_the_input(engine_sd1, tmp_path):
     start.save(tmp_path / "start.png")
     request = AnimationRequest(GenerationRequest("a cat", steps=2), mode="loopback", frames=3, strength=0.0,
                                init_image=str(tmp_path / "start.png"), formats=[])
-    result = engine_sd1.animate(request)
+    result = animate(engine_sd1, request)
     assert len(result.frames) == 3 and all(np.array_equal(pixels(f.image), pixels(start)) for f in result.frames)
     assert result.metrics["flicker"] == 0.0 and result.metrics["temporal_ssim"] == pytest.approx(1.0)
 
@@ -138,7 +138,7 @@ def test_loopback_at_strength_zero_returns_the_input(engine_sd1, tmp_path):
 def test_loopback_moves_and_regenerates(engine_sd1):
     request = AnimationRequest(GenerationRequest("a cat", steps=4, width=64, height=64, seed=1), mode="loopback",
                                frames=3, strength="1:(0.5), 2:(0.25)", zoom=1.1, formats=[])
-    result = engine_sd1.animate(request)
+    result = animate(engine_sd1, request)
     assert [f.seed for f in result.frames] == [1, 2, 3]  # seed behaviour "iter"
     assert result.frames[1].request.strength == 0.5 and result.frames[2].request.strength == 0.25
     assert result.frames[2].request.init_image is not None and result.frames[0].request.init_image is None
@@ -149,7 +149,7 @@ def test_video_to_video_keeps_frame_count_and_size(engine_sd1, tmp_path):
     write_video(inputs, tmp_path / "clip.mp4", fps=6)
     request = AnimationRequest(GenerationRequest("a painting", steps=2, seed=9), mode="video",
                                video=str(tmp_path / "clip.mp4"), strength=0.5, formats=["mp4"])
-    result = engine_sd1.animate(request)
+    result = animate(engine_sd1, request)
     assert len(result.frames) == 3 and {f.image.size for f in result.frames} == {(64, 48)}
     assert {f.seed for f in result.frames} == {9}
     saved = save_animation(result, tmp_path / "out")
@@ -160,7 +160,7 @@ def test_video_to_video_keeps_frame_count_and_size(engine_sd1, tmp_path):
 def test_story_frames_report_subject_consistency(engine_sd1):
     request = AnimationRequest(GenerationRequest("", steps=2, width=64, height=64, seed=2), mode="story",
                                subject="a robot", scenes=["in a forest", "at sea"], formats=[])
-    result = engine_sd1.animate(request)
+    result = animate(engine_sd1, request)
     assert [f.request.prompt for f in result.frames] == ["a robot, in a forest", "a robot, at sea"]
     assert {f.seed for f in result.frames} == {2}
     assert -1.0 <= result.metrics["subject_consistency"] <= 1.0
@@ -318,7 +318,7 @@ def test_interpolation_between_two_images_reconstructs_the_ends(tmp_path):
         engine.generate(GenerationRequest(prompt, seed=seed)).images[0].image.save(tmp_path / f"{name}.png")
     request = AnimationRequest(GenerationRequest("an emoji", seed=0), mode="interpolate", frames=3,
                                images=[str(tmp_path / "a.png"), str(tmp_path / "b.png")], formats=[])
-    result = engine.animate(request)
+    result = animate(engine, request)
     ends = [psnr(result.frames[0].image, Image.open(tmp_path / "a.png")),
             psnr(result.frames[-1].image, Image.open(tmp_path / "b.png"))]
     middle = max(psnr(result.frames[1].image, Image.open(tmp_path / f"{n}.png")) for n in "ab")

@@ -2,7 +2,7 @@
 images (DDIM inversion) and AnimateDiff motion modules; video files and temporal-consistency metrics.
 
 Every frame that can be an ordinary generation request is one (`run`), so frames replay from their PNGs like any
-image; `Engine.animate(AnimationRequest)` is the entry point."""
+image; `animation.run.animate(engine, AnimationRequest)` is the entry point."""
 
 from sfumato.animation.request import FORMATS, MODES, AnimationRequest
 

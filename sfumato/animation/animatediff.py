@@ -21,7 +21,7 @@ from sfumato.models import home
 from sfumato.requests import GeneratedImage, GenerationRequest
 
 if TYPE_CHECKING:
-    from sfumato.animation.run import FrameProgress
+    from sfumato.animation.progress import FrameProgress
     from sfumato.engine import Engine
 
 ORIGINAL_KEY = "temporal_transformer"  # the AnimateDiff repository's checkpoints (diffusers converts them)

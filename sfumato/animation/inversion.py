@@ -15,7 +15,7 @@ from sfumato.requests import GeneratedImage, GenerationRequest
 from sfumato.sampling.noise import slerp
 
 if TYPE_CHECKING:
-    from sfumato.animation.run import FrameProgress
+    from sfumato.animation.progress import FrameProgress
     from sfumato.engine import Engine
 
 

@@ -9,12 +9,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from PIL import Image
 
 from sfumato.animation.keyframes import parse_numbers, segment, value_at
 from sfumato.animation.motion2d import match_colors, move
+from sfumato.animation.progress import FrameProgress, ProgressCallback
 from sfumato.animation.request import AnimationRequest
 from sfumato.animation.video import read_frames
 from sfumato.evaluation.metrics import temporal_report
@@ -23,30 +24,12 @@ from sfumato.requests import GeneratedImage, GenerationRequest
 if TYPE_CHECKING:
     from sfumato.engine import Engine
 
-ProgressCallback = Callable[[int, int], None]
-
-
 @dataclass
 class AnimationResult:
     frames: list[GeneratedImage]
     request: AnimationRequest
     metrics: dict = field(default_factory=dict)
     seconds: float = 0.0
-
-
-class FrameProgress:
-    """Turns each frame's (steps done, steps known) into the whole animation's, estimating unseen frames alike."""
-
-    def __init__(self, callback: ProgressCallback | None, frames: int):
-        self.callback, self.frames, self.frame, self.done_before = callback, frames, 0, 0
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.callback:
-            self.callback(self.done_before + done, self.done_before + total * (self.frames - self.frame))
-
-    def next_frame(self, steps: int) -> None:
-        self.frame += 1
-        self.done_before += steps
 
 
 def travel_requests(request: AnimationRequest, base: GenerationRequest) -> list[GenerationRequest]:
@@ -95,7 +78,8 @@ def preflight(engine: "Engine", request: AnimationRequest) -> GenerationRequest:
 
 
 def animate(engine: "Engine", request: AnimationRequest, progress: ProgressCallback | None = None) -> AnimationResult:
-    """Make the frames of a validated request and measure them."""
+    """Make the frames of a request (each an ordinary generation of `engine`) and measure them."""
+    request = request.validate()
     started = time.perf_counter()
     preflight(engine, request)
     base = dataclasses.replace(request.generation, batch_size=1, batch_count=1).with_seeds_resolved()

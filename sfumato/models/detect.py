@@ -4,48 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 
 from sfumato.errors import ModelNotFound, UnsupportedModel
-from sfumato.models.families import FAMILIES, Family
+from sfumato.models.families import FAMILIES
 from sfumato.models.home import PICKLE_SUFFIXES
+from sfumato.models.info import CONFIGS_METADATA_KEY, ModelInfo, family_from_keys
 
-CONFIGS_METADATA_KEY = "sfumato.configs"
+__all__ = ["CONFIGS_METADATA_KEY", "ModelInfo", "describe", "family_from_keys"]
+
 SETTINGS_FILE = "sfumato.json"  # per-model settings: defaults, text-encoder reference, prompt chunk length
 FAMILY_DEFAULTS = ("default_sampler", "default_steps", "default_cfg_scale")
-
-
-@dataclass
-class ModelInfo:
-    path: Path
-    format: str  # "diffusers", "safetensors", "pickle", "gguf"
-    family: Family
-    prediction_type: str
-    inpainting: bool = False
-    configs: dict[str, Any] = field(default_factory=dict)  # component configs when known without loading
-    settings: dict[str, Any] = field(default_factory=dict)  # the folder's sfumato.json, if any
-    quantization: str | None = None  # GGUF: the UNet's weight type (q8_0, q4_0, f16, ...)
-
-    @property
-    def native_size(self) -> int:
-        unet = self.configs.get("unet", {})
-        vae = self.configs.get("vae", {})
-        if "sample_size" in unet and vae.get("block_out_channels"):
-            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-        return self.family.native_size
-
-    @property
-    def dit_denoiser(self) -> bool:
-        """A `train scratch --arch dit` model: a DiT (models.textdit) where the UNet goes."""
-        return self.configs.get("unet", {}).get("_class_name") == "TextDiT"
-
-    @property
-    def name(self) -> str:
-        return self.path.name if self.path.is_dir() else self.path.stem
 
 
 def describe(path: Path) -> ModelInfo:
@@ -195,26 +168,3 @@ def _describe_gguf(path: Path) -> ModelInfo:
     prediction = strings.get("sfumato.prediction_type") or family.prediction_type
     in_channels = configs.get("unet", {}).get("in_channels", 4)
     return ModelInfo(path, "gguf", family, prediction, in_channels == 9, configs, quantization=quantization)
-
-
-def family_from_keys(keys: set[str], path: Path) -> Family:
-    def has(prefix: str) -> bool:
-        return any(key.startswith(prefix) for key in keys)
-
-    if has("model.diffusion_model.joint_blocks.") or has("joint_blocks."):
-        return FAMILIES["sd3"]
-    if has("double_blocks.") or has("model.diffusion_model.double_blocks."):
-        return FAMILIES["flux"]
-    if not has("model.diffusion_model."):
-        if has("lora_") or any(".lora" in key for key in keys):
-            raise UnsupportedModel(f"{path} is a LoRA, not a checkpoint; pass it with --lora")
-        raise UnsupportedModel(f"{path}: no Stable Diffusion UNet keys (model.diffusion_model.*) found")
-    if has("conditioner.embedders.1.model."):
-        return FAMILIES["sdxl"]
-    if has("conditioner.embedders.0.model."):
-        return FAMILIES["sdxl-refiner"]
-    if has("cond_stage_model.model."):
-        return FAMILIES["sd2"]
-    if has("cond_stage_model.transformer."):
-        return FAMILIES["sd1"]
-    raise UnsupportedModel(f"{path}: UNet found but no known text encoder keys; cannot tell the family")

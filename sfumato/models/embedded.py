@@ -34,7 +34,7 @@ def export_trained(source: Path, target: Path, defaults: dict[str, Any], checkpo
     from safetensors.torch import load_file
 
     from sfumato.models.loader import load_model
-    from sfumato.training.methods import save_model_folder
+    from sfumato.models.folder import save_model_folder
 
     loaded = load_model(source, device="cpu", dtype="float32")
     if checkpoint is not None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from sfumato.errors import UnsupportedModel
-from sfumato.models.detect import CONFIGS_METADATA_KEY, ModelInfo
+from sfumato.models.info import CONFIGS_METADATA_KEY, ModelInfo
 
 PREFIX = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -296,7 +296,7 @@ def load_flow_components(info: ModelInfo, checkpoint: dict[str, torch.Tensor], m
         if kind == "clip":
             from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-            from sfumato.models.singlefile import clip_tokenizer, to_model_keys
+            from sfumato.models.keys import clip_tokenizer, to_model_keys
 
             config = configs.get(component) or clip_config(state, CLIP_ACTS.get((family, component), "quick_gelu"))
             model_cls = CLIPTextModel if family == "flux" else CLIPTextModelWithProjection
@@ -391,7 +391,7 @@ def flow_checkpoint(components: dict[str, Any], info: ModelInfo, half: bool = Fa
                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """An SD3/FLUX pipeline's components -> one all-in-one file in the original layout, and its metadata (configs,
     tokenizer pads, the T5 tokenizer)."""
-    from sfumato.models.singlefile import _jsonable, canonical_text_keys, vae_to_ldm
+    from sfumato.models.keys import canonical_text_keys, jsonable, vae_to_ldm
 
     family = info.family.name
     transformer, vae = components["transformer"], components["vae"]
@@ -415,7 +415,7 @@ def flow_checkpoint(components: dict[str, Any], info: ModelInfo, half: bool = Fa
             metadata[T5_TOKENIZER_KEY] = tokenizer.backend_tokenizer.to_str()
     dtype = torch.float16 if half else None
     state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    metadata.update({CONFIGS_METADATA_KEY: json.dumps(configs, default=_jsonable), "sfumato.family": family,
+    metadata.update({CONFIGS_METADATA_KEY: json.dumps(configs, default=jsonable), "sfumato.family": family,
                      "sfumato.prediction_type": "flow"})
     return state, metadata
 
@@ -442,7 +442,7 @@ def assemble(transformer_file, parts: list, out) -> dict[str, int]:
 
     from safetensors.torch import load_file, save_file
 
-    from sfumato.models.detect import family_from_keys
+    from sfumato.models.info import family_from_keys
 
     state = load_file(str(transformer_file))
     family = family_from_keys(set(state), Path(transformer_file)).name
@@ -457,7 +457,7 @@ def assemble(transformer_file, parts: list, out) -> dict[str, int]:
         if what == "vae":
             tensors = {next((k[len(p):] for p in VAE_PREFIXES if k.startswith(p)), k): v for k, v in tensors.items()}
             if any(k.startswith("encoder.down_blocks.") for k in tensors):  # a diffusers AutoencoderKL file
-                from sfumato.models.singlefile import VAE_PREFIX, vae_to_ldm
+                from sfumato.models.keys import VAE_PREFIX, vae_to_ldm
 
                 blocks = _count(tensors, r"encoder\.down_blocks\.(\d+)\.")
                 tensors = {k[len(VAE_PREFIX):]: v for k, v in vae_to_ldm(tensors, {"block_out_channels": [0] * blocks}).items()}

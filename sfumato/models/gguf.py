@@ -111,7 +111,7 @@ def _read_metadata(path: str, _mtime_ns: int, _size: int) -> tuple[set[str], dic
 
 
 def configs_of(strings: dict[str, str]) -> dict[str, Any]:
-    from sfumato.models.detect import CONFIGS_METADATA_KEY
+    from sfumato.models.info import CONFIGS_METADATA_KEY
 
     return json.loads(strings[CONFIGS_METADATA_KEY]) if CONFIGS_METADATA_KEY in strings else {}
 

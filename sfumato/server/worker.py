@@ -234,6 +234,7 @@ class Worker:
     def _run_animation(self, job: Job) -> None:
         """An animation job: frames saved as images of the job, videos under videos/, metrics in the result."""
         from sfumato.animation.request import AnimationRequest
+        from sfumato.animation.run import animate
         from sfumato.animation.video import write_video
 
         p = self.progress
@@ -241,7 +242,7 @@ class Worker:
         self._last_step = time.perf_counter()
         try:
             request = AnimationRequest.from_dict(job.request["animation"]).validate()
-            result = self.engine.animate(request, self._on_step)
+            result = animate(self.engine, request, self._on_step)
         except Interrupted:
             if job.id not in self._cancelled:
                 self.store.requeue(job.id)

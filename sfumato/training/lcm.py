@@ -122,20 +122,21 @@ class Distiller:
 
 
 def build_lcm(config: TrainConfig, device: torch.device, say: Callable[[str], None]):
-    from sfumato.training.methods import _add_lora, _load_base, _unet_setup, save_model_folder
+    from sfumato.models.folder import save_model_folder
+    from sfumato.training.setup import add_lora, load_base, unet_setup
 
-    _, loaded = _load_base(config, device)
-    setup = _unet_setup(config, device, loaded)
+    _, loaded = load_base(config, device)
+    setup = unet_setup(config, device, loaded)
     lora = config.lcm_form == "lora"
     if lora:
         setup.extra["rank"] = config.rank
-        _add_lora(setup, config)
+        add_lora(setup, config)
     distiller = Distiller(setup, config, lora)
     setup.loss_fn = distiller.loss
     setup._after_step = distiller.update_target
     setup.validation_preset = "lcm"
     if lora:
-        from sfumato.training.methods import save_lora
+        from sfumato.training.setup import save_lora
 
         setup._save = lambda cfg, run: _mark_lora(save_lora(setup, run))
     else:

@@ -22,7 +22,8 @@ from sfumato.training.buckets import BucketPlan, epoch_batches, make_buckets, pl
 from sfumato.training.cache import CacheStats, cache_key, cached_latents, cached_texts, weights_fingerprint
 from sfumato.training.config import TrainConfig
 from sfumato.training.data import Dataset, load_pixels, shuffle_tags
-from sfumato.training.methods import TrainSetup, build_setup, encode_captions
+from sfumato.training.methods import build_setup
+from sfumato.training.setup import TrainSetup, encode_captions
 from sfumato.training.report import TrainLog
 from sfumato.training.validation import RetrievalProbe
 
