@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from sfumato.cli import _add_compile_arg, _add_memory_args, _add_safety_args, _Bar, _control_arg, _engine, _fast_settings, _lora_arg
+from sfumato.cli.common import add_compile_arg, add_memory_args, add_safety_args, Bar, control_arg, make_engine, fast_settings, lora_arg
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest, parse_direction
 
@@ -23,7 +23,7 @@ EXAMPLES = """examples:
   sfumato animate "a boat on a lake" --mode motion --motion-adapter animatediff-v1-5-2 -m sd15"""
 
 
-def add_animate_parser(commands) -> None:
+def add_parsers(commands) -> None:
     from sfumato.animation.request import FORMATS, MODES
 
     anim = commands.add_parser("animate", help="animations: prompt/seed travel, loopback, video-to-video, story, "
@@ -62,7 +62,7 @@ def add_animate_parser(commands) -> None:
     other.add_argument("--inversion-steps", type=int, default=50, help="interpolate: DDIM inversion steps")
     other.add_argument("--motion-adapter", help="AnimateDiff motion module: diffusers folder, .safetensors file or "
                                                 "a name in $SFUMATO_HOME/models/motion")
-    other.add_argument("--motion-lora", action="append", type=_lora_arg, default=[], metavar="PATH[:WEIGHT]")
+    other.add_argument("--motion-lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
     other.add_argument("--context-length", type=int, default=16, help="frames the motion module sees at once")
     other.add_argument("--context-overlap", type=int, default=4, help="frames shared by neighbouring windows")
     gen = anim.add_argument_group("generation settings shared by every frame")
@@ -78,17 +78,18 @@ def add_animate_parser(commands) -> None:
     gen.add_argument("--width", "-W", type=int)
     gen.add_argument("--height", "-H", type=int)
     gen.add_argument("--clip-skip", type=int, default=1)
-    gen.add_argument("--lora", action="append", type=_lora_arg, default=[], metavar="PATH[:WEIGHT]")
-    gen.add_argument("--control", action="append", type=_control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
+    gen.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
+    gen.add_argument("--control", action="append", type=control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
                      help="a control unit on every frame; in video mode TYPE:frame uses each input frame")
     anim.add_argument("--format", default="gif,mp4", help=f"comma-separated: {', '.join(FORMATS)}")
     anim.add_argument("--output", "-o", type=Path, help="output folder (default: outputs/animations/<time>/)")
     anim.add_argument("--json", action="store_true")
     anim.add_argument("--device")
     anim.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    _add_compile_arg(anim)
-    _add_memory_args(anim)
-    _add_safety_args(anim)
+    add_compile_arg(anim)
+    add_memory_args(anim)
+    add_safety_args(anim)
+    anim.set_defaults(run=cmd_animate)
 
 
 def request_from_args(args: argparse.Namespace):
@@ -96,7 +97,7 @@ def request_from_args(args: argparse.Namespace):
 
     controls = [{**unit, "image": None if unit["image"] == "frame" else unit["image"]} for unit in args.control]
     generation = GenerationRequest(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, **_fast_settings(args), vae=args.vae,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, **fast_settings(args), vae=args.vae,
         sampler=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed, width=args.width, height=args.height,
         clip_skip=args.clip_skip, loras=list(args.lora), controls=controls,
         directions=[parse_direction(text, args.prompt) for text in args.direction])
@@ -127,8 +128,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
     check_writable(folder.parent if not folder.exists() else folder)
     from sfumato.animation.run import animate
 
-    engine = _engine(args)
-    bar = _Bar()
+    engine = make_engine(args)
+    bar = Bar()
     try:
         result = animate(engine, request, progress=bar)
     finally:

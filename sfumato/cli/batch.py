@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from sfumato.cli import _add_compile_arg, _add_memory_args, _add_safety_args, memory_from_args
+from sfumato.cli.common import add_compile_arg, add_memory_args, add_safety_args, memory_from_args
 
 EXAMPLES = """examples:
   sfumato batch prompts.jsonl --out runs/apples            # {"prompt": "a red apple", "seed": 1} per line
@@ -17,7 +17,7 @@ EXAMPLES = """examples:
 kill it and run the same command again: rows already made are skipped (seeds are fixed in OUT/plan.jsonl)."""
 
 
-def add_batch_parser(commands) -> None:
+def add_parsers(commands) -> None:
     batch = commands.add_parser("batch", help="bulk generation from a JSONL/CSV/Parquet jobs file (resumable; Ray)",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     batch.add_argument("jobs", type=Path, help="one generation request per row (native request fields; "
@@ -36,9 +36,10 @@ def add_batch_parser(commands) -> None:
     batch.add_argument("--device")
     batch.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
     batch.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_compile_arg(batch)
-    _add_memory_args(batch)
-    _add_safety_args(batch)
+    add_compile_arg(batch)
+    add_memory_args(batch)
+    add_safety_args(batch)
+    batch.set_defaults(run=cmd_batch)
 
 
 def cmd_batch(args: argparse.Namespace) -> int:

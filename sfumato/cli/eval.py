@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sfumato.cli import _add_safety_args, _Bar, _engine, _Parser
+from sfumato.cli.common import add_safety_args, Bar, make_engine, Parser
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest
 
 
-def add_eval_parsers(commands) -> None:
+def add_parsers(commands) -> None:
     """`sfumato eval METRIC ...` and `sfumato grid`."""
     ev = commands.add_parser("eval", help="measure images and models: fid, kid, is, clip-score, psnr, ssim, steps ...")
-    metrics = ev.add_subparsers(dest="metric", required=True, parser_class=_Parser)
+    metrics = ev.add_subparsers(dest="metric", required=True, parser_class=Parser)
     extractor_help = "open-nsfw (default, offline) or inception:PATH.safetensors (pytorch-fid weights)"
     for name, helptext in (("fid", "Fréchet distance of features"), ("kid", "kernel distance (polynomial MMD²)"),
                            ("is", "Inception Score (needs class logits)"), ("clip-score", "CLIP score of captions"),
@@ -80,7 +80,9 @@ def add_eval_parsers(commands) -> None:
     grid.add_argument("--seed", type=int, default=-1)
     grid.add_argument("--min-cell", type=int, default=128, help="enlarge smaller cells to this many pixels")
     grid.add_argument("--output", "-o", type=Path, required=True)
-    _add_safety_args(grid)
+    add_safety_args(grid)
+    ev.set_defaults(run=cmd_eval)
+    grid.set_defaults(run=cmd_grid)
 
 
 def _print_metric(args: argparse.Namespace, record: dict, text: str) -> None:
@@ -237,9 +239,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     base = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative_prompt, model=args.model,
                              sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed,
                              width=args.width, height=args.height)
-    bar = _Bar()
+    bar = Bar()
     try:
-        image, results = xyz_grid(_engine(args), base, axes, args.min_cell, bar)
+        image, results = xyz_grid(make_engine(args), base, axes, args.min_cell, bar)
     finally:
         bar.close()
     args.output.parent.mkdir(parents=True, exist_ok=True)

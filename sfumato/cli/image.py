@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sfumato.cli import _add_safety_args, _engine, _lora_arg, generate_and_save
+from sfumato.cli.common import add_safety_args, make_engine, lora_arg, generate_and_save
 from sfumato.errors import InvalidRequest
 from sfumato.requests import UpscaleRequest
 
@@ -18,7 +18,7 @@ RECIPE_HELP = {"colorize": "colour a grayscale photo: img2img from its lightness
                "style": "style transfer: img2img with a style prompt or LoRA, edges kept by a canny ControlNet"}
 
 
-def add_image_parsers(commands) -> None:
+def add_parsers(commands) -> None:
     up = commands.add_parser("upscale", help="upscale images: Real-ESRGAN (built in), your ESRGAN/SRVGG weights, "
                                              "Lanczos ...")
     up.add_argument("images", nargs="+", type=Path)
@@ -41,6 +41,7 @@ def add_image_parsers(commands) -> None:
 
     for name, helptext in RECIPE_HELP.items():
         rec = commands.add_parser(name, help=helptext)
+        rec.set_defaults(run=cmd_recipe)
         rec.add_argument("image", help="the input image")
         rec.add_argument("--prompt", "-p", help="what the result shows (the recipe has a default)")
         rec.add_argument("--negative", "--negative-prompt", dest="negative_prompt")
@@ -52,7 +53,7 @@ def add_image_parsers(commands) -> None:
         rec.add_argument("--seed", type=int, default=-1)
         rec.add_argument("--width", "-W", type=int)
         rec.add_argument("--height", "-H", type=int)
-        rec.add_argument("--lora", action="append", type=_lora_arg, default=[], metavar="PATH[:WEIGHT]")
+        rec.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
         if name == "restore":
             rec.add_argument("--mask", help="white where to repaint (scratches, tears)")
             rec.add_argument("--upscaler", dest="init_upscaler", help="the restoring upscaler (default R-ESRGAN 4x+)")
@@ -65,7 +66,9 @@ def add_image_parsers(commands) -> None:
         rec.add_argument("--json", action="store_true")
         rec.add_argument("--device")
         rec.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-        _add_safety_args(rec)
+        add_safety_args(rec)
+    up.set_defaults(run=cmd_upscale)
+    lst.set_defaults(run=cmd_upscalers)
 
 
 def cmd_upscalers(args: argparse.Namespace) -> int:
@@ -125,7 +128,7 @@ def _upscale_paths(output: Path | None, sources: list[Path]) -> list[Path]:
 
 
 def cmd_recipe(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    engine = make_engine(args)
     fields = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "strength": args.strength,
               "model": args.model, "steps": args.steps, "cfg_scale": args.cfg_scale, "sampler": args.sampler,
               "seed": args.seed, "width": args.width, "height": args.height, "loras": list(args.lora) or None,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sfumato.cli import _Bar, _lora_arg, _Parser
+from sfumato.cli.common import Bar, lora_arg, Parser
 from sfumato.errors import InvalidRequest
 
 
-def add_tool_parsers(commands) -> None:
+def add_parsers(commands) -> None:
     from sfumato.models.merge import MODES, PRESETS
 
     merge = commands.add_parser("merge", help="merge checkpoints (A1111's Checkpoint Merger, block-weighted too)")
@@ -30,14 +30,14 @@ def add_tool_parsers(commands) -> None:
 
     lora = commands.add_parser("lora", help="LoRA tools: merge several, bake into a checkpoint, extract from a "
                                             "fine-tune")
-    tools = lora.add_subparsers(dest="lora_command", required=True, parser_class=_Parser)
+    tools = lora.add_subparsers(dest="lora_command", required=True, parser_class=Parser)
     lmerge = tools.add_parser("merge", help="merge LoRAs into one (weighted; exact, or re-factorised to --rank)")
-    lmerge.add_argument("loras", nargs="+", type=_lora_arg, metavar="PATH[:WEIGHT]")
+    lmerge.add_argument("loras", nargs="+", type=lora_arg, metavar="PATH[:WEIGHT]")
     lmerge.add_argument("--output", "-o", type=Path, required=True)
     lmerge.add_argument("--rank", type=int, help="re-factorise each layer to this rank by SVD (default: stack, exact)")
     bake = tools.add_parser("bake", help="fuse LoRAs into a checkpoint (written in the model's form)")
     bake.add_argument("model", type=Path)
-    bake.add_argument("--lora", action="append", type=_lora_arg, default=[], metavar="PATH[:WEIGHT]", required=True)
+    bake.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]", required=True)
     bake.add_argument("--output", "-o", type=Path, required=True, help=".safetensors file or folder")
     bake.add_argument("--half", action="store_true")
     extract = tools.add_parser("extract", help="extract a LoRA from a fine-tuned model and its base (SVD)")
@@ -51,7 +51,7 @@ def add_tool_parsers(commands) -> None:
 
     portrait = commands.add_parser("portrait", help="my photos -> portraits: a subject LoRA, then the subject put "
                                                     "into templates (EasyPhoto/FaceChain-style)")
-    steps = portrait.add_subparsers(dest="portrait_command", required=True, parser_class=_Parser)
+    steps = portrait.add_subparsers(dest="portrait_command", required=True, parser_class=Parser)
     ptrain = steps.add_parser("train", help="face crops + captions, a staged subject LoRA, the best stages merged")
     ptrain.add_argument("photos", type=Path, help="a folder of photos of the subject")
     ptrain.add_argument("--output", "-o", type=Path, required=True, help="the run folder")
@@ -83,6 +83,9 @@ def add_tool_parsers(commands) -> None:
                       help="without fusion: the face region starts from its surroundings (fill) or the template's")
     pgen.add_argument("--no-fuse", dest="fuse", action="store_false",
                       help="do not paste the subject drawn alone into the region first (EasyPhoto's face fusion)")
+    merge.set_defaults(run=cmd_merge)
+    lora.set_defaults(run=cmd_lora)
+    portrait.set_defaults(run=cmd_portrait)
 
 
 def _weights(text: str | None) -> list[float] | None:
@@ -102,7 +105,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     mode = args.mode or ("add-difference" if args.c else "weighted-sum")
     recipe = MergeRecipe(mode=mode, alpha=args.alpha, block_weights=_weights(args.block_weights),
                          block_preset=args.block_preset, text_encoder=args.text_encoder, vae=args.vae, half=args.half)
-    bar = _Bar()
+    bar = Bar()
     try:
         out = merge(args.a, args.b, args.output, recipe, c=args.c, progress=bar)
     finally:
@@ -119,7 +122,7 @@ def cmd_lora(args: argparse.Namespace) -> int:
     elif args.lora_command == "bake":
         print(lora_tools.bake_loras(args.model, args.lora, args.output, half=args.half))
     else:
-        bar = _Bar()
+        bar = Bar()
         try:
             out = lora_tools.extract_lora(args.tuned, args.base, args.output, rank=args.rank,
                                           conv_rank=args.conv_rank, text_encoder=args.text_encoder, progress=bar)

@@ -1,0 +1,5 @@
+import sys
+
+from sfumato.cli.main import main
+
+sys.exit(main())
