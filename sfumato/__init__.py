@@ -1,9 +1,8 @@
 """sfumato: generate, edit, train, evaluate and serve latent-diffusion image models."""
 
-__version__ = "0.1.0"
-
 from sfumato.errors import SfumatoError
 from sfumato.requests import GenerationRequest, GenerationResult
+from sfumato.version import __version__
 
 __all__ = ["Engine", "GenerationRequest", "GenerationResult", "SfumatoError", "__version__"]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from sfumato import __version__
+from sfumato.version import __version__
 from sfumato.errors import InvalidRequest, ModelNotFound, OutOfSpace, RuntimeFailure
 from sfumato.requests import GenerationRequest
 

@@ -13,6 +13,44 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Tiers (README "Tests"): the developer loop is `pytest -m "not slow and not ray and not postgres and not browser
+# and not fuzz"`; CI runs everything. Markers come from the fixtures a test uses where they tell (below), else from
+# `@pytest.mark.slow` on the test. An unmarked test slower than SFUMATO_SLOW_TEST_S (10 s) fails: mark it or make
+# it cheaper, so the fast tier stays fast.
+TIERS = ("slow", "ray", "postgres", "browser", "fuzz")
+FIXTURE_TIERS = {"ray_local": "ray", "postgres_server": "postgres", "page": "browser", "browser": "browser"}
+MODULE_TIERS = {"test_http_fuzz.py": "fuzz", "test_fuzz.py": "fuzz", "test_ui.py": "browser",
+                "test_scale_serve.py": "ray", "test_scale_batch.py": "ray"}
+SLOW_TEST_S = float(os.environ.get("SFUMATO_SLOW_TEST_S", "10"))
+
+
+def pytest_configure(config):
+    for tier in TIERS:
+        config.addinivalue_line("markers", f"{tier}: a test of the {tier} tier (deselect with -m 'not {tier}')")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tiers = {tier for fixture, tier in FIXTURE_TIERS.items() if fixture in getattr(item, "fixturenames", ())}
+        if MODULE_TIERS.get(item.path.name):
+            tiers.add(MODULE_TIERS[item.path.name])
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "postgresql" in map(str, params.values()):
+            tiers.add("postgres")
+        for tier in tiers:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (call.when == "call" and report.passed and call.duration > SLOW_TEST_S
+            and not any(item.get_closest_marker(tier) for tier in TIERS)):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {call.duration:.1f} s, more than {SLOW_TEST_S:g} s without a tier "
+                           "marker: mark it @pytest.mark.slow or test the same thing with smaller inputs")
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):

@@ -264,6 +264,7 @@ def test_animatediff_matches_diffusers_pipeline(engine_sd1, motion_files, sample
     assert (ours - theirs).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_animatediff_single_file_windows_and_motion_lora(engine_sd1, motion_files, tmp_path):
     import torch
     from safetensors.torch import save_file

@@ -252,9 +252,9 @@ def test_unreadable_models_home_is_one_line(capsys, tmp_path, monkeypatch):
 
 
 def test_internal_errors_are_one_line_with_a_debug_switch(capsys, monkeypatch):
-    from sfumato import cli
+    from sfumato.cli import models
 
-    monkeypatch.setitem(cli.COMMANDS, "models", lambda args: [][1])
+    monkeypatch.setattr(models, "cmd_models", lambda args: [][1])
     code, err = run_any(capsys, "models")
     assert code == 1 and "internal error (IndexError" in err and "SFUMATO_DEBUG=1" in err
     monkeypatch.setenv("SFUMATO_DEBUG", "1")
@@ -263,12 +263,12 @@ def test_internal_errors_are_one_line_with_a_debug_switch(capsys, monkeypatch):
 
 
 def test_missing_package_names_the_pip_install(capsys, monkeypatch):
-    from sfumato import cli
+    from sfumato.cli import models
 
     def needs_cv2(args):
         raise ModuleNotFoundError("No module named 'cv2'", name="cv2")
 
-    monkeypatch.setitem(cli.COMMANDS, "models", needs_cv2)
+    monkeypatch.setattr(models, "cmd_models", needs_cv2)
     code, err = run_any(capsys, "models")
     assert code == 1 and "pip install opencv-python-headless" in err
 
@@ -297,6 +297,7 @@ def test_text_encoder_smaller_than_its_tokenizer_is_refused(tmp_path, sd1):
         Engine(model).load()
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_generation_exits_130_with_no_partial_output(tmp_path, sd1):
     """SIGINT during a long generation: one line, exit 130, no file left in the output folder."""
     out = tmp_path / "out"

@@ -33,6 +33,7 @@ def test_shipped_controlnet_is_small_and_listed():
     assert net.kind == "controlnet" and net.preprocessor == "canny" and net.base == "sfumato-emoji"
 
 
+@pytest.mark.slow
 def test_outlines_are_followed_better_with_the_shipped_controlnet(engine, tmp_path):
     from sfumato.evaluation.control import adherence, drawn_cases
     from sfumato.requests import GenerationRequest

@@ -163,6 +163,7 @@ def _teacher_distance(engine, prompts, **kw) -> float:
     return float(np.sqrt(((student - teacher) ** 2).mean()))
 
 
+@pytest.mark.slow
 def test_train_lcm_lora_distils_and_loads_in_diffusers(sd1, tmp_path, monkeypatch):
     """An LCM-LoRA of the tiny model: its 2-step images move towards the teacher's guided 30-step ones; the file
     says it is an LCM-LoRA (so --lora picks the LCM settings) and gives the same latents in plain diffusers."""
@@ -199,6 +200,7 @@ def test_train_lcm_lora_distils_and_loads_in_diffusers(sd1, tmp_path, monkeypatc
     assert np.isfinite(result.losses).all()
 
 
+@pytest.mark.slow
 def test_train_lcm_full_model_declares_its_preset(sd1, tmp_path):
     """The full form writes a model folder whose sfumato.json selects the LCM settings; the LCD loss falls."""
     import numpy as np

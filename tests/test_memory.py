@@ -66,6 +66,7 @@ def test_int8_on_the_embedded_model_keeps_the_image():
         assert engine.load().memory == [f"{kind} weights"]
 
 
+@pytest.mark.slow
 @needs_embedded
 def test_tiled_vae_shares_statistics_and_leaves_no_seams():
     from skimage import data

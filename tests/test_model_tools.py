@@ -321,6 +321,7 @@ def test_merged_loras_equal_the_loras_together(tmp_path):
     assert 0 < error < 0.9  # the best rank-2 approximation of a rank-6 change
 
 
+@pytest.mark.slow
 def test_extracted_lora_reproduces_the_fine_tune(three, tmp_path):
     import diffusers
 

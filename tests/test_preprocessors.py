@@ -95,6 +95,7 @@ def test_binary_maps_stay_binary_when_shrunk():
     assert small[16, 5:8].max() == 255  # a 3-pixel line at 256 px survives at 32 px
 
 
+@pytest.mark.slow
 def test_preprocess_cli(tmp_path):
     source = tmp_path / "in.png"
     fixed().save(source)

@@ -285,6 +285,7 @@ def _serve(model: Path, data_dir: Path, port: int, *extra: str) -> subprocess.Po
     raise AssertionError("server did not start")
 
 
+@pytest.mark.slow
 def test_openai_client_against_a_live_server(tmp_path, sd1):
     openai = pytest.importorskip("openai")
     port = _free_port()
@@ -327,6 +328,7 @@ def test_openai_client_against_a_live_server(tmp_path, sd1):
         server.wait(10)
 
 
+@pytest.mark.slow
 def test_jobs_survive_kill_minus_9(tmp_path, sd1):
     import httpx
 

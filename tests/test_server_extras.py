@@ -85,6 +85,7 @@ def test_hr_upscaler_native_upscale_and_recipes(client):
     assert client.post("/api/v1/jobs", json=bad).status_code == 422
 
 
+@pytest.mark.slow
 def test_webuiapi_client_upscales(tmp_path, sd1):
     webuiapi = pytest.importorskip("webuiapi")
     port = _free_port()

@@ -150,6 +150,7 @@ def test_the_server_takes_step_caching_and_token_merging_natively_and_through_a1
         assert bad.status_code == 422 and "cache_interval" in bad.json()["detail"]
 
 
+@pytest.mark.slow
 def test_compiled_sampling_draws_the_eager_image_and_caches_on_disk(sd1, monkeypatch):
     """`Engine(compile=...)`: inductor on CPU, channels-last; the same latents as eager (PSNR >= 40 dB, here far
     above), the compiled kernels cached under $SFUMATO_HOME/cache/compile; a new shape is one more variant."""

@@ -367,6 +367,7 @@ def test_dreambooth_generates_class_images_and_trains_with_prior_loss(sd1, squar
     assert (result.output / "model_index.json").exists()
 
 
+@pytest.mark.slow
 def test_two_process_run_with_accelerate_launch(tiny_ldm, squares, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): both train on their half of each batch."""
     import subprocess
@@ -385,6 +386,7 @@ def test_two_process_run_with_accelerate_launch(tiny_ldm, squares, tmp_path):
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
 
 
+@pytest.mark.slow
 def test_two_machine_recipe_with_accelerate_launch(tiny_ldm, squares, tmp_path):
     """The multi-node recipe of the README: one `accelerate launch` per machine (--num_machines 2, --machine_rank,
     the main machine's address and port), here two "machines" on loopback, each with its own cache folder."""

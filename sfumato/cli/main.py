@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from sfumato import __version__
+from sfumato.version import __version__
 from sfumato.cli.common import EXIT_RUNTIME, Parser
 from sfumato.errors import SfumatoError
 

@@ -65,7 +65,7 @@ def add_parsers(commands) -> None:
                                                                  "extractor, e.g. classifier:PATH)")
     ptrain.add_argument("--face-detector", type=Path, help="a YuNet face detector .onnx (else centre crops)")
     pgen = steps.add_parser("generate", help="inpaint the subject into a template under ControlNet, then polish")
-    pgen.add_argument("run", type=Path)
+    pgen.add_argument("run_dir", metavar="RUN", type=Path)
     pgen.add_argument("--template", type=Path, help="the picture to put the subject into")
     pgen.add_argument("--style", help="a style prompt (makes the template with the base model when none is given)")
     pgen.add_argument("--mask", type=Path, help="white = the face region (else --face-detector finds it)")
@@ -150,7 +150,7 @@ def cmd_portrait(args: argparse.Namespace) -> int:
         train_portrait(args.photos, args.output, Path(model), settings, detector)
         print(args.output / "subject.safetensors")
         return 0
-    result = generate_portrait(args.run, template=args.template, style=args.style, mask=args.mask, detector=detector,
+    result = generate_portrait(args.run_dir, template=args.template, style=args.style, mask=args.mask, detector=detector,
                                seed=args.seed, strength=args.strength, control=args.control,
                                control_model=args.control_model, control_weight=args.control_weight,
                                polish_strength=args.polish_strength, lora_weight=args.lora_weight,

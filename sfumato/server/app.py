@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
-from sfumato import __version__
+from sfumato.version import __version__
 from sfumato.engine import Engine, default_model
 from sfumato.errors import InvalidRequest, ModelNotFound, SfumatoError
 from sfumato.models.catalog import list_models

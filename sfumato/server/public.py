@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import sfumato
 from sfumato.models.home import home
 
 _TOKEN_END = " \t\n'\"),;]}"
@@ -32,7 +31,7 @@ class Names:
         for registry in (service.models, service.loras, service.control_models, service.vaes):
             listed.update({str(path): name for name, path in registry.items()})
         folders = [home(), service.settings.data_dir, Path.cwd(), Path.home(), Path(tempfile.gettempdir()),
-                   Path(sfumato.__file__).parent.parent]
+                   Path(__file__).resolve().parents[2]]  # the folder the package lies in
         folders += [Path(p).parent for p in service.models.values() if Path(p).is_absolute()]
         return cls(listed, folders)
 
