@@ -199,6 +199,13 @@ def test_the_policy_reads_every_text_that_conditions_the_image(engine, tmp_path,
             engine.resolve(GenerationRequest.from_dict(fields))
     # a negative prompt steers away from its text at any CFG scale >= 1: allowed
     engine.resolve(GenerationRequest("a cat", negative_prompt="naked person", cfg_scale=7.0))
+    from sfumato.animation import AnimationRequest
+    from sfumato.animation.run import preflight
+
+    for fields in ({"mode": "story", "subject": "a cat", "scenes": ["in a garden", "naked person"]},
+                   {"mode": "travel", "frames": 4, "prompts": {0: "a cat", 3: "naked person"}}):
+        with pytest.raises(PromptBlocked):
+            preflight(engine, AnimationRequest(GenerationRequest("", steps=2), **fields).validate())
 
 
 def _lora_file(path: Path) -> Path:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -13,6 +11,7 @@ import torch
 from PIL import Image
 
 from sfumato.models.loader import LoadedModel
+from sfumato.pipelines import denoiser as layers
 from sfumato.pipelines.guidance import Guidance
 from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.speed.stepcache import StepCacheSettings, step_cache_for
@@ -55,88 +54,35 @@ def set_timesteps(scheduler, steps: int, strength: float, device: torch.device) 
     return timesteps
 
 
-def added_conditioning(model: LoadedModel, pooled: torch.Tensor | None, negative_rows: list[bool], width: int,
-                       height: int) -> dict[str, torch.Tensor] | None:
-    """SDXL's pooled text embeddings and size/crop (or aesthetic score) time ids, one row per UNet row."""
-    if pooled is None or model.pipe.unet.config.get("addition_embed_type") != "text_time":
-        return None
-    if getattr(model.pipe.config, "requires_aesthetics_score", False):
-        positive, negative = [height, width, 0, 0, 6.0], [height, width, 0, 0, 2.5]
-    else:
-        positive = negative = [height, width, 0, 0, height, width]
-    ids = [negative if is_negative else positive for is_negative in negative_rows]
-    return {"text_embeds": pooled, "time_ids": torch.tensor(ids, dtype=pooled.dtype, device=model.device)}
-
-
 @torch.no_grad()
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
             generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
             on_step: StepCallback | None = None, control=None, eta: float | None = None,
             step_cache: StepCacheSettings | None = None, token_merging: float = 0.0, unet=None) -> torch.Tensor:
-    """Run the sampler over `timesteps` with (composable) classifier-free guidance; skipped when cfg_scale <= 1
-    and every image has a single prompt part. Step `i` uses the scheduled prompts of step `i` (`Guidance.at`).
-    `control` (a `control.apply.ControlSet`) adds ControlNet residuals, T2I-Adapter features and IP-Adapter image
-    embeddings. `eta` goes to samplers that take it (DDIM's eta, TCD's gamma). A UNet distilled with the guidance
-    scale as an input (LCM's w-conditioning, `time_cond_proj_dim`) gets cfg_scale embedded instead of a CFG pass,
-    as diffusers does. `step_cache` reuses the deep UNet features between full calls (DeepCache, `speed.stepcache`);
-    `token_merging` merges that share of the tokens before full-resolution self-attention (ToMe, `speed.tome`).
-    `unet` replaces the model's own (a motion UNet denoising all frames of a clip together)."""
+    """Run the sampler over `timesteps`, the model call composed of the layers of `pipelines.denoiser`: (composable)
+    classifier-free guidance, skipped when cfg_scale <= 1 and every image has one prompt part; step `i`'s scheduled
+    prompts; LCM's embedded guidance scale; `control` (a `control.apply.ControlSet`); an inpainting UNet's extra
+    channels or, for a plain UNet, the known region blended back after each step; `step_cache` (DeepCache) and
+    `token_merging` (ToMe). `eta` goes to samplers that take it (DDIM's eta, TCD's gamma). `unet` replaces the
+    model's own (a motion UNet denoising all frames of a clip together)."""
     unet = unet if unet is not None else model.pipe.unet
-    timestep_cond = None
-    if getattr(unet.config, "time_cond_proj_dim", None) is not None:
-        scale = torch.as_tensor(guidance.cfg_scale, dtype=torch.float32).flatten().expand(guidance.images)
-        guidance = dataclasses.replace(guidance, cfg_scale=1.0)
-        embedding = model.pipe.get_guidance_scale_embedding(scale - 1, unet.config.time_cond_proj_dim)
-        timestep_cond = embedding[torch.tensor(guidance.row_images())].to(latents.device, latents.dtype)
-    row_list = guidance.row_images()
-    rows = torch.tensor(row_list, device=latents.device)
-    negative_rows = guidance.row_is_negative()
+    guidance, timestep_cond = layers.guidance_embedded(model, unet, guidance, latents)
     concat = None
     if inpaint is not None and inpaint.masked_image_latents is not None:
+        rows = torch.tensor(guidance.row_images(), device=latents.device)
         concat = torch.cat([inpaint.mask, inpaint.masked_image_latents], dim=1)[rows]
-    step_parameters = inspect.signature(scheduler.step).parameters
-    step_kwargs = {"generator": generators} if "generator" in step_parameters and len(generators) == latents.shape[0] \
-        else {}
-    if eta is not None and "eta" in step_parameters:
-        step_kwargs["eta"] = eta
-    fixed = None
+    sample = layers.blend_known(layers.sampler_step(scheduler, generators, eta, latents.shape[0]), scheduler,
+                                inpaint, timesteps)
     with step_cache_for(unet, step_cache) as cache, token_merging_for(unet, token_merging) as tome:
+        call = layers.inpaint_channels(layers.hooked(layers.unet_call(unet), cache, tome), concat)
+        call = layers.conditioned(layers.controlled(call, control, len(timesteps), guidance), model, unet, guidance,
+                                  width, height, timestep_cond)
+        predict = layers.guided(call, scheduler, guidance, latents.device)
         for i, t in enumerate(timesteps):
-            if fixed is None or not guidance.static:
-                cond = guidance.at(i)
-                added = added_conditioning(model, cond.pooled, negative_rows, width, height)
-                # the pooled text vector, for UNets with a projection class embedding (ldm family)
-                class_labels = cond.pooled if getattr(unet.config, "class_embed_type", None) is not None else None
-                fixed = (cond.embeds, added, class_labels)
-            context, added, class_labels = fixed
-            model_input = scheduler.scale_model_input(latents[rows], t)
-            kwargs = {"encoder_hidden_states": context, "added_cond_kwargs": added, "class_labels": class_labels,
-                      "timestep_cond": timestep_cond}
-            if control is not None:
-                kwargs.update(control.unet_kwargs(i, len(timesteps), model_input, t, context, added, class_labels,
-                                                  negative_rows, row_list))
-            if concat is not None:
-                model_input = torch.cat([model_input, concat], dim=1)
-            if cache is not None:
-                cache.before_call(tuple(model_input.shape))
-            if tome is not None:
-                tome.before_call(*model_input.shape[-2:])
-            prediction = unet(model_input, t, return_dict=False, **kwargs)[0]
-            prediction = guidance.combine(prediction)
-            latents = scheduler.step(prediction, t, latents, return_dict=False, **step_kwargs)[0]
-            if inpaint is not None and inpaint.masked_image_latents is None:
-                latents = _blend_known_region(scheduler, latents, inpaint, timesteps, i)
+            latents = sample(predict(latents, t, i), t, latents, i)
             if on_step:
                 on_step(latents)
     return latents
-
-
-def _blend_known_region(scheduler, latents: torch.Tensor, state: InpaintState, timesteps: torch.Tensor,
-                        i: int) -> torch.Tensor:
-    known = state.init_latents
-    if i < len(timesteps) - 1:
-        known = scheduler.add_noise(state.init_latents, state.noise, timesteps[i + 1: i + 2])
-    return (1 - state.mask) * known + state.mask * latents
 
 
 @contextlib.contextmanager
