@@ -17,18 +17,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "sfumato"
 LAYERS = [  # (layer, module prefixes)
-    (0, ["sfumato.errors", "sfumato.version", "sfumato.limits", "sfumato.models.home", "sfumato.pipelines.images"]),
+    (0, ["sfumato.errors", "sfumato.caching", "sfumato.version", "sfumato.limits", "sfumato.models.home", "sfumato.pipelines.images"]),
     (1, ["sfumato.sampling", "sfumato.memory", "sfumato.safety"]),
     (2, ["sfumato.models"]),
     (3, ["sfumato.prompts", "sfumato.speed", "sfumato.upscale", "sfumato.control"]),
     (4, ["sfumato.requests", "sfumato.models.catalog"]),
     (5, ["sfumato.pipelines", "sfumato.output"]),
-    (6, ["sfumato.engine"]),
-    (7, ["sfumato.evaluation", "sfumato.animation", "sfumato.training", "sfumato.portrait"]),
-    (8, ["sfumato.server"]),
-    (9, ["sfumato.scale"]),
-    (10, ["sfumato.cli"]),
-    (11, ["sfumato"]),  # the package face (`import sfumato`) re-exports from below
+    (6, ["sfumato.resolve"]),
+    (7, ["sfumato.engine"]),
+    (8, ["sfumato.evaluation", "sfumato.animation", "sfumato.training", "sfumato.portrait"]),
+    (9, ["sfumato.server"]),
+    (10, ["sfumato.scale"]),
+    (11, ["sfumato.cli"]),
+    (12, ["sfumato"]),  # the package face (`import sfumato`) re-exports from below
 ]
 
 

@@ -19,39 +19,35 @@ from PIL import Image
 
 from sfumato.control.ip_adapter import (IPAdapterWeights, ip_adapter_loaded, load_ip_adapter_weights,
                                         resolve_adapter, resolve_encoder)
-from sfumato.control.models import ControlModel, controlnet_dir, embedded_controlnet, load_control_model
+from sfumato.control.models import ControlModel, embedded_controlnet, load_control_model
 from sfumato.control.models import resolve as resolve_control
-from sfumato.control import preprocessors
 from sfumato.control.units import ControlUnit, parse_units
-from sfumato.errors import ImageBlocked, InvalidRequest, SfumatoError, UnsupportedModel
+from sfumato.caching import Recent
+from sfumato.errors import ImageBlocked, InvalidRequest
 from sfumato.limits import LOCAL, Limits, OverBudget, check_pixels
 from sfumato.models import home
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.loader import LoadedModel, load_model
 from sfumato.models.embeddings import apply_embeddings
-from sfumato.models.lora import apply_loras, check_loras, lora_hashes
-from sfumato.models.vae import apply_vae, is_own, resolve_vae
+from sfumato.models.lora import apply_loras, lora_hashes
+from sfumato.models.vae import apply_vae
 from sfumato.output import infotext
 from sfumato.pipelines import images as imgs
-from sfumato.pipelines.dit import check_dit_request, generate_dit_batch
-from sfumato.pipelines.vq import check_vq_request, generate_vq_batch
-from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
 from sfumato.pipelines.recipes import recipe_request
+from sfumato.pipelines.runners import BatchJob, runner_for
 from sfumato.pipelines.tasks import BatchPrompts, Controls, generate_batch
 from sfumato.prompts.encode import PromptEncoder
-from sfumato.prompts.dynamic import apply_styles, has_dynamic, image_prompts
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and
-from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
+from sfumato.prompts.flags import split_flags
 from sfumato.prompts.lora_tags import extract_lora_tags
-from sfumato.requests import LATENT_UPSCALERS, GeneratedImage, GenerationRequest, GenerationResult, UpscaleRequest
+from sfumato.resolve import Resolver
+from sfumato.requests import GeneratedImage, GenerationRequest, GenerationResult, UpscaleRequest
 from sfumato.safety.classifier import SafetySettings, nsfw_scores
 from sfumato.safety.classifier import blur as blur_image
 from sfumato.safety.policy import PromptPolicy
-from sfumato.sampling.presets import lora_preset, model_settings, preset_settings
-from sfumato.sampling.samplers import get_sampler, sampler_has_own_noise
+from sfumato.sampling.samplers import sampler_has_own_noise
 from sfumato import upscale as upscalers
 
-SHIPPED_MODULES = ("canny", "scribble", "threshold", "invert", "lineart", "softedge", "none")  # edge-like maps
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps known so far)
 PreviewCallback = Callable[[torch.Tensor], None]  # the batch's latents after a step
 
@@ -103,19 +99,18 @@ class Engine:
                  limits: Limits | None = None, paths: bool = True):
         self.default_model = str(model) if model is not None else None
         self.limits = limits or LOCAL  # text, pixel and frame budgets of every request (the server passes its own)
-        self.paths = paths  # LoRA tags in prompts may name files outside the models home (the CLI; never a server)
         self.device, self.dtype = device, dtype
         self.compile = compile  # torch.compile mode for every model this engine loads (speed.compiled), or None
         self.memory = memory  # low-memory modes and 8-bit weights for every model it loads (memory.MemorySettings)
         self.safety = safety or SafetySettings(mode="off")  # the library default: prompt policy on, image check off
-        self._policy = None if self.safety.policy == "off" else PromptPolicy.load(self.safety.policy)
+        policy = None if self.safety.policy == "off" else PromptPolicy.load(self.safety.policy)
+        self.resolver = Resolver(self.limits, policy, paths)  # paths: may prompt tags name files outside the home
         self._loaded: LoadedModel | None = None
         self._encoder: PromptEncoder | None = None
         self._load_lock = threading.Lock()
-        self._control_cache: dict[tuple[str, str, str], ControlModel] = {}
+        self._control_cache: Recent[ControlModel] = Recent(4)  # loaded control models, by path/device/dtype
         self._ip_cache: tuple[tuple[str, ...], IPAdapterWeights] | None = None
-        self._upscalers: dict[tuple[str, str], upscalers.Upscaler] = {}
-        self._upscaler_lock = threading.Lock()
+        self._upscalers: Recent[upscalers.Upscaler] = Recent(3)  # loaded upscalers, by name and device
 
     @classmethod
     def with_model(cls, loaded: LoadedModel) -> "Engine":
@@ -189,144 +184,17 @@ class Engine:
     # ---------------------------------------------------------------- requests
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
-        """Apply prompt tags and flags, model defaults and random seeds; validate. Loads no weights."""
+        """Apply prompt tags and flags, model defaults and random seeds; validate (`resolve.Resolver`). Loads no
+        weights."""
         request = dataclasses.replace(request).validate()
-        self.limits.check_texts(request.texts())  # before any parser reads them
-        if self._policy is not None:
-            self._policy.check(request.prompt)
-        info = self.describe(request.model)
-        family = info.family
-        flow = family.prediction_type == "flow"
-        transformer = family.denoiser != "unet"  # through its own diffusers pipeline (SD3, FLUX, PixArt, DiT, VQ)
-        styled, negative = request.prompt, request.negative_prompt
-        if request.template is None:  # not yet resolved (a replayed request keeps what it resolved to)
-            styled, negative = apply_styles(request.prompt, request.negative_prompt, request.styles)
-        prompt, tag_loras = extract_lora_tags(styled)
-        tag_loras = [(self._tag_lora(name), weight) for name, weight in tag_loras]
-        prompt, flags = split_flags(prompt)
-        changes: dict = {"prompt": prompt, "negative_prompt": negative, "model": str(info.path),
-                         "loras": [*request.loras, *tag_loras],
-                         "vae": None if is_own(request.vae) else str(resolve_vae(request.vae))}
-        preset, defaults = self._sampling_defaults(request, info, changes["loras"])
-        changes["preset"] = preset
-        changes["sampler"] = get_sampler(request.sampler or defaults.get("sampler") or family.default_sampler,
-                                         flow).name
-        steps = request.steps or defaults.get("steps") or family.default_steps
-        if flags.quality is not None:
-            steps = max(1, round(steps * flags.quality))
-        changes["steps"] = steps
-        changes["cfg_scale"] = next(v for v in (request.cfg_scale, defaults.get("cfg_scale"), family.default_cfg_scale)
-                                    if v is not None)
-        changes["timestep_spacing"] = request.timestep_spacing or defaults.get("timestep_spacing")
-        changes["eta"] = request.eta if request.eta is not None else defaults.get("eta")
-        if flags.stylize is not None:
-            changes["cfg_scale"] = stylize_to_cfg(flags.stylize)
-        if flags.no:
-            changes["negative_prompt"] = ", ".join(p for p in (negative, flags.no) if p)
-        if flags.seed is not None:
-            changes["seed"] = flags.seed
-        if flags.tile:
-            changes["tile"] = True
-        if flags.chaos is not None:
-            changes["subseed_strength"] = flags.chaos / 100.0
-        changes["width"], changes["height"] = self._size(request, info, flags.aspect_ratio)
-        if info.dit_denoiser:
-            used = [name for name, on in (("step caching", request.cache_interval > 1), ("token merging",
-                    request.token_merging_ratio > 0), ("ControlNet units", bool(request.controls)),
-                    ("IP-Adapter", bool(request.ip_adapter)), ("prompt-to-prompt", bool(request.p2p_source))) if on]
-            if used:
-                raise UnsupportedModel(f"{info.name} has a DiT denoiser: {', '.join(used)} need a UNet")
-        instruct = info.configs.get("unet", {}).get("in_channels") == 8
-        if request.instruction_edit and not instruct:
-            raise InvalidRequest(f"{info.name} is not an InstructPix2Pix model (its UNet takes no image channels)")
-        if instruct:
-            if not request.init_image:
-                raise InvalidRequest(f"{info.name} is an InstructPix2Pix model: it edits an image (--init-image)")
-            changes["instruction_edit"] = True
-        resolved = dataclasses.replace(request, **changes).with_seeds_resolved().validate()
-        if resolved.template is None and (request.styles or has_dynamic(resolved.prompt)):
-            resolved = self._expand_dynamic(resolved, request.prompt)
-        if resolved.controls:
-            resolved = dataclasses.replace(resolved, controls=self._resolve_units(resolved, info))
-        resolved = self._resolve_upscalers(resolved)
-        self.limits.check_texts(resolved.texts())  # styles and wildcards expanded
-        self.limits.check_generation(resolved.width, resolved.height, resolved.hires_scale, resolved.sd_upscale)
-        if self._policy is not None:
-            self._policy.check_texts(resolved.conditioning_texts())
-        if resolved.ip_adapter:
-            adapter = resolve_adapter(resolved.ip_adapter)
-            resolve_encoder(adapter, resolved.ip_image_encoder)
-            for index, path in enumerate(resolved.ip_images):
-                imgs.load_image(path, f"IP-Adapter image {index}")
-        for toward, away, _strength in resolved.directions:
-            if any(has_syntax(t) or "<lora:" in t for t in (toward, away)):
-                raise InvalidRequest("direction prompts are plain text (no AND, prompt editing or LoRA tags)")
-        if transformer and resolved.directions:
-            raise InvalidRequest("conditioning directions (and prompt travel) need a UNet model for now, "
-                                 f"not {family.name}")
-        if flow:
-            check_flow_request(family.name, resolved)
-        elif family.denoiser == "pipeline":
-            check_vq_request(family.name, resolved)
-        elif transformer:
-            check_dit_request(family.name, resolved)
-        elif resolved.cache_threshold > 0:
-            raise InvalidRequest("cache_threshold (adaptive first-block cache) is for transformer models (SD3, FLUX); "
-                                 "UNet models take cache_interval")
-        check_loras(resolved.loras)
-        return resolved
-
-    def _tag_lora(self, name: str) -> str:
-        """A `<lora:NAME:W>` tag's file: any path for the CLI; for a server only a name inside the models home, with
-        one answer whether a path is not allowed or not there."""
-        if self.paths:
-            return name
-        return str(home.find_named(name, "lora"))
-
-    def _sampling_defaults(self, request: GenerationRequest, info: ModelInfo,
-                           loras: list[tuple[str, float]]) -> tuple[str | None, dict]:
-        """The preset that fills the request's open sampling settings: the request's own, else the model's
-        `sfumato.json`, else the preset a LoRA was distilled for (LCM-LoRA, Lightning, Hyper-SD, TCD)."""
-        if request.preset:
-            return request.preset, preset_settings(request.preset)
-        folder = info.format == "diffusers"  # describe read a folder's sfumato.json (cached with the description)
-        declared = model_settings(Path(info.path), info.settings if folder else None)
-        if declared:
-            return declared.pop("preset", None), declared
-        for name, _weight in loras:
-            try:
-                path = home.resolve(name, "lora")
-            except SfumatoError:
-                continue  # check_loras reports it
-            found = lora_preset(path)
-            if found:
-                return found, preset_settings(found)
-        return None, {}
-
-    def _resolve_upscalers(self, request: GenerationRequest) -> GenerationRequest:
-        """Upscaler names as the registry spells them (so PNG metadata and replays agree); unknown ones fail now."""
-        changes = {}
-        if request.hires_upscaler.lower() in LATENT_UPSCALERS:
-            changes["hires_upscaler"] = request.hires_upscaler.lower()
-        elif request.hires_scale > 1 or request.hires_upscaler != "latent":
-            changes["hires_upscaler"] = upscalers.find(request.hires_upscaler).name
-        if request.init_upscaler:
-            changes["init_upscaler"] = upscalers.find(request.init_upscaler).name
-        if request.sd_upscale > 1:
-            changes["sd_upscale_upscaler"] = upscalers.find(request.sd_upscale_upscaler).name
-        return dataclasses.replace(request, **changes)
+        self.resolver.check_texts(request)  # before any parser reads them, before the model is looked up
+        return self.resolver.resolve(request, self.describe(request.model))
 
     def upscaler(self, name: str) -> upscalers.Upscaler:
         """A loaded upscaler, kept across requests (the three most recent), on the engine's device."""
         info = upscalers.find(name)
         device = str(self._loaded.device) if self._loaded is not None else (self.device or "cpu")
-        key = (info.name, device)
-        with self._upscaler_lock:
-            if key not in self._upscalers:
-                if len(self._upscalers) >= 3:
-                    self._upscalers.pop(next(iter(self._upscalers)))
-                self._upscalers[key] = upscalers.load(info, device)
-            return self._upscalers[key]
+        return self._upscalers.get((info.name, device), lambda: upscalers.load(info, device))
 
     def upscale(self, image, request: UpscaleRequest):
         """Upscale one PIL image (A1111 "Extras"); returns the new image. Loads no diffusion model."""
@@ -353,26 +221,6 @@ class Engine:
             structure = embedded_controlnet(self.describe(fields.get("model")).name) is not None
         return recipe_request(name, image, structure_model, structure, **fields)
 
-    def _resolve_units(self, request: GenerationRequest, info: ModelInfo) -> list[dict]:
-        """Normalised units; a unit without a model gets the control model shipped for the embedded base model."""
-        units = []
-        for index, unit in enumerate(parse_units(request.controls)):
-            image = imgs.load_image(unit.image, f"control unit {index} image")
-            if unit.processor_res is not None and not unit.pixel_perfect:  # a map of this size will be made
-                check_pixels(*preprocessors.short_side_size(image.size, unit.processor_res), self.limits.max_pixels,
-                             f"control unit {index}'s map")
-            if unit.model is None:
-                shipped = embedded_controlnet(info.name)
-                if shipped is None or unit.module not in SHIPPED_MODULES:
-                    raise InvalidRequest(f"control unit {index} ({unit.module}) needs a model: put ControlNets in "
-                                         f"{controlnet_dir()} and name one, or pass a path")
-                unit.model = shipped.name
-            resolve_control(unit.model)  # fail now, not after the first pass
-            if unit.effective_region_mask:
-                imgs.load_image(unit.effective_region_mask, f"control unit {index} effective region mask")
-            units.append(unit.to_dict())
-        return units
-
     def control_models(self, request: GenerationRequest) -> list[tuple[ControlUnit, ControlModel]]:
         """The request's units with their loaded models (kept loaded across requests, keyed by path)."""
         model = self._loaded
@@ -380,11 +228,8 @@ class Engine:
         for unit in parse_units(request.controls):
             path = resolve_control(unit.model)
             key = (str(path), str(model.device), str(model.dtype))
-            if key not in self._control_cache:
-                if len(self._control_cache) >= 4:
-                    self._control_cache.pop(next(iter(self._control_cache)))
-                self._control_cache[key] = load_control_model(path, model.device, model.dtype, unit.model)
-            pairs.append((unit, self._control_cache[key]))
+            pairs.append((unit, self._control_cache.get(key, lambda: load_control_model(path, model.device,
+                                                                                          model.dtype, unit.model))))
         return pairs
 
     def _ip_adapter_weights(self, adapter: Path, encoder: Path) -> IPAdapterWeights:
@@ -395,35 +240,6 @@ class Engine:
             self._ip_cache = None  # free the old encoder first
             self._ip_cache = (key, load_ip_adapter_weights(adapter, encoder, model.device, model.dtype))
         return self._ip_cache[1]
-
-    def _expand_dynamic(self, resolved: GenerationRequest, template: str) -> GenerationRequest:
-        """Keep the template; give each image its own resolved prompt (drawn with its seed, or all combinations)."""
-        changes: dict = {"template": template}
-        if has_dynamic(resolved.prompt):
-            count = resolved.batch_size * resolved.batch_count
-            prompts = image_prompts(resolved.prompt, [resolved.seed + k for k in range(count)], resolved.combinatorial)
-            if resolved.combinatorial:  # every combination once; a last partial batch repeats from the start
-                changes["batch_count"] = -(-len(prompts) // resolved.batch_size)
-                prompts = [prompts[k % len(prompts)] for k in range(changes["batch_count"] * resolved.batch_size)]
-            changes["image_prompts"] = prompts
-        return dataclasses.replace(resolved, **changes).validate()
-
-    def _size(self, request: GenerationRequest, info: ModelInfo, aspect: tuple[int, int] | None) -> tuple[int, int]:
-        if aspect is not None:
-            return size_for_aspect(aspect, info.native_size)
-        if request.init_image and (request.width is None or request.height is None or request.outpaint):
-            width, height = imgs.load_image(request.init_image, "init image").size
-            width += request.outpaint.get("left", 0) + request.outpaint.get("right", 0)
-            height += request.outpaint.get("up", 0) + request.outpaint.get("down", 0)
-            if not request.outpaint:
-                width, height = request.width or width, request.height or height
-            return max(8, width // 8 * 8), max(8, height // 8 * 8)
-        native = info.native_size
-        if info.family.name == "dit" and "transformer" in info.configs and "vae" in info.configs:
-            # a DiT makes one size: its latent size times the VAE's factor
-            native = info.configs["transformer"]["sample_size"] * 2 ** (
-                len(info.configs["vae"].get("block_out_channels", [0] * 4)) - 1)
-        return request.width or native, request.height or native
 
     def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
                  preview: PreviewCallback | None = None) -> GenerationResult:
@@ -481,17 +297,9 @@ class Engine:
             subseeds = [resolved.subseed + first + i for i in range(resolved.batch_size)]
             batch_request = dataclasses.replace(resolved, seed=seeds[0], subseed=subseeds[0], batch_count=1)
             prompts = resolved.image_prompts[first:first + resolved.batch_size] or [resolved.prompt] * len(seeds)
-            if model.info.family.prediction_type == "flow":
-                pictures = generate_flow_batch(model, batch_request, seeds, subseeds, tracker, prompts, self.upscaler,
-                                               controls.units if controls else None)
-            elif model.info.family.denoiser == "pipeline":
-                pictures = generate_vq_batch(model, batch_request, seeds, subseeds, tracker, prompts)
-            elif model.info.family.denoiser == "transformer":
-                pictures = generate_dit_batch(model, batch_request, seeds, subseeds, tracker, prompts)
-            else:
-                texts = BatchPrompts(prompts, [resolved.negative_prompt] * len(seeds), resolved.cfg_scale)
-                pictures = generate_batch(model, self._encoder, batch_request, seeds, subseeds, tracker, texts,
-                                          controls, self.upscaler)
+            job = BatchJob(model, self._encoder, batch_request, seeds, subseeds, tracker, prompts, controls,
+                           self.upscaler)
+            pictures = runner_for(model.info.family).generate(job)
             for i, picture in enumerate(pictures):
                 text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i])
                 results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
@@ -596,7 +404,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
              or request.ip_adapter is not None or request.p2p_source is not None or sampler_has_own_noise(request.sampler)
              or request.sd_upscale > 1
              or bool(request.image_prompts)
-             or request.model is None or describe(Path(request.model)).family.denoiser != "unet"
+             or request.model is None or not runner_for(describe(Path(request.model)).family).shares_batches
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))
     if alone:
         return ("alone", index)

@@ -11,7 +11,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# two pytest-xdist workers (the developer loop's `-n 2`) on 2 cores: one thread each, or their OpenMP teams collide
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 # Tiers (README "Tests"): the developer loop is `pytest -m "not slow and not ray and not postgres and not browser
 # and not fuzz"`; CI runs everything. Markers come from the fixtures a test uses where they tell (below), else from

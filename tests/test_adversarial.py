@@ -96,6 +96,7 @@ def _seconds(parse, text: str) -> float:
     return best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parser", list(PARSERS))
 def test_every_text_parser_is_linear_on_adversarial_inputs(parser):
     parse = PARSERS[parser]
@@ -257,7 +258,7 @@ def test_pixel_budget_generation_hires_sd_upscale_and_control_maps(sd1, tmp_path
     Image.new("RGB", (16, 1024), "white").save(tall)
     unit = {"module": "canny", "image": str(tall), "processor_res": 1448, "model": None}
     with pytest.raises(InvalidRequest, match="1448x92672 is more than the limit of 4096 pixels"):
-        small._resolve_units(GenerationRequest("a", controls=[unit]), small.describe())
+        small.resolver._resolve_units(GenerationRequest("a", controls=[unit]), small.describe())
     start = time.perf_counter()
     with pytest.raises(InvalidRequest, match="1448x92672"):
         preprocessors.run("canny", Image.open(tall), 1448, max_pixels=2048 * 2048)
@@ -297,6 +298,7 @@ def test_pixel_budget_video_frames(tmp_path):
         read_frames(garbage, 10)
 
 
+@pytest.mark.slow
 def test_a_bomb_to_sfumato_upscale_is_one_line(tmp_path):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(20000, 20000))
@@ -488,6 +490,7 @@ def _memory(pid: int) -> dict[str, int]:
     return fields
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_a_300_mb_body_is_refused_before_it_is_read(keyed):
     port, pid = keyed

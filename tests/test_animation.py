@@ -242,6 +242,7 @@ def _motion(engine, adapter, sampler="DDIM", frames=6, **extra):
                             **extra).validate(), base
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["DDIM", "Euler a"])
 def test_animatediff_matches_diffusers_pipeline(engine_sd1, motion_files, sampler):
     import torch
@@ -310,6 +311,7 @@ def test_cli_animatediff_writes_a_clip(sd1, motion_files, tmp_path):
 
 @pytest.mark.skipif(__import__("sfumato.models.embedded", fromlist=["x"]).embedded_model() is None,
                     reason="the embedded model is not in this checkout")
+@pytest.mark.slow
 def test_interpolation_between_two_images_reconstructs_the_ends(tmp_path):
     from sfumato.engine import Engine
     from sfumato.evaluation.metrics import psnr
@@ -327,6 +329,7 @@ def test_interpolation_between_two_images_reconstructs_the_ends(tmp_path):
     assert "Interpolation: 0.5" in result.frames[1].infotext
 
 
+@pytest.mark.slow
 def test_animatediff_on_sdxl_shares_the_added_conditioning(sdxl, tmp_path):
     import torch
     from diffusers import AnimateDiffSDXLPipeline, MotionAdapter
@@ -362,6 +365,7 @@ def test_animatediff_on_sdxl_shares_the_added_conditioning(sdxl, tmp_path):
                                                 frames=2, formats=[]).validate(), base)
 
 
+@pytest.mark.slow
 def test_animatediff_prompt_travel_inside_one_clip(engine_sd1, motion_files):
     from sfumato.animation.animatediff import motion_latents
 

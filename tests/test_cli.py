@@ -126,6 +126,7 @@ class _no_exit:
         return False
 
 
+@pytest.mark.slow
 def test_console_script_exit_code(tmp_path):
     """The installed entry point maps errors to exit 2 with no traceback."""
     done = subprocess.run([sys.executable, "-m", "sfumato.cli", "generate", "x", "--model", str(tmp_path / "none")],

@@ -99,6 +99,7 @@ def _diffusers_latents(pipe_class, base, nets, image, **kw):
                 generator=[torch.Generator().manual_seed(1234)], output_type="latent", **kw).images
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_controlnet_parity_with_diffusers(family, request, control_image, monkeypatch):
     """Same tiny model and ControlNet, weight and guidance window as diffusers' ControlNet pipeline -> same latents."""
@@ -287,6 +288,7 @@ def test_single_file_round_trip(sd1, sdxl, sd1_controlnet, sdxl_controlnet, cont
     assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_original_layout_without_metadata_uses_the_family_skeleton(tmp_path):
     """An A1111 file carries no config: its cross-attention width picks SD1's skeleton."""
     from diffusers import ControlNetModel
@@ -496,6 +498,7 @@ def test_prompt_to_prompt_keeps_the_layout(engine_sd1, monkeypatch):
     assert not any(type(p).__name__ == "EditingProcessor" for p in engine_sd1._loaded.pipe.unet.attn_processors.values())
 
 
+@pytest.mark.slow
 def test_controlnet_union_parity_with_diffusers(sdxl, control_image, tmp_path, monkeypatch):
     """A ControlNet-Union (ProMax layout) model: the unit's preprocessor picks the control type."""
     from diffusers import ControlNetUnionModel, StableDiffusionXLControlNetUnionPipeline, UNet2DConditionModel

@@ -72,6 +72,7 @@ def test_inception_score_bounds():
     assert metrics.inception_score(confident, splits=1)[0] == pytest.approx(10.0, rel=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["astronaut", "camera", "coffee"])
 def test_psnr_ssim_match_scikit_image(name):
     from skimage import data
@@ -177,6 +178,7 @@ def _folder(path, colors, size=32):
     return path
 
 
+@pytest.mark.slow
 def test_eval_cli_fid_kid_psnr_and_errors(tmp_path, capsys):
     rng = np.random.default_rng(3)
     real = _folder(tmp_path / "real", [tuple(int(v) for v in rng.integers(0, 255, 3)) for _ in range(6)])
@@ -204,6 +206,7 @@ def test_eval_cli_fid_kid_psnr_and_errors(tmp_path, capsys):
     assert "| fid |" in report and "| kid |" in report
 
 
+@pytest.mark.slow
 def test_eval_steps_and_report_on_a_tiny_model(tmp_path, sd1, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("red apple\n# a comment\ncat face\n")
@@ -235,6 +238,7 @@ def test_choose_default_prefers_the_cheapest_good_setting():
     assert choose_default(rows_fid, "fid")["steps"] == 30
 
 
+@pytest.mark.slow
 def test_grid_cli_lays_out_labelled_cells(tmp_path, sd1, capsys):
     out = tmp_path / "grid.png"
     assert main(["grid", "red apple", "--model", str(sd1), "--x", "sampler=Euler a,DDIM", "--y", "steps=1,2,3",

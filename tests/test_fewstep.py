@@ -86,6 +86,7 @@ def test_tcd_parity_with_diffusers_and_gamma(sd1, monkeypatch):
     assert (other - ours).abs().max().item() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler,steps", [("Euler a", 1), ("Euler", 4)], ids=["turbo", "lightning"])
 def test_trailing_spacing_parity_sdxl(sdxl, sampler, steps, monkeypatch):
     """SDXL-Turbo (1 step, Euler a) and SDXL-Lightning (Euler) settings: trailing timesteps and no CFG."""

@@ -82,6 +82,7 @@ def test_only_the_owner_completes_and_anyone_cancels(make_store):
     assert not a.complete(other.id, {"images": []}) and a.get(other.id).status == "cancelled"
 
 
+@pytest.mark.slow
 def test_a_dead_owners_job_is_claimed_again_and_completes_once(make_store):
     dead, alive = make_store(lease_s=1.0), make_store(lease_s=1.0)
     job = dead.add({"prompt": "x"})

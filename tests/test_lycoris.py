@@ -121,6 +121,7 @@ def _pixels(engine: Engine, prompt="a red apple", loras=()) -> np.ndarray:
     return np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,weight", [("loha", 1.0), ("lokr", 0.7), ("full", 0.5)])
 def test_lycoris_files_apply_with_the_reference_math(kind, weight, sd1, tmp_path):
     from sfumato.models.lycoris import is_lycoris, network_type
@@ -137,6 +138,7 @@ def test_lycoris_files_apply_with_the_reference_math(kind, weight, sd1, tmp_path
     assert np.array_equal(_pixels(engine), base)  # taken off: the original weights, bit for bit
 
 
+@pytest.mark.slow
 def test_prompt_syntax_weights_and_plain_loras_together(sd1, tmp_path):
     from test_model_tools import _random_lora
 
@@ -191,6 +193,7 @@ def test_dora_magnitude_replaces_the_column_norms():
     torch.testing.assert_close(merged.norm(dim=1), rows)
 
 
+@pytest.mark.slow
 def test_baked_lycoris_and_the_listing_by_type(sd1, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient

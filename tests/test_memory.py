@@ -56,6 +56,7 @@ def test_8bit_weights_halve_float16_memory(sd1, kind, max_error):
     assert layer.weight.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 @needs_embedded
 def test_int8_on_the_embedded_model_keeps_the_image():
     plain = Engine().generate(GenerationRequest("a red apple", seed=3)).images[0].image
@@ -106,6 +107,7 @@ def test_slicing_and_offload_hooks_keep_the_image(sd1):
     assert np.abs(pixels(image) - reference).max() <= 1
 
 
+@pytest.mark.slow
 def test_sequential_offload_hooks_keep_every_task(sd1, tmp_path):
     """The hooks `enable_sequential_cpu_offload` installs (accelerate's `cpu_offload` on every component; diffusers
     itself refuses a CPU device), here with the CPU as execution device: weights wait on the meta device and come in

@@ -47,6 +47,7 @@ def _pixels(result) -> np.ndarray:
     return np.asarray(result.images[0].image, dtype=np.int16)
 
 
+@pytest.mark.slow
 def test_vae_override_equals_a_model_with_that_vae_in_every_format(other_vae, sd1):
     request = GenerationRequest("a red apple", seed=5, steps=4, width=64, height=64)
     engine = Engine(sd1)
@@ -282,6 +283,7 @@ def _image(model, loras=(), vae=None) -> np.ndarray:
     return np.asarray(Engine(model).generate(request).images[0].image, dtype=np.int16)
 
 
+@pytest.mark.slow
 def test_bake_equals_generating_with_the_lora(three, tmp_path):
     from sfumato.models.lora_tools import bake_loras
 

@@ -19,6 +19,7 @@ from sfumato.requests import GenerationRequest
 REQUEST = dict(prompt="a red apple", seed=7, steps=3, width=32, height=32, sampler="Euler")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,prediction", [("sd1", "epsilon"), ("sd2", "v_prediction"), ("sdxl", "epsilon")])
 def test_single_file_round_trip_is_lossless(family, prediction, request, tmp_path):
     folder = request.getfixturevalue(family)

@@ -41,6 +41,7 @@ def run(tmp_path_factory):
     return root / "run", record, lines
 
 
+@pytest.mark.slow
 def test_training_crops_scores_stages_and_merges_the_best(run):
     from sfumato.models.lora_tools import read_lora
 

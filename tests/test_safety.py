@@ -101,6 +101,7 @@ def test_blur_is_strong_but_never_black():
     assert np.abs(np.asarray(blurred, dtype=float) - np.asarray(photo, dtype=float)).mean() > 20
 
 
+@pytest.mark.slow
 def test_engine_blur_and_block_paths(sd1):
     from sfumato.engine import Engine
 

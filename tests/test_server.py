@@ -191,6 +191,7 @@ def test_batching_gives_the_same_pixels_as_running_alone(tmp_path, sd1):
             assert np.abs(served - np.asarray(alone, dtype=int)).max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wait_ms, expected", [(800, [2, 2]), (0, [1, 1])])
 def test_a_batch_that_is_not_full_waits_for_late_jobs(tmp_path, sd1, wait_ms, expected):
     with TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=4, batch_wait_ms=wait_ms)), base_url=LOCAL) as client:
@@ -215,6 +216,7 @@ def test_store_tells_listeners_once_when_a_job_finishes(tmp_path):
     assert heard == [done, failed, cancelled]
 
 
+@pytest.mark.slow
 def test_cancel_queued_and_running_jobs(tmp_path, sd1):
     client = TestClient(create_app(_settings(tmp_path, sd1, max_batch_size=1)), base_url=LOCAL)
     slow = client.post("/api/v1/jobs", json={"prompt": "slow", "width": 128, "height": 128, "steps": 150}).json()["id"]

@@ -53,6 +53,7 @@ def test_prompt_travel_job_gives_frames_videos_and_metrics(client, tmp_path):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(plain))), np.asarray(Image.open(io.BytesIO(last))))
 
 
+@pytest.mark.slow
 def test_video_to_video_job_takes_a_base64_video(client, tmp_path):
     write_video([Image.new("RGB", (64, 64), (12 * k, 80, 90)) for k in range(18)], tmp_path / "in.gif", fps=4)
     data = base64.b64encode((tmp_path / "in.gif").read_bytes()).decode()

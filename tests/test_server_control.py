@@ -118,6 +118,7 @@ def test_a1111_alwayson_controlnet_unit(client):
     assert client.post("/sdapi/v1/txt2img", json=bad).status_code == 404
 
 
+@pytest.mark.slow
 def test_webuiapi_client_draws_an_emoji_that_follows_an_outline(tmp_path):
     """The real A1111 client, a live server on the embedded model, a hand-drawn circle and no model named: the
     shipped sfumato-emoji-canny is used and the image follows the circle better than without it."""

@@ -34,6 +34,7 @@ def test_sqlite_full_and_io_errors_become_our_errors():
             raise sqlite3.OperationalError("disk I/O error")
 
 
+@pytest.mark.slow
 def test_a_start_recorded_despite_a_store_error_runs_again(tmp_path, sd1, monkeypatch):
     """The soak's disk-full finding: the store wrote `running`, then raised; the job must not stay running."""
     app = _app(tmp_path, sd1)
@@ -99,6 +100,7 @@ def test_api_key_is_never_in_reprs_or_logs(tmp_path, sd1, caplog):
     assert "s3cret-key" not in caplog.text
 
 
+@pytest.mark.slow
 def test_the_server_benchmark_reports_no_ratio_when_requests_fail(tmp_path):
     """Issue 15: `server_load.py` once printed "3.02x (target >= 3x)" over failed requests. Here every request
     is refused (the server requires an API key the benchmark's clients do not send): non-zero exit, no ratio."""

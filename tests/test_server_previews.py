@@ -19,6 +19,7 @@ LOCAL = "http://127.0.0.1:7860"
 JOB = {"prompt": "a cat", "width": 64, "height": 64, "steps": 12, "seed": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cheap", "full", "off"])
 def test_previews_only_while_a_client_watches(tmp_path, sd1, monkeypatch, mode):
     app = create_app(ServerSettings(model=str(sd1), data_dir=tmp_path / "server", safety="off", preview=mode))

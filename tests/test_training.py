@@ -141,6 +141,7 @@ def _quiet(_):
     return None
 
 
+@pytest.mark.slow
 def test_full_finetune_loss_goes_down_and_loads_in_diffusers(tiny_ldm, squares, tmp_path):
     from diffusers import DiffusionPipeline
 
@@ -168,6 +169,7 @@ def test_cache_is_reused_without_a_second_vae_pass(tiny_ldm, squares, tmp_path):
     assert first.cache.folders == second.cache.folders
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_loss_trajectory(tiny_ldm, squares, tmp_path):
     from sfumato.training.trainer import train
 
@@ -202,6 +204,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-0000004", "step-0000005"]
 
 
+@pytest.mark.slow
 def test_scratch_training_writes_a_model_sfumato_generates_with(tiny_ldm, squares, tmp_path):
     from sfumato.engine import Engine
     from sfumato.models.tiny import tiny_bert
@@ -309,6 +312,7 @@ def _engine_image(model: Path, prompt: str = "red square", **kw) -> np.ndarray:
     return np.asarray(Engine(model).generate(request).images[0].image, dtype=np.float32)
 
 
+@pytest.mark.slow
 def test_lora_loads_in_diffusers_and_in_sfumato_in_both_formats(sd1, squares, tmp_path, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
@@ -327,6 +331,7 @@ def test_lora_loads_in_diffusers_and_in_sfumato_in_both_formats(sd1, squares, tm
     np.testing.assert_allclose(with_kohya, with_lora, atol=2)
 
 
+@pytest.mark.slow
 def test_oft_adapter_changes_generation(sd1, squares, tmp_path):
     from sfumato.training.trainer import train
 
@@ -337,6 +342,7 @@ def test_oft_adapter_changes_generation(sd1, squares, tmp_path):
     np.testing.assert_array_equal(_engine_image(sd1), base)  # adapter off again when not requested
 
 
+@pytest.mark.slow
 def test_textual_inversion_embedding_loads_and_changes_generation(sd1, squares, tmp_path, monkeypatch):
     import shutil
 
@@ -471,6 +477,7 @@ def test_train_vae_from_the_cli_and_resume(squares, tmp_path, capsys):
     assert (tmp_path / "run" / "reconstructions.png").exists() and (tmp_path / "run" / "loss.png").exists()
 
 
+@pytest.mark.slow
 def test_controlnet_training_only_trains_the_controlnet_and_its_output_controls(tiny_ldm, squares, tmp_path):
     """`train controlnet`: the UNet stays frozen, the zero convolutions leave zero, the folder loads as a control
     model; the warped-image variant (stage 2 of the emoji ControlNet) starts from a given ControlNet."""
@@ -504,6 +511,7 @@ def test_controlnet_training_only_trains_the_controlnet_and_its_output_controls(
         net.config.conditioning_embedding_out_channels
 
 
+@pytest.mark.slow
 def test_vqgan_trains_with_a_codebook_discriminator_and_dead_code_restarts(squares, tmp_path, capsys):
     """A tiny `sfumato train vqgan` run: the reconstruction loss falls, several codes are used, dead codes are
     restarted, the discriminator joins after --disc-start, and the output is a diffusers VQModel."""

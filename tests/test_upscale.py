@@ -97,6 +97,7 @@ def test_tile_starts_cover_with_overlap():
     assert tile_starts(40, 40, 8) == [0]
 
 
+@pytest.mark.slow
 def test_tiled_equals_untiled_on_a_smooth_image():
     image = to_tensor(smooth(96, 72))
     compact = load(find("R-ESRGAN AnimeVideo"))
@@ -293,6 +294,7 @@ def test_recipes_colorize_restore_style(tmp_path):
     assert 'ControlNet 0: "Module: canny, Model: sfumato-emoji-canny, Weight: 0.8' in styled.infotext
 
 
+@pytest.mark.slow
 @needs_embedded
 def test_cli_upscale_recipes_and_sd_upscale_replay(tmp_path, capsys):
     drawing(24, 16).save(tmp_path / "in.png")

@@ -10,6 +10,7 @@ from typing import Any
 
 from safetensors import safe_open
 
+from sfumato.caching import Recent
 from sfumato.errors import ModelNotFound, UnsupportedModel
 from sfumato.models.families import FAMILIES
 from sfumato.models.home import PICKLE_SUFFIXES
@@ -30,17 +31,15 @@ def describe(path: Path) -> ModelInfo:
     if not path.exists():
         raise ModelNotFound(f"model {path} does not exist")
     signature = _signature(path)
-    cached = _DESCRIBED.get(path)
+    cached = _DESCRIBED.peek(path)
     if cached is not None and cached[0] == signature:
         return cached[1]
     info = _describe(path)
-    if len(_DESCRIBED) >= 64:
-        _DESCRIBED.clear()
-    _DESCRIBED[path] = (signature, info)
+    _DESCRIBED.put(path, (signature, info))
     return info
 
 
-_DESCRIBED: dict[Path, tuple[tuple, ModelInfo]] = {}
+_DESCRIBED: Recent[tuple[tuple, ModelInfo]] = Recent(64)
 _FOLDER_FILES = ("model_index.json", SETTINGS_FILE) + tuple(
     f"{component}/{name}" for component in ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler", "transformer")
     for name in ("config.json", "scheduler_config.json"))
