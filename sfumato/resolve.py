@@ -111,7 +111,7 @@ class Resolver:
             adapter = resolve_adapter(resolved.ip_adapter)
             resolve_encoder(adapter, resolved.ip_image_encoder)
             for index, path in enumerate(resolved.ip_images):
-                imgs.load_image(path, f"IP-Adapter image {index}")
+                imgs.image_size(path, f"IP-Adapter image {index}")
         for toward, away, _strength in resolved.directions:
             if any(has_syntax(t) or "<lora:" in t for t in (toward, away)):
                 raise InvalidRequest("direction prompts are plain text (no AND, prompt editing or LoRA tags)")
@@ -166,9 +166,9 @@ class Resolver:
         """Normalised units; a unit without a model gets the control model shipped for the embedded base model."""
         units = []
         for index, unit in enumerate(parse_units(request.controls)):
-            image = imgs.load_image(unit.image, f"control unit {index} image")
+            size = imgs.image_size(unit.image, f"control unit {index} image")
             if unit.processor_res is not None and not unit.pixel_perfect:  # a map of this size will be made
-                check_pixels(*preprocessors.short_side_size(image.size, unit.processor_res), self.limits.max_pixels,
+                check_pixels(*preprocessors.short_side_size(size, unit.processor_res), self.limits.max_pixels,
                              f"control unit {index}'s map")
             if unit.model is None:
                 shipped = embedded_controlnet(info.name)
@@ -178,7 +178,7 @@ class Resolver:
                 unit.model = shipped.name
             resolve_control(unit.model)  # fail now, not after the first pass
             if unit.effective_region_mask:
-                imgs.load_image(unit.effective_region_mask, f"control unit {index} effective region mask")
+                imgs.image_size(unit.effective_region_mask, f"control unit {index} effective region mask")
             units.append(unit.to_dict())
         return units
 
@@ -198,7 +198,7 @@ class Resolver:
         if aspect is not None:
             return size_for_aspect(aspect, info.native_size)
         if request.init_image and (request.width is None or request.height is None or request.outpaint):
-            width, height = imgs.load_image(request.init_image, "init image").size
+            width, height = imgs.image_size(request.init_image, "init image")
             width += request.outpaint.get("left", 0) + request.outpaint.get("right", 0)
             height += request.outpaint.get("up", 0) + request.outpaint.get("down", 0)
             if not request.outpaint:

@@ -177,3 +177,24 @@ def postgres_server():
     admin.close()
     subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, **run_as)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def spawn():
+    """`subprocess.Popen` for tests: the child gets default SIGINT handling even when the suite runs with SIGINT
+    ignored (`nohup ... &`), and every child still running at teardown is killed, whether the test passed or not."""
+    import signal
+    import subprocess
+
+    children: list[subprocess.Popen] = []
+
+    def start(*args, **kwargs) -> subprocess.Popen:
+        child = subprocess.Popen(*args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)

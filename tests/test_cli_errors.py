@@ -298,13 +298,13 @@ def test_text_encoder_smaller_than_its_tokenizer_is_refused(tmp_path, sd1):
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_generation_exits_130_with_no_partial_output(tmp_path, sd1):
+def test_ctrl_c_mid_generation_exits_130_with_no_partial_output(tmp_path, sd1, spawn):
     """SIGINT during a long generation: one line, exit 130, no file left in the output folder."""
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "sfumato.cli", "generate", "a cat", "--model", str(sd1),
-                                "--steps", "150", "-W", "256", "-H", "256", "--batch-count", "20", "-o", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = spawn([sys.executable, "-m", "sfumato.cli", "generate", "a cat", "--model", str(sd1), "--steps", "150",
+                     "-W", "256", "-H", "256", "--batch-count", "20", "-o", str(out)],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not out.exists():  # the output folder is checked (created) before the work
         time.sleep(0.2)

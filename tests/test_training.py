@@ -393,7 +393,7 @@ def test_two_process_run_with_accelerate_launch(tiny_ldm, squares, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_machine_recipe_with_accelerate_launch(tiny_ldm, squares, tmp_path):
+def test_two_machine_recipe_with_accelerate_launch(tiny_ldm, squares, tmp_path, spawn):
     """The multi-node recipe of the README: one `accelerate launch` per machine (--num_machines 2, --machine_rank,
     the main machine's address and port), here two "machines" on loopback, each with its own cache folder."""
     import socket
@@ -412,7 +412,7 @@ def test_two_machine_recipe_with_accelerate_launch(tiny_ldm, squares, tmp_path):
                    "-m", "sfumato.cli", "train", "full", "--model", str(tiny_ldm), "--data", str(squares), "--output",
                    str(out), "--steps", "3", "--batch-size", "2", "--resolution", "32", "--cache-dir",
                    str(tmp_path / f"cache-{rank}")]
-        launches.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        launches.append(spawn(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [launch.communicate(timeout=600) for launch in launches]
     assert [launch.returncode for launch in launches] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     report = json.loads(outputs[0][0][outputs[0][0].index("{"):])  # the main machine reports

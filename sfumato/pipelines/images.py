@@ -33,6 +33,25 @@ def load_image(source: str | Image.Image, what: str = "image", max_pixels: int =
         raise InvalidRequest(f"{what} {source} is not a readable image ({exc})") from None
 
 
+def image_size(source: str, what: str = "image", max_pixels: int = LOCAL.max_upload_pixels) -> tuple[int, int]:
+    """An image file's size from its header, checked like `load_image` but not decoded (resolving a request only
+    needs sizes; the pixels are decoded once, when the image is used)."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ModelNotFound(f"{what} {source} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                check_pixels(*image.size, max_pixels, what, OverBudget)
+                return image.size
+    except Image.DecompressionBombError:
+        raise OverBudget(f"{what} {source} has more pixels than the decoder allows (a decompression bomb?); at "
+                         f"most {max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidRequest(f"{what} {source} is not a readable image ({exc})") from None
+
+
 def fit(image: Image.Image, width: int, height: int, mode: str = "RGB") -> Image.Image:
     """A1111's "just resize": scale to exactly width x height."""
     image = image.convert(mode)

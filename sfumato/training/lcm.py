@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sfumato.training.config import TrainConfig
+from sfumato.training.setup import Method
 
 HUBER_C = 0.001
 SIGMA_DATA, TIMESTEP_SCALING = 0.5, 10.0  # as diffusers' LCMScheduler, so training and sampling agree
@@ -121,8 +122,29 @@ class Distiller:
         return (torch.sqrt((student.float() - target.float()) ** 2 + HUBER_C**2) - HUBER_C).mean()
 
 
+class LatentConsistency(Method):
+    """The distiller's consistency loss instead of noise prediction, its target network updated after each step,
+    validation with the LCM sampler; saved as an LCM-LoRA (tagged) or a full model declaring the `lcm` preset."""
+
+    validation_preset = "lcm"
+
+    def __init__(self, distiller: Distiller, lora: bool, settings: dict):
+        self.distiller, self.lora, self.settings = distiller, lora, settings
+        self.loss = distiller.loss
+
+    def after_step(self, setup) -> None:
+        self.distiller.update_target()
+
+    def save(self, setup, config: TrainConfig, run_dir: Path) -> Path:
+        from sfumato.models.folder import save_model_folder
+        from sfumato.training.setup import save_lora
+
+        if self.lora:
+            return _mark_lora(save_lora(setup, run_dir))
+        return save_model_folder(setup.pipe, run_dir / "model", self.settings)
+
+
 def build_lcm(config: TrainConfig, device: torch.device, say: Callable[[str], None]):
-    from sfumato.models.folder import save_model_folder
     from sfumato.training.setup import add_lora, load_base, unet_setup
 
     _, loaded = load_base(config, device)
@@ -131,17 +153,8 @@ def build_lcm(config: TrainConfig, device: torch.device, say: Callable[[str], No
     if lora:
         setup.extra["rank"] = config.rank
         add_lora(setup, config)
-    distiller = Distiller(setup, config, lora)
-    setup.loss_fn = distiller.loss
-    setup._after_step = distiller.update_target
-    setup.validation_preset = "lcm"
-    if lora:
-        from sfumato.training.setup import save_lora
-
-        setup._save = lambda cfg, run: _mark_lora(save_lora(setup, run))
-    else:
-        settings = {**(setup.info.settings or {}), "preset": "lcm"}
-        setup._save = lambda cfg, run: save_model_folder(setup.pipe, run / "model", settings)
+    setup.method = LatentConsistency(Distiller(setup, config, lora), lora,
+                                     {**(setup.info.settings or {}), "preset": "lcm"})
     trainable = sum(p.numel() for p in setup.trainable.values())
     say(f"latent consistency distillation ({config.lcm_form}): teacher CFG {config.lcm_guidance:g}, "
         f"{config.lcm_ddim_steps}-step DDIM solver, {trainable / 1e6:.3f}M trainable parameters")

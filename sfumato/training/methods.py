@@ -27,7 +27,7 @@ from sfumato.training.config import TrainConfig
 from sfumato.training.data import Dataset, Example, scan_folder
 from sfumato.models.folder import save_model_folder
 from sfumato.models.loader import MINILM
-from sfumato.training.setup import (ATTENTION_TARGETS, TrainSetup, add_lora, load_base,
+from sfumato.training.setup import (ATTENTION_TARGETS, Lora, Method, TrainSetup, add_lora, load_base, save_lora,
                                     unet_setup)
 
 ADAPTER_METADATA_KEY = "sfumato.adapter"
@@ -74,8 +74,8 @@ def build_scratch(config: TrainConfig, device: torch.device, say: Callable[[str]
     info = describe(folder)
     vae.requires_grad_(False)
     parts["text_encoder"].requires_grad_(False)
-    setup = TrainSetup(pipe, info, device, unet, dict(unet.named_parameters()), chunk_length=config.text_chunk_length)
-    setup._save = lambda cfg, run: save_model_folder(pipe, run / "model", json.loads((folder / "sfumato.json").read_text()))
+    setup = TrainSetup(pipe, info, device, unet, dict(unet.named_parameters()), chunk_length=config.text_chunk_length,
+                       method=Scratch(folder))
     say(f"scratch {'DiT' if config.arch == 'dit' else 'UNet'}: {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M "
         f"parameters; text encoder "
         f"{type(parts['text_encoder']).__name__} ({hidden}-d), VAE latent x{setup.vae_scale}")
@@ -92,6 +92,7 @@ def build_lora(config: TrainConfig, device: torch.device, say: Callable[[str], N
     setup = unet_setup(config, device, loaded)
     setup.extra["rank"] = config.rank
     add_lora(setup, config)
+    setup.method = Lora()
     say(f"LoRA rank {config.rank}: {sum(p.numel() for p in setup.trainable.values()) / 1e6:.3f}M trainable parameters")
     return setup
 
@@ -106,7 +107,7 @@ def build_oft(config: TrainConfig, device: torch.device, say: Callable[[str], No
     oft = OFTConfig(r=0, oft_block_size=config.rank, target_modules=ATTENTION_TARGETS)
     unet.add_adapter(oft)
     setup.trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
-    setup._save = lambda cfg, run: save_adapter(unet, oft, run / "oft.safetensors", "oft")
+    setup.method = Oft(oft)
     say(f"OFT block size {config.rank}: {sum(p.numel() for p in setup.trainable.values()) / 1e6:.3f}M trainable parameters")
     return setup
 
@@ -130,16 +131,7 @@ def build_dreambooth(config: TrainConfig, device: torch.device, say: Callable[[s
     generate_class_images(engine, config, class_dir, say)
     if config.use_lora:
         add_lora(setup, config)
-
-    def dataset(cfg: TrainConfig, say_: Callable[[str], None]) -> tuple[Dataset, list[float]]:
-        instance = scan_folder(Path(cfg.data))
-        classes = scan_folder(class_dir)
-        examples = [Example(e.path, (cfg.instance_prompt,), e.width, e.height) for e in instance.examples]
-        examples += [Example(e.path, (cfg.class_prompt,), e.width, e.height) for e in classes.examples]
-        weights = [1.0] * len(instance.examples) + [cfg.prior_loss_weight] * len(classes.examples)
-        return Dataset(instance.root, examples, instance.skipped + classes.skipped), weights
-
-    setup._dataset = dataset
+    setup.method = DreamBooth(class_dir, lora=config.use_lora)
     return setup
 
 
@@ -186,37 +178,15 @@ def build_textual_inversion(config: TrainConfig, device: torch.device, say: Call
     setup = TrainSetup(pipe, loaded.info, device, encoder, {"token_embedding": embeddings}, live_text=True,
                        chunk_length=int(loaded.info.settings.get("text_chunk_length", 75)))
 
-    def restore_rows() -> None:
-        with torch.no_grad():
-            embeddings[keep] = original[keep]
-
-    phrase = " ".join(tokens)
-
-    def dataset(cfg: TrainConfig, say_: Callable[[str], None]) -> tuple[Dataset, list[float]]:
-        data = scan_folder(Path(cfg.data))
-        examples = []
-        for e in data.examples:
-            caps = tuple(c.replace(cfg.token, phrase) if cfg.token in c else
-                         (f"a photo of {phrase}, {c}" if c else f"a photo of {phrase}") for c in e.captions)
-            examples.append(Example(e.path, caps, e.width, e.height))
-        return Dataset(data.root, examples, data.skipped), [1.0] * len(examples)
-
-    def save(cfg: TrainConfig, run: Path) -> Path:
-        path = run / f"{cfg.token}.safetensors"
-        save_file({"emb_params": embeddings[new_ids].detach().cpu().contiguous()}, str(path))
-        return path
-
-    setup._after_step, setup._dataset, setup._save = restore_rows, dataset, save
+    setup.method = TextualInversion(embeddings, keep, original, new_ids, " ".join(tokens))
     return setup
 
 
 def build_controlnet(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:
     from diffusers import ControlNetModel
 
-    from PIL import Image
 
     from sfumato.control import preprocessors
-    from sfumato.training.data import load_pixels
 
     preprocessor = preprocessors.get(config.preprocessor)
     _, loaded = load_base(config, device)
@@ -234,30 +204,8 @@ def build_controlnet(config: TrainConfig, device: torch.device, say: Callable[[s
     controlnet.requires_grad_(True)
     chunk = int(loaded.info.settings.get("text_chunk_length", 75))
     setup = TrainSetup(pipe, loaded.info, device, controlnet, dict(controlnet.named_parameters()), chunk_length=chunk)
-    cache: dict[tuple[int, bool], torch.Tensor] = {}
-
-    def control_maps(features, indices: list[int], flips: list[bool]) -> torch.Tensor:
-        """The preprocessor's map of each image at its training size, in [0, 1] (computed once, kept in memory)."""
-        for key in zip(indices, flips):
-            if key not in cache:
-                example = features.dataset.examples[key[0]]
-                pixels = load_pixels(example.path, *features.plan.sizes[key[0]], key[1])
-                array = ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
-                mapped = preprocessors.run(preprocessor.name, Image.fromarray(array), None, config.threshold_a,
-                                           config.threshold_b)
-                cache[key] = torch.from_numpy(np.array(mapped)).permute(2, 0, 1).contiguous()
-        return torch.stack([cache[key] for key in zip(indices, flips)]).float().div(255).to(device)
-
-    def save(cfg: TrainConfig, run: Path) -> Path:
-        out = run / "controlnet"
-        controlnet.save_pretrained(str(out), safe_serialization=True)
-        (out / "sfumato.json").write_text(json.dumps({"preprocessor": preprocessor.name, "base": loaded.info.name,
-                                                      "family": loaded.info.family.name}, indent=2))
-        return out
-
-    setup.control_maps, setup._save = control_maps, save
-    if config.control_augment > 0:
-        setup.control_batch = _augmented_batches(config, setup, preprocessor.name)
+    augmented = _augmented_batches(config, setup, preprocessor.name) if config.control_augment > 0 else None
+    setup.method = ControlNet(controlnet, preprocessor.name, config, device, loaded.info, augmented)
     say(f"ControlNet ({preprocessor.name} maps): {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f}M "
         f"trainable parameters, conditioning embedding {channels}")
     return setup
@@ -313,6 +261,112 @@ def _scaled(image, scale: float):
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     canvas.paste(small, ((width - small.width) // 2, (height - small.height) // 2))
     return canvas
+
+
+# ------------------------------------------------------------------ what each method adds to the loop
+
+
+class Scratch(Method):
+    """A new model: saved as a folder with the settings written when it was built (text encoder reference...)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def save(self, setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+        return save_model_folder(setup.pipe, run_dir / "model", json.loads((self.folder / "sfumato.json").read_text()))
+
+
+class Oft(Method):
+    """peft orthogonal fine-tuning of the UNet attention: one adapter file with its peft config."""
+
+    def __init__(self, peft_config):
+        self.peft_config = peft_config
+
+    def save(self, setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+        return save_adapter(setup.pipe.unet, self.peft_config, run_dir / "oft.safetensors", "oft")
+
+
+class DreamBooth(Method):
+    """Instance images under the instance prompt plus class images under the class prompt (prior preservation,
+    weighted by `prior_loss_weight`); a full fine-tune or a LoRA."""
+
+    def __init__(self, class_dir: Path, lora: bool):
+        self.class_dir, self.lora = class_dir, lora
+
+    def dataset(self, setup: TrainSetup, config: TrainConfig, say: Callable[[str], None]) -> tuple[Dataset, list]:
+        instance = scan_folder(Path(config.data))
+        classes = scan_folder(self.class_dir)
+        examples = [Example(e.path, (config.instance_prompt,), e.width, e.height) for e in instance.examples]
+        examples += [Example(e.path, (config.class_prompt,), e.width, e.height) for e in classes.examples]
+        weights = [1.0] * len(instance.examples) + [config.prior_loss_weight] * len(classes.examples)
+        return Dataset(instance.root, examples, instance.skipped + classes.skipped), weights
+
+    def save(self, setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+        return save_lora(setup, run_dir) if self.lora else super().save(setup, config, run_dir)
+
+
+class TextualInversion(Method):
+    """New token embeddings: only their rows learn (the others are put back after every step); captions name the
+    tokens; saved as an A1111/diffusers embedding file."""
+
+    def __init__(self, embeddings: torch.Tensor, keep: torch.Tensor, original: torch.Tensor, new_ids: list[int],
+                 phrase: str):
+        self.embeddings, self.keep, self.original, self.new_ids, self.phrase = embeddings, keep, original, new_ids, phrase
+
+    def after_step(self, setup: TrainSetup) -> None:
+        with torch.no_grad():
+            self.embeddings[self.keep] = self.original[self.keep]
+
+    def dataset(self, setup: TrainSetup, config: TrainConfig, say: Callable[[str], None]) -> tuple[Dataset, list]:
+        data = scan_folder(Path(config.data))
+        phrase = self.phrase
+        examples = []
+        for e in data.examples:
+            caps = tuple(c.replace(config.token, phrase) if config.token in c else
+                         (f"a photo of {phrase}, {c}" if c else f"a photo of {phrase}") for c in e.captions)
+            examples.append(Example(e.path, caps, e.width, e.height))
+        return Dataset(data.root, examples, data.skipped), [1.0] * len(examples)
+
+    def save(self, setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+        path = run_dir / f"{config.token}.safetensors"
+        save_file({"emb_params": self.embeddings[self.new_ids].detach().cpu().contiguous()}, str(path))
+        return path
+
+
+class ControlNet(Method):
+    """A ControlNet on the maps a preprocessor makes of each training image (computed once, kept in memory), or on
+    randomly warped images (`control_batch`, with `control_augment`); saved with its preprocessor and base."""
+
+    def __init__(self, controlnet, preprocessor: str, config: TrainConfig, device: torch.device, base_info,
+                 augmented=None):
+        self.controlnet, self.preprocessor, self.config, self.device, self.base_info = (controlnet, preprocessor,
+                                                                                     config, device, base_info)
+        self.control_batch = augmented
+        self._maps: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def control_maps(self, features, indices: list[int], flips: list[bool]) -> torch.Tensor:
+        """The preprocessor's map of each image at its training size, in [0, 1]."""
+        from PIL import Image
+
+        from sfumato.control import preprocessors
+        from sfumato.training.data import load_pixels
+
+        for key in zip(indices, flips):
+            if key not in self._maps:
+                example = features.dataset.examples[key[0]]
+                pixels = load_pixels(example.path, *features.plan.sizes[key[0]], key[1])
+                array = ((pixels.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
+                mapped = preprocessors.run(self.preprocessor, Image.fromarray(array), None, self.config.threshold_a,
+                                           self.config.threshold_b)
+                self._maps[key] = torch.from_numpy(np.array(mapped)).permute(2, 0, 1).contiguous()
+        return torch.stack([self._maps[key] for key in zip(indices, flips)]).float().div(255).to(self.device)
+
+    def save(self, setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+        out = run_dir / "controlnet"
+        self.controlnet.save_pretrained(str(out), safe_serialization=True)
+        (out / "sfumato.json").write_text(json.dumps({"preprocessor": self.preprocessor, "base": self.base_info.name,
+                                                      "family": self.base_info.family.name}, indent=2))
+        return out
 
 
 def build_lcm(config: TrainConfig, device: torch.device, say: Callable[[str], None]) -> TrainSetup:

@@ -46,6 +46,35 @@ def _unpark(module: torch.nn.Module, path: Path, device: torch.device) -> None:
             target.copy_(value)
 
 
+class Method:
+    """What one training method adds to the shared loop. Each hook has the plain default, which a method's class
+    overrides: the training folder's images and captions (`dataset`), nothing after an optimizer step
+    (`after_step`), the whole model saved as a diffusers folder (`save`), the noise-prediction loss (`loss` None),
+    no control maps (`control_maps`/`control_batch` None) and validation images with the model's own settings."""
+
+    validation_preset: str | None = None  # sampling preset of the validation images (lcm)
+    loss: Callable[..., torch.Tensor] | None = None  # (latents, embeds, pooled, uncond, uncond_pooled, w, h)
+    control_maps: Callable[[Any, list[int], list[bool]], torch.Tensor] | None = None  # (features, images, flips)
+    control_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (features, images, flips, rng)
+
+    def dataset(self, setup: TrainSetup, config: TrainConfig, say: Callable[[str], None]) -> tuple[Dataset, list]:
+        data = scan_folder(Path(config.data))
+        return data, [1.0] * len(data.examples)
+
+    def after_step(self, setup: TrainSetup) -> None:
+        return None
+
+    def save(self, setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+        return save_full(setup, config, run_dir)
+
+
+class Lora(Method):
+    """peft LoRA on the UNet attention (and the text encoders): saved for diffusers and A1111 (`save_lora`)."""
+
+    def save(self, setup: TrainSetup, config: TrainConfig, run_dir: Path) -> Path:
+        return save_lora(setup, run_dir)
+
+
 @dataclass
 class TrainSetup:
     pipe: Any
@@ -56,14 +85,8 @@ class TrainSetup:
     live_text: bool = False
     chunk_length: int = 75
     extra: dict[str, Any] = field(default_factory=dict)
+    method: Method = field(default_factory=lambda: Method())  # what the training method adds (see `Method`)
     _parked: list[tuple[torch.nn.Module, Path]] = field(default_factory=list)
-    _after_step: Callable[[], None] | None = None
-    _save: Callable[[TrainConfig, Path], Path] | None = None
-    _dataset: Callable[[TrainConfig, Callable[[str], None]], tuple[Dataset, list[float]]] | None = None
-    control_maps: Callable[[Any, list[int], list[bool]], torch.Tensor] | None = None  # (features, images, flips)
-    control_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (features, images, flips, rng)
-    loss_fn: Callable[..., torch.Tensor] | None = None  # a method's own loss (lcm) instead of noise prediction
-    validation_preset: str | None = None  # sampling preset of the validation images (lcm)
 
     def __post_init__(self):
         self.encoder = PromptEncoder(self.pipe, self.info.family.name, self.chunk_length)
@@ -95,9 +118,26 @@ class TrainSetup:
             kwargs["down_block_additional_residuals"], kwargs["mid_block_additional_residual"] = down, mid
         return unet(noisy, timesteps, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
 
+    # ------------------------------------------------------- the method's hooks
+
+    @property
+    def control_maps(self):
+        return self.method.control_maps
+
+    @property
+    def control_batch(self):
+        return self.method.control_batch
+
+    @property
+    def loss_fn(self):
+        return self.method.loss
+
+    @property
+    def validation_preset(self) -> str | None:
+        return self.method.validation_preset
+
     def after_optimizer_step(self) -> None:
-        if self._after_step:
-            self._after_step()
+        self.method.after_step(self)
 
     def enable_gradient_checkpointing(self) -> None:
         target = self.pipe.unet if not self.live_text or self.model is self.pipe.unet else self.pipe.text_encoder
@@ -105,10 +145,7 @@ class TrainSetup:
             target.enable_gradient_checkpointing()
 
     def dataset(self, config: TrainConfig, say: Callable[[str], None]) -> tuple[Dataset, list[float]]:
-        if self._dataset:
-            return self._dataset(config, say)
-        data = scan_folder(Path(config.data))
-        return data, [1.0] * len(data.examples)
+        return self.method.dataset(self, config, say)
 
     # ----------------------------------------------------- memory management
 
@@ -153,8 +190,7 @@ class TrainSetup:
 
     def save_final(self, config: TrainConfig, run_dir: Path) -> Path:
         self.unpark()
-        assert self._save is not None
-        return self._save(config, run_dir)
+        return self.method.save(self, config, run_dir)
 
 
 def _wraps(wrapper: torch.nn.Module, module: torch.nn.Module) -> bool:
@@ -188,9 +224,7 @@ def unet_setup(config: TrainConfig, device: torch.device, loaded) -> TrainSetup:
             module.requires_grad_(False)
     pipe.unet.requires_grad_(True)
     chunk = int(loaded.info.settings.get("text_chunk_length", 75))
-    setup = TrainSetup(pipe, loaded.info, device, pipe.unet, dict(pipe.unet.named_parameters()), chunk_length=chunk)
-    setup._save = lambda cfg, run: save_full(setup, cfg, run)
-    return setup
+    return TrainSetup(pipe, loaded.info, device, pipe.unet, dict(pipe.unet.named_parameters()), chunk_length=chunk)
 
 
 def add_lora(setup: TrainSetup, config: TrainConfig) -> None:
@@ -213,7 +247,6 @@ def add_lora(setup: TrainSetup, config: TrainConfig) -> None:
         encoder = getattr(pipe, name, None)
         if config.train_text_encoder and encoder is not None:
             setup.trainable.update({f"{name}.{n}": p for n, p in encoder.named_parameters() if p.requires_grad})
-    setup._save = lambda cfg, run: save_lora(setup, run)
 
 
 def save_lora(setup: TrainSetup, run_dir: Path) -> Path:
