@@ -49,7 +49,7 @@ def client(app_factory):
 
 @pytest.mark.parametrize("host", ["evil.example:7860", "evil.example", "127.0.0.1.evil.example", "attacker.localhost.evil",
                                   "", "[::1", "192.168.1.20:7860"])
-@pytest.mark.parametrize("path", ["/api/v1/jobs", "/healthz", "/", "/ui/app.js", "/sdapi/v1/options", "/docs"])
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/healthz", "/", "/ui/main.js", "/sdapi/v1/options", "/docs"])
 def test_forged_host_is_refused_on_every_route(client, host, path):
     r = client.get(path, headers={"Host": host})
     assert r.status_code == 421, (host, path, r.status_code)

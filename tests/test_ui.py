@@ -18,6 +18,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background
         "--disable-component-update", "--disable-sync"]
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 ARTIFACTS = Path(os.environ.get("SFUMATO_UI_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts" / "ui"))
+SERVER_DATA: dict[str, Path] = {}  # the live server's data folder (job records name files, never paths)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,8 @@ def server(tmp_path_factory, models_dir):
                                      'cinematic,"cinematic still of {prompt}",cartoon\n')
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SFUMATO_HOME", str(home))
-        process = _serve(model, tmp_path_factory.mktemp("ui-server"), port, "--max-batch-size", "1")
+        SERVER_DATA["dir"] = tmp_path_factory.mktemp("ui-server")
+        process = _serve(model, SERVER_DATA["dir"], port, "--max-batch-size", "1")
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
@@ -121,7 +123,8 @@ def test_inpaint_with_a_drawn_mask(page, server, tmp_path):
     page.fill("#steps", "3")
     job = _generate_and_get_job(page, server)
     assert job["status"] == "completed" and job["request"]["mask"] and job["request"]["init_image"]
-    mask = Image.open(job["request"]["mask"]).convert("L")
+    assert "/" not in job["request"]["mask"]  # a name over the network, not the server's path
+    mask = Image.open(SERVER_DATA["dir"] / "uploads" / job["request"]["mask"]).convert("L")
     assert mask.getpixel((6, 32)) == 255 and mask.getpixel((32, 32)) == 0 and mask.getpixel((60, 32)) == 0
 
 
@@ -215,7 +218,8 @@ def emoji_server(tmp_path_factory):
     port = _free_port()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SFUMATO_HOME", str(tmp_path_factory.mktemp("ui-emoji-home")))
-        process = _serve(embedded_model(), tmp_path_factory.mktemp("ui-emoji"), port, "--max-batch-size", "1")
+        SERVER_DATA["emoji"] = tmp_path_factory.mktemp("ui-emoji")
+        process = _serve(embedded_model(), SERVER_DATA["emoji"], port, "--max-batch-size", "1")
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)
@@ -248,7 +252,7 @@ def test_draw_an_outline_and_get_an_emoji_that_follows_it(browser, emoji_server)
     assert job["status"] == "completed", job
     unit = job["request"]["controls"][0]
     assert unit["module"] == "scribble" and unit["model"] == "sfumato-emoji-canny"
-    drawn = Image.open(unit["image"]).convert("L").resize((32, 32))
+    drawn = Image.open(SERVER_DATA["emoji"] / "uploads" / unit["image"]).convert("L").resize((32, 32))
     assert drawn.getpixel((16, 16)) == 255 and min(drawn.getpixel((x, 16)) for x in range(24, 32)) < 128  # a ring
     assert "ControlNet 0" in job["result"]["infotexts"][0]
     context.close()

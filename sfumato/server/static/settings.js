@@ -1,0 +1,59 @@
+// Model, sampler, size and LoRA lists from the server, and the Settings panel.
+
+import { $, api, applyTheme, escapeHTML, settings, show, state } from "./common.js";
+import { loadControlLists } from "./control.js";
+import { loadUpscalers } from "./extras.js";
+import { loadModelTools } from "./tools.js";
+
+export async function loadLists() {
+  try {
+    const [models, samplers, loras, styles] = await Promise.all([api("/sdapi/v1/sd-models"), api("/sdapi/v1/samplers"),
+                                                                 api("/api/v1/loras"), api("/sdapi/v1/prompt-styles")]);
+    $("styles").replaceChildren(...styles.map((s) => new Option(s.name, s.name)));
+    $("styles").title = styles.map((s) => `${s.name}: ${s.prompt}`).join("\n");
+    $("styles-empty").hidden = styles.length > 0;
+    $("styles").hidden = styles.length === 0;
+    $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
+    await loadControlLists();
+    await loadUpscalers();
+    await loadModelTools(models);
+    for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
+    state.loras = loras.loras;
+    $("lora-empty").hidden = state.loras.length > 0;
+    for (const name of state.loras) {
+      const row = document.createElement("div");
+      row.className = "grid2";
+      row.innerHTML = `<div class="check"><input type="checkbox" id="lora-on-${name}"><label for="lora-on-${name}">${escapeHTML(name)}</label></div>` +
+        `<div><label for="lora-w-${name}">Weight</label><input type="number" id="lora-w-${name}" value="1" step="0.05" min="-2" max="2"></div>`;
+      $("loras").append(row);
+    }
+  } catch (error) { show(error.message); }
+}
+
+export function setupSize() {
+  const apply = () => {
+    const preset = $("size-preset").value;
+    if (!preset) { $("width").value = ""; $("height").value = ""; return; }
+    const side = Number(preset.split("x")[0]);
+    const [a, b] = $("aspect").value.split(":").map(Number);
+    const scale = Math.sqrt((side * side) / (a * b));
+    $("width").value = Math.max(16, Math.round((a * scale) / 8) * 8);
+    $("height").value = Math.max(16, Math.round((b * scale) / 8) * 8);
+  };
+  $("size-preset").addEventListener("change", apply);
+  $("aspect").addEventListener("change", apply);
+}
+
+export function setupSettings() {
+  const s = settings();
+  $("api-key").value = s.apiKey || "";
+  $("theme").value = s.theme || "system";
+  $("default-negative").value = s.defaultNegative || "";
+  $("save-settings").addEventListener("click", () => {
+    localStorage.setItem("sfumato.settings", JSON.stringify({ apiKey: $("api-key").value, theme: $("theme").value,
+                                                               defaultNegative: $("default-negative").value }));
+    applyTheme();
+    show("Settings saved.", true);
+    loadLists();
+  });
+}
