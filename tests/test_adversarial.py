@@ -84,7 +84,7 @@ def _seconds(parse, text: str) -> float:
     best = float("inf")
     gc.disable()
     try:
-        for _ in range(5):
+        for _ in range(3):
             start = time.perf_counter()
             try:
                 parse(text)
@@ -97,14 +97,15 @@ def _seconds(parse, text: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 @pytest.mark.parametrize("parser", list(PARSERS))
 def test_every_text_parser_is_linear_on_adversarial_inputs(parser):
     parse = PARSERS[parser]
     for name, make in ADVERSARIAL.items():
         k = 2000
-        while _seconds(parse, make(k)) < 0.002 and k < 64000:  # big enough to time above the noise
+        while _seconds(parse, make(k)) < 0.01 and k < 128000:  # big enough to time above the noise
             k *= 2
-        for attempt in range(3):  # a shared CI machine may pause one run
+        for attempt in range(4):  # a shared CI machine may pause one run
             double = _seconds(parse, make(2 * k))
             ratio = double / max(_seconds(parse, make(k)), 1e-6)
             if ratio <= 2.5 or double < 0.005:  # under 5 ms at the largest size: bounded, too fast to time
@@ -315,6 +316,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from sfumato.server.app import create_app  # noqa: E402
 from sfumato.server.settings import ServerSettings  # noqa: E402
+from test_server import _free_port, _wait  # noqa: E402
 
 LOCAL = "http://127.0.0.1:7860"
 
@@ -333,16 +335,6 @@ def server(tmp_path_factory, sd1):
                               batch_wait_ms=0)
     with TestClient(create_app(settings), base_url=LOCAL) as client:
         yield client, data
-
-
-def _wait(client, job_id, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_http_text_repros_answer_fast(server):
@@ -450,12 +442,6 @@ def keyed(tmp_path_factory, sd1):
             process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(port: int, method: str, path: str, headers: dict | None = None, body: bytes = b"",

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from sfumato.cli.common import add_compile_arg, add_memory_args, add_safety_args, Bar, control_arg, make_engine, fast_settings, lora_arg
+from sfumato.cli.common import add_runtime_args, Bar, control_arg, make_engine, fast_settings, lora_arg
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest, parse_direction
 
@@ -84,11 +84,7 @@ def add_parsers(commands) -> None:
     anim.add_argument("--format", default="gif,mp4", help=f"comma-separated: {', '.join(FORMATS)}")
     anim.add_argument("--output", "-o", type=Path, help="output folder (default: outputs/animations/<time>/)")
     anim.add_argument("--json", action="store_true")
-    anim.add_argument("--device")
-    anim.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    add_compile_arg(anim)
-    add_memory_args(anim)
-    add_safety_args(anim)
+    add_runtime_args(anim)
     anim.set_defaults(run=cmd_animate)
 
 

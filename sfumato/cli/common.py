@@ -184,3 +184,12 @@ def generate_and_save(engine, request: GenerationRequest, args: argparse.Namespa
         for entry in saved:
             print(entry["path"])
     return 0
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """Where and how a generation runs: device, precision, torch.compile, the memory modes and the safety check."""
+    parser.add_argument("--device")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    add_compile_arg(parser)
+    add_memory_args(parser)
+    add_safety_args(parser)

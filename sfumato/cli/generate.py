@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sfumato.cli.common import (Bar, add_compile_arg, add_memory_args, add_safety_args, control_arg,
+from sfumato.cli.common import (add_runtime_args, Bar, add_safety_args, control_arg,
                                 fast_settings, generate_and_save, lora_arg, make_engine, outpaint_arg, save_images)
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest, parse_direction
@@ -109,11 +109,7 @@ def add_parsers(commands) -> None:
     gen.add_argument("--output", "-o", type=Path, help="PNG file or folder (default: outputs/<date>/)")
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     gen.add_argument("--dry-run", action="store_true", help="print the fully resolved request and exit")
-    gen.add_argument("--device")
-    gen.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    add_compile_arg(gen)
-    add_memory_args(gen)
-    add_safety_args(gen)
+    add_runtime_args(gen)
 
     gen.set_defaults(run=cmd_generate)
 
