@@ -24,3 +24,11 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     assert check_imports.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert check_imports.layer_of("sfumato.models.home") == 0 and check_imports.layer_of("sfumato.models.tiny") == 2
     assert check_imports.layer_of("sfumato.engine") > check_imports.layer_of("sfumato.pipelines.steps")
+
+
+def test_the_parser_imports_no_torch():
+    """`sfumato --help` and usage errors answer without importing torch (the commands import what they use)."""
+    code = "import sys; from sfumato.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules " \
+           "if m.split('.')[0] in ('torch', 'diffusers', 'transformers')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout[-500:] + done.stderr[-500:]

@@ -11,7 +11,7 @@ from sfumato.errors import InvalidRequest
 
 
 def add_parsers(commands) -> None:
-    from sfumato.models.merge import MODES, PRESETS
+    from sfumato.models.merge_presets import MODES, PRESETS
 
     merge = commands.add_parser("merge", help="merge checkpoints (A1111's Checkpoint Merger, block-weighted too)")
     merge.add_argument("a", type=Path, help="model A (single .safetensors or diffusers folder)")

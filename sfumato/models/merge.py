@@ -13,7 +13,6 @@ folders, all of one kind; the result has that kind too, with the recipe in its m
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -24,26 +23,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sfumato.models.merge_presets import MODES, PRESETS
 from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.models.detect import describe
 from sfumato.models.home import refuse_pickle, short_hash
 
-MODES = ("weighted-sum", "add-difference")
 MERGE_METADATA_KEY = "sfumato.merge"
 TEXT_PREFIXES = ("cond_stage_model.", "conditioner.")
 VAE_PREFIX = "first_stage_model."
 UNET_PREFIX = "model.diffusion_model."
-
-# Block-weight presets of the merge-block-weighted tools, as functions of the position x in [0, 1] from IN00 through
-# M00 (x = 0.5) to the last OUT block; evaluated at 25 points they are the tools' 25-value tables.
-PRESETS: dict[str, Callable[[float], float]] = {
-    "GRAD_V": lambda x: abs(2 * x - 1), "GRAD_A": lambda x: 1 - abs(2 * x - 1),
-    "FLAT_25": lambda x: 0.25, "FLAT_75": lambda x: 0.75,
-    "SMOOTHSTEP": lambda x: 3 * x * x - 2 * x ** 3, "REVERSE_SMOOTHSTEP": lambda x: 1 - (3 * x * x - 2 * x ** 3),
-    "COSINE": lambda x: (1 + math.cos(math.pi * x)) / 2, "REVERSE_COSINE": lambda x: (1 - math.cos(math.pi * x)) / 2,
-    "ALL_A": lambda x: 0.0, "ALL_B": lambda x: 1.0,
-}
-
 
 @dataclass
 class MergeRecipe:

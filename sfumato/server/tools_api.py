@@ -42,7 +42,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @app.get("/api/v1/merge/presets", tags=["native"], dependencies=guarded)
     def presets():
-        from sfumato.models.merge import MODES, PRESETS
+        from sfumato.models.merge_presets import MODES, PRESETS
 
         return {"modes": list(MODES), "presets": sorted(PRESETS)}
 
