@@ -142,6 +142,15 @@ def test_webuiapi_client_draws_an_emoji_that_follows_an_outline(tmp_path):
         assert controlled.image.size == (32, 32)
         assert "Model: sfumato-emoji-canny" in controlled.info["infotexts"][0]
         assert not np.array_equal(np.asarray(controlled.image), np.asarray(plain.image))
+        # the client as users call it: its shared default `alwayson_scripts={}` keeps the first call's ControlNet
+        # units; `/sdapi/v1/scripts` lists "controlnet m2m", so the client resets them ({"args": []}) for a plain call
+        assert api.has_controlnet
+        api.txt2img(prompt="red apple", seed=11, width=32, height=32, steps=8, controlnet_units=[unit])
+        again = api.txt2img(prompt="red apple", seed=11, width=32, height=32, steps=8)
+        assert "ControlNet" not in again.info["infotexts"][0]
+        assert np.array_equal(np.asarray(again.image), np.asarray(plain.image))
+        detected = api.controlnet_detect([outline], module="canny", processor_res=64)  # sends `controlnet_images`
+        assert len(detected.images) == 1 and detected.image.size == (64, 64)
     finally:
         server.terminate()
         server.wait(timeout=30)

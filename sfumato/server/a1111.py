@@ -177,6 +177,14 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             fields["mask"] = service.keep(mask)
         return await run(body, with_controls(body, dataclasses.replace(request, **fields)))
 
+    @app.get("/sdapi/v1/scripts", tags=["a1111"], dependencies=guarded)
+    def scripts():
+        """The scripts A1111 clients look for. `alwayson_scripts.controlnet` is served; "controlnet m2m" (the
+        extension's selectable script) is listed because clients such as `webuiapi` decide from it that ControlNet
+        exists — and only then reset their units on a call without ControlNet (`{"args": []}`)."""
+        names = ["controlnet", "controlnet m2m"]
+        return {"txt2img": names, "img2img": names}
+
     @app.get("/sdapi/v1/progress", tags=["a1111"], dependencies=guarded)
     def progress(skip_current_image: bool = False):
         p = service.worker.progress

@@ -74,6 +74,7 @@ class DetectRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     controlnet_module: str = "none"
     controlnet_input_images: list[str] = []
+    controlnet_images: list[str] = []  # the name `webuiapi` sends
     controlnet_processor_res: int = 512
     controlnet_threshold_a: float = -1
     controlnet_threshold_b: float = -1
@@ -106,14 +107,15 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @app.post("/controlnet/detect", tags=["controlnet"], dependencies=guarded)
     async def detect(body: DetectRequest):
-        if not body.controlnet_input_images:
+        inputs = body.controlnet_input_images or body.controlnet_images
+        if not inputs:
             raise InvalidRequest("controlnet_input_images must hold at least one base64 image")
-        if len(body.controlnet_input_images) > 8:
+        if len(inputs) > 8:
             raise InvalidRequest("at most 8 images per detect call")
 
         def run() -> list[str]:
             out = []
-            for index, data in enumerate(body.controlnet_input_images):
+            for index, data in enumerate(inputs):
                 image = service.open_upload(data, f"controlnet_input_images[{index}]")
                 mapped = preprocessors.run(body.controlnet_module, image, body.controlnet_processor_res,
                                            body.controlnet_threshold_a, body.controlnet_threshold_b,
