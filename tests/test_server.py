@@ -89,6 +89,19 @@ def test_a1111_models_options_samplers_progress_pnginfo(client, sd1):
     assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == models[0]["title"]
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": models[0]["title"]}).status_code == 200
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope"}).status_code == 404
+    # options are honoured or refused, never accepted and ignored; a round trip of GET's answer is accepted
+    options = client.get("/sdapi/v1/options").json()
+    assert {"CLIP_stop_at_last_layers", "samples_format", "eta_noise_seed_delta", "sd_vae"} <= set(options)
+    assert client.post("/sdapi/v1/options", json=options).status_code == 200
+    for bad in ({"samples_format": "jpg"}, {"eta_noise_seed_delta": 31337}, {"outdir_samples": "/tmp/x"},
+                {"no_such_option": 1}, {"CLIP_stop_at_last_layers": 13}):
+        r = client.post("/sdapi/v1/options", json=bad)
+        assert r.status_code == 422 and r.json()["error"]["message"], bad
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+    skipped = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat", "seed": 5, **SMALL}).json()
+    assert json.loads(skipped["info"])["clip_skip"] == 2
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}).status_code == 200
     names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
     assert {"Euler a", "DPM++ 2M Karras", "DDIM", "UniPC"} <= set(names)
     progress = client.get("/sdapi/v1/progress").json()

@@ -76,7 +76,7 @@ def _sampler(body: Txt2ImgRequest) -> str | None:
     return get_sampler(name).name
 
 
-def _request(body: Txt2ImgRequest, model: str | None, vae: str | None) -> GenerationRequest:
+def _request(body: Txt2ImgRequest, model: str | None, vae: str | None, clip_skip: int = 1) -> GenerationRequest:
     upscaler = hires_upscaler(body.hr_upscaler) if body.enable_hr else "latent"
     return GenerationRequest(
         prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, vae=vae, sampler=_sampler(body),
@@ -87,7 +87,7 @@ def _request(body: Txt2ImgRequest, model: str | None, vae: str | None) -> Genera
         hires_scale=body.hr_scale if body.enable_hr else 1.0,
         hires_strength=body.denoising_strength if body.enable_hr and body.denoising_strength is not None else 0.55,
         hires_steps=body.hr_second_pass_steps or None, hires_upscaler=upscaler,
-        clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", 1)), styles=list(body.styles),
+        clip_skip=int(body.override_settings.get("CLIP_stop_at_last_layers", clip_skip)), styles=list(body.styles),
         token_merging_ratio=_number(body.override_settings, "token_merging_ratio"),
         **_step_cache(body.override_settings),
     )
@@ -109,6 +109,13 @@ def _step_cache(settings: dict[str, Any]) -> dict[str, int]:
                 "cache_branch": int(settings.get("deepcache_cache_resnet_level", 0))}
     except (TypeError, ValueError):
         raise InvalidRequest("deepcache_full_run_step_rate and deepcache_cache_resnet_level must be integers") from None
+
+
+# A1111 options sfumato does not let a client change: sent with these values they are accepted, otherwise refused
+FIXED_OPTIONS = {"samples_format": "png", "grid_format": "png", "eta_noise_seed_delta": 0, "outdir_samples": "",
+                 "outdir_txt2img_samples": "", "outdir_img2img_samples": "", "outdir_extras_samples": "",
+                 "outdir_grids": "", "samples_save": True, "enable_pnginfo": True, "randn_source": "CPU",
+                 "face_restoration": False, "img2img_fix_steps": False}
 
 
 def add_routes(app: FastAPI, service, guarded: list) -> None:
@@ -159,13 +166,14 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @app.post("/sdapi/v1/txt2img", tags=["a1111"], dependencies=guarded)
     async def txt2img(body: Txt2ImgRequest):
-        return await run(body, with_controls(body, _request(body, model_for(body), vae_for(body))))
+        request = _request(body, model_for(body), vae_for(body), service.current_clip_skip)
+        return await run(body, with_controls(body, request))
 
     @app.post("/sdapi/v1/img2img", tags=["a1111"], dependencies=guarded)
     async def img2img(body: Img2ImgRequest):
         if not body.init_images:
             raise InvalidRequest("init_images must hold one base64 image")
-        request = _request(body, model_for(body), vae_for(body))
+        request = _request(body, model_for(body), vae_for(body), service.current_clip_skip)
         fields: dict[str, Any] = {"init_image": service.upload(body.init_images[0], "init_images[0]"),
                                   "strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
                                   "mask_blur": body.mask_blur,
@@ -215,24 +223,46 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         service.worker.interrupt()  # one batch runs at a time: skipping it is interrupting it
         return {}
 
+    def options() -> dict[str, Any]:
+        return {"sd_model_checkpoint": _title(service, service.current_model),
+                "sd_checkpoint_hash": _hash(service, service.current_model), "sd_vae": service.current_vae,
+                "CLIP_stop_at_last_layers": service.current_clip_skip, **FIXED_OPTIONS}
+
     @app.get("/sdapi/v1/options", tags=["a1111"], dependencies=guarded)
     def get_options():
-        return {"sd_model_checkpoint": _title(service, service.current_model), "samples_format": "png",
-                "CLIP_stop_at_last_layers": 1, "sd_checkpoint_hash": _hash(service, service.current_model),
-                "sd_vae": service.current_vae}
+        """Every option this server knows: the ones it honours (model, VAE, CLIP skip) and the ones fixed here."""
+        return options()
 
     @app.post("/sdapi/v1/options", tags=["a1111"], dependencies=guarded)
     def set_options(body: dict[str, Any]):
+        """Honoured: `sd_model_checkpoint`, `sd_vae`, `CLIP_stop_at_last_layers`. Any other known option may be sent
+        with its current value (clients post back what GET returned); a change or an unknown option is a 422, never
+        accepted and ignored. Everything is checked before anything changes."""
+        current = options()
+        for key, value in body.items():
+            if key in ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"):
+                continue
+            if key not in current:
+                raise InvalidRequest(f"option {key!r} is not supported by sfumato (GET /sdapi/v1/options lists the "
+                                     "known ones)")
+            if value != current[key] and key != "sd_checkpoint_hash":
+                raise InvalidRequest(f"option {key!r} can only be {current[key]!r} on sfumato, got {value!r}")
+        clip_skip = body.get("CLIP_stop_at_last_layers", service.current_clip_skip)
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
+            raise InvalidRequest("CLIP_stop_at_last_layers must be an integer from 1 to 12")
+        name = None
         if "sd_model_checkpoint" in body:
             name = str(body["sd_model_checkpoint"]).split(" [")[0]
             service.model_path(name)  # 404 for unknown names
+        if "sd_vae" in body:
+            if not isinstance(body["sd_vae"], str):
+                raise InvalidRequest("sd_vae must be a VAE name, \"Automatic\" or \"None\"")
+            service.vae_path(body["sd_vae"])  # 404 for unknown names
+        if name is not None:
             service.current_model = name
         if "sd_vae" in body:
-            vae = body["sd_vae"]
-            if not isinstance(vae, str):
-                raise InvalidRequest("sd_vae must be a VAE name, \"Automatic\" or \"None\"")
-            service.vae_path(vae)  # 404 for unknown names
-            service.current_vae = vae
+            service.current_vae = body["sd_vae"]
+        service.current_clip_skip = clip_skip
         return None
 
     @app.get("/sdapi/v1/sd-vae", tags=["a1111"], dependencies=guarded)

@@ -50,6 +50,7 @@ class Service:
         self.models: dict[str, str] = {}
         self.current_model: str = ""
         self.current_vae: str = "Automatic"  # A1111's `sd_vae` option: the VAE of requests that name none
+        self.current_clip_skip: int = 1  # A1111's `CLIP_stop_at_last_layers` option, for A1111 requests
         self.refresh_models()
 
     def refresh_models(self) -> None:
