@@ -371,3 +371,28 @@ def test_jobs_survive_kill_minus_9(tmp_path, sd1):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a1111_describing_routes_answer_for_real_clients(client):
+    """What A1111 clients read at start-up: every route answers in A1111's shape (or 501 with a reason)."""
+    home = Path(os.environ["SFUMATO_HOME"])
+    (home / "embeddings").mkdir(parents=True)
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"emb_params": torch.zeros(3, 32)}, str(home / "embeddings" / "shiny.safetensors"))
+    assert client.get("/sdapi/v1/embeddings").json()["loaded"]["shiny"]["vectors"] == 3
+    names = [s["name"] for s in client.get("/sdapi/v1/schedulers").json()]
+    assert names == ["automatic", "karras"]
+    for name in names:  # every listed scheduler is taken by txt2img
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": "a", "sampler_name": "DPM++ 2M", "scheduler": name,
+                                                   "steps": 2, "width": 32, "height": 32})
+        assert r.status_code == 200, r.text
+    assert client.get("/sdapi/v1/face-restorers").json() == []
+    assert all({"name", "scale"} <= set(m) for m in client.get("/sdapi/v1/realesrgan-models").json())
+    flags = client.get("/sdapi/v1/cmd-flags").json()
+    assert flags["api"] is True and flags["listen"] is False and "/" not in flags["data_dir"]
+    ram = client.get("/sdapi/v1/memory").json()["ram"]
+    assert ram["total"] > ram["free"] > 0
+    r = client.post("/sdapi/v1/interrogate", json={"image": "", "model": "clip"})
+    assert r.status_code == 501 and "captioning model" in r.json()["error"]["message"]

@@ -112,12 +112,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return FileResponse(service.image_file(image_id), media_type="image/png")
 
     _ui_routes(app)
-    from sfumato.server import a1111, animation_api, controlnet_api, extras_api, native_api, openai_api, tools_api
+    from sfumato.server import (a1111, a1111_info, animation_api, controlnet_api, extras_api, native_api, openai_api,
+                                tools_api)
 
     native_api.add_routes(app, service, guarded)
 
     openai_api.add_routes(app, service, guarded)
     a1111.add_routes(app, service, guarded)
+    a1111_info.add_routes(app, service, guarded)
     controlnet_api.add_routes(app, service, guarded)
     extras_api.add_routes(app, service, guarded)
     tools_api.add_routes(app, service, guarded)
