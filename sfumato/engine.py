@@ -187,7 +187,6 @@ class Engine:
         """Apply prompt tags and flags, model defaults and random seeds; validate (`resolve.Resolver`). Loads no
         weights."""
         request = dataclasses.replace(request).validate()
-        self.resolver.check_texts(request)  # before any parser reads them, before the model is looked up
         return self.resolver.resolve(request, self.describe(request.model))
 
     def upscaler(self, name: str) -> upscalers.Upscaler:

@@ -40,15 +40,11 @@ class Resolver:
         self.limits, self.policy = limits, policy
         self.paths = paths  # LoRA tags in prompts may name files outside the models home (the CLI; never a server)
 
-    def check_texts(self, request: GenerationRequest) -> None:
-        """Every text field within the limits, and the prompt past the policy, before any parser reads them."""
-        self.limits.check_texts(request.texts())
-        if self.policy is not None:
-            self.policy.check(request.prompt)
-
     def resolve(self, request: GenerationRequest, info: ModelInfo) -> GenerationRequest:
         """A validated request for the model `info` describes -> the resolved request (see the module)."""
-        self.check_texts(request)
+        self.limits.check_texts(request.texts())  # before any parser reads them
+        if self.policy is not None:
+            self.policy.check(request.prompt)
         family = info.family
         flow = family.prediction_type == "flow"
         transformer = family.denoiser != "unet"  # through its own diffusers pipeline (SD3, FLUX, PixArt, DiT, VQ)

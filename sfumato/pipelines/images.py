@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
@@ -12,10 +14,10 @@ from sfumato.errors import InvalidRequest, ModelNotFound
 from sfumato.limits import LOCAL, OverBudget, check_pixels
 
 
-def load_image(source: str | Image.Image, what: str = "image", max_pixels: int = LOCAL.max_upload_pixels) -> Image.Image:
-    """An image file, decoded only when its header's size is within `max_pixels` (the pixel budget)."""
-    if isinstance(source, Image.Image):
-        return source
+@contextlib.contextmanager
+def _opened(source: str, what: str, max_pixels: int) -> Iterator[Image.Image]:
+    """An image file opened (header read, pixels not yet decoded) once its size is within `max_pixels`; unreadable
+    files and decompression bombs become one clear error."""
     path = Path(source).expanduser()
     if not path.is_file():
         raise ModelNotFound(f"{what} {source} does not exist")
@@ -24,32 +26,28 @@ def load_image(source: str | Image.Image, what: str = "image", max_pixels: int =
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own budget decides
             with Image.open(path) as image:
                 check_pixels(*image.size, max_pixels, what, OverBudget)
-                image.load()
-                return image.copy()
+                yield image
     except Image.DecompressionBombError:
         raise OverBudget(f"{what} {source} has more pixels than the decoder allows (a decompression bomb?); at "
                          f"most {max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidRequest(f"{what} {source} is not a readable image ({exc})") from None
+
+
+def load_image(source: str | Image.Image, what: str = "image", max_pixels: int = LOCAL.max_upload_pixels) -> Image.Image:
+    """An image file, decoded only when its header's size is within `max_pixels` (the pixel budget)."""
+    if isinstance(source, Image.Image):
+        return source
+    with _opened(source, what, max_pixels) as image:
+        image.load()
+        return image.copy()
 
 
 def image_size(source: str, what: str = "image", max_pixels: int = LOCAL.max_upload_pixels) -> tuple[int, int]:
     """An image file's size from its header, checked like `load_image` but not decoded (resolving a request only
     needs sizes; the pixels are decoded once, when the image is used)."""
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise ModelNotFound(f"{what} {source} does not exist")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                check_pixels(*image.size, max_pixels, what, OverBudget)
-                return image.size
-    except Image.DecompressionBombError:
-        raise OverBudget(f"{what} {source} has more pixels than the decoder allows (a decompression bomb?); at "
-                         f"most {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidRequest(f"{what} {source} is not a readable image ({exc})") from None
+    with _opened(source, what, max_pixels) as image:
+        return image.size
 
 
 def fit(image: Image.Image, width: int, height: int, mode: str = "RGB") -> Image.Image:

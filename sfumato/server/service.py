@@ -198,21 +198,14 @@ class Service:
         return self.keep(self.open_upload(data, what))
 
     def check_limits(self, request: GenerationRequest) -> None:
-        """The server's budget before a job is queued (the engine checks the same budget again per frame)."""
+        """What only the server limits: steps, images per request, listed upscaler names. Text, sizes, hires and SD
+        upscale targets are checked by the engine's resolver, which runs with these same `Limits`."""
         limits = self.settings.limits
-        limits.check_texts(request.texts())
         if request.steps is not None and request.steps > limits.max_steps:
             raise InvalidRequest(f"steps {request.steps} is more than this server's limit of {limits.max_steps}")
         if request.batch_size * request.batch_count > limits.max_images:
             raise InvalidRequest(f"{request.batch_size * request.batch_count} images requested; at most "
                                  f"{limits.max_images} per request")
-        if request.width and request.height:
-            limits.check_generation(request.width, request.height, request.hires_scale, request.sd_upscale)
-        else:
-            for name in ("width", "height"):
-                value = getattr(request, name)
-                if value is not None and value > limits.max_side:
-                    raise InvalidRequest(f"{name} {value} is larger than this server's limit of {limits.max_side}")
         for name in ("hires_upscaler", "init_upscaler", "sd_upscale_upscaler"):  # listed names only, never paths
             value = getattr(request, name)
             if value and value.lower() not in LATENT_UPSCALERS and (name != "sd_upscale_upscaler"
