@@ -63,6 +63,9 @@ def add_parsers(commands) -> None:
     steps.add_argument("--extractor", default="open-nsfw", help=extractor_help)
     steps.add_argument("--clip-model", type=Path)
     steps.add_argument("--out", type=Path, required=True, help="output folder (CSV, plots, sweep.json)")
+    from sfumato.cli import eval_scenes
+
+    eval_scenes.add_parsers(metrics)
     report = metrics.add_parser("report", help="write DIR/report.md from an evaluation folder")
     report.add_argument("folder", type=Path)
     report.add_argument("--metric", dest="pick", help="metric that picks the recommended setting (default: top1, fid, ...)")
@@ -100,6 +103,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sfumato.evaluation import images as ev_images
     from sfumato.evaluation import metrics
 
+    if args.metric in ("detector", "compositional"):
+        from sfumato.cli import eval_scenes
+
+        return eval_scenes.run(args)
     if args.metric == "report":
         from sfumato.evaluation.report import write_report
 

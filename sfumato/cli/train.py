@@ -14,11 +14,16 @@ from sfumato.errors import InvalidRequest
 def add_parsers(commands) -> None:
     _add_train_parser(commands)
     data = commands.add_parser("data", help="build training datasets")
-    data.add_argument("dataset", choices=["emoji"], help="emoji: Noto Color Emoji renders with CLDR captions")
+    data.add_argument("dataset", choices=["emoji", "scenes"],
+                      help="emoji: Noto Color Emoji renders with CLDR captions; scenes: composed 64 px emoji scenes "
+                           "(objects, counts, colours, places, relations, backgrounds) in every installed art style")
     data.add_argument("output", type=Path)
-    data.add_argument("--size", type=int, default=64)
-    data.add_argument("--base-only", action="store_true", help="skip skin-tone variants (1,870 base emoji)")
-    data.add_argument("--limit", type=int)
+    data.add_argument("--size", type=int, default=64, help="emoji: image side")
+    data.add_argument("--base-only", action="store_true", help="emoji: skip skin-tone variants (1,870 base emoji)")
+    data.add_argument("--limit", type=int, help="emoji: at most this many")
+    data.add_argument("--count", type=int, default=60000, help="scenes: how many")
+    data.add_argument("--seed", type=int, default=0, help="scenes: the same seed makes the same images")
+    data.add_argument("--processes", type=int, default=1, help="scenes: render in this many processes")
     data.set_defaults(run=cmd_data)
 
 
@@ -102,6 +107,16 @@ def cmd_data(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
+    if args.dataset == "scenes":
+        from sfumato.training.scenes import build_scene_dataset
+
+        if args.count < 1 or args.processes < 1:
+            raise InvalidRequest("--count and --processes must be at least 1")
+        sheet = build_scene_dataset(args.output, args.count, args.seed, args.processes, progress=progress)
+        bar.close()
+        print(f"{sheet['images']} scenes in {args.output} (metadata.jsonl, datasheet.json); styles: "
+              + "; ".join(f"{s}: {v['licence']}" for s, v in sheet["styles"].items()))
+        return 0
     count = build_emoji_dataset(args.output, args.size, args.base_only, args.limit, progress)
     bar.close()
     print(f"{count} images in {args.output} (metadata.jsonl); Noto Color Emoji, Apache-2.0")

@@ -47,9 +47,10 @@ class BucketPlan:
 
 
 def plan_buckets(image_sizes: list[Size], buckets: list[Size], batch_size: int, max_aspect_error: float = 0.5,
-                 seed: int = 0) -> BucketPlan:
-    """Assign images to buckets once (so cached latents stay valid across epochs)."""
-    base = max(buckets, key=lambda b: (min(b), b[0] * b[1]))
+                 seed: int = 0, base: Size | None = None) -> BucketPlan:
+    """Assign images to buckets once (so cached latents stay valid across epochs); `base` (default: the largest
+    square-most bucket) also takes the images that cannot fill a batch in their own bucket."""
+    base = base or max(buckets, key=lambda b: (min(b), b[0] * b[1]))
     members: dict[int, list[int]] = {}
     sizes: list[Size | None] = [None] * len(image_sizes)
     dropped = 0

@@ -85,8 +85,10 @@ def cached_latents(folder: Path, items: list[tuple[int, bool]], encode: Callable
 
 
 def cached_texts(folder: Path, captions: list[str], encode: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None]],
-                 batch_size: int, stats: CacheStats) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(embeds [M, T, D], pooled [M, P] or None) for `captions` in order."""
+                 batch_size: int, stats: CacheStats, dtype: torch.dtype = torch.float32
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embeds [M, T, D], pooled [M, P] or None) for `captions` in order, stored in `dtype` (float16 halves the
+    memory of a large caption set; the trainer casts each batch to float32)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "text.safetensors"
     if path.exists():
@@ -96,9 +98,9 @@ def cached_texts(folder: Path, captions: list[str], encode: Callable[[list[str]]
     embeds, pooled = [], []
     for i in range(0, len(captions), batch_size):
         e, p = encode(captions[i:i + batch_size])
-        embeds.append(e.float().cpu())
+        embeds.append(e.to(dtype).cpu())
         if p is not None:
-            pooled.append(p.float().cpu())
+            pooled.append(p.to(dtype).cpu())
     stats.texts_computed += len(captions)
     tensors = {"embeds": torch.cat(embeds)}
     if pooled:

@@ -33,9 +33,11 @@ class TrainConfig:
     buckets: bool = True
     bucket_min: int | None = None  # default: resolution // 2
     bucket_step: int = 64
+    bucket_sizes: list[str] = field(default_factory=list)  # explicit "WxH" buckets, the first the base one
     max_aspect_error: float = 0.5
     flip: bool = False
     cache: bool = True
+    text_cache_dtype: str = "float32"  # float16 halves the memory of a large caption set
     cache_dir: str | None = None  # default: $SFUMATO_HOME/cache/training
     caption_dropout: float = 0.1  # empty caption with this probability (classifier-free guidance)
     shuffle_tags: bool = False
@@ -108,6 +110,8 @@ class TrainConfig:
                 raise InvalidRequest(f"{name.replace('_', '-')} must be at least 1")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise InvalidRequest("caption-dropout must be in [0, 1)")
+        if self.text_cache_dtype not in ("float32", "float16"):
+            raise InvalidRequest(f"text-cache-dtype must be float32 or float16, got {self.text_cache_dtype!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise InvalidRequest("mixed-precision must be no, bf16 or fp16")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):

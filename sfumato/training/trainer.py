@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from sfumato.errors import InvalidRequest
 from sfumato.models import home
 from sfumato.training import checkpoints as ckpt
 from sfumato.training.buckets import BucketPlan, epoch_batches, make_buckets, plan_buckets
@@ -57,8 +58,20 @@ class Features:
     weights: list[float]  # per-image loss weight (prior preservation)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """ "96x64" -> (96, 64)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InvalidRequest(f"bucket size {text!r} is not WIDTHxHEIGHT") from None
+    return width, height
+
+
 def _plan(config: TrainConfig, dataset: Dataset, seed: int) -> BucketPlan:
     sizes = [(ex.width, ex.height) for ex in dataset.examples]
+    if config.bucket_sizes:  # an explicit list: the first is the base (remainder) bucket
+        buckets = [parse_size(text) for text in config.bucket_sizes]
+        return plan_buckets(sizes, buckets, config.batch_size, config.max_aspect_error, seed, base=buckets[0])
     if not config.buckets:
         buckets = [(config.resolution, config.resolution)]
         return plan_buckets(sizes, buckets, config.batch_size, max_aspect_error=float("inf"), seed=seed)
@@ -101,11 +114,13 @@ def prepare_features(config: TrainConfig, setup: TrainSetup, dataset: Dataset, w
     embeds = pooled = None
     if not setup.live_text:
         text_id = "|".join(weights_fingerprint(slot.encoder) for slot in setup.encoder.slots)
-        text_dir = root / cache_key(kind="text", encoder=text_id, captions=texts, chunk=setup.encoder.slots[0].chunk_length)
+        half = config.text_cache_dtype == "float16"
+        text_dir = root / cache_key(kind="text", encoder=text_id, captions=texts, chunk=setup.encoder.slots[0].chunk_length,
+                                    **({"dtype": "float16"} if half else {}))
         say(f"caching text embeddings of {len(texts)} captions in {text_dir}")
         with torch.no_grad():
             embeds, pooled = cached_texts(text_dir, texts, lambda batch: encode_captions(setup.encoder, batch),
-                                          64, stats)
+                                          64, stats, torch.float16 if half else torch.float32)
     setup.park_frozen(Path(config.output) / ".parked", keep_text=setup.live_text)
     gc.collect()
     return Features(dataset, plan, moments, caption_rows, embeds, pooled, weights)
@@ -143,16 +158,17 @@ def loss_for_batch(config: TrainConfig, setup: TrainSetup, features: Features, i
             control = setup.control_maps(features, indices, flips)
     rows = _choose_captions(features, indices, config, rng)
     if features.embeds is not None:
-        embeds = features.embeds[rows].to(setup.device)
-        pooled = features.pooled[rows].to(setup.device) if features.pooled is not None else None
+        embeds = features.embeds[rows].to(setup.device, torch.float32)
+        pooled = features.pooled[rows].to(setup.device, torch.float32) if features.pooled is not None else None
     else:
         texts = [features_caption(features, i, r, config, rng) for i, r in zip(indices, rows)]
         embeds, pooled = encode_captions(setup.encoder, texts)
     height, width = latents.shape[-2] * setup.vae_scale, latents.shape[-1] * setup.vae_scale
     if setup.loss_fn is not None:  # the method's own objective (latent consistency distillation)
         if features.embeds is not None:
-            uncond = features.embeds[[0] * len(indices)].to(setup.device)
-            uncond_pooled = features.pooled[[0] * len(indices)].to(setup.device) if features.pooled is not None \
+            uncond = features.embeds[[0] * len(indices)].to(setup.device, torch.float32)
+            uncond_pooled = features.pooled[[0] * len(indices)].to(setup.device, torch.float32) \
+                if features.pooled is not None \
                 else None
         else:
             uncond, uncond_pooled = encode_captions(setup.encoder, [""] * len(indices))

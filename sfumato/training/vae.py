@@ -75,9 +75,10 @@ def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: flo
         batch = pixels[torch.tensor(rng.sample(range(len(pixels)), min(config.batch_size, len(pixels))))]
         if config.flip:
             batch = torch.where(torch.rand(len(batch), 1, 1, 1) < 0.5, batch.flip(-1), batch)
-        posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, batch) + kl_weight * posterior.kl().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+            posterior = vae.encode(batch).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon.float(), batch) + kl_weight * posterior.kl().float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
