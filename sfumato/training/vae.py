@@ -29,9 +29,23 @@ DEFAULT_VAE = {
 }
 
 
+def _crops(batch: torch.Tensor, crop: int | None, rng: random.Random) -> torch.Tensor:
+    """Random `crop`×`crop` windows (one per image): a convolutional VAE learns as well from crops, 4x cheaper at half
+    the side, and still works on the whole image."""
+    side = batch.shape[-1]
+    if not crop or crop >= side:
+        return batch
+    out = []
+    for image in batch:
+        y, x = rng.randrange(side - crop + 1), rng.randrange(side - crop + 1)
+        out.append(image[:, y:y + crop, x:x + crop])
+    return torch.stack(out)
+
+
 def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: float = 1e-6,
-              say: Callable[[str], None] = print) -> Path:
-    """Train (or resume) an AutoencoderKL; returns the saved folder `OUTPUT/vae`."""
+              say: Callable[[str], None] = print, crop: int | None = None) -> Path:
+    """Train (or resume) an AutoencoderKL; returns the saved folder `OUTPUT/vae`. With `crop`, each step trains on
+    random crops of that side of the `resolution` images."""
     from diffusers import AutoencoderKL
     from diffusers.optimization import get_scheduler
     from tqdm import tqdm
@@ -75,6 +89,7 @@ def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: flo
         batch = pixels[torch.tensor(rng.sample(range(len(pixels)), min(config.batch_size, len(pixels))))]
         if config.flip:
             batch = torch.where(torch.rand(len(batch), 1, 1, 1) < 0.5, batch.flip(-1), batch)
+        batch = _crops(batch, crop, rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
             posterior = vae.encode(batch).latent_dist
             recon = vae.decode(posterior.sample()).sample
