@@ -300,8 +300,10 @@ class Engine:
                            self.upscaler)
             pictures = runner_for(model.info.family).generate(job)
             for i, picture in enumerate(pictures):
-                text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i])
-                results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i))
+                text = infotext(resolved, seeds[i], subseeds[i], model.info.name, model_hash, hashes, prompts[i],
+                                _precision(model))
+                results.append(GeneratedImage(picture, seeds[i], subseeds[i], text, batch_request, i,
+                                              precision=_precision(model)))
         return results
 
     def preview_image(self, latents: torch.Tensor, full: bool = False):
@@ -382,9 +384,13 @@ class Engine:
         seconds = time.perf_counter() - started
         out: dict[int, list[GeneratedImage]] = {id(job): [] for job in jobs}
         for (job, i), picture, seed, subseed in zip(rows, pictures, seeds, subseeds):
-            text = infotext(job, seed, subseed, model.info.name, model_hash, hashes)
-            out[id(job)].append(GeneratedImage(picture, seed, subseed, text, job, i))
+            text = infotext(job, seed, subseed, model.info.name, model_hash, hashes, precision=_precision(model))
+            out[id(job)].append(GeneratedImage(picture, seed, subseed, text, job, i, precision=_precision(model)))
         return [self._screen(GenerationResult(out[id(job)], job, seconds)) for job in jobs]
+
+
+def _precision(model: LoadedModel) -> str:
+    return str(model.dtype).removeprefix("torch.")
 
 
 def _hashes(model: LoadedModel, request: GenerationRequest) -> tuple[str, str | None]:

@@ -23,10 +23,12 @@ HIRES_UPSCALER_NAMES = {"latent": "Latent", "latent-nearest": "Latent (nearest)"
 
 
 def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: str, model_hash: str | tuple,
-             lora_hashes: dict[str, str] | None = None, image_prompt: str | None = None) -> str:
+             lora_hashes: dict[str, str] | None = None, image_prompt: str | None = None,
+             precision: str = "float32") -> str:
     """The A1111 `parameters` text: prompt (this image's, for dynamic prompts), negative prompt, `Key: value` pairs.
 
-    `model_hash` is the model's short hash, or (model hash, VAE override hash or None)."""
+    `model_hash` is the model's short hash, or (model hash, VAE override hash or None); `precision` is written when it
+    is not float32."""
     model_hash, vae_hash = model_hash if isinstance(model_hash, tuple) else (model_hash, None)
     prompt = (image_prompt or request.prompt) + "".join(f" <lora:{Path(n).stem}:{w:g}>" for n, w in request.loras)
     fields: list[tuple[str, Any]] = [
@@ -91,6 +93,8 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
                                                 f"{len(request.ip_images)} image(s)")))
     for index, unit in enumerate(request.controls):
         fields.append((f"ControlNet {index}", control_infotext(unit)))
+    if precision != "float32":
+        fields.append(("Precision", precision))
     fields.append(("Version", f"sfumato {__version__}"))
     text = prompt
     if request.negative_prompt:
@@ -163,12 +167,13 @@ class StoredRecord:
     batch_index: int
     model_sha256: str | None
     parameters: str | None
+    precision: str | None = None  # the dtype that made it (None: recorded before sfumato wrote it)
 
 
 def save_generated(item, path: Path, model_sha256: str | None) -> Path:
     """Save a `GeneratedImage` as PNG with its infotext and the sfumato record that replays it."""
     record = {"request": item.request.to_dict(), "batch_index": item.batch_index, "model_sha256": model_sha256,
-              "version": __version__}
+              "precision": item.precision, "version": __version__}
     if item.nsfw:
         record["nsfw"] = True
     return save_png(item.image, path, item.infotext, record)
@@ -246,7 +251,8 @@ def read_png(path: Path) -> StoredRecord:
         request = GenerationRequest.from_dict(record["request"]).validate()
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidRequest(f"{path}: corrupt sfumato metadata ({exc})") from None
-    return StoredRecord(request, int(record.get("batch_index", 0)), record.get("model_sha256"), text.get("parameters"))
+    return StoredRecord(request, int(record.get("batch_index", 0)), record.get("model_sha256"), text.get("parameters"),
+                        record.get("precision"))
 
 
 def dated_output_paths(root: Path, seeds: list[int], when: _dt.date | None = None) -> list[Path]:

@@ -313,6 +313,7 @@ class GeneratedImage:
     batch_index: int  # position inside that batch (replay regenerates the batch and takes this one)
     nsfw: bool = False  # flagged by the image safety check (and blurred)
     nsfw_score: float | None = None  # the classifier's P(NSFW), when the check ran
+    precision: str = "float32"  # the dtype of the model that made it (replay uses it)
 
 
 @dataclass

@@ -34,7 +34,8 @@ def add_parsers(commands) -> None:
     batch.add_argument("--gpus-per-replica", type=float, default=0.0, help="Ray: GPUs per actor (fractions share)")
     batch.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray: CPUs per actor")
     batch.add_argument("--device")
-    batch.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    batch.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="precision (auto: float16 on CUDA; bfloat16 on CPUs with AMX/AVX512-BF16 for large models, else float32)")
     batch.add_argument("--json", action="store_true", help="print the report as JSON")
     add_compile_arg(batch)
     add_memory_args(batch)

@@ -189,7 +189,8 @@ def generate_and_save(engine, request: GenerationRequest, args: argparse.Namespa
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     """Where and how a generation runs: device, precision, torch.compile, the memory modes and the safety check."""
     parser.add_argument("--device")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="precision (auto: float16 on CUDA; bfloat16 on CPUs with AMX/AVX512-BF16 for large models, else float32)")
     add_compile_arg(parser)
     add_memory_args(parser)
     add_safety_args(parser)

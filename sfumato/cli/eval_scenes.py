@@ -20,6 +20,8 @@ def add_parsers(metrics) -> None:
     det.add_argument("--batch-size", type=int, default=64)
     det.add_argument("--limit", type=int, default=30000, help="at most this many 64x64 renders in memory")
     det.add_argument("--check", type=Path, help="a second scenes folder (another seed) to report accuracy on")
+    det.add_argument("--init", type=Path, help="continue training this detector")
+    det.add_argument("--width", type=int, default=32, help="channels of the first block (a new detector)")
     comp = metrics.add_parser("compositional", help="GenEval-style categories on held-out prompts, diversity, grid")
     comp.add_argument("--model", "-m")
     comp.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR)
@@ -51,7 +53,11 @@ def _detector(args: argparse.Namespace) -> int:
         bar.update(step - bar.n)
         bar.set_postfix(loss=f"{loss:.3f}")
 
-    model = train_detector(args.data, args.steps, args.batch_size, limit=args.limit, progress=progress)
+    from sfumato.evaluation.scene_detector import load_detector
+
+    init = load_detector(args.init) if args.init else None
+    model = train_detector(args.data, args.steps, args.batch_size, limit=args.limit, progress=progress, init=init,
+                           width=args.width)
     bar.close()
     save_detector(model, args.output)
     record = {"detector": str(args.output)}

@@ -123,6 +123,8 @@ def add_parsers(commands) -> None:
     replay.add_argument("--output", "-o", type=Path, required=True)
     replay.add_argument("--model", help="use this model instead of the recorded path")
     replay.add_argument("--device")
+    replay.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="precision (auto: the one recorded in the PNG)")
     add_safety_args(replay)
     replay.set_defaults(run=cmd_replay)
 
@@ -222,6 +224,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.model:
         request = dataclasses.replace(request, model=args.model)
     check_output(args.output)
+    if getattr(args, "dtype", "auto") == "auto" and record.precision:
+        args.dtype = record.precision  # the precision that made the image, unless --dtype says otherwise
     engine = make_engine(args)
     if record.model_sha256 and sha256(engine.model_path(request.model)) != record.model_sha256:
         print("sfumato: warning: the model's hash differs from the recorded one; the image will differ",

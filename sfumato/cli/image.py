@@ -65,7 +65,8 @@ def add_parsers(commands) -> None:
         rec.add_argument("--output", "-o", type=Path, help="PNG file or folder (default: outputs/<date>/)")
         rec.add_argument("--json", action="store_true")
         rec.add_argument("--device")
-        rec.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+        rec.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="precision (auto: float16 on CUDA; bfloat16 on CPUs with AMX/AVX512-BF16 for large models, else float32)")
         add_safety_args(rec)
     up.set_defaults(run=cmd_upscale)
     lst.set_defaults(run=cmd_upscalers)

