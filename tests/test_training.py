@@ -538,3 +538,26 @@ def test_vqgan_trains_with_a_codebook_discriminator_and_dead_code_restarts(squar
     model = VQModel.from_pretrained(str(out / "vqmodel"))
     assert model.config.num_vq_embeddings == 32
     assert (out / "codebook.png").stat().st_size > 0 and (out / "reconstructions.png").exists()
+
+
+def test_cache_identity_of_weights_does_not_depend_on_the_thread_count():
+    """A float32 sum's last digits depend on how many threads summed: the cache key of a model must not, or a run with
+    another OMP_NUM_THREADS recomputes every cached latent and caption."""
+    from sfumato.training.cache import weights_fingerprint
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(1024, 1024)
+    with torch.no_grad():
+        module.weight.mul_(1e3).add_(7.0)
+    threads = torch.get_num_threads()
+    try:
+        seen = set()
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            seen.add(weights_fingerprint(module))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 1
+    with torch.no_grad():
+        module.weight[0, 0] += 1.0
+    assert weights_fingerprint(module) not in seen

@@ -25,10 +25,11 @@ SHARD = 1024
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A cheap identity of a module's weights (names, shapes, sums)."""
+    """A cheap identity of a module's weights (names, shapes, sums). The sums are taken in float64, so the identity
+    does not depend on how many threads summed (a float32 sum's last digits do)."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
-        t = tensor.detach().float()
+        t = tensor.detach().double()
         digest.update(f"{name}{tuple(t.shape)}{t.sum().item():.6e}{t.abs().sum().item():.6e}".encode())
     return digest.hexdigest()[:16]
 
