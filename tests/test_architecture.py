@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "check_imports.py"
 
@@ -32,3 +36,15 @@ def test_the_parser_imports_no_torch():
            "if m.split('.')[0] in ('torch', 'diffusers', 'transformers')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout[-500:] + done.stderr[-500:]
+
+
+@pytest.mark.parametrize("argv", [["models"], ["info", str(Path(__file__).resolve().parent.parent / "docs" / "scenes-samples.png")], ["generate"],
+                                  ["generate", "a cat", "--steps", "many"], ["nonsense"], ["serve", "--help"]])
+def test_listing_reading_and_usage_errors_import_no_torch(argv, tmp_path):
+    """`sfumato models`, `sfumato info` and every usage error answer without torch/diffusers (instant start)."""
+    code = ("import sys, json\nfrom sfumato.cli import main\ntry:\n    main(json.loads(sys.argv[1]))\n"
+            "except SystemExit:\n    pass\nprint('LOADED', sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('torch', 'diffusers', 'transformers')), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(argv)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SFUMATO_HOME": str(tmp_path)})
+    assert "LOADED []" in done.stderr, done.stderr[-800:]

@@ -21,15 +21,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from sfumato.errors import InvalidRequest, ModelNotFound, UnsupportedModel
+from sfumato.errors import InvalidRequest, UnsupportedModel
+from sfumato.control.files import (CLASSES, CROSS_ATTENTION_FAMILIES, EMBEDDED_CONTROLNETS, FLOW_KINDS,  # noqa: F401
+                                   controlnet_dir, embedded_controlnet, list_control_models, resolve)
 from sfumato.models import home
 
 CONFIG_METADATA_KEY = "sfumato.config"
-EMBEDDED_CONTROLNETS = Path(__file__).resolve().parent.parent / "models" / "embedded"
-CLASSES = {"ControlNetModel": "controlnet", "ControlNetUnionModel": "controlnet-union", "T2IAdapter": "t2i-adapter",
-           "SD3ControlNetModel": "controlnet-sd3", "FluxControlNetModel": "controlnet-flux"}  # the last two: flow.py
-FLOW_KINDS = {"controlnet-sd3": "sd3", "controlnet-flux": "flux"}
-CROSS_ATTENTION_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
 @dataclass
@@ -40,43 +37,6 @@ class ControlModel:
     module: torch.nn.Module
     preprocessor: str | None = None  # the map it was trained on, when its folder says (sfumato.json)
     base: str | None = None  # the model it was trained for, when known
-
-
-def controlnet_dir() -> Path:
-    return home.home() / "models" / "controlnet"
-
-
-def embedded_controlnet(base_name: str | None) -> Path | None:
-    """The control model shipped for an embedded base model (`sfumato-emoji` -> `sfumato-emoji-canny`)."""
-    if not base_name:
-        return None
-    path = EMBEDDED_CONTROLNETS / f"{base_name}-canny"
-    return path if (path / "config.json").exists() else None
-
-
-def resolve(name: str) -> Path:
-    """A path, a name in $SFUMATO_HOME/models/controlnet (file stem or folder), or a shipped control model."""
-    path = Path(name).expanduser()
-    if path.exists():
-        home.refuse_pickle(path)
-        return path
-    folder = controlnet_dir()
-    for candidate in [folder / name, *(folder / f"{name}{s}" for s in home.SAFE_SUFFIXES + home.PICKLE_SUFFIXES),
-                      EMBEDDED_CONTROLNETS / name]:
-        if candidate.exists() and (candidate.is_file() or (candidate / "config.json").exists()):
-            home.refuse_pickle(candidate)
-            return candidate
-    raise ModelNotFound(f"control model {name!r} not found (not a path, and not in {folder})")
-
-
-def list_control_models() -> list[Path]:
-    folder = controlnet_dir()
-    found = []
-    if folder.is_dir():
-        found += [p for p in sorted(folder.iterdir())
-                  if (p.is_dir() and (p / "config.json").exists()) or p.suffix.lower() in home.SAFE_SUFFIXES]
-    found += [p for p in sorted(EMBEDDED_CONTROLNETS.glob("*-canny")) if (p / "config.json").exists()]
-    return found
 
 
 def load_control_model(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

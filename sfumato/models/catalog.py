@@ -57,7 +57,7 @@ def _entries(folder: Path, kind: str) -> list[CatalogEntry]:
 
 
 def _control_entries() -> list[CatalogEntry]:
-    from sfumato.control.models import CLASSES, list_control_models, read_single_file
+    from sfumato.control.files import CLASSES, list_control_models
 
     found = []
     for path in list_control_models():
@@ -66,6 +66,8 @@ def _control_entries() -> list[CatalogEntry]:
                 config = json.loads((path / "config.json").read_text())
                 fmt = "diffusers"
             else:
+                from sfumato.control.models import read_single_file  # a single file's config comes from its tensors
+
                 _, config = read_single_file(path)
                 fmt = "safetensors"
             family = CLASSES.get(config.get("_class_name"), "?")
@@ -78,7 +80,7 @@ def _control_entries() -> list[CatalogEntry]:
 
 
 def _vae_entries() -> list[CatalogEntry]:
-    from sfumato.models.vae import list_vaes
+    from sfumato.models.home import list_vaes
 
     return [CatalogEntry("vae", path.stem if path.is_file() else path.name, str(path), "vae",
                          "safetensors" if path.is_file() else "diffusers",

@@ -118,3 +118,20 @@ def sha256(path: Path) -> str:
 def short_hash(path: Path) -> str:
     """A1111's short model hash: the first 10 hex digits of the SHA-256."""
     return sha256(path)[:10]
+
+
+def list_vaes() -> list[Path]:
+    """VAE files and folders in $SFUMATO_HOME/models/vae."""
+    folder = vaes_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if (p.is_file() and p.suffix == ".safetensors") or (p.is_dir() and vae_folder(p) is not None))
+
+
+def vae_folder(path: Path) -> Path | None:
+    """The diffusers VAE folder at `path` (or its vae/ subfolder), None when there is none."""
+    for candidate in (path, path / "vae"):
+        if (candidate / "config.json").exists():
+            return candidate
+    return None

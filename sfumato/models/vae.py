@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from sfumato.errors import UnsupportedModel
 from sfumato.models import home
+from sfumato.models.home import list_vaes, vae_folder as _folder  # noqa: F401
 from sfumato.models.detect import CONFIGS_METADATA_KEY
 from sfumato.models.loader import LoadedModel
 
@@ -39,21 +40,6 @@ def resolve_vae(name: str) -> Path:
     if path.is_dir() and not ((path / "config.json").exists() or (path / "vae" / "config.json").exists()):
         raise UnsupportedModel(f"VAE folder {path} has neither config.json nor vae/config.json")
     return path
-
-
-def list_vaes() -> list[Path]:
-    folder = home.vaes_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if (p.is_file() and p.suffix == ".safetensors") or (p.is_dir() and _folder(p) is not None))
-
-
-def _folder(path: Path) -> Path | None:
-    for candidate in (path, path / "vae"):
-        if (candidate / "config.json").exists():
-            return candidate
-    return None
 
 
 def vae_state_dict(path: Path, config: dict) -> dict[str, torch.Tensor]:
