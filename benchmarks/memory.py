@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--gguf", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny", action="store_true", help="the tiny SD1 test model at 64² (tests the script)")
     args = parser.parse_args()
     if args.build:  # in a child process: the parent must not hold the model while rows measure memory
         from sfumato.models.convert import convert
@@ -114,16 +115,21 @@ def main() -> None:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown rows {unknown}")
-    args.size = args.size or (512 if args.model == "sd15" else 1024)
+    args.size = args.size or (64 if args.tiny else 512 if args.model == "sd15" else 1024)
     with tempfile.TemporaryDirectory() as tmp:
         quants = ",".join(sorted({ROWS[r]["gguf"] for r in rows if "gguf" in ROWS[r]}))
-        model = build_in_child(__file__, args.model, Path(tmp) / args.model, ["--gguf", quants])
+        if args.tiny:
+            from sfumato.models.tiny import build_tiny
+
+            model = build_tiny("sd1", Path(tmp) / "tiny-sd1")
+        else:
+            model = build_in_child(__file__, args.model, Path(tmp) / args.model, ["--gguf", quants])
         results = {}
         for row in rows:
             results[row] = measure(row, model, args, Path(tmp) / f"{row}.png")
             print(f"  {row:22s} peak {results[row]['peak_mb']:8.0f} MB", file=sys.stderr, flush=True)
         base = results["base"]
-        label = {"sd15": "SD 1.5-size", "sdxl": "SDXL-size"}[args.model]
+        label = "tiny SD1" if args.tiny else {"sd15": "SD 1.5-size", "sdxl": "SDXL-size"}[args.model]
         print(f"{label} (random weights), {args.size}x{args.size}, {args.steps} Euler steps, CFG 7, {args.device}, "
               f"peak = {'max RSS' if args.device == 'cpu' else 'max CUDA allocated'}")
         print(f"  {'row':22s} {'peak MB':>8s} {'x base':>7s} {'held MB':>8s} {'UNet MB':>8s} {'x base':>7s} "

@@ -86,7 +86,7 @@ class Resolver:
                     ("IP-Adapter", bool(request.ip_adapter)), ("prompt-to-prompt", bool(request.p2p_source))) if on]
             if used:
                 raise UnsupportedModel(f"{info.name} has a DiT denoiser: {', '.join(used)} need a UNet")
-        instruct = info.configs.get("unet", {}).get("in_channels") == 8
+        instruct = info.instruct
         if request.instruction_edit and not instruct:
             raise InvalidRequest(f"{info.name} is not an InstructPix2Pix model (its UNet takes no image channels)")
         if instruct:

@@ -561,3 +561,36 @@ def test_cache_identity_of_weights_does_not_depend_on_the_thread_count():
     with torch.no_grad():
         module.weight[0, 0] += 1.0
     assert weights_fingerprint(module) not in seen
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_continues_from_it(sd1, squares, tmp_path):
+    """A run stopped by SIGTERM (or Ctrl-C) finishes its step, saves a checkpoint and exits 0; --resume goes on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "sfumato.cli", "train", "lora", "--model", str(sd1), "--data", str(squares),
+            "--output", str(out), "--batch-size", "2", "--resolution", "32", "--rank", "2",
+            "--checkpoint-every", "1000", "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen([*args, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-800:]
+    report = json.loads(stdout)
+    stopped_at = report["steps"]
+    assert report["stopped"] is True and 2 <= stopped_at < 100000
+    assert (out / "checkpoints" / f"step-{stopped_at:07d}").is_dir()
+    assert "continue with --resume" in stderr
+    done = subprocess.run([*args, "--steps", str(stopped_at + 2), "--resume"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-800:]
+    again = json.loads(done.stdout)
+    assert again["steps"] == stopped_at + 2 and again["stopped"] is False
+    assert f"resumed from step-{stopped_at:07d} (step {stopped_at})" in done.stderr

@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps({"output": str(result.output), "steps": result.steps, "final_loss": result.losses[-1] if result.losses else None,
                       "images_per_second": round(result.images_per_second, 2), "images": result.dataset_size, "processes": result.world_size,
-                      "skipped": result.skipped, "dropped": result.dropped,
+                      "skipped": result.skipped, "dropped": result.dropped, "stopped": result.stopped,
                       "cache": dataclasses.asdict(result.cache)}, indent=2))
     return 0
 

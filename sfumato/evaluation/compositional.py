@@ -145,7 +145,7 @@ def evaluate(engine, detector: SceneDetector, model: str | None = None, per_cate
         chunk = case_list[start:start + batch]
         requests = [GenerationRequest(prompt=c.prompt, seed=seed * 100_000 + start + i, **settings)
                     for i, c in enumerate(chunk)]
-        images.extend(r.images[0] for r in engine.generate_many(requests))
+        images.extend(r.images[0].image for r in engine.generate_many(requests))
         if progress:
             progress(len(images), total)
     report = score(detector, case_list, images)
@@ -154,7 +154,7 @@ def evaluate(engine, detector: SceneDetector, model: str | None = None, per_cate
     for c in singles:
         result = engine.generate(GenerationRequest(prompt=c.prompt, seed=seed * 100_000 + 77_000, batch_size=seeds,
                                                    **settings))
-        sets.append((c.prompt, result.images))
+        sets.append((c.prompt, [g.image for g in result.images]))
         if progress:
             progress(len(images) + len(sets) * seeds, total)
     measured = [diversity(s) for _, s in sets]

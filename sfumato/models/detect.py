@@ -104,7 +104,8 @@ def _describe_folder(path: Path) -> ModelInfo:
                                            and pipeline.startswith("StableDiffusion") and "unet" in configs):
         family = replace(FAMILIES["ldm"], **{k: settings[k] for k in FAMILY_DEFAULTS if k in settings})
         prediction = configs.get("scheduler", {}).get("prediction_type", "epsilon")
-        return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs, settings)
+        return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 2 * _latent_channels(configs) + 1,
+                         configs, settings)
     if pipeline.startswith("StableDiffusion3"):
         family = FAMILIES["sd3"]
     elif pipeline.startswith("Flux"):
@@ -128,8 +129,8 @@ def _describe_folder(path: Path) -> ModelInfo:
     prediction = configs.get("scheduler", {}).get("prediction_type", family.prediction_type)
     if family.prediction_type == "flow":
         prediction = "flow"
-    return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 9, configs, settings,
-                     _component_quantization(path))
+    return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 2 * _latent_channels(configs) + 1,
+                     configs, settings, _component_quantization(path))
 
 
 def _component_quantization(path: Path) -> str | None:
@@ -167,3 +168,9 @@ def _describe_gguf(path: Path) -> ModelInfo:
     prediction = strings.get("sfumato.prediction_type") or family.prediction_type
     in_channels = configs.get("unet", {}).get("in_channels", 4)
     return ModelInfo(path, "gguf", family, prediction, in_channels == 9, configs, quantization=quantization)
+
+
+def _latent_channels(configs: dict) -> int:
+    """The VAE's latent channels (4 for SD; 8 for sfumato-scenes): an inpainting UNet takes 2x + 1 (latents, masked
+    image latents, mask), an InstructPix2Pix UNet 2x (latents, image latents)."""
+    return int(configs.get("vae", {}).get("latent_channels", 4))

@@ -32,6 +32,13 @@ class ModelInfo:
         return self.family.native_size
 
     @property
+    def instruct(self) -> bool:
+        """An InstructPix2Pix UNet: it takes the image latents beside the noisy ones (twice the VAE's channels)."""
+        unet = self.configs.get("unet", {})
+        return unet.get("in_channels") == 2 * int(self.configs.get("vae", {}).get("latent_channels", 4)) \
+            and unet.get("out_channels", 4) != unet.get("in_channels")
+
+    @property
     def dit_denoiser(self) -> bool:
         """A `train scratch --arch dit` model: a DiT (models.textdit) where the UNet goes."""
         return self.configs.get("unet", {}).get("_class_name") == "TextDiT"

@@ -21,7 +21,8 @@ from sfumato.pipelines.steps import from_pil, initial_noise, set_timesteps
 
 
 def is_instruct_model(model: LoadedModel) -> bool:
-    return model.pipe.unet.config.in_channels == 8
+    unet, vae = model.pipe.unet.config, model.pipe.vae.config
+    return unet.in_channels == 2 * vae.latent_channels and unet.out_channels != unet.in_channels
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class TrainResult:
     cache: CacheStats = field(default_factory=CacheStats)
     world_size: int = 1
     main_process: bool = True
+    stopped: bool = False  # a signal stopped it early (a checkpoint was saved)
 
 
 @dataclass
@@ -269,65 +272,98 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, say: Ca
     setup.model.train()
     started, seen = time.perf_counter(), 0
     bar = _progress_bar(config.steps, step, main)
-    while step < config.steps:
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for _ in range(config.gradient_accumulation):
-            if position >= len(batches):
-                epoch, position = epoch + 1, 0
-                batches = epoch_batches(features.plan, config.batch_size, config.seed, epoch)
-            batch = batches[position]
-            position += 1
-            mine = batch[rank::world] or batch[:1]
-            with accelerator.autocast():
-                loss = loss_for_batch(config, setup, features, mine, rng) / config.gradient_accumulation
-            accelerator.backward(loss)
-            total += loss.item()
-            seen += len(batch)
-        if config.max_grad_norm:
-            accelerator.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
-        setup.after_optimizer_step()
-        lr_scheduler.step()
-        if ema is not None:
-            ema.step(params)
-        step += 1
-        losses.append(total)
-        rate = seen / max(time.perf_counter() - started, 1e-9)
-        log.row(step, total, lr_scheduler.get_last_lr()[0], epoch, rate)
-        if bar is not None:
-            bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.1f}", epoch=epoch)
-            bar.update(1)
-        if progress:
-            progress({"step": step, "steps": config.steps, "loss": total, "images_per_second": rate, "epoch": epoch})
-        last = step == config.steps
-        if main and (step % config.checkpoint_every == 0 or last):
-            extra = {"epoch": epoch, "position": position, "losses": losses, "ema_step": ema.optimization_step if ema else 0,
-                     "py_rng": ckpt.random_to_json(rng)}
-            ema_state = dict(zip(setup.trainable, ema.shadow_params)) if ema else None
-            ckpt.save_checkpoint(run_dir, step, setup.trainable, ema_state, optimizer, lr_scheduler, extra,
-                                 config.keep_checkpoints)
-        if main and validating and (step % config.validate_every == 0 or last):
-            with _ema_weights(ema, params):
-                images, scores = setup.validate(config, Path(config.output) / ".parked", probe)
-            log.grid(step, images)
-            if scores:
-                log.retrieval(step, scores)
-                quiet(f"step {step}: validation retrieval top-1 {scores['top1']:.1%}, top-5 {scores['top5']:.1%} "
-                      f"among {scores['examples']} ({scores['extractor']})")
-            setup.model.train()
-        accelerator.wait_for_everyone()
+    stop = _StopRequest().__enter__()
+    try:
+        while step < config.steps:
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(config.gradient_accumulation):
+                if position >= len(batches):
+                    epoch, position = epoch + 1, 0
+                    batches = epoch_batches(features.plan, config.batch_size, config.seed, epoch)
+                batch = batches[position]
+                position += 1
+                mine = batch[rank::world] or batch[:1]
+                with accelerator.autocast():
+                    loss = loss_for_batch(config, setup, features, mine, rng) / config.gradient_accumulation
+                accelerator.backward(loss)
+                total += loss.item()
+                seen += len(batch)
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            setup.after_optimizer_step()
+            lr_scheduler.step()
+            if ema is not None:
+                ema.step(params)
+            step += 1
+            losses.append(total)
+            rate = seen / max(time.perf_counter() - started, 1e-9)
+            log.row(step, total, lr_scheduler.get_last_lr()[0], epoch, rate)
+            if bar is not None:
+                bar.set_postfix(loss=f"{total:.4f}", img_s=f"{rate:.1f}", epoch=epoch)
+                bar.update(1)
+            if progress:
+                progress({"step": step, "steps": config.steps, "loss": total, "images_per_second": rate, "epoch": epoch})
+            last = step == config.steps
+            if main and (step % config.checkpoint_every == 0 or last or stop.asked):
+                extra = {"epoch": epoch, "position": position, "losses": losses, "ema_step": ema.optimization_step if ema else 0,
+                         "py_rng": ckpt.random_to_json(rng)}
+                ema_state = dict(zip(setup.trainable, ema.shadow_params)) if ema else None
+                ckpt.save_checkpoint(run_dir, step, setup.trainable, ema_state, optimizer, lr_scheduler, extra,
+                                     config.keep_checkpoints)
+            if main and validating and (step % config.validate_every == 0 or last):
+                with _ema_weights(ema, params):
+                    images, scores = setup.validate(config, Path(config.output) / ".parked", probe)
+                log.grid(step, images)
+                if scores:
+                    log.retrieval(step, scores)
+                    quiet(f"step {step}: validation retrieval top-1 {scores['top1']:.1%}, top-5 {scores['top5']:.1%} "
+                          f"among {scores['examples']} ({scores['extractor']})")
+                setup.model.train()
+            accelerator.wait_for_everyone()
+            if stop.asked:
+                break
+    finally:
+        stop.__exit__()
     if bar is not None:
         bar.close()
     rate = seen / max(time.perf_counter() - started, 1e-9)
     output = run_dir
-    if main:
+    if stop.asked:
+        quiet(f"stopped at step {step}: checkpoint saved in {run_dir / 'checkpoints'}; continue with --resume")
+    elif main:
         with _ema_weights(ema, params):
             output = setup.save_final(config, run_dir)
         log.loss_curve(losses)
     accelerator.wait_for_everyone()
     return TrainResult(output, step, losses, rate, len(dataset.examples), len(dataset.skipped), features.plan.dropped,
-                       stats, world, main)
+                       stats, world, main, stopped=stop.asked)
+
+
+class _StopRequest:
+    """Ctrl-C or SIGTERM while training: finish the step, save a checkpoint, stop (`--resume` continues); a second
+    signal stops at once."""
+
+    def __init__(self):
+        self.asked = False
+        self.previous: dict = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._ask)
+        return self
+
+    def _ask(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 class _ema_weights:
