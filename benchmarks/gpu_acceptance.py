@@ -93,7 +93,7 @@ def _script(name: str, args: list[str], timeout: float) -> dict:
         done = subprocess.run([sys.executable, str(HERE / name), *args, "--json", str(out)], capture_output=True,
                               text=True, timeout=timeout)
         rows = json.loads(out.read_text()) if out.exists() else None
-    return {"ok": done.returncode == 0, "rows": rows, "tail": (done.stdout + done.stderr)[-1500:]}
+    return {"ok": done.returncode == 0, "rows": rows, "tail": done.stdout[-1500:] + done.stderr[-800:]}
 
 
 def part_speed(device: str, tiny: bool, workdir: Path, model: str, budget: float) -> dict:
@@ -149,7 +149,10 @@ def part_server(device: str, tiny: bool, workdir: Path, budget: float) -> dict:
                            "--requests", "16" if tiny else "400", "--unbatched-requests", "4" if tiny else "48",
                            "--rounds", "1" if tiny else "3", "--data-dir", str(workdir / "server")],
                           capture_output=True, text=True, timeout=budget)  # the server picks CUDA when there is one
-    return {"ok": done.returncode == 0, "tail": (done.stdout + done.stderr)[-1500:]}
+    lines = [x for x in done.stdout.splitlines() if x.strip()]
+    return {"ok": done.returncode == 0, "summary": " / ".join(x.strip() for x in lines if "x" in x and (
+        "ratio" in x or "batching" in x or "engine" in x))[-400:] or (lines[-1] if lines else ""),
+        "tail": done.stdout[-1500:] + done.stderr[-800:]}
 
 
 def part_lora_step(device: str, tiny: bool, workdir: Path) -> dict:
@@ -173,8 +176,9 @@ def part_lora_step(device: str, tiny: bool, workdir: Path) -> dict:
                              cache_dir=str(workdir / "cache"), learning_rate=1e-4)
         started = time.perf_counter()
         result = train(config, say=lambda m: None)
-        out[precision] = {"final_loss": round(result.final_loss, 4), "finite": bool(torch.isfinite(
-            torch.tensor(result.final_loss))), "seconds": round(time.perf_counter() - started, 2)}
+        loss = result.losses[-1]
+        out[precision] = {"final_loss": round(loss, 4), "finite": bool(torch.isfinite(torch.tensor(loss))),
+                          "seconds": round(time.perf_counter() - started, 2)}
     return {"ok": all(v["finite"] for v in out.values()), **out}
 
 
@@ -226,16 +230,17 @@ def summary(name: str, result: dict) -> str:
         syncs = "n/a (CPU)" if result["host_syncs"] is None else result["host_syncs"]
         return f"{result['seconds_per_image']} s/image, host syncs {syncs}"
     if name == "lora-step":
-        return ", ".join(f"{k}: loss {v['final_loss']} in {v['seconds']} s" for k, v in result.items() if k != "ok")
+        return ", ".join(f"{k}: loss {v['final_loss']} in {v['seconds']} s" for k, v in result.items() if isinstance(v, dict))
     if name == "ray":
         return result.get("skipped") or f"{result['images']} images"
-    rows = result.get("rows")
+    if result.get("summary"):
+        return result["summary"]
+    rows = (result.get("rows") or {}).get("rows")
     if isinstance(rows, dict):
-        rows = rows.get("rows")
-    if isinstance(rows, list):
-        return "; ".join(f"{r.get('row', r.get('name', '?'))}: " + ", ".join(
-            f"{k} {r[k]}" for k in ("images_per_s", "ratio", "psnr_db", "peak_mb") if k in r) for r in rows)[:400]
-    return (result.get("tail") or "").strip().splitlines()[-1][:300] if result.get("tail") else ""
+        return "; ".join(f"{row}: " + ", ".join(f"{k.replace('_', ' ')} {v:.3g}" for k, v in r.items() if k in (
+            "images_per_s", "ratio", "psnr_db", "peak_mb") and isinstance(v, (int, float))) for row, r in rows.items())
+    tail = (result.get("tail") or "").strip().splitlines()
+    return tail[-1][:300] if tail else ""
 
 
 def main() -> int:
@@ -277,7 +282,7 @@ def main() -> int:
             report["parts"][name] = result
             print(f"{name}: {'ok' if result['ok'] else 'FAILED'} in {result['seconds']} s", file=sys.stderr, flush=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| part | ok | seconds | result |\n|---|---|---|---|")
+    print("| part | ok | seconds | result |\n|---|---|---|---|")
     for name, result in report["parts"].items():
         print(f"| {name} | {'yes' if result['ok'] else '**no**'} | {result['seconds']} | {summary(name, result)} |")
     return 0 if all(r["ok"] for r in report["parts"].values()) else 1
