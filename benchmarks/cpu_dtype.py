@@ -22,6 +22,7 @@ import torch
 SIZES = {  # name: (block_out_channels, layers_per_block, latent side, cross-attention dim, attention head dim)
     "emoji": ([64, 128, 160], 1, 8, 384, 32),
     "scenes": ([64, 128, 192], 1, 8, 384, 32),
+    "small": ([96, 192, 288, 288], 1, 16, 768, 8),
     "mid": ([160, 320, 480, 480], 2, 32, 768, 8),
     "sd15": ([320, 640, 1280, 1280], 2, 64, 768, 8),
 }
@@ -57,7 +58,7 @@ def timed(unet, inputs, dtype: torch.dtype, repeats: int) -> tuple[float, torch.
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="emoji,scenes,mid,sd15")
+    parser.add_argument("--sizes", default="emoji,scenes,small,mid,sd15")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
