@@ -19,8 +19,8 @@ import torch
 
 from sfumato.models.info import ModelInfo
 
-# bf16 / fp32 step time on this project's CPU (benchmarks/cpu_dtype.json): 9M 0.92x, 12M 1.03x, 36M 1.31x,
-# 142M 2.18x, 860M (SD 1.5) 3.13x -- the denoiser's parameter count from which bf16 is the default on CPU:
+# bf16 / fp32 step time on this project's CPU (benchmarks/cpu_dtype.json): 9M 0.94x, 12M 0.95x, 36M 1.28x,
+# 142M 2.16x, 860M (SD 1.5) 3.14x -- the denoiser's parameter count from which bf16 is the default on CPU:
 BF16_MIN_PARAMETERS = 30_000_000
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
