@@ -225,6 +225,23 @@ def test_cli_animate_writes_videos_frames_and_metrics(sd1, tmp_path, capsys):
     assert np.array_equal(pixels(Image.open(tmp_path / "again.png")), pixels(Image.open(out / "frames" / "00001.png")))
 
 
+def test_cli_animate_output_named_like_a_video_is_that_file(sd1, tmp_path, capsys):
+    """`-o loop.gif` writes loop.gif (and the other formats beside it), frames and metrics in loop.frames/."""
+    from sfumato.cli import main
+
+    out = tmp_path / "loop.gif"
+    assert main(["animate", "--model", str(sd1), "--keyframes", '0: "a cat", 1: "a dog"', "--frames", "2", "--steps",
+                 "1", "--seed", "5", "-W", "64", "-H", "64", "--format", "mp4", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert out.is_file() and len(read_frames(out)) == 2
+    assert (tmp_path / "loop.mp4").is_file() and str(out) in printed  # the named format is added to --format
+    assert sorted(p.name for p in (tmp_path / "loop.frames" / "frames").iterdir()) == ["00000.png", "00001.png"]
+    assert json.loads((tmp_path / "loop.frames" / "metrics.json").read_text())["frames"] == 2
+    (tmp_path / "dir.webp").mkdir()
+    assert main(["animate", "--model", str(sd1), "a cat", "--frames", "2", "-o", str(tmp_path / "dir.webp")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ AnimateDiff and interpolation
 
 @pytest.fixture(scope="module")

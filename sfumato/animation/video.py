@@ -134,15 +134,18 @@ def _write_mp4(frames: list[Image.Image], path: Path, fps: float) -> None:
         raise RuntimeFailure(f"writing {path} failed: {exc}") from None
 
 
-def save_animation(result, folder: Path, model_sha256: str | None = None, name: str = "animation") -> dict:
-    """Write an `AnimationResult` into `folder`: each frame as a PNG with its generation record (frames/), the
-    videos of the request's formats, and metrics.json (temporal SSIM, flicker, ...). Returns what was written."""
+def save_animation(result, folder: Path, model_sha256: str | None = None, name: str = "animation",
+                   extras: Path | None = None) -> dict:
+    """Write an `AnimationResult`: the videos of the request's formats as `folder/name.<format>`, and into `extras`
+    (default: `folder`) each frame as a PNG with its generation record (frames/), metrics.json (temporal SSIM,
+    flicker, ...) and animation.json. Returns what was written."""
     import json
 
     from sfumato.output import save_generated
 
     folder = Path(folder)
-    frame_dir = folder / "frames"
+    extras = Path(extras) if extras else folder
+    frame_dir = extras / "frames"
     frame_dir.mkdir(parents=True, exist_ok=True)
     frames = [str(save_generated(item, frame_dir / f"{index:05d}.png", model_sha256))
               for index, item in enumerate(result.frames)]
@@ -150,6 +153,6 @@ def save_animation(result, folder: Path, model_sha256: str | None = None, name: 
     videos = {kind: str(write_video(images, folder / f"{name}.{kind}", result.request.fps))
               for kind in result.request.formats}
     summary = {"frames": frames, "videos": videos, "metrics": result.metrics, "request": result.request.to_dict()}
-    (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
-    (folder / "animation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (extras / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n")
+    (extras / "animation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -4,6 +4,7 @@ interpolation and AnimateDiff, written as GIF/WebP/MP4 plus PNG frames and metri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -82,7 +83,9 @@ def add_parsers(commands) -> None:
     gen.add_argument("--control", action="append", type=control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
                      help="a control unit on every frame; in video mode TYPE:frame uses each input frame")
     anim.add_argument("--format", default="gif,mp4", help=f"comma-separated: {', '.join(FORMATS)}")
-    anim.add_argument("--output", "-o", type=Path, help="output folder (default: outputs/animations/<time>/)")
+    anim.add_argument("--output", "-o", type=Path,
+                      help="NAME.gif|.webp|.mp4: that file (the other --format videos beside it, frames and metrics "
+                           "in NAME.frames/); or a folder (default: outputs/animations/<time>/)")
     anim.add_argument("--json", action="store_true")
     add_runtime_args(anim)
     anim.set_defaults(run=cmd_animate)
@@ -117,10 +120,20 @@ def cmd_animate(args: argparse.Namespace) -> int:
     request = request_from_args(args)
     if not (request.prompts or request.generation.prompt or request.scenes):
         raise InvalidRequest("give a prompt, --keyframes, or (story mode) --scene prompts")
+    from sfumato.animation.request import FORMATS
+
     folder = args.output or Path(os.environ.get("SFUMATO_OUTPUTS", "outputs")) / "animations" / \
         time.strftime("%Y%m%d-%H%M%S")
-    if folder.exists() and not folder.is_dir():
-        raise InvalidRequest(f"--output {folder} is a file; give a folder")
+    name, extras = "animation", None
+    kind = folder.suffix.lower().lstrip(".")
+    if kind in FORMATS:  # -o loop.gif: that file, the other formats beside it, frames and metrics in loop.frames/
+        if folder.is_dir():
+            raise InvalidRequest(f"--output {folder} is a folder; give a file name or another folder")
+        name, extras, folder = folder.stem, folder.parent / f"{folder.stem}.frames", folder.parent
+        request = dataclasses.replace(request, formats=[kind, *(f for f in request.formats if f != kind)])
+    elif folder.exists() and not folder.is_dir():
+        raise InvalidRequest(f"--output {folder} is a file; give a folder, or a name ending in "
+                             f"{', '.join('.' + f for f in FORMATS)}")
     check_writable(folder.parent if not folder.exists() else folder)
     from sfumato.animation.run import animate
 
@@ -130,10 +143,10 @@ def cmd_animate(args: argparse.Namespace) -> int:
         result = animate(engine, request, progress=bar)
     finally:
         bar.close()
-    saved = save_animation(result, folder, sha256(Path(result.frames[0].request.model)))
+    saved = save_animation(result, folder, sha256(Path(result.frames[0].request.model)), name, extras)
     metrics = result.metrics
     if args.json:
-        print(json.dumps({**saved, "folder": str(folder)}, indent=2))
+        print(json.dumps({**saved, "folder": str(extras or folder)}, indent=2))
         return 0
     for path in saved["videos"].values():
         print(path)
