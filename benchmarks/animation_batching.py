@@ -1,6 +1,7 @@
-"""Story frames one at a time vs batched through `generate_many`, side by side in one run (embedded model, defaults).
+"""Animation frames one at a time vs batched through `generate_many`, side by side in one run (embedded model,
+defaults): story frames (own prompts) and prompt + seed travel frames (own directions and subseed strengths).
 
-    python benchmarks/animation_batching.py [--scenes 8] [--rounds 2]
+    python benchmarks/animation_batching.py [--mode story|travel] [--scenes 8] [--rounds 2]
 
 Prints frames/s of each and the ratio, and the largest pixel difference between the two sets of frames (batching
 must not change the images beyond float rounding). Any error stops it before a ratio is printed.
@@ -19,7 +20,8 @@ SCENES = ["in a forest", "on a beach", "in the snow", "at night", "in a city", "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=8)
+    parser.add_argument("--mode", choices=["story", "travel"], default="story")
+    parser.add_argument("--scenes", type=int, default=8, help="frames")
     parser.add_argument("--rounds", type=int, default=2, help="the two ways take turns this many times")
     args = parser.parse_args()
     from sfumato.animation import run
@@ -28,8 +30,13 @@ def main() -> None:
     from sfumato.requests import GenerationRequest
 
     engine = Engine()
-    request = AnimationRequest(GenerationRequest(prompt="", seed=7), mode="story", frames=args.scenes,
-                               subject="a red robot", scenes=(SCENES * 2)[:args.scenes])
+    if args.mode == "story":
+        request = AnimationRequest(GenerationRequest(prompt="", seed=7), mode="story", frames=args.scenes,
+                                   subject="a red robot", scenes=(SCENES * 2)[:args.scenes])
+    else:
+        request = AnimationRequest(GenerationRequest(prompt="", seed=7), frames=args.scenes, formats=[],
+                                   prompts={0: "red apple", args.scenes - 1: "green apple"},
+                                   seeds={0: 7, args.scenes - 1: 8})
     engine.generate(GenerationRequest(prompt="warm up", seed=1))
     batched_render = run._render_together
 

@@ -374,7 +374,8 @@ class Engine:
         if len({max(len(encoded[2 * k][0]), len(encoded[2 * k + 1][0])) for k in range(len(jobs))}) > 1:
             return [self._run(job, progress, preview) for job in jobs]
         cfg = torch.tensor([job.cfg_scale for job, _ in rows], dtype=torch.float32)
-        texts = BatchPrompts([job.prompt for job, _ in rows], [job.negative_prompt for job, _ in rows], cfg)
+        texts = BatchPrompts([job.prompt for job, _ in rows], [job.negative_prompt for job, _ in rows], cfg,
+                             [list(job.directions) for job, _ in rows], [job.subseed_strength for job, _ in rows])
         seeds = [job.seed + i for job, i in rows]
         subseeds = [job.subseed + i for job, i in rows]
         template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
@@ -401,8 +402,8 @@ def _hashes(model: LoadedModel, request: GenerationRequest) -> tuple[str, str | 
 def batch_key(request: GenerationRequest, index: int) -> tuple:
     """Requests with equal keys can share one batch (`index` keeps unbatchable ones apart).
 
-    Everything that shapes the batch as a whole must match; prompt, negative prompt, seed and
-    cfg_scale stay per request. Edits, multi-batch requests, flow models and samplers with their own
+    Everything that shapes the batch as a whole must match; prompt, negative prompt, seed, subseed and its
+    strength, conditioning directions and cfg_scale stay per request. Edits, multi-batch requests, flow models and samplers with their own
     noise source (seeded once per batch) run alone.
     """
     alone = (request.init_image is not None or request.batch_count > 1 or bool(request.controls)
@@ -414,6 +415,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     if alone:
         return ("alone", index)
     shared = dataclasses.asdict(request)
-    for name in ("prompt", "negative_prompt", "seed", "subseed", "cfg_scale", "batch_size"):
+    for name in ("prompt", "negative_prompt", "seed", "subseed", "subseed_strength", "directions", "cfg_scale",
+                 "batch_size"):
         shared.pop(name)
     return (json.dumps(shared, sort_keys=True, default=str), request.cfg_scale > 1.0)

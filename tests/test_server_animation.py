@@ -46,11 +46,13 @@ def test_prompt_travel_job_gives_frames_videos_and_metrics(client, tmp_path):
     frame = client.get(job["images"][1]["url"])
     assert frame.status_code == 200
     assert "Animation: travel frame 2/3" in Image.open(io.BytesIO(frame.content)).text["parameters"]
-    # the keyframe frame is the plain generation of its prompt
+    # the keyframe frame is the plain generation of its prompt (the frames ran as one batch: up to float rounding)
     single = client.post("/api/v1/jobs", json={"prompt": "a green apple", "seed": 4, "sampler": "Euler", **SMALL})
     plain = client.get(_wait(client, single.json()["id"])["images"][0]["url"]).content
     last = client.get(job["images"][2]["url"]).content
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(plain))), np.asarray(Image.open(io.BytesIO(last))))
+    difference = np.asarray(Image.open(io.BytesIO(plain)), dtype=np.int16) - \
+        np.asarray(Image.open(io.BytesIO(last)), dtype=np.int16)
+    assert np.abs(difference).max() <= 1
 
 
 @pytest.mark.slow

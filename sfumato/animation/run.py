@@ -87,7 +87,7 @@ def animate(engine: "Engine", request: AnimationRequest, progress: ProgressCallb
         base.sampler = "Euler"  # ancestral samplers draw fresh noise per step: seed travel would jump at keyframes
     tracker = FrameProgress(progress, request.frames)
     if request.mode == "travel":
-        frames = list(_render(engine, travel_requests(request, base), tracker))
+        frames = _render_together(engine, travel_requests(request, base), tracker)
     elif request.mode == "story":
         frames = _render_together(engine, story_requests(request, base), tracker)
     elif request.mode == "loopback":
@@ -139,8 +139,9 @@ def _render(engine: "Engine", requests: list[GenerationRequest], tracker: FrameP
 
 def _render_together(engine: "Engine", requests: list[GenerationRequest], tracker: FrameProgress,
                      chunk: int = 8) -> list[GeneratedImage]:
-    """Frames that differ only in prompt and seed, `chunk` at a time through `generate_many` (one batch each when the
-    model batches; the same images as one at a time, up to float rounding)."""
+    """Frames that differ only in prompt, seed, subseed (and strength) and directions, `chunk` at a time through
+    `generate_many` (one batch each when the model batches; the same images as one at a time, up to float
+    rounding)."""
     frames: list[GeneratedImage] = []
     for start in range(0, len(requests), chunk):
         part = requests[start:start + chunk]

@@ -37,6 +37,7 @@ class Guidance:
     encoded: dict[str, Conditioning]  # text -> [1, T, D] (+ pooled), all padded to the same T
     zero_negative: bool = False  # SDXL's force_zeros_for_empty_prompt applies to empty negative prompts
     shift: Conditioning | None = None  # added to every positive row (the request's conditioning directions)
+    shifts: list[Conditioning | None] | None = None  # or one per image (batched frames with their own directions)
     # combine()'s constant tensors per (device, dtype): made once, not every step (each would be a host-to-device
     # copy, and a CUDA stream sync, per step)
     _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -75,14 +76,17 @@ class Guidance:
     def at(self, step: int) -> Conditioning:
         """The conditioning of every row at 0-based sampling step `step`."""
         rows = []
-        for text, negative in zip(self.texts_at(step), self.row_is_negative()):
+        owners = self.row_images()
+        for row, (text, negative) in enumerate(zip(self.texts_at(step), self.row_is_negative())):
             entry = self.encoded[text]
             if negative and self.zero_negative and text == "":
                 entry = Conditioning(torch.zeros_like(entry.embeds),
                                      None if entry.pooled is None else torch.zeros_like(entry.pooled))
-            elif not negative and self.shift is not None:
-                entry = Conditioning(entry.embeds + self.shift.embeds,
-                                     None if entry.pooled is None else entry.pooled + self.shift.pooled)
+            elif not negative:
+                shift = self.shift if self.shifts is None else self.shifts[owners[row]]
+                if shift is not None:
+                    entry = Conditioning(entry.embeds + shift.embeds,
+                                         None if entry.pooled is None else entry.pooled + shift.pooled)
             rows.append(entry)
         pooled = None if rows[0].pooled is None else torch.cat([r.pooled for r in rows])
         return Conditioning(torch.cat([r.embeds for r in rows]), pooled)
@@ -118,15 +122,24 @@ class Guidance:
 
 def build_guidance(encoder: PromptEncoder, prompts: list[str], negatives: list[str], cfg_scale: float | torch.Tensor,
                    clip_skip: int, steps: int, hires_steps: int | None = None,
-                   directions: list[tuple[str, str, float]] = ()) -> Guidance:
+                   directions: list[tuple[str, str, float]] = (),
+                   image_directions: list[list[tuple[str, str, float]]] | None = None) -> Guidance:
     """Parse (AND, editing, alternation), schedule and encode the prompts of a batch, one entry per image.
-    `directions` (toward, away_from, strength) shift every positive row by strength * (toward - away_from)."""
+    `directions` (toward, away_from, strength) shift every positive row by strength * (toward - away_from);
+    `image_directions` (one list per image) shift each image's rows by its own instead."""
+    per_image = image_directions is not None and any(list(d) != list(image_directions[0]) for d in image_directions)
+    if image_directions is not None and not per_image:
+        directions = image_directions[0]
     parts = [[Part(weight, prompt_schedule(text, steps, hires_steps)) for text, weight in split_and(prompt)]
              for prompt in prompts]
     negative_schedules = [prompt_schedule(text, steps, hires_steps) for text in negatives]
     positive_texts = list(dict.fromkeys(t for ps in parts for p in ps for _, t in p.schedule))
     negative_texts = list(dict.fromkeys(t for s in negative_schedules for _, t in s))
-    directions = [d for d in directions if d[2] != 0]
+    if per_image:
+        image_directions = [[tuple(d) for d in ds if d[2] != 0] for ds in image_directions]
+        directions = [d for ds in image_directions for d in ds]
+    else:
+        directions = [d for d in directions if d[2] != 0]
     if len(positive_texts) == 1 and len(negative_texts) == 1 and not directions:
         # one prompt and one negative: separate encoder passes, as diffusers does (parity to float precision)
         encoded = {**dict(zip(negative_texts, encoder.encode_many(negative_texts, clip_skip))),
@@ -142,6 +155,9 @@ def build_guidance(encoder: PromptEncoder, prompts: list[str], negatives: list[s
             pieces.append(encoder.empty_chunk(clip_skip))
         conditioning[text] = Conditioning(torch.cat(pieces, dim=1), pooled)
     zero = encoder.force_zeros_for_empty_prompt
+    if per_image:
+        return Guidance(parts, negative_schedules, cfg_scale, conditioning, zero,
+                        shifts=[_shift(conditioning, ds) for ds in image_directions])
     return Guidance(parts, negative_schedules, cfg_scale, conditioning, zero, _shift(conditioning, directions))
 
 

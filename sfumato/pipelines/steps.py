@@ -36,7 +36,7 @@ def latent_shape(model: LoadedModel, width: int, height: int) -> tuple[int, int,
 
 
 def initial_noise(model: LoadedModel, width: int, height: int, seeds: list[int], subseeds: list[int],
-                  subseed_strength: float) -> tuple[torch.Tensor, list[torch.Generator]]:
+                  subseed_strength: float | list[float]) -> tuple[torch.Tensor, list[torch.Generator]]:
     """Seeded noise for a batch (CPU, A1111 semantics) and the generators that continue each image's stream."""
     generators = generators_for(seeds)
     noise = batch_noise(latent_shape(model, width, height), generators, subseeds, subseed_strength)

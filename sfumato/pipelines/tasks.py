@@ -109,6 +109,8 @@ class BatchPrompts:
     prompts: list[str]
     negatives: list[str]
     cfg_scale: float | torch.Tensor  # one number, or one per image
+    directions: list[list[tuple[str, str, float]]] | None = None  # per image (None: the request's, for all)
+    subseed_strengths: list[float] | None = None  # per image (None: the request's, for all)
 
     @classmethod
     def of(cls, request: GenerationRequest, images: int) -> "BatchPrompts":
@@ -120,7 +122,7 @@ def guidance_for(encoder: PromptEncoder, request: GenerationRequest, texts: Batc
     """The scheduled conditioning of a pass: the first pass over `steps`, the hires pass over its own steps."""
     hires_steps = (request.hires_steps or request.steps) if hires else None
     return build_guidance(encoder, texts.prompts, texts.negatives, texts.cfg_scale, request.clip_skip, request.steps,
-                          hires_steps, request.directions)
+                          hires_steps, request.directions, texts.directions)
 
 
 def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: GenerationRequest, seeds: list[int],
@@ -142,13 +144,13 @@ def generate_batch(model: LoadedModel, encoder: PromptEncoder, request: Generati
     with seamless_tiling(model, request.tile):
         control = _control_set(model, controls, request.width, request.height, len(seeds))
         latents = first_pass(model, request, guidance_for(encoder, request, texts), seeds, subseeds, source, progress,
-                             control)
+                             control, texts.subseed_strengths)
         width, height = request.width, request.height
         if request.hires_scale > 1.0:
             guidance = guidance_for(encoder, request, texts, hires=True)
             control = _control_set(model, controls, *hires_size(request), len(seeds))
             latents, width, height = hires_pass(model, request, guidance, latents, seeds, subseeds, progress,
-                                                control, upscaler_for)
+                                                control, upscaler_for, texts.subseed_strengths)
         pixels = decode_latents(model, latents)
     return finish(request, to_pil(pixels), source)
 
@@ -253,9 +255,11 @@ def step_cache_settings(request: GenerationRequest) -> StepCacheSettings | None:
 
 def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, seeds: list[int],
                subseeds: list[int], source: Source | None, progress: Progress,
-               control: ControlSet | None = None) -> torch.Tensor:
+               control: ControlSet | None = None, strengths: list[float] | None = None) -> torch.Tensor:
+    """The first denoising pass; `strengths`: each image's subseed strength (default: the request's)."""
     scheduler = scheduler_for(model, request, seeds[0])
-    noise, generators = initial_noise(model, request.width, request.height, seeds, subseeds, request.subseed_strength)
+    noise, generators = initial_noise(model, request.width, request.height, seeds, subseeds,
+                                      request.subseed_strength if strengths is None else strengths)
     strength = 1.0 if source is None else request.strength
     timesteps = set_timesteps(scheduler, request.steps, strength, model.device)
     inpaint = None
@@ -298,7 +302,8 @@ def hires_size(request: GenerationRequest) -> tuple[int, int]:
 
 def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidance, latents: torch.Tensor,
                seeds: list[int], subseeds: list[int], progress: Progress, control: ControlSet | None = None,
-               upscaler_for: UpscalerFor | None = None) -> tuple[torch.Tensor, int, int]:
+               upscaler_for: UpscalerFor | None = None, strengths: list[float] | None = None
+               ) -> tuple[torch.Tensor, int, int]:
     """Upscale the first pass (in latent or pixel space) and refine it with img2img."""
     width, height = hires_size(request)
     scale = model.vae_scale
@@ -310,7 +315,8 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
         pictures = [upscale(p, upscaler, width, height) for p in to_pil(decode_latents(model, latents))]
         upscaled = encode_images(model, from_pil(pictures))
     scheduler = scheduler_for(model, request, seeds[0])
-    noise, generators = initial_noise(model, width, height, seeds, subseeds, request.subseed_strength)
+    noise, generators = initial_noise(model, width, height, seeds, subseeds,
+                                      request.subseed_strength if strengths is None else strengths)
     timesteps = set_timesteps(scheduler, request.hires_steps or request.steps, request.hires_strength, model.device)
     if len(timesteps) == 0:
         return upscaled, width, height

@@ -7,6 +7,8 @@ a seed gives the same image on any device and image i of a batch uses seed + i. 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -30,14 +32,17 @@ def batch_noise(
     shape: tuple[int, int, int],
     generators: list[torch.Generator],
     subseeds: list[int] | None = None,
-    subseed_strength: float = 0.0,
+    subseed_strength: float | Sequence[float] = 0.0,
 ) -> torch.Tensor:
-    """Initial latent noise [B, C, H, W]: image i from generator i, optionally slerped toward subseed i."""
+    """Initial latent noise [B, C, H, W]: image i from generator i, optionally slerped toward subseed i (by one
+    strength for the batch, or one per image)."""
+    strengths = [subseed_strength] * len(generators) if isinstance(subseed_strength, (int, float)) \
+        else list(subseed_strength)
     images = []
     for i, generator in enumerate(generators):
         noise = torch.randn((1, *shape), generator=generator, dtype=torch.float32)
-        if subseeds is not None and subseed_strength > 0:
+        if subseeds is not None and strengths[i] > 0:
             sub = torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(subseeds[i])))
-            noise = slerp(subseed_strength, noise, sub)
+            noise = slerp(strengths[i], noise, sub)
         images.append(noise)
     return torch.cat(images)
