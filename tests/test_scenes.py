@@ -210,3 +210,24 @@ def test_compositional_cases_come_from_the_held_out_split_and_score_readings(obj
         moved.append(image)
     assert diversity(same) == {"mean pairwise rmse": 0.0, "distinct": 1}
     assert diversity(moved)["distinct"] == 8
+
+
+@needs_noto
+def test_eval_compositional_cli_writes_the_table_grid_and_report(sd1, tmp_path, capsys):
+    from sfumato.cli import main
+    from sfumato.evaluation.scene_detector import save_detector, train_detector
+    from sfumato.training.scenes import build_scene_dataset
+
+    build_scene_dataset(tmp_path / "data", count=16, seed=2, styles=["noto"])
+    detector = save_detector(train_detector(tmp_path / "data", steps=2, batch=4), tmp_path / "det.safetensors")
+    out = tmp_path / "eval"
+    assert main(["eval", "compositional", "--model", str(sd1), "--detector", str(detector), "--per-category", "1",
+                 "--diversity-prompts", "1", "--steps", "1", "--safety", "off", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| single object |" in table and "| colour attribution |" in table and "distinct of 8 seeds" in table
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["cases"]) == 7 and set(report["categories"]) >= {"overall", "counting", "position"}
+    assert report["settings"]["steps"] == 1 and report["diversity"]["prompts"] == 1
+    assert Image.open(out / "grid.png").size[0] >= 64 and (out / "diversity.png").exists()
+    assert main(["eval", "compositional", "--detector", str(tmp_path / "none.safetensors"), "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
