@@ -373,6 +373,49 @@ def test_jobs_survive_kill_minus_9(tmp_path, sd1):
         server.wait(10)
 
 
+@pytest.mark.slow
+def test_sigterm_mid_job_stops_within_seconds_and_requeues_the_job(tmp_path, sd1):
+    """SIGTERM while a long synchronous job runs: the caller gets 503 naming the job, the server exits 0 within
+    seconds, and the job (no partial images kept) runs after the next start."""
+    import re
+    import threading
+
+    import httpx
+
+    port = _free_port()
+    data = tmp_path / "data"
+    server = _serve(sd1, data, port, "--max-batch-size", "1")
+    base = f"http://127.0.0.1:{port}"
+    answer = {}
+
+    def call():
+        answer["r"] = httpx.post(f"{base}/v1/images/generations", timeout=120, json={
+            "prompt": "a long job", "size": "256x256", "response_format": "b64_json", "seed": 3, "steps": 150})
+    # (150 steps at 256² take tens of seconds with the tiny model: the signal comes mid-job)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.time() + 60
+    while not httpx.get(f"{base}/sdapi/v1/progress").json().get("state", {}).get("job_count"):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    signalled = time.time()
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(30) == 0, server.stderr.read().decode()[-800:]
+    assert time.time() - signalled < 15
+    caller.join(30)
+    assert answer["r"].status_code == 503, answer["r"].text
+    job_id = re.search(r"job (\S+) stays queued", answer["r"].text).group(1)
+    assert not list((data / "images").glob(f"{job_id}*"))  # no partial images
+    server = _serve(sd1, data, port, "--max-batch-size", "1")
+    try:  # nothing was lost: the job waits (or already runs again) in the restarted server
+        assert httpx.get(f"{base}/api/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def test_a1111_describing_routes_answer_for_real_clients(client):
     """What A1111 clients read at start-up: every route answers in A1111's shape (or 501 with a reason)."""
     home = Path(os.environ["SFUMATO_HOME"])

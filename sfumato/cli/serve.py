@@ -110,5 +110,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings.check())
     print(f"sfumato serving {app.state.service.current_model or 'no model'} on http://{args.host}:{args.port} "
           f"(docs at /docs{', API key required' if settings.api_key else ''})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    service = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # SIGTERM/SIGINT: stop the running job within a step, requeue it
+            service.begin_shutdown()
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # a graceful stop exits 0 (uvicorn would re-raise the signal)
+
+    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                          timeout_graceful_shutdown=3)).run()
     return 0

@@ -46,6 +46,7 @@ class Service:
                              settings.preview)
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._waiters_lock = threading.Lock()
+        self.closing = False  # SIGTERM/SIGINT: the running batch is requeued, waiting callers get 503
         self.store.on_final.append(self._job_finished)
         self.models: dict[str, str] = {}
         self.current_model: str = ""
@@ -254,6 +255,19 @@ class Service:
             except RuntimeError:  # that request's event loop has closed: nobody is waiting any more
                 pass
 
+    def begin_shutdown(self) -> None:
+        """The server is asked to stop (a signal): the worker stops within a step and requeues its batch; every
+        caller waiting for a job is answered at once (503) instead of holding the shutdown up."""
+        self.closing = True
+        self.worker.request_stop()
+        with self._waiters_lock:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                pass
+
     async def wait(self, job: Job, timeout: float = 3600) -> Job:
         """Wait for a job to finish; a failed job raises its error (400), a cancelled one 409.
 
@@ -269,6 +283,9 @@ class Service:
                 current = self.store.get(job.id)
                 if current.status in FINAL:
                     break
+                if self.closing:
+                    raise HTTPException(503, f"the server is shutting down; job {job.id} stays queued for the next "
+                                             f"start: poll /api/v1/jobs/{job.id}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise HTTPException(504, f"job {job.id} is still {current.status}; poll /api/v1/jobs/{job.id}")

@@ -69,10 +69,15 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Stop soon: the running batch stops at its next step and is requeued (no partial images are kept)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=30)
+
+    def stop(self) -> None:
+        self.request_stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def wake(self) -> None:
         self._wake.set()
@@ -282,8 +287,8 @@ class Worker:
         if not self.store.exclusive and time.monotonic() - self._last_claim_check > CLAIM_CHECK_S:
             self._last_claim_check = time.monotonic()  # cancelled through another replica, or claimed again
             self._cancelled.update(self.store.lost(ids))
-        if any(job_id in self._cancelled for job_id in ids):
-            raise Interrupted()
+        if self._stop.is_set() or any(job_id in self._cancelled for job_id in ids):
+            raise Interrupted()  # stopping: the batch is requeued; cancelled: its jobs stay cancelled
 
     def _on_step(self, done: int, total: int) -> None:
         now = time.perf_counter()
