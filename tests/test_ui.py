@@ -44,7 +44,7 @@ def server(tmp_path_factory, models_dir):
         process = _serve(model, SERVER_DATA["dir"], port, "--max-batch-size", "1")
     yield f"http://127.0.0.1:{port}"
     process.terminate()
-    process.wait(10)
+    process.wait(40)  # a step in progress ends first (the worker stops between steps)
 
 
 @pytest.fixture(scope="module")

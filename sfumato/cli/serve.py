@@ -119,5 +119,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self._captured_signals.clear()  # a graceful stop exits 0 (uvicorn would re-raise the signal)
 
     Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                          timeout_graceful_shutdown=3)).run()
+                          timeout_graceful_shutdown=1)).run()
     return 0
