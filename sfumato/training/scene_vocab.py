@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -192,8 +193,9 @@ def article(phrase: str) -> str:
     return "an" if phrase[:1].lower() in "aeiou" else "a"
 
 
-def vocabulary() -> list[SceneObject]:
-    """The scene objects, in emoji-test.txt order."""
+@lru_cache(maxsize=1)
+def vocabulary() -> tuple[SceneObject, ...]:
+    """The scene objects, in emoji-test.txt order (read once per process)."""
     objects, seen = [], set()
     for emoji in parse_emoji_test():
         if (emoji.subgroup not in SUBGROUPS or not emoji.base or 0x200D in emoji.codepoints
@@ -204,7 +206,7 @@ def vocabulary() -> list[SceneObject]:
             continue
         seen.add(short)
         objects.append(SceneObject(emoji, short, SUBGROUPS[emoji.subgroup]))
-    return objects
+    return tuple(objects)
 
 
 def tint(sprite: Image.Image, colour: str) -> Image.Image:
