@@ -225,6 +225,9 @@ class Engine:
         model = self._loaded
         pairs = []
         for unit in parse_units(request.controls):
+            if unit.is_reference:
+                pairs.append((unit, None))
+                continue
             path = resolve_control(unit.model)
             key = (str(path), str(model.device), str(model.dtype))
             pairs.append((unit, self._control_cache.get(key, lambda: load_control_model(path, model.device,
@@ -408,7 +411,7 @@ def batch_key(request: GenerationRequest, index: int) -> tuple:
     """
     alone = (request.init_image is not None or request.batch_count > 1 or bool(request.controls)
              or request.ip_adapter is not None or request.p2p_source is not None or sampler_has_own_noise(request.sampler)
-             or request.sd_upscale > 1
+             or request.sd_upscale > 1 or request.consistent > 0
              or bool(request.image_prompts)
              or request.model is None or not runner_for(describe(Path(request.model)).family).shares_batches
              or has_syntax(request.prompt) or has_syntax(request.negative_prompt))

@@ -85,6 +85,9 @@ class GenerationRequest:
     # conditioning directions: (toward, away_from, strength) adds strength * (cond(toward) - cond(away_from)) to the
     # prompt's conditioning ("+ smiling"); prompt travel is the direction from one keyframe prompt to the next
     directions: list[tuple[str, str, float]] = field(default_factory=list)
+    # style-aligned batch: every image shares self-attention with the batch's first image at this strength (0: off;
+    # pipelines.shared_attention)
+    consistent: float = 0.0
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -190,7 +193,19 @@ class GenerationRequest:
                 raise InvalidRequest(f"outpaint {side} must be a multiple of 8 pixels, got {pixels}")
         from sfumato.control.units import parse_units
 
-        parse_units(self.controls)
+        units = parse_units(self.controls)
+        if self.consistent is None:
+            raise InvalidRequest("consistent must be a number (0: off)")
+        _check_range("consistent", self.consistent, 0.0, 2.0)
+        sharing = [name for name, on in (("consistent batches", self.consistent > 0),
+                                         ("reference units", any(u.is_reference for u in units))) if on]
+        if sharing:
+            other = [name for name, on in (("prompt-to-prompt", self.p2p_source is not None),
+                                           ("instruction edits", self.instruction_edit),
+                                           ("step caching", self.cache_interval > 1),
+                                           ("SD upscale", self.sd_upscale > 1)) if on]
+            if other:
+                raise InvalidRequest(f"{' and '.join(sharing)} do not combine with {', '.join(other)}")
         if self.instruction_edit:
             if not self.init_image:
                 raise InvalidRequest("an instruction edit needs the image to edit (--init-image)")

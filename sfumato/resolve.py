@@ -115,6 +115,9 @@ class Resolver:
             raise InvalidRequest("conditioning directions (and prompt travel) need a UNet model for now, "
                                  f"not {family.name}")
         runner_for(family).check(family.name, resolved)
+        if resolved.consistent > 0 and runner_for(family).kind != "unet":
+            raise InvalidRequest(f"consistent batches share a UNet's self-attention: they need an SD1, SD2 or SDXL "
+                                 f"model, not {family.name}")
         check_loras(resolved.loras)
         return resolved
 
@@ -166,6 +169,12 @@ class Resolver:
             if unit.processor_res is not None and not unit.pixel_perfect:  # a map of this size will be made
                 check_pixels(*preprocessors.short_side_size(size, unit.processor_res), self.limits.max_pixels,
                              f"control unit {index}'s map")
+            if unit.is_reference:
+                if runner_for(info.family).kind != "unet":
+                    raise InvalidRequest(f"control unit {index} ({unit.module}) steers a UNet's self-attention: it "
+                                         f"needs an SD1, SD2 or SDXL model, not {info.family.name}")
+                units.append(unit.to_dict())
+                continue
             if unit.model is None:
                 shipped = embedded_controlnet(info.name)
                 if shipped is None or unit.module not in SHIPPED_MODULES:

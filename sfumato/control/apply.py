@@ -97,8 +97,8 @@ def region_tensor(unit: ControlUnit, width: int, height: int, device: torch.devi
 @dataclass
 class PreparedUnit:
     unit: ControlUnit
-    model: ControlModel
-    image: torch.Tensor  # [1, 3, H, W]
+    model: ControlModel | None  # None: a reference-only unit
+    image: torch.Tensor  # [1, 3, H, W] in [0, 1]
     adapter_state: list[torch.Tensor] | None = None  # T2I-Adapter features (computed once per pass)
     region: torch.Tensor | None = None  # [1, 1, H, W] in [0, 1]: where the control applies (None: everywhere)
 
@@ -115,11 +115,16 @@ class PreparedUnit:
 class ControlSet:
     """Every unit of a pass, ready to give the UNet its extra inputs at each step."""
 
-    def __init__(self, units: list[tuple[ControlUnit, ControlModel]], width: int, height: int, device: torch.device,
+    def __init__(self, units: list[tuple[ControlUnit, ControlModel | None]], width: int, height: int, device: torch.device,
                  dtype: torch.dtype, ip_embeds: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.ip_embeds = ip_embeds  # IP-Adapter (negative, positive) image embeddings, one row per image
         self.units: list[PreparedUnit] = []
+        self.references: list[PreparedUnit] = []  # reference-only units: no model, the image at the pass's size
         for unit, model in units:
+            if unit.is_reference:
+                image = map_tensor(unit, control_map(unit, width, height)).to(device, dtype)
+                self.references.append(PreparedUnit(unit, None, image))
+                continue
             if model.kind in FLOW_KINDS:
                 raise UnsupportedModel(f"control model {model.name} is a {FLOW_KINDS[model.kind].upper()} ControlNet; "
                                        "it does not fit a UNet model")

@@ -120,6 +120,7 @@ def identity(image: np.ndarray, _a: float, _b: float) -> np.ndarray:
     return image
 
 
+REFERENCE_MODULES = ("reference_only", "reference_adain", "reference_adain+attn")  # units without a control model
 WEIGHTED = {
     "depth": "a depth estimator (MiDaS/Zoe/Depth Anything)",
     "openpose": "an OpenPose body/hand/face model",
@@ -143,6 +144,11 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in [
     Preprocessor("color", color_grid, ("Cell size", 64, 1, 512), help="colour grid (T2I-Adapter colour)"),
     Preprocessor("invert", invert, help="white on black from black on white"),
     Preprocessor("inpaint", identity, help="the image with the unit's mask marked for the inpaint ControlNet"),
+    *[Preprocessor(name, identity, ("Style Fidelity (only for \"Balanced\" mode)", 0.5, 0, 1),
+                   help=f"{what}; no control model (pipelines.reference)")
+      for name, what in (("reference_only", "the reference steers self-attention"),
+                         ("reference_adain", "the reference's feature statistics (AdaIN)"),
+                         ("reference_adain+attn", "both"))],
     *[Preprocessor(name, None, help=f"needs {what}") for name, what in WEIGHTED.items()],
 ]}
 

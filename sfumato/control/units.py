@@ -85,7 +85,16 @@ class ControlUnit:
         from sfumato.control.preprocessors import get
 
         unit.module = get(unit.module).name
+        if unit.is_reference:  # the extension ignores a reference unit's model ("None")
+            unit.model = None
         return unit
+
+    @property
+    def is_reference(self) -> bool:
+        """A reference-only unit: the image steers the UNet's own attention, no control model (pipelines.reference)."""
+        from sfumato.control.preprocessors import REFERENCE_MODULES
+
+        return self.module in REFERENCE_MODULES
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

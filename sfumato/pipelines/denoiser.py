@@ -7,6 +7,7 @@ negative prompt are rows). `denoise` (in `steps`) composes, from the outside in:
     conditioned       the step's scheduled text conditioning (and SDXL's added conditioning, the ldm class label)
     guidance_embedded LCM's w-conditioning: cfg_scale embedded as `timestep_cond` instead of a CFG pass
     controlled        ControlNet residuals, T2I-Adapter features, IP-Adapter image embeddings
+    referenced        reference-only units: the noised reference through the UNet first, its attention banked
     inpaint_channels  a 9-channel inpainting UNet's mask and masked-image latents
     hooked            step cache (DeepCache) and token merging (ToMe) bookkeeping before each call
     unet_call         the UNet itself (or a motion UNet denoising a clip's frames together)
@@ -66,6 +67,18 @@ def controlled(call: Call, control, steps: int, guidance: Guidance) -> Call:
         kwargs = {**kwargs, **control.unet_kwargs(step, steps, model_input, t, kwargs["encoder_hidden_states"],
                                                   kwargs["added_cond_kwargs"], kwargs["class_labels"], negative_rows,
                                                   row_list)}
+        return call(model_input, t, step, kwargs)
+    return run
+
+
+def referenced(call: Call, reference, steps: int) -> Call:
+    """Reference-only control (`pipelines.reference.Reference`): at a step where a unit is active, its reference
+    pass writes the self-attention banks (and AdaIN statistics) that the generation's call then reads."""
+    if reference is None:
+        return call
+
+    def run(model_input, t, step, kwargs):
+        reference.write(call, model_input, t, step, steps, kwargs)
         return call(model_input, t, step, kwargs)
     return run
 

@@ -13,6 +13,8 @@ from PIL import Image
 from sfumato.models.loader import LoadedModel
 from sfumato.pipelines import denoiser as layers
 from sfumato.pipelines.guidance import Guidance
+from sfumato.pipelines.reference import GroupNormBanks, Reference, ReferenceUnit, alphas_cumprod, style_fidelity
+from sfumato.pipelines.shared_attention import AttentionState, Sharing, first_rows, installed, self_attention_weights
 from sfumato.sampling.noise import batch_noise, generators_for
 from sfumato.speed.stepcache import StepCacheSettings, step_cache_for
 from sfumato.speed.tome import token_merging_for
@@ -58,13 +60,16 @@ def set_timesteps(scheduler, steps: int, strength: float, device: torch.device) 
 def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, guidance: Guidance,
             generators: list[torch.Generator], width: int, height: int, inpaint: InpaintState | None = None,
             on_step: StepCallback | None = None, control=None, eta: float | None = None,
-            step_cache: StepCacheSettings | None = None, token_merging: float = 0.0, unet=None) -> torch.Tensor:
+            step_cache: StepCacheSettings | None = None, token_merging: float = 0.0, unet=None,
+            consistent: float = 0.0, hires: bool = False) -> torch.Tensor:
     """Run the sampler over `timesteps`, the model call composed of the layers of `pipelines.denoiser`: (composable)
     classifier-free guidance, skipped when cfg_scale <= 1 and every image has one prompt part; step `i`'s scheduled
     prompts; LCM's embedded guidance scale; `control` (a `control.apply.ControlSet`); an inpainting UNet's extra
     channels or, for a plain UNet, the known region blended back after each step; `step_cache` (DeepCache) and
     `token_merging` (ToMe). `eta` goes to samplers that take it (DDIM's eta, TCD's gamma). `unet` replaces the
-    model's own (a motion UNet denoising all frames of a clip together)."""
+    model's own (a motion UNet denoising all frames of a clip together). `control`'s reference-only units and
+    `consistent` (a style-aligned batch's strength) share self-attention (`attention_sharing`); `hires` says this is
+    a hires pass (reference style fidelity 0, as the A1111 extension)."""
     unet = unet if unet is not None else model.pipe.unet
     guidance, timestep_cond = layers.guidance_embedded(model, unet, guidance, latents)
     concat = None
@@ -73,8 +78,11 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
         concat = torch.cat([inpaint.mask, inpaint.masked_image_latents], dim=1)[rows]
     sample = layers.blend_known(layers.sampler_step(scheduler, generators, eta, latents.shape[0]), scheduler,
                                 inpaint, timesteps)
-    with step_cache_for(unet, step_cache) as cache, token_merging_for(unet, token_merging) as tome:
+    seed = generators[0].initial_seed() if generators else 0
+    with step_cache_for(unet, step_cache) as cache, token_merging_for(unet, token_merging) as tome, \
+            attention_sharing(model, unet, control, guidance, consistent, hires, seed) as reference:
         call = layers.inpaint_channels(layers.hooked(layers.unet_call(unet), cache, tome), concat)
+        call = layers.referenced(call, reference, len(timesteps))
         call = layers.conditioned(layers.controlled(call, control, len(timesteps), guidance), model, unet, guidance,
                                   width, height, timestep_cond)
         predict = layers.guided(call, scheduler, guidance, latents.device)
@@ -83,6 +91,28 @@ def denoise(model: LoadedModel, scheduler, latents: torch.Tensor, timesteps: tor
             if on_step:
                 on_step(latents)
     return latents
+
+
+@contextlib.contextmanager
+def attention_sharing(model: LoadedModel, unet, control, guidance: Guidance, consistent: float, hires: bool,
+                      seed: int) -> Iterator[Reference | None]:
+    """Our self-attention processors for this pass when it has reference units or a consistent batch (none
+    otherwise: the plain UNet, bit for bit); yields the reference passes to run, or None."""
+    prepared = list(getattr(control, "references", None) or [])
+    if not prepared and consistent <= 0:
+        yield None
+        return
+    negative_flags, row_images = guidance.row_is_negative(), guidance.row_images()
+    negative = [row for row, is_negative in enumerate(negative_flags) if is_negative]
+    sharing = Sharing(consistent, first_rows(row_images, negative_flags)) if consistent > 0 else None
+    state = AttentionState(self_attention_weights(unet), negative, sharing)
+    sdxl = unet.config.get("addition_embed_type") == "text_time"
+    units = [ReferenceUnit(p.unit.module, p.unit.weight, p.unit.guidance_start, p.unit.guidance_end,
+                           style_fidelity(p.unit.threshold_a, p.unit.control_mode, sdxl, hires),
+                           encode_images(model, p.image * 2 - 1)) for p in prepared]
+    group_norms = GroupNormBanks(unet, negative) if any(u.adain for u in units) else None
+    with installed(unet, state), (group_norms.installed() if group_norms else contextlib.nullcontext()):
+        yield Reference(units, alphas_cumprod(model.scheduler_config), state, group_norms, seed) if units else None
 
 
 @contextlib.contextmanager

@@ -276,7 +276,8 @@ def first_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
             latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     return denoise(model, scheduler, latents, timesteps, guidance, generators, request.width, request.height, inpaint,
-                   progress.step, control, request.eta, step_cache_settings(request), request.token_merging_ratio)
+                   progress.step, control, request.eta, step_cache_settings(request), request.token_merging_ratio,
+                   consistent=request.consistent)
 
 
 def _inpaint_state(model: LoadedModel, source: Source, init_latents: torch.Tensor,
@@ -323,5 +324,5 @@ def hires_pass(model: LoadedModel, request: GenerationRequest, guidance: Guidanc
     noisy = scheduler.add_noise(upscaled, noise, timesteps[:1].repeat(len(seeds)))
     progress.add_total(len(timesteps))
     refined = denoise(model, scheduler, noisy, timesteps, guidance, generators, width, height, None, progress.step,
-                      control, request.eta, step_cache_settings(request), request.token_merging_ratio)
+                      control, request.eta, step_cache_settings(request), request.token_merging_ratio, hires=True)
     return refined, width, height
