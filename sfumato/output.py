@@ -54,6 +54,8 @@ def infotext(request: GenerationRequest, seed: int, subseed: int, model_name: st
         fields.append(("Preset", request.preset))
     if request.token_merging_ratio:
         fields.append(("Token merging ratio", f"{request.token_merging_ratio:g}"))  # A1111's key
+    if request.consistent > 0:
+        fields.append(("Consistent", f"{request.consistent:g}"))  # style-aligned batch strength
     if request.cache_threshold > 0:
         fields.append(("Step cache", f"threshold {request.cache_threshold:g}"))
     elif request.cache_interval > 1:
@@ -168,6 +170,7 @@ class StoredRecord:
     model_sha256: str | None
     parameters: str | None
     precision: str | None = None  # the dtype that made it (None: recorded before sfumato wrote it)
+    sheet: list[str] | None = None  # a view sheet (`sfumato views`): its views, in order
 
 
 def save_generated(item, path: Path, model_sha256: str | None) -> Path:
@@ -252,7 +255,7 @@ def read_png(path: Path) -> StoredRecord:
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidRequest(f"{path}: corrupt sfumato metadata ({exc})") from None
     return StoredRecord(request, int(record.get("batch_index", 0)), record.get("model_sha256"), text.get("parameters"),
-                        record.get("precision"))
+                        record.get("precision"), record.get("sheet"))
 
 
 def dated_output_paths(root: Path, seeds: list[int], when: _dt.date | None = None) -> list[Path]:

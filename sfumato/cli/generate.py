@@ -87,7 +87,13 @@ def add_parsers(commands) -> None:
     gen.add_argument("--control", action="append", type=control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
                      help="a ControlNet / T2I-Adapter unit (repeatable): TYPE is the preprocessor (canny, scribble, "
                           "softedge, lineart, tile, color, none, ...); without MODEL the embedded model uses its "
-                          "shipped sfumato-emoji-canny")
+                          "shipped sfumato-emoji-canny; reference_only, reference_adain and reference_adain+attn "
+                          "take no model (the image steers the UNet's own attention)")
+    gen.add_argument("--style-fidelity", type=float, metavar="F",
+                     help="reference units: how hard CFG pushes toward the reference, 0..1 (default 0.5)")
+    gen.add_argument("--consistent", type=float, nargs="?", const=1.0, default=0.0, metavar="STRENGTH",
+                     help="style-aligned batch: every image shares self-attention with the batch's first one, keeping "
+                          "its style and subject while the prompts differ (strength 0..2, 1 without a value)")
     gen.add_argument("--p2p-source", help="prompt-to-prompt: the prompt of the image to edit (same seed); PROMPT is "
                                           "the edited prompt, e.g. a word replaced or (word:1.5)")
     gen.add_argument("--p2p-cross", type=float, default=0.8, help="fraction of steps keeping the source's "
@@ -160,8 +166,11 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
         directions=[parse_direction(text, args.prompt) for text in args.direction],
         controls=[{**unit, "guidance_start": args.control_start, "guidance_end": args.control_end,
                    "control_mode": args.control_mode, "resize_mode": args.control_resize_mode,
-                   **({"effective_region_mask": args.control_region} if args.control_region else {})}
+                   **({"effective_region_mask": args.control_region} if args.control_region else {}),
+                   **({"threshold_a": args.style_fidelity} if args.style_fidelity is not None
+                      and unit["module"].startswith("reference") else {})}
                   for unit in args.control],
+        consistent=args.consistent,
     )
 
 
@@ -235,6 +244,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         result = engine.generate(request, progress=bar)
     finally:
         bar.close()
+    if record.sheet:  # a view sheet: the views again, side by side
+        from sfumato.output import save_png
+        from sfumato.views import sheet
+
+        save_png(sheet([item.image for item in result.images], record.sheet), args.output, record.parameters,
+                 {"request": result.request.to_dict(), "batch_index": 0, "model_sha256": record.model_sha256,
+                  "sheet": record.sheet})
+        print(args.output)
+        return 0
     if record.batch_index >= len(result.images):
         raise InvalidRequest(f"{args.image}: recorded batch index {record.batch_index} is out of range")
     result.images = [result.images[record.batch_index]]

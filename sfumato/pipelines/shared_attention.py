@@ -183,7 +183,7 @@ def _sdpa(query: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tens
     bias = None
     if any(s != 0.0 for s in shifts):
         bias = torch.cat([torch.full((k.shape[2],), s, dtype=query.dtype, device=query.device)
-                          for k, s in zip(keys, shifts)])
+                          for k, s in zip(keys, shifts)]).view(1, 1, 1, -1)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
 
 

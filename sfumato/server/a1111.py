@@ -161,8 +161,8 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         return {"images": images, "parameters": parameters, "info": json.dumps(info)}
 
     def with_controls(body: Txt2ImgRequest, request: GenerationRequest) -> GenerationRequest:
-        units, ip_fields = units_from_alwayson(body.alwayson_scripts, service)
-        return dataclasses.replace(request, controls=units, **ip_fields)
+        units, fields = units_from_alwayson(body.alwayson_scripts, service)
+        return dataclasses.replace(request, controls=units, **fields)
 
     @app.post("/sdapi/v1/txt2img", tags=["a1111"], dependencies=guarded)
     async def txt2img(body: Txt2ImgRequest):

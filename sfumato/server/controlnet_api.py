@@ -22,16 +22,25 @@ UNIT_FIELDS = ("module", "model", "weight", "resize_mode", "processor_res", "thr
 
 def units_from_alwayson(scripts: dict[str, Any], service) -> tuple[list[dict], dict]:
     """`alwayson_scripts.controlnet.args` -> our control units (disabled or image-less units are skipped), and the
-    IP-Adapter fields of an `ip-adapter*` unit (the extension runs IP-Adapters as ControlNet units)."""
+    request fields of the block's other options: the IP-Adapter fields of an `ip-adapter*` unit (the extension runs
+    IP-Adapters as ControlNet units), `consistent` from `style_align` (its Style Align batch option)."""
     if not isinstance(scripts, dict):
         raise InvalidRequest("alwayson_scripts must be an object")
     block = next((v for k, v in scripts.items() if k.lower() == "controlnet"), None)
     if block is None:
         return [], {}
-    args = block.get("args") if isinstance(block, dict) else block
+    args = block.get("args", []) if isinstance(block, dict) else block
+    fields: dict[str, Any] = {}
+    align = block.get("style_align") if isinstance(block, dict) else None
+    if align is not None and align is not False:  # the extension's Style Align batch option (a UI checkbox there)
+        if align is True:
+            align = 1.0
+        if isinstance(align, bool) or not isinstance(align, (int, float)):
+            raise InvalidRequest("alwayson_scripts.controlnet.style_align must be true or a strength (0..2)")
+        fields["consistent"] = float(align)
     if not isinstance(args, list):
         raise InvalidRequest("alwayson_scripts.controlnet.args must be a list of units")
-    units, ip_fields = [], {}
+    units = []
     for index, raw in enumerate(args):
         if not isinstance(raw, dict):
             raise InvalidRequest(f"ControlNet unit {index} must be an object")
@@ -42,10 +51,10 @@ def units_from_alwayson(scripts: dict[str, Any], service) -> tuple[list[dict], d
             continue  # A1111 skips a unit without an image (it would use the img2img input; not supported)
         if str(raw.get("module", "")).lower().startswith("ip-adapter") or \
                 str(raw.get("model", "")).lower().startswith("ip-adapter"):
-            if ip_fields:
+            if "ip_adapter" in fields:
                 raise InvalidRequest("one IP-Adapter unit per request")
-            ip_fields = service.ip_adapter_fields(raw.get("model"), [image])
-            ip_fields["ip_scale"] = float(raw.get("weight", 1.0))
+            fields.update(service.ip_adapter_fields(raw.get("model"), [image]))
+            fields["ip_scale"] = float(raw.get("weight", 1.0))
             continue
         unit = {name: raw[name] for name in UNIT_FIELDS if name in raw and raw[name] is not None}
         unit["image"], unit["mask"] = image, mask
@@ -54,7 +63,7 @@ def units_from_alwayson(scripts: dict[str, Any], service) -> tuple[list[dict], d
         if isinstance(unit.get("module"), str) and unit["module"].lower() == "none":
             unit["module"] = "none"
         units.append(unit)
-    return service.control_units(units), ip_fields
+    return service.control_units(units), fields
 
 
 def _unit_images(raw: dict[str, Any]) -> tuple[str | None, str | None]:
