@@ -81,6 +81,23 @@ def group_norm_points(unet) -> list[tuple[torch.nn.Module, float]]:
     return points
 
 
+def adain_to(x: torch.Tensor, bank: list[tuple[torch.Tensor, torch.Tensor, float]],
+             negative_rows: list[int]) -> torch.Tensor:
+    """[R, C, H, W] hidden states with each channel's mean and variance replaced by the bank's (averaged over its
+    entries); the negative rows blended back toward their own by the entries' mean style fidelity."""
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    std = torch.clamp(var, min=GROUP_NORM_EPS) ** 0.5
+    mean_ref = sum(m for m, _, _ in bank) / len(bank)
+    std_ref = torch.clamp(sum(v for _, v, _ in bank) / len(bank), min=GROUP_NORM_EPS) ** 0.5
+    fidelity = sum(f for _, _, f in bank) / len(bank)
+    moved = (x - mean) / std * std_ref + mean_ref
+    if fidelity > 1e-5 and negative_rows:
+        plain = moved.clone()
+        plain[negative_rows] = x[negative_rows].to(moved.dtype)
+        moved = fidelity * plain + (1.0 - fidelity) * moved
+    return moved.to(x.dtype)
+
+
 class GroupNormBanks:
     """Forward hooks at the AdaIN points: store the reference's statistics, or move the generation's to them."""
 
@@ -111,7 +128,7 @@ class GroupNormBanks:
                 return None
             if not bank:
                 return None
-            changed = self._adain(tensor, bank)
+            changed = adain_to(tensor, bank, self.negative_rows)
             bank.clear()
             if isinstance(output, tuple):
                 return (changed, *output[1:])
@@ -120,20 +137,6 @@ class GroupNormBanks:
                 return output
             return changed
         return hook
-
-    def _adain(self, x: torch.Tensor, bank: list) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
-        std = torch.clamp(var, min=GROUP_NORM_EPS) ** 0.5
-        mean_ref = sum(m for m, _, _ in bank) / len(bank)
-        std_ref = torch.clamp(sum(v for _, v, _ in bank) / len(bank), min=GROUP_NORM_EPS) ** 0.5
-        fidelity = sum(f for _, _, f in bank) / len(bank)
-        moved = (x - mean) / std * std_ref + mean_ref
-        if fidelity > 1e-5 and self.negative_rows:
-            plain = moved.clone()
-            plain[self.negative_rows] = x[self.negative_rows].to(moved.dtype)
-            moved = fidelity * plain + (1.0 - fidelity) * moved
-        return moved.to(x.dtype)
-
 
 class Reference:
     """The reference units of one pass: noises each reference to the step's level and runs the write passes."""
