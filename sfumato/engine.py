@@ -365,6 +365,20 @@ class Engine:
                 results[index] = result
         return results  # type: ignore[return-value]
 
+    def generate_shared(self, requests: list[GenerationRequest], progress: ProgressCallback | None = None,
+                        preview: PreviewCallback | None = None) -> list[GenerationResult]:
+        """Requests drawn as one batch whose images share self-attention with the first request's first image at its
+        `consistent` strength (story frames, prompt travel). They must batch: the same settings but prompt, negative
+        prompt, seed, subseed and its strength, directions and cfg_scale; no control units."""
+        resolved = [self.resolve(r) for r in requests]
+        keys = {batch_key(dataclasses.replace(r, consistent=0.0), 0) for r in resolved}
+        if len(keys) != 1 or next(iter(keys))[0] == "alone":
+            raise InvalidRequest("consistent frames must differ only in prompt, seed and directions (no control "
+                                 "units, init images, prompt syntax or samplers with their own noise)")
+        if len(resolved) == 1:
+            return [self._run(resolved[0], progress, preview)]
+        return self._generate_together(resolved, progress, preview)
+
     def _generate_together(self, jobs: list[GenerationRequest], progress: ProgressCallback | None,
                            preview: PreviewCallback | None) -> list[GenerationResult]:
         started = time.perf_counter()

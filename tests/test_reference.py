@@ -282,3 +282,25 @@ def test_views_cli_writes_a_sheet_and_views_that_replay(sd1, tmp_path, capsys):
     assert code == 0 and np.array_equal(np.asarray(sheet), np.asarray(Image.open(tmp_path / "sheet-again.png")))
     code, _, err = run(capsys, "views", "a robot", "--model", sd1, "--views", "front,upside-down")
     assert code == 2 and "unknown view" in err
+
+
+def test_native_views_route_queues_one_consistent_job(tmp_path, sd1, reference_image):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from sfumato.server.app import create_app
+    from test_server import LOCAL, _b64, _settings, _wait
+
+    with TestClient(create_app(_settings(tmp_path, sd1)), base_url=LOCAL) as client:
+        body = {"prompt": "a red robot", "views": "front,side,back", "reference": _b64(Image.open(reference_image)),
+                "settings": {"seed": 4, "steps": 2, "width": SIZE, "height": SIZE}}
+        created = client.post("/api/v1/views", json=body)
+        assert created.status_code == 202, created.text and created.json()["views"] == ["front", "side", "back"]
+        job = _wait(client, created.json()["id"])
+        assert job["status"] == "completed", job
+        infotexts = job["result"]["infotexts"]
+        assert [t.split("\n")[0] for t in infotexts] == [f"a red robot, {v} view" for v in ("front", "side", "back")]
+        assert all("Consistent: 1" in t and "Module: reference_only" in t for t in infotexts)
+        for bad in ({**body, "views": "front"}, {**body, "views": "front,sideways"}, {**body, "settings": {"bogus": 1}},
+                    {**body, "reference": "/etc/hosts"}, {**body, "consistent": 5}):
+            assert client.post("/api/v1/views", json=bad).status_code == 422, bad

@@ -62,6 +62,9 @@ class AnimationRequest:
         if self.mode not in MODES:
             raise InvalidRequest(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         _check_range("frames", self.frames, 1, MAX_FRAMES, integer=True)
+        if (self.generation.consistent or 0) > 0 and self.mode not in ("travel", "story"):
+            raise InvalidRequest("consistent frames (shared attention with the first frame) are for travel and story "
+                                 f"modes, not {self.mode}")
         _check_range("fps", self.fps, 0.5, 60.0)
         _check_range("inversion_steps", self.inversion_steps, 2, 150, integer=True)
         _check_range("context_length", self.context_length, 2, 64, integer=True)

@@ -141,11 +141,17 @@ def _render_together(engine: "Engine", requests: list[GenerationRequest], tracke
                      chunk: int = 8) -> list[GeneratedImage]:
     """Frames that differ only in prompt, seed, subseed (and strength) and directions, `chunk` at a time through
     `generate_many` (one batch each when the model batches; the same images as one at a time, up to float
-    rounding)."""
+    rounding). Consistent frames (`consistent` > 0) run through `generate_shared`, the first frame leading every
+    chunk (drawn again, the same image) so that every frame shares its attention."""
     frames: list[GeneratedImage] = []
+    shared = requests[0].consistent > 0  # every frame shares attention with the first: it leads each later chunk
     for start in range(0, len(requests), chunk):
         part = requests[start:start + chunk]
-        results = engine.generate_many(part, tracker)
+        if shared:
+            lead = [requests[0]] if start else []
+            results = engine.generate_shared(lead + part, tracker)[len(lead):]
+        else:
+            results = engine.generate_many(part, tracker)
         for result in results:
             tracker.next_frame(result.request.steps)
             frames.append(result.images[0])

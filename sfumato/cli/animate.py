@@ -82,6 +82,9 @@ def add_parsers(commands) -> None:
     gen.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
     gen.add_argument("--control", action="append", type=control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
                      help="a control unit on every frame; in video mode TYPE:frame uses each input frame")
+    gen.add_argument("--consistent", type=float, nargs="?", const=1.0, default=0.0, metavar="STRENGTH",
+                     help="travel and story: every frame shares self-attention with the first (one subject and "
+                          "style across the frames; strength 0..2, 1 without a value)")
     anim.add_argument("--format", default="gif,mp4", help=f"comma-separated: {', '.join(FORMATS)}")
     anim.add_argument("--output", "-o", type=Path,
                       help="NAME.gif|.webp|.mp4: that file (the other --format videos beside it, frames and metrics "
@@ -98,7 +101,7 @@ def request_from_args(args: argparse.Namespace):
     generation = GenerationRequest(
         prompt=args.prompt, negative_prompt=args.negative_prompt, **fast_settings(args), vae=args.vae,
         sampler=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed, width=args.width, height=args.height,
-        clip_skip=args.clip_skip, loras=list(args.lora), controls=controls,
+        clip_skip=args.clip_skip, loras=list(args.lora), controls=controls, consistent=args.consistent,
         directions=[parse_direction(text, args.prompt) for text in args.direction])
     frames = args.frames if args.frames is not None else (1000 if args.mode == "video" else 16)
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]

@@ -1,16 +1,34 @@
-"""The native jobs API: `POST /api/v1/jobs`, job status, cancel, Server-Sent Events, token counts and lists."""
+"""The native jobs API: `POST /api/v1/jobs` and `POST /api/v1/views` (a view sheet), job status, cancel,
+Server-Sent Events, token counts and lists."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
+from typing import Any
+
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sfumato.errors import InvalidRequest
 
 from sfumato.server.store import FINAL, Job
 from sfumato.server.wire import JobRequest, TokensRequest
 from sfumato.server.service import Service
+
+
+class ViewsRequest(BaseModel):
+    """`POST /api/v1/views`: the subject, its views, an optional reference (base64) and any job settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    views: list[str] | str = "front,side,back"
+    reference: str | None = None
+    reference_weight: float = 1.0
+    consistent: float = 1.0
+    settings: dict[str, Any] = {}  # native job fields (seed, steps, model, negative_prompt, width, height, ...)
 
 
 def add_routes(app: FastAPI, service: Service, guarded: list) -> None:
@@ -19,6 +37,23 @@ def add_routes(app: FastAPI, service: Service, guarded: list) -> None:
         job = service.submit(service.request_from_wire(body.model_dump()))
         return {"id": job.id, "status": job.status, "url": f"/api/v1/jobs/{job.id}",
                 "events": f"/api/v1/jobs/{job.id}/events"}
+
+    @app.post("/api/v1/views", tags=["native"], dependencies=guarded, status_code=202)
+    def create_views(body: ViewsRequest):
+        """A character / multi-view sheet (`sfumato views`) as one job: its images are the views, in order."""
+        from sfumato.views import parse_views, views_request
+
+        names = parse_views(body.views)
+        try:
+            settings = JobRequest(**{**body.settings, "prompt": body.prompt})
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise InvalidRequest(f"settings.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        base = service.request_from_wire(settings.model_dump())
+        reference = service.upload(body.reference, "reference image") if body.reference else None
+        job = service.submit(views_request(base, names, reference, body.consistent, body.reference_weight))
+        return {"id": job.id, "status": job.status, "url": f"/api/v1/jobs/{job.id}",
+                "events": f"/api/v1/jobs/{job.id}/events", "views": names}
 
     def get_or_404(job_id: str) -> Job:
         job = service.store.get(job_id)

@@ -16,6 +16,7 @@ export function buildRequest() {
     hires_upscaler: $("hires_upscaler").value || "latent", vae: $("vae").value || null,
     cache_interval: Number($("cache_interval").value) || 1,
     token_merging_ratio: Number($("token_merging_ratio").value) || 0,
+    consistent: Number($("consistent").value) || 0,
   };
   if ($("fast").checked) {  // the embedded model's few-step setting (sfumato.models.embedded.FAST_SETTINGS)
     request.preset = "lcm";
@@ -30,6 +31,7 @@ export function buildRequest() {
                           model: $("control-model").value || null, weight: number("control-weight") ?? 1,
                           guidance_start: number("control-start") ?? 0, guidance_end: number("control-end") ?? 1,
                           control_mode: $("control-mode").value }];
+    if ($("control-module").value.startsWith("reference")) request.controls[0].threshold_a = number("control-fidelity") ?? 0.5;
   }
   if ($("use-init").checked && state.initLoaded) {
     request.init_image = $("init-canvas").toDataURL("image/png");
@@ -124,7 +126,12 @@ export async function generate(event) {
   selectTab("result");
   $("generate").disabled = true;
   try {
-    const job = await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(request) });
+    const views = $("views").value;  // a views sheet: the subject from each angle, one consistent batch
+    const { prompt, consistent, ...rest } = request;
+    const job = views
+      ? await api("/api/v1/views", { method: "POST", body: JSON.stringify({ prompt, views, consistent: consistent || 1,
+                                                                            settings: { ...rest, batch_size: 1, batch_count: 1 } }) })
+      : await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(request) });
     state.currentJob = job.id;
     $("cancel").disabled = false;
     $("progress-text").textContent = "queued";
