@@ -4,6 +4,7 @@ embedded model, the A1111 unit shapes, the CLI and replay."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -304,3 +305,65 @@ def test_native_views_route_queues_one_consistent_job(tmp_path, sd1, reference_i
         for bad in ({**body, "views": "front"}, {**body, "views": "front,sideways"}, {**body, "settings": {"bogus": 1}},
                     {**body, "reference": "/etc/hosts"}, {**body, "consistent": 5}):
             assert client.post("/api/v1/views", json=bad).status_code == 422, bad
+
+
+def test_consistent_story_frames_share_the_first_frame_across_chunks(engine_sd1, monkeypatch):
+    """Story frames with `consistent`: one batch per chunk, the first frame leading every chunk (drawn again, the
+    same image), so a frame in a later chunk still shares its attention."""
+    from sfumato.animation import run as animation
+    from sfumato.pipelines import tasks
+
+    decoded: list[torch.Tensor] = []
+    original = tasks.decode_latents
+    monkeypatch.setattr(tasks, "decode_latents", lambda model, latents: decoded.append(latents.clone()) or
+                        original(model, latents))
+
+    def latents(run) -> list[torch.Tensor]:
+        decoded.clear()
+        run()
+        return [row for batch in decoded for row in batch]
+
+    base = req(consistent=1.0)
+    frames = [dataclasses.replace(base, prompt=f"a robot, {scene}", seed=base.seed + k)
+              for k, scene in enumerate(("in a forest", "at sea", "in snow"))]
+    chunked = latents(lambda: animation._render_together(engine_sd1, frames, animation.FrameProgress(None, 3), 2))
+    chunked = chunked[:2] + chunked[3:]  # chunk 2 is (frame 1 again, frame 3)
+    whole = latents(lambda: engine_sd1.generate_shared(frames))
+    plain = latents(lambda: [engine_sd1.generate(dataclasses.replace(f, consistent=0.0)) for f in frames])
+    assert torch.allclose(chunked[0], plain[0], rtol=1e-4, atol=1e-4)
+    for k in (1, 2):
+        assert torch.allclose(chunked[k], whole[k], rtol=1e-4, atol=1e-4)  # frame 3 behind frame 1 in chunk 2
+        assert (chunked[k] - plain[k]).abs().max() > 1e-3
+    from sfumato.animation.request import AnimationRequest
+
+    with pytest.raises(InvalidRequest, match="travel and story"):
+        AnimationRequest(base, mode="loopback", frames=3).validate()
+    with pytest.raises(InvalidRequest, match="differ only"):
+        engine_sd1.generate_shared([frames[0], dataclasses.replace(frames[1], steps=4)])
+
+
+@pytest.mark.slow
+def test_webuiapi_client_sends_a_reference_only_unit(tmp_path):
+    """The real A1111 client and a live server on the embedded model: a `reference_only` unit with no model and no
+    prompt gives an image that follows the reference."""
+    webuiapi = pytest.importorskip("webuiapi")
+    from test_server import _free_port, _serve
+
+    if embedded_model() is None:
+        pytest.skip("the embedded model is not installed")
+    port = _free_port()
+    server = _serve(embedded_model(), tmp_path / "data", port)
+    try:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
+        assert "reference_only" in api.controlnet_module_list()
+        cat = api.txt2img(prompt="a cat", seed=1, alwayson_scripts={}).image
+        unit = webuiapi.ControlNetUnit(image=cat, module="reference_only", model="None", control_mode=2,
+                                       resize_mode="Crop and Resize", processor_res=-1, threshold_a=0.5)
+        steered = api.txt2img(prompt="", seed=2, controlnet_units=[unit], alwayson_scripts={})
+        plain = api.txt2img(prompt="", seed=2, alwayson_scripts={})
+        assert "Module: reference_only, Model: None" in steered.info["infotexts"][0]
+        assert _distance(steered.image.convert("RGB"), cat.convert("RGB")) < \
+            0.85 * _distance(plain.image.convert("RGB"), cat.convert("RGB"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
