@@ -356,14 +356,29 @@ def test_webuiapi_client_sends_a_reference_only_unit(tmp_path):
     try:
         api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
         assert "reference_only" in api.controlnet_module_list()
-        cat = api.txt2img(prompt="a cat", seed=1, alwayson_scripts={}).image
+        size = dict(width=32, height=32, steps=8)  # the client's defaults are 512 px
+        cat = api.txt2img(prompt="a cat", seed=1, alwayson_scripts={}, **size).image
         unit = webuiapi.ControlNetUnit(image=cat, module="reference_only", model="None", control_mode=2,
                                        resize_mode="Crop and Resize", processor_res=-1, threshold_a=0.5)
-        steered = api.txt2img(prompt="", seed=2, controlnet_units=[unit], alwayson_scripts={})
-        plain = api.txt2img(prompt="", seed=2, alwayson_scripts={})
+        steered = api.txt2img(prompt="", seed=2, controlnet_units=[unit], alwayson_scripts={}, **size)
+        plain = api.txt2img(prompt="", seed=2, alwayson_scripts={}, **size)
         assert "Module: reference_only, Model: None" in steered.info["infotexts"][0]
         assert _distance(steered.image.convert("RGB"), cat.convert("RGB")) < \
             0.85 * _distance(plain.image.convert("RGB"), cat.convert("RGB"))
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_reference_combines_with_controlnet_and_ip_adapter(sd1, tmp_path, reference_image, monkeypatch):
+    from test_control import _controlnet, build_ip_adapter
+
+    net = _controlnet(sd1, tmp_path / "cn")
+    adapter = build_ip_adapter(sd1, tmp_path / "ip")
+    engine = Engine(sd1)
+    others = dict(ip_adapter=str(adapter), ip_images=[str(reference_image)],
+                  controls=[{"image": str(reference_image), "module": "none", "model": str(net)}])
+    without = capture_latents(engine, req(**others), monkeypatch)
+    everything = {**others, "controls": [*others["controls"], ref_unit(reference_image, "reference_adain+attn")]}
+    with_reference = capture_latents(engine, req(**everything), monkeypatch)
+    assert torch.isfinite(with_reference).all() and (with_reference - without).abs().max() > 1e-3
