@@ -50,7 +50,9 @@ def test_every_preprocessor_is_pinned(name):
 
 def test_every_weight_free_preprocessor_is_pinned():
     usable = {name for name, p in pre.PREPROCESSORS.items() if p.run is not None} - {"inpaint"}
-    assert usable == set(PINNED)
+    assert usable - set(pre.REFERENCE_MODULES) == set(PINNED)
+    for name in pre.REFERENCE_MODULES:  # the reference image itself: the UNet's attention does the work
+        assert np.array_equal(np.asarray(pre.run(name, fixed())), np.asarray(fixed()))
 
 
 def test_canny_thresholds_and_resolution():
