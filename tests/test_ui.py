@@ -356,3 +356,20 @@ def test_animate_tab_makes_a_prompt_travel_gif_and_mp4(page, server):
     page.click("#anim-run")
     page.wait_for_selector("#message:not([hidden])")
     assert "unterminated" in page.inner_text("#message")
+
+
+def test_views_sheet_and_consistent_batch_from_the_generate_form(page, server):
+    """The Views sheet choice queues one consistent job through POST /api/v1/views: three results, one per view."""
+    page.fill("#prompt", "a red robot")
+    _small(page)
+    page.fill("#seed", "8")
+    page.select_option("#views", "front,side,back")
+    job = _generate_and_get_job(page, server)
+    page.wait_for_function("document.querySelectorAll('#results img').length === 3")
+    assert job["request"]["consistent"] == 1.0
+    assert job["request"]["image_prompts"] == [f"a red robot, {v} view" for v in ("front", "side", "back")]
+    page.select_option("#views", "")
+    page.select_option("#consistent", "2")
+    page.fill("#batch_size", "2")
+    job = _generate_and_get_job(page, server)
+    assert job["request"]["consistent"] == 2.0 and job["request"]["batch_size"] == 2
