@@ -25,7 +25,7 @@ LAYERS = [  # (layer, module prefixes)
     (5, ["sfumato.pipelines", "sfumato.output"]),
     (6, ["sfumato.resolve"]),
     (7, ["sfumato.engine"]),
-    (8, ["sfumato.evaluation", "sfumato.animation", "sfumato.training", "sfumato.portrait", "sfumato.views"]),
+    (8, ["sfumato.evaluation", "sfumato.animation", "sfumato.training", "sfumato.portrait", "sfumato.views", "sfumato.comfy"]),
     (9, ["sfumato.server"]),
     (10, ["sfumato.scale"]),
     (11, ["sfumato.cli"]),

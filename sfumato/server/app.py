@@ -112,8 +112,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return FileResponse(service.image_file(image_id), media_type="image/png")
 
     _ui_routes(app)
-    from sfumato.server import (a1111, a1111_info, animation_api, controlnet_api, extras_api, native_api, openai_api,
-                                tools_api)
+    from sfumato.server import (a1111, a1111_info, animation_api, comfy_api, controlnet_api, extras_api, native_api,
+                                openai_api, tools_api)
 
     native_api.add_routes(app, service, guarded)
 
@@ -124,6 +124,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     extras_api.add_routes(app, service, guarded)
     tools_api.add_routes(app, service, guarded)
     animation_api.add_routes(app, service, guarded)
+    comfy_api.add_routes(app, service, guarded)
     return app
 
 

@@ -15,6 +15,7 @@ Routes that take images (base64 JSON or multipart uploads) get `Limits.max_body_
 
 from __future__ import annotations
 
+import base64
 import hmac
 
 from fastapi import HTTPException
@@ -27,7 +28,8 @@ PUBLIC_PREFIXES = ("/ui/",)
 # routes whose bodies carry images; every other route's body is text only
 IMAGE_ROUTES = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info", "/sdapi/v1/extra-single-image",
                 "/sdapi/v1/extra-batch-images", "/controlnet/detect", "/v1/images/edits", "/v1/images/variations",
-                "/api/v1/jobs", "/api/v1/animations", "/api/v1/upscale", "/api/v1/recipes/")
+                "/api/v1/jobs", "/api/v1/animations", "/api/v1/upscale", "/api/v1/recipes/", "/upload/image",
+                "/upload/mask", "/api/upload/image", "/api/upload/mask", "/api/v1/views")
 
 
 class BodyTooLarge(HTTPException):
@@ -36,8 +38,15 @@ class BodyTooLarge(HTTPException):
 
 
 def key_matches(header: str, key: str) -> bool:
-    """`Authorization: Bearer KEY` compared in constant time."""
+    """`Authorization: Bearer KEY` — or HTTP Basic with the key as the password (ComfyUI clients send user and
+    password) — compared in constant time."""
     scheme, _, token = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            token = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return hmac.compare_digest(token.encode(), key.encode())
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
@@ -57,6 +66,11 @@ class RequestGate:
         self.app, self.api_key, self.limits = app, api_key, limits
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # the key in the handshake (ComfyUI's /ws); messages in are not read
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            if self.api_key and not key_matches(headers.get("authorization", ""), self.api_key):
+                return await send({"type": "websocket.close", "code": 1008})
+            return await self.app(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope.get("path", ""), scope.get("method", "GET").upper()

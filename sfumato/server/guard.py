@@ -80,7 +80,15 @@ class BrowserGuard:
         self.app, self.policy = app, policy
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":  # lifespan; no websocket routes exist
+        if scope["type"] == "websocket":  # ComfyUI's /ws: the Host allow-list, and no foreign page's socket
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            host_header = headers.get("host", "")
+            origin = headers.get("origin")
+            if not self.policy.host_allowed(split_host(host_header)[0]) or \
+                    (origin is not None and not self.policy.origin_allowed(origin, host_header)):
+                return await send({"type": "websocket.close", "code": 1008})
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # lifespan
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host_header = headers.get("host", "")

@@ -43,6 +43,7 @@ class Progress:
     started: float = 0.0
     preview_png: bytes | None = None
     preview_step: int = 0
+    node: str | None = None  # a ComfyUI job's node running now
     watched_until: float = 0.0  # time.monotonic() until which a client wants previews (SSE, /progress)
     steps_done: int = 0  # lifetime counters for /metrics
     step_seconds: float = 0.0
@@ -64,6 +65,9 @@ class Worker:
         self._serial = itertools.count()  # keeps the keys of jobs that must run alone distinct
         self._last_stale_check = 0.0  # shared stores: when this worker last re-queued dead replicas' jobs
         self._last_claim_check = 0.0  # ... and when the running batch last checked its jobs are still its own
+        self._comfy = None  # the ComfyUI executor (created at the first ComfyUI job; keeps its node cache)
+        self.comfy_names = None  # () -> comfy.names.Names, set by the service
+        self.comfy_check = None  # GenerationRequest -> None: the server's limits on each request a graph makes
         self._thread = threading.Thread(target=self._loop, name="sfumato-worker", daemon=True)
 
     def start(self) -> None:
@@ -168,8 +172,8 @@ class Worker:
         for position, job in enumerate(queued):
             if job.id not in self._keys:
                 try:
-                    if "animation" in job.request:  # an animation job runs alone
-                        self._keys[job.id] = ("animation", next(self._serial))
+                    if "animation" in job.request or "comfy" in job.request:  # these jobs run alone
+                        self._keys[job.id] = ("alone", next(self._serial))
                     else:
                         self._keys[job.id] = batch_key(GenerationRequest.from_dict(job.request), next(self._serial))
                 except SfumatoError as exc:
@@ -189,6 +193,9 @@ class Worker:
     def _run(self, jobs: list[Job]) -> None:
         if "animation" in jobs[0].request:
             self._run_animation(jobs[0])
+            return
+        if "comfy" in jobs[0].request:
+            self._run_comfy(jobs[0])
             return
         requests = [GenerationRequest.from_dict(job.request) for job in jobs]
         p = self.progress
@@ -280,6 +287,56 @@ class Worker:
             "infotexts": [f.infotext for f in result.frames], "seconds": round(result.seconds, 3),
             "request": request.to_dict()})
         if not completed:
+            self._remove(ids)
+
+    def _run_comfy(self, job: Job) -> None:
+        """A ComfyUI API-format prompt (`sfumato.comfy`): each output node's images saved as images of the job, with
+        ComfyUI's `prompt` (and `workflow`) PNG chunks beside sfumato's; outputs in ComfyUI's history shape."""
+        from sfumato.comfy.executor import Executor
+        from sfumato.comfy.png import save_output
+
+        record = job.request["comfy"]
+        p = self.progress
+        p.job_ids, p.step, p.total, p.started, p.preview_png, p.node = [job.id], 0, 0, time.time(), None, None
+        self._last_step = time.perf_counter()
+        if self._comfy is None:  # kept between jobs: ComfyUI's cache of unchanged node outputs
+            self._comfy = Executor(self.engine, self.comfy_names(), self.store.data_dir / "comfy-work")
+        self._comfy.names = self.comfy_names()
+        self._comfy.check = self.comfy_check
+
+        def on_node(node_id: str, _class_type: str) -> None:
+            p.node = node_id
+            self._check_cancelled()
+
+        try:
+            outputs, cached = self._comfy.run(record["prompt"], on_node, self._on_step)
+        except Interrupted:
+            if job.id not in self._cancelled:
+                self.store.requeue(job.id)
+            return
+        except SfumatoError as exc:
+            self.store.fail(job.id, f"{p.node or ''}: {exc}" if p.node else str(exc))
+            return
+        finally:
+            p.job_ids, p.node = [], None
+        if job.id in self._cancelled:
+            return
+        ids, by_node, infotexts = [], {}, []
+        try:
+            for output in outputs:
+                for k, image in enumerate(output.images.images):
+                    image_id = _image_id(job, len(ids))
+                    save_output(self.store.images_dir / f"{image_id}.png", image, output.images, k, record)
+                    ids.append(image_id)
+                    infotexts.append(output.images.infotexts[k] if k < len(output.images.infotexts) else "")
+                    by_node.setdefault(output.node_id, []).append(
+                        {"filename": f"{image_id}.png", "subfolder": "", "type": output.kind})
+        except (SfumatoError, OSError) as exc:
+            self._remove(ids)
+            self.store.fail(job.id, str(exc))
+            return
+        if not self.store.complete(job.id, {"images": ids, "infotexts": infotexts, "comfy_outputs": by_node,
+                                            "cached": cached, "seconds": round(time.time() - p.started, 3)}):
             self._remove(ids)
 
     def _check_cancelled(self) -> None:

@@ -1,0 +1,81 @@
+"""What a ComfyUI workflow's names mean here: checkpoints, LoRAs, VAEs, ControlNets and upscale models from the
+models home (plus the embedded model and a server's own), input images from one folder. Names, never paths, unless
+`allow_paths` (the CLI). A name matches with or without its file extension, as workflows carry ComfyUI file names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sfumato.errors import InvalidRequest, ModelNotFound
+
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".sft")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _weights(folder: Path) -> dict[str, str]:
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in WEIGHT_SUFFIXES or (path.is_dir() and any(path.iterdir())):
+            out[path.name] = str(path)
+    return out
+
+
+@dataclass
+class Names:
+    checkpoints: dict[str, str] = field(default_factory=dict)  # listed name -> path
+    loras: dict[str, str] = field(default_factory=dict)
+    vae: dict[str, str] = field(default_factory=dict)
+    controlnet: dict[str, str] = field(default_factory=dict)
+    upscale_models: dict[str, str] = field(default_factory=dict)  # listed name -> upscaler name
+    input_dir: Path | None = None
+    allow_paths: bool = False
+
+    @classmethod
+    def from_home(cls, input_dir: Path | None = None, allow_paths: bool = False,
+                  extra_checkpoints: dict[str, str] | None = None) -> "Names":
+        from sfumato.control.files import list_control_models
+        from sfumato.models.embedded import embedded_model
+        from sfumato.models.home import checkpoints_dir, list_vaes, loras_dir
+        from sfumato.upscale.upscalers import list_upscalers
+
+        checkpoints = _weights(checkpoints_dir())
+        embedded = embedded_model()
+        if embedded is not None:
+            checkpoints.setdefault(embedded.name, str(embedded))
+        checkpoints.update(extra_checkpoints or {})
+        return cls(checkpoints, _weights(loras_dir()), {p.name: str(p) for p in list_vaes()},
+                   {p.name: str(p) for p in list_control_models()},
+                   {u.name: u.name for u in list_upscalers() if u.kind != "resample"}, input_dir, allow_paths)
+
+    def lists(self) -> dict[str, list[str]]:
+        """The choices `/object_info` shows and `graph.validate` accepts."""
+        inputs = []
+        if self.input_dir is not None and self.input_dir.is_dir():
+            inputs = sorted(p.name for p in self.input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return {"checkpoints": list(self.checkpoints), "loras": list(self.loras), "vae": list(self.vae),
+                "controlnet": list(self.controlnet), "upscale_models": list(self.upscale_models), "input": inputs}
+
+    def find(self, kind: str, name: str) -> str:
+        table: dict[str, str] = getattr(self, kind)
+        if name in table:
+            return table[name]
+        stems = {Path(key).stem: value for key, value in table.items()}
+        if Path(name).stem in stems and "/" not in name and "\\" not in name:
+            return stems[Path(name).stem]
+        if self.allow_paths and kind != "upscale_models" and Path(name).exists():
+            return str(Path(name))
+        raise ModelNotFound(f"{kind.replace('_', ' ')} {name!r} not found")
+
+    def input_image(self, name: str) -> Path:
+        """An input image by name (`/upload/image` puts them there); a path only for the CLI."""
+        if self.input_dir is not None and Path(name).name == name and name not in ("", ".", ".."):
+            path = self.input_dir / name
+            if path.is_file():
+                return path
+        if self.allow_paths and Path(name).is_file():
+            return Path(name)
+        raise InvalidRequest(f"input image {name!r} not found (upload it first: POST /upload/image)")
