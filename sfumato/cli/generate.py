@@ -205,9 +205,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from sfumato.comfy.png import comfy_prompt
     from sfumato.output import png_parameters, read_png
 
     parameters = png_parameters(args.image)
+    workflow = comfy_prompt(args.image) if args.image.is_file() else None
+    if workflow is not None and (parameters is None or not parameters[1]):  # a ComfyUI PNG
+        if args.json:
+            print(json.dumps({"parameters": parameters[0] if parameters else None, "request": None,
+                              "comfy_prompt": workflow}, indent=2))
+        else:
+            nodes = ", ".join(f"{k}: {v.get('class_type')}" for k, v in workflow.items() if isinstance(v, dict))
+            print(f"ComfyUI workflow (API format; `sfumato replay` or `sfumato comfy run` runs it): {nodes}")
+        return 0
     if parameters is not None and not parameters[1]:  # A1111 text only (an upscaled image, another tool's PNG)
         print(json.dumps({"parameters": parameters[0], "request": None}, indent=2) if args.json else parameters[0])
         return 0
@@ -225,9 +235,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from sfumato.comfy.png import comfy_prompt
     from sfumato.models.home import sha256
-    from sfumato.output import check_output, read_png
+    from sfumato.output import check_output, png_parameters, read_png
 
+    parameters = png_parameters(args.image) if args.image.is_file() else None
+    workflow = comfy_prompt(args.image) if args.image.is_file() else None
+    if workflow is not None and (parameters is None or not parameters[1]):  # a ComfyUI PNG: run its workflow
+        return _replay_comfy(args, workflow)
     record = read_png(args.image)
     request = record.request
     if args.model:
@@ -257,4 +272,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"{args.image}: recorded batch index {record.batch_index} is out of range")
     result.images = [result.images[record.batch_index]]
     print(save_images(result, [args.output])[0]["path"])
+    return 0
+
+
+def _replay_comfy(args: argparse.Namespace, workflow: dict) -> int:
+    """A ComfyUI PNG's API-format workflow through the executor; the first output image is written."""
+    from sfumato.comfy.executor import Executor
+    from sfumato.comfy.names import Names
+    from sfumato.comfy.png import save_output
+    from sfumato.output import check_output
+
+    check_output(args.output)
+    engine = make_engine(args)
+    bar = Bar()
+    try:
+        outputs, _ = Executor(engine, Names.from_home(args.image.parent, allow_paths=True)).run(workflow, progress=bar)
+    finally:
+        bar.close()
+    first = next((o for o in outputs if o.images.images), None)
+    if first is None:
+        raise InvalidRequest(f"{args.image}: its workflow made no image")
+    save_output(args.output, first.images.images[0], first.images, 0, {"prompt": workflow})
+    print(args.output)
     return 0

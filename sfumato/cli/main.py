@@ -13,12 +13,12 @@ from sfumato.errors import SfumatoError
 
 
 def build_parser() -> Parser:
-    from sfumato.cli import animate, batch, eval, generate, image, models, serve, tools, train, views
+    from sfumato.cli import animate, batch, comfy, eval, generate, image, models, serve, tools, train, views
 
     parser = Parser(prog="sfumato", description="Generate, edit, train, evaluate and serve latent-diffusion models.")
     parser.add_argument("--version", action="version", version=f"sfumato {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in (generate, models, train, eval, image, animate, views, batch, tools, serve):
+    for module in (generate, models, train, eval, image, animate, views, comfy, batch, tools, serve):
         module.add_parsers(commands)
     return parser
 

@@ -125,7 +125,7 @@ class Executor:
             progress: Callable[[int, int], None] | None = None) -> tuple[list[Output], list[str]]:
         """(outputs of the output nodes, the node ids served from the cache). `on_node(node_id, class_type)` is
         called as each node starts; `progress(done, total)` at each sampling step."""
-        outputs_wanted = validate(prompt, self.names.lists())
+        outputs_wanted = validate(prompt, None if self.names.allow_paths else self.names.lists())
         signatures: dict[str, str] = {}
         values: dict[str, tuple] = {}
         cached: list[str] = []

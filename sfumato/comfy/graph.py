@@ -7,6 +7,7 @@ output nodes that depend on it, its class). `order` is the topological order of 
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from sfumato.comfy.nodes import NODES, Node
@@ -128,9 +129,14 @@ def _node_errors(prompt: dict[str, Any], node_id: str, lists: dict[str, list[str
                                      input_name=name))
             continue
         problem = kind.check(value)
-        if problem is None and kind.listed and lists is not None and value not in lists.get(kind.listed, []):
+        if problem is None and kind.listed and lists is not None and not _listed(value, lists.get(kind.listed, [])):
             problem = ("value_not_in_list", "Value not in list", f"'{value}' not in the server's {kind.listed}")
         if problem:
             errors.append(_error(problem[0], problem[1], f"{name}: {problem[2]}", input_name=name,
                                  received_value=value if isinstance(value, (int, float, str)) else None))
     return errors
+
+
+def _listed(value: str, names: list[str]) -> bool:
+    """A listed name, with or without its file extension (workflows carry ComfyUI file names)."""
+    return value in names or PurePath(value).stem in {PurePath(n).stem for n in names}
