@@ -104,7 +104,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @route("GET", "/history")
     def get_history(max_items: int | None = None):
-        jobs = [j for j in service.store.recent(min(max_items or 200, 1000)) if "comfy" in j.request
+        jobs = [j for j in service.store.recent(max(1, min(max_items or 200, 1000))) if "comfy" in j.request
                 and j.status in FINAL]
         return {job.id: history_entry(job) for job in reversed(jobs)}
 
