@@ -340,3 +340,66 @@ def test_comfy_api_simplified_client_against_a_live_server(tmp_path, sd1):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+TEMPLATES = {  # the official templates that use only core nodes -> the tiny model of each checkpoint they name
+    "image_sdxl_simple": {"sd_xl_base_1.0.safetensors": "sdxl"},
+    "sdxl_simple_example": {"sd_xl_base_1.0.safetensors": "sdxl", "sd_xl_refiner_1.0.safetensors": "sdxl-refiner"},
+    "sdxl_refiner_prompt_example": {"sd_xl_base_1.0.safetensors": "sdxl",
+                                    "sd_xl_refiner_1.0.safetensors": "sdxl-refiner"},
+    "flux_schnell": {"flux1-schnell-fp8.safetensors": "flux"},
+    "sd3.5_simple_example": {"sd3.5_large_fp8_scaled.safetensors": "sd3"},
+}
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_official_core_templates_run_on_tiny_models(template, models_dir):
+    """`comfyui-workflow-templates-json`: the UI-format template converted to API format, its checkpoint names
+    pointed at tiny models of the same families, sizes and steps made small; every output node gets its image."""
+    templates = pytest.importorskip("comfyui_workflow_templates_json")
+    from pathlib import Path
+
+    from sfumato.comfy.ui_format import to_api
+    from sfumato.engine import Engine
+    from sfumato.models.tiny import build_tiny
+
+    path = Path(templates.__file__).parent / "templates" / f"{template}.json"
+    prompt = to_api(json.loads(path.read_text()))
+    checkpoints = {}
+    for name, family in TEMPLATES[template].items():
+        folder = models_dir / f"template-{family}"
+        if not folder.exists():
+            build_tiny(family, folder)
+        checkpoints[name] = str(folder)
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("EmptyLatentImage", "EmptySD3LatentImage"):
+            inputs.update(width=SIZE, height=SIZE)
+        if node["class_type"] in ("KSampler", "KSamplerAdvanced"):
+            steps = inputs["steps"]
+            inputs["steps"] = steps if isinstance(steps, list) else min(int(steps), 4)
+            for key in ("start_at_step", "end_at_step"):  # keep the split where the template puts it
+                if isinstance(inputs.get(key), int) and inputs[key] < 10000:
+                    inputs[key] = round(inputs[key] * 4 / max(int(steps), 1))
+    outputs, _ = Executor(Engine(), Names(checkpoints=checkpoints)).run(prompt)
+    assert outputs and all(o.images.images[0].size == (SIZE, SIZE) for o in outputs)
+
+
+def test_ui_format_conversion_refuses_what_it_cannot_run():
+    from sfumato.comfy.ui_format import to_api
+    from sfumato.errors import InvalidRequest
+
+    workflow = {"nodes": [{"id": 1, "type": "CheckpointLoaderSimple", "widgets_values": ["a.safetensors"]},
+                          {"id": 2, "type": "Reroute", "inputs": [{"name": "", "link": 1}]},
+                          {"id": 3, "type": "CLIPTextEncode", "inputs": [{"name": "clip", "link": 2}],
+                           "widgets_values": ["a red apple"]},
+                          {"id": 4, "type": "Note", "widgets_values": ["a note"]}],
+                "links": [[1, 1, 1, 2, 0, "CLIP"], [2, 2, 0, 3, 0, "CLIP"]]}
+    api = to_api(workflow)
+    assert api["3"]["inputs"] == {"text": "a red apple", "clip": ["1", 1]} and "4" not in api and "2" not in api
+    for change, message in ((lambda w: w["nodes"][2].update(mode=4), "bypassed"),
+                            (lambda w: w["nodes"][2].update(type="IPAdapterPlus"), "IPAdapterPlus")):
+        broken = copy.deepcopy(workflow)
+        change(broken)
+        with pytest.raises(InvalidRequest, match=message):
+            to_api(broken)

@@ -52,8 +52,10 @@ def load_workflow(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"{path} is not JSON: {exc}") from None
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise InvalidRequest(f"{path} is a UI-format workflow; export it with 'Save (API Format)' in ComfyUI")
+    from sfumato.comfy.ui_format import is_ui_format, to_api
+
+    if is_ui_format(data):
+        return to_api(data)
     if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
         data = data["prompt"]  # a /prompt body
     if not isinstance(data, dict):

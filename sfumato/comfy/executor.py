@@ -262,9 +262,8 @@ class Executor:
     def _KSamplerAdvanced(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive,
                           negative, latent_image, start_at_step=0, end_at_step=10000,
                           return_with_leftover_noise="disable"):
-        if add_noise == "disable" or (return_with_leftover_noise == "enable" and end_at_step < steps):
-            raise UnsupportedModel("KSamplerAdvanced without added noise or returning leftover noise (split "
-                                   "sampling) is not supported; use KSampler")
+        # split sampling (base to end_at_step with leftover noise, then a refiner from start_at_step without added
+        # noise) runs as a full base pass, then img2img of its image at the remaining fraction: docs/comfyui.md
         denoise = 1.0 - min(int(start_at_step), int(steps)) / int(steps)
         return (self._sample(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, denoise),)
