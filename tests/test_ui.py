@@ -373,3 +373,47 @@ def test_views_sheet_and_consistent_batch_from_the_generate_form(page, server):
     page.fill("#batch_size", "2")
     job = _generate_and_get_job(page, server)
     assert job["request"]["consistent"] == 2.0 and job["request"]["batch_size"] == 2
+
+
+def test_comfyui_front_end_loads_a_workflow_queues_it_and_shows_the_image(browser, tmp_path):
+    """`sfumato serve --comfy-frontend` with ComfyUI's own web app (comfyui-frontend-package, test extras only): it
+    starts, loads an official template (its own default workflow is Z-Image, a family sfumato lacks), queues it
+    through /comfy/api/prompt and fetches the result through /comfy/api/view to draw it in the Save Image node."""
+    templates = pytest.importorskip("comfyui_workflow_templates_json")
+    pytest.importorskip("comfyui_frontend_package")
+    from test_server import _free_port, _serve
+
+    from sfumato.models.embedded import embedded_model
+
+    if embedded_model() is None:
+        pytest.skip("the embedded model is not installed")
+    port = _free_port()
+    process = _serve(embedded_model(), tmp_path / "data", port, "--comfy-frontend")
+    try:
+        context = browser.new_context(viewport={"width": 1366, "height": 768})
+        page = context.new_page()
+        views = []
+        page.on("response", lambda r: views.append(r.status) if "/comfy/api/view?" in r.url else None)
+        page.goto(f"http://127.0.0.1:{port}/comfy/")
+        page.wait_for_function("window.app && window.app.graph && window.app.graph._nodes.length > 0", timeout=60_000)
+        template = (Path(templates.__file__).parent / "templates" / "image_sdxl_simple.json").read_text()
+        page.evaluate("async (w) => { await window.app.loadGraphData(JSON.parse(w)); }", template)
+        page.evaluate("""() => { for (const n of window.app.graph._nodes) for (const w of (n.widgets || [])) {
+            if (w.name === 'ckpt_name') w.value = 'sfumato-emoji';
+            if (w.name === 'width' || w.name === 'height') w.value = 32;
+            if (w.name === 'steps') w.value = 4; } }""")
+        page.evaluate("window.app.queuePrompt(0, 1)")
+        page.wait_for_function("Object.values(window.app.nodeOutputs || {}).some(o => o.images && o.images.length)",
+                               timeout=120_000)
+        page.evaluate("""() => { const save = window.app.graph._nodes.find(n => n.type === 'SaveImage');
+            window.app.canvas.centerOnNode(save); window.app.graph.setDirtyCanvas(true, true); }""")
+        page.wait_for_function("true", timeout=1000)
+        deadline = time.time() + 30
+        while not views and time.time() < deadline:
+            page.wait_for_timeout(200)
+        assert views and views[0] == 200
+        _shot(page, "comfyui-frontend")
+        context.close()
+    finally:
+        process.terminate()
+        process.wait(40)

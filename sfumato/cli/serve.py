@@ -30,6 +30,9 @@ def add_parsers(commands) -> None:
     serve.add_argument("--preview", choices=["cheap", "full", "off"], default="cheap",
                        help="step previews while a client watches: a linear latent->RGB map (cheap), a VAE decode "
                             "(full), or none")
+    serve.add_argument("--comfy-frontend", action="store_true",
+                       help="also serve ComfyUI's own web front end at /comfy/ (needs `pip install "
+                            "comfyui-frontend-package`, GPL-3.0; a keyless server only)")
     serve.add_argument("--data-dir", type=Path, default=Path("sfumato-server"), help="job database and images")
     serve.add_argument("--store", default=os.environ.get("SFUMATO_STORE"), metavar="URL",
                        help="job store: sqlite (data-dir/jobs.sqlite3, default) or postgresql://user@host/db, one "
@@ -96,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               safety=args.safety,
                               safety_threshold=args.safety_threshold, safety_policy=args.safety_policy,
                               limits=limits, device=args.device, preview=args.preview,
+                              comfy_frontend=args.comfy_frontend,
                               compile=args.compile, memory=memory_from_args(args))
     if args.ray:
         from sfumato.scale import serve as ray_serve

@@ -34,6 +34,9 @@ from sfumato.version import __version__
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,120}$")
 MAX_SOCKETS = 64
+FRONTEND = "/comfy"
+JOB_STATUS = {"queued": "pending", "running": "in_progress", "completed": "completed", "failed": "failed",
+              "cancelled": "cancelled"}  # where --comfy-frontend serves ComfyUI's own web app
 POLL_S = 0.1
 
 
@@ -52,9 +55,11 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     service.worker.comfy_check = service.check_limits
     counter = {"number": 0, "sockets": 0}
 
+    prefixes = ("", "/api", FRONTEND + "/api") if service.settings.comfy_frontend else ("", "/api")
+
     def route(method: str, path: str, **kwargs):
         def register(function):
-            for prefix in ("", "/api"):
+            for prefix in prefixes:
                 app.add_api_route(prefix + path, function, methods=[method], tags=["comfyui"],
                                   dependencies=guarded, **kwargs)
             return function
@@ -141,6 +146,44 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             if job is not None and "comfy" in job.request and job.status == "queued":
                 service.worker.cancel(job_id)
         return Response(status_code=200)
+
+    def job_summary(job: Job) -> dict[str, Any]:
+        """ComfyUI's Jobs API record of a prompt (what its newer front end lists)."""
+        result = job.result or {}
+        outputs = result.get("comfy_outputs") or {}
+        first = next(((node, images[0]) for node, images in outputs.items() if images), None)
+        count = sum(len(images) for images in outputs.values())
+        error = None
+        if job.status == "failed":
+            error = {"node_id": "", "node_type": "", "executed": [], "exception_message": job.error or "failed",
+                     "exception_type": "SfumatoError", "traceback": [], "current_inputs": {}, "current_outputs": {}}
+        return {"id": job.id, "status": JOB_STATUS[job.status], "create_time": int(job.created * 1000),
+                "execution_start_time": int(job.started * 1000) if job.started else None,
+                "execution_end_time": int(job.finished * 1000) if job.finished else None,
+                "preview_output": {**first[1], "nodeId": first[0], "mediaType": "images"} if first else None,
+                "outputs_count": count, "previewable_outputs_count": count, "execution_error": error,
+                "workflow_id": None, "priority": job.request["comfy"].get("number", 0)}
+
+    @route("GET", "/jobs")
+    def list_jobs(status: str = "", limit: int = 200, offset: int = 0):
+        wanted = {s for s in status.split(",") if s} or set(JOB_STATUS.values())
+        limit, offset = max(1, min(limit, 500)), max(0, min(offset, 10_000))
+        jobs = [j for j in service.store.queued() if "comfy" in j.request] + \
+            [j for j in service.store.recent(1000) if "comfy" in j.request and j.status != "queued"]
+        matching = [job_summary(j) for j in jobs if JOB_STATUS.get(j.status) in wanted]
+        page = matching[offset:offset + limit]
+        return {"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": len(matching),
+                                             "has_more": offset + len(page) < len(matching)}}
+
+    @route("GET", "/jobs/{job_id}")
+    def job_detail(job_id: str):
+        job = service.store.get(job_id)
+        if job is None or "comfy" not in job.request:
+            raise HTTPException(404, f"job {job_id} not found")
+        comfy = job.request["comfy"]
+        outputs = ((job.result or {}).get("comfy_outputs") or {})
+        return {**job_summary(job), "workflow": {"prompt": comfy["prompt"], "extra_data": comfy.get("extra_data", {})},
+                "outputs": {node: {"images": images} for node, images in outputs.items()}}
 
     @route("POST", "/interrupt")
     def post_interrupt():
@@ -250,8 +293,77 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         finally:
             counter["sockets"] -= 1
 
-    for prefix in ("", "/api"):
+    for prefix in ("", "/api", *((FRONTEND,) if service.settings.comfy_frontend else ())):
         app.add_api_websocket_route(prefix + "/ws", socket)
+    if service.settings.comfy_frontend:
+        _frontend(app, guarded)
+
+
+def frontend_static() -> Path:
+    """The installed ComfyUI front end's files (`pip install comfyui-frontend-package`)."""
+    try:
+        import comfyui_frontend_package
+    except ImportError:
+        raise InvalidRequest("--comfy-frontend needs ComfyUI's front end: pip install comfyui-frontend-package "
+                             "(GPL-3.0, the ComfyUI project's own web app)") from None
+    return Path(comfyui_frontend_package.__file__).parent / "static"
+
+
+def _frontend(app: FastAPI, guarded: list) -> None:
+    """ComfyUI's front end at /comfy/ (its API calls go to /comfy/api/..., its socket to /comfy/ws), with the
+    endpoints it needs to start answered minimally: one local user, settings kept in memory, no user files,
+    no custom-node extensions."""
+    from fastapi.staticfiles import StaticFiles
+
+    static = frontend_static()
+    settings: dict[str, Any] = {"Comfy.TutorialCompleted": True}  # open on the default workflow, not the tour
+    api = FRONTEND + "/api"
+
+    def get(path: str, value):
+        app.add_api_route(api + path, lambda: value, methods=["GET"], dependencies=guarded, include_in_schema=False)
+
+    get("/users", {"storage": "server", "migrated": True})
+    get("/extensions", [])
+    get("/i18n", {})
+    get("/features", {"supports_preview_metadata": False})
+    get("/experiment/models", [])
+    get("/node_replacements", {})
+    get("/global_subgraphs", {})
+    get("/workflow_templates", {})
+    get("/userdata", [])
+
+    @app.get(api + "/settings", dependencies=guarded, include_in_schema=False)
+    def all_settings():
+        return settings
+
+    @app.get(api + "/settings/{key}", dependencies=guarded, include_in_schema=False)
+    def one_setting(key: str):
+        return settings.get(key)
+
+    @app.post(api + "/settings", dependencies=guarded, include_in_schema=False)
+    async def post_settings(request: Request):
+        body = await _json(request)
+        settings.update({k: v for k, v in body.items() if isinstance(k, str) and len(k) < 200}
+                        if len(settings) < 1000 else {})
+        return Response(status_code=200)
+
+    @app.post(api + "/settings/{key}", dependencies=guarded, include_in_schema=False)
+    async def post_setting(key: str, request: Request):
+        if len(settings) < 1000 and len(key) < 200:
+            settings[key] = await request.json()
+        return Response(status_code=200)
+
+    @app.get(api + "/userdata/{name:path}", dependencies=guarded, include_in_schema=False)
+    def user_file(name: str):
+        raise HTTPException(404, "no user data on this server")
+
+    @app.get(FRONTEND, include_in_schema=False)
+    def redirect():
+        from fastapi.responses import RedirectResponse
+
+        return RedirectResponse(FRONTEND + "/")
+
+    app.mount(FRONTEND, StaticFiles(directory=static, html=True), name="comfy-frontend")
 
 
 async def _json(request: Request) -> dict:
@@ -279,7 +391,7 @@ async def _watch(service, websocket: WebSocket, client: str) -> None:
     last_node: dict[str, str | None] = {}
     last_step: dict[str, int] = {}
     started = time.time()
-    receiver = asyncio.create_task(websocket.receive_text())  # notices a closed socket
+    receiver = asyncio.create_task(_drain(websocket))  # reads (and drops) what the client sends; ends on close
     try:
         while not receiver.done():
             now_remaining = _remaining(service)
@@ -287,12 +399,20 @@ async def _watch(service, websocket: WebSocket, client: str) -> None:
                 remaining = now_remaining
                 await _send(websocket, "status", {"status": {"exec_info": {"queue_remaining": remaining}}})
             mine = [j for j in service.store.recent(50) if "comfy" in j.request
-                    and j.request["comfy"].get("client_id") == client and (j.finished or time.time()) >= started - 1]
+                    and j.request["comfy"].get("client_id") == client and (j.finished or time.time()) >= started]
             for job in reversed(mine):
                 await _report(service, websocket, job, seen, last_node, last_step)
             await asyncio.sleep(POLL_S)
     finally:
         receiver.cancel()
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Client messages (the front end's `feature_flags`, pings) are read and dropped until the socket closes."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
 
 
 async def _report(service, websocket, job: Job, seen: dict, last_node: dict, last_step: dict) -> None:
@@ -327,10 +447,10 @@ async def _report(service, websocket, job: Job, seen: dict, last_node: dict, las
         await _send(websocket, "execution_success", {"prompt_id": pid, "timestamp": now})
     elif job.status == "failed":
         await _send(websocket, "execution_error", {
-            "prompt_id": pid, "node_id": last_node.get(pid), "node_type": None, "executed": [],
+            "prompt_id": pid, "node_id": last_node.get(pid) or "", "node_type": "", "executed": [],
             "exception_message": job.error or "failed", "exception_type": "SfumatoError", "traceback": [],
             "current_inputs": {}, "current_outputs": {}})
     else:
-        await _send(websocket, "execution_interrupted", {"prompt_id": pid, "node_id": last_node.get(pid),
-                                                         "node_type": None, "executed": []})
+        await _send(websocket, "execution_interrupted", {"prompt_id": pid, "node_id": last_node.get(pid) or "",
+                                                         "node_type": "", "executed": []})
     await _send(websocket, "executing", {"node": None, "prompt_id": pid})

@@ -29,7 +29,8 @@ PUBLIC_PREFIXES = ("/ui/",)
 IMAGE_ROUTES = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/png-info", "/sdapi/v1/extra-single-image",
                 "/sdapi/v1/extra-batch-images", "/controlnet/detect", "/v1/images/edits", "/v1/images/variations",
                 "/api/v1/jobs", "/api/v1/animations", "/api/v1/upscale", "/api/v1/recipes/", "/upload/image",
-                "/upload/mask", "/api/upload/image", "/api/upload/mask", "/api/v1/views")
+                "/upload/mask", "/api/upload/image", "/api/upload/mask", "/comfy/api/upload/image",
+                "/comfy/api/upload/mask", "/api/v1/views")
 
 
 class BodyTooLarge(HTTPException):
@@ -51,6 +52,8 @@ def key_matches(header: str, key: str) -> bool:
 
 
 def is_public(path: str) -> bool:
+    if path.startswith("/comfy/"):  # ComfyUI's front end: its files are public, its API is not
+        return not path.startswith(("/comfy/api/", "/comfy/ws", "/comfy/internal"))
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 

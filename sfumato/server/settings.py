@@ -33,6 +33,7 @@ class ServerSettings:
     safety_threshold: float = 0.8
     safety_policy: str | None = None
     preview: str = "cheap"  # step previews while a client watches: cheap (latent->RGB map), full (VAE), off
+    comfy_frontend: bool = False  # serve ComfyUI's own front end (the comfyui-frontend-package) at /comfy/
     limits: Limits = field(default_factory=Limits)
     device: str | None = None
     compile: str | None = None  # torch.compile mode for the served models (speed.compiled), None: eager
