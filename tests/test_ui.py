@@ -406,7 +406,8 @@ def test_comfyui_front_end_loads_a_workflow_queues_it_and_shows_the_image(browse
         page.wait_for_function("Object.values(window.app.nodeOutputs || {}).some(o => o.images && o.images.length)",
                                timeout=120_000)
         page.evaluate("""() => { const save = window.app.graph._nodes.find(n => n.type === 'SaveImage');
-            window.app.canvas.centerOnNode(save); window.app.graph.setDirtyCanvas(true, true); }""")
+            window.app.canvas.ds.scale = 2.5; window.app.canvas.centerOnNode(save);
+            window.app.graph.setDirtyCanvas(true, true); }""")
         page.wait_for_function("true", timeout=1000)
         deadline = time.time() + 30
         while not views and time.time() < deadline:

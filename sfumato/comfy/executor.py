@@ -31,6 +31,7 @@ from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.requests import MAX_SEED, GenerationRequest
 
 CACHE_ENTRIES = 64
+MAX_GENERATIONS = 16  # sampler runs per prompt: a graph's cost stays bounded like any other request's
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Executor:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.cache: dict[str, tuple] = {}
         self.check: Callable[[GenerationRequest], None] | None = None  # a server's limits on each request
+        self.progress: Callable[[int, int], None] | None = None
+        self.generations = 0
 
     def run(self, prompt: dict[str, Any], on_node: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> tuple[list[Output], list[str]]:
@@ -131,6 +134,7 @@ class Executor:
         cached: list[str] = []
         results: list[Output] = []
         self.progress = progress
+        self.generations = 0
         for output in outputs_wanted:
             for node_id in order(prompt, output):
                 if node_id in values:
@@ -304,6 +308,9 @@ class Executor:
         request = samples.request if vae.path is None else replace(samples.request, vae=vae.path)
         if self.check is not None:
             self.check(request)
+        self.generations += 1
+        if self.generations > MAX_GENERATIONS:
+            raise InvalidRequest(f"a workflow may run at most {MAX_GENERATIONS} samplers per prompt")
         result = self.engine.generate(request, progress=self.progress)
         return (Images([i.image for i in result.images], [i.infotext for i in result.images],
                        [{"request": i.request.to_dict(), "batch_index": i.batch_index, "precision": i.precision}
