@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from sfumato.cli.common import add_runtime_args, Bar, control_arg, make_engine, fast_settings, lora_arg
+from sfumato.cli.common import add_runtime_args, add_sampling_args, Bar, control_arg, make_engine, fast_settings, lora_arg
 from sfumato.errors import InvalidRequest
 from sfumato.requests import GenerationRequest, parse_direction
 
@@ -67,19 +67,12 @@ def add_parsers(commands) -> None:
     other.add_argument("--context-length", type=int, default=16, help="frames the motion module sees at once")
     other.add_argument("--context-overlap", type=int, default=4, help="frames shared by neighbouring windows")
     gen = anim.add_argument_group("generation settings shared by every frame")
-    gen.add_argument("--model", "-m")
+    add_sampling_args(gen)
     gen.add_argument("--vae")
     gen.add_argument("--negative", "--negative-prompt", dest="negative_prompt", default="")
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--cfg-scale", type=float)
-    gen.add_argument("--sampler")
     gen.add_argument("--preset")
     gen.add_argument("--fast", action="store_true", help="the embedded model at its few-step settings")
-    gen.add_argument("--seed", type=int, default=-1)
-    gen.add_argument("--width", "-W", type=int)
-    gen.add_argument("--height", "-H", type=int)
     gen.add_argument("--clip-skip", type=int, default=1)
-    gen.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
     gen.add_argument("--control", action="append", type=control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
                      help="a control unit on every frame; in video mode TYPE:frame uses each input frame")
     gen.add_argument("--consistent", type=float, nargs="?", const=1.0, default=0.0, metavar="STRENGTH",

@@ -104,6 +104,19 @@ def fast_settings(args: argparse.Namespace) -> dict[str, Any]:
             "steps": args.steps or FAST_SETTINGS["steps"]}
 
 
+def add_sampling_args(group) -> None:
+    """The settings every generating command shares: --model/-m, --steps, --cfg-scale, --sampler, --seed,
+    --width/-W, --height/-H and --lora (a command adds its own around them)."""
+    group.add_argument("--model", "-m")
+    group.add_argument("--steps", type=int)
+    group.add_argument("--cfg-scale", type=float)
+    group.add_argument("--sampler")
+    group.add_argument("--seed", type=int, default=-1)
+    group.add_argument("--width", "-W", type=int)
+    group.add_argument("--height", "-H", type=int)
+    group.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
+
+
 def control_arg(text: str) -> dict[str, Any]:
     """TYPE:IMAGE[:MODEL][:WEIGHT] -> a control unit."""
     parts = text.split(":")

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sfumato.cli.common import add_safety_args, make_engine, lora_arg, generate_and_save
+from sfumato.cli.common import add_safety_args, add_sampling_args, make_engine, generate_and_save
 from sfumato.errors import InvalidRequest
 from sfumato.requests import UpscaleRequest
 
@@ -46,14 +46,7 @@ def add_parsers(commands) -> None:
         rec.add_argument("--prompt", "-p", help="what the result shows (the recipe has a default)")
         rec.add_argument("--negative", "--negative-prompt", dest="negative_prompt")
         rec.add_argument("--strength", type=float, help="denoising strength (recipe default)")
-        rec.add_argument("--model", "-m")
-        rec.add_argument("--steps", type=int)
-        rec.add_argument("--cfg-scale", type=float)
-        rec.add_argument("--sampler")
-        rec.add_argument("--seed", type=int, default=-1)
-        rec.add_argument("--width", "-W", type=int)
-        rec.add_argument("--height", "-H", type=int)
-        rec.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
+        add_sampling_args(rec)
         if name == "restore":
             rec.add_argument("--mask", help="white where to repaint (scratches, tears)")
             rec.add_argument("--upscaler", dest="init_upscaler", help="the restoring upscaler (default R-ESRGAN 4x+)")

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from sfumato.cli.common import Bar, add_runtime_args, control_arg, lora_arg, make_engine
+from sfumato.cli.common import Bar, add_runtime_args, add_sampling_args, control_arg, make_engine
 from sfumato.requests import GenerationRequest
 
 EXAMPLES = """examples:
@@ -35,16 +35,9 @@ def add_parsers(commands) -> None:
     views.add_argument("--measure", action="store_true",
                        help="also draw the batch without sharing and print both consistency scores")
     gen = views.add_argument_group("generation settings")
-    gen.add_argument("--model", "-m")
+    add_sampling_args(gen)
     gen.add_argument("--vae")
     gen.add_argument("--negative", "--negative-prompt", dest="negative_prompt", default="")
-    gen.add_argument("--steps", type=int)
-    gen.add_argument("--cfg-scale", type=float)
-    gen.add_argument("--sampler")
-    gen.add_argument("--seed", type=int, default=-1)
-    gen.add_argument("--width", "-W", type=int)
-    gen.add_argument("--height", "-H", type=int)
-    gen.add_argument("--lora", action="append", type=lora_arg, default=[], metavar="PATH[:WEIGHT]")
     gen.add_argument("--control", action="append", type=control_arg, default=[], metavar="TYPE:IMAGE[:MODEL][:WEIGHT]",
                      help="a control unit on every view")
     views.add_argument("--output", "-o", type=Path,
