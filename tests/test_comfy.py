@@ -221,6 +221,20 @@ def test_prompt_history_view_upload_and_websocket(client, sd1):
     graph["10"] = {"class_type": "LoadImage", "inputs": {"image": "green.png"}}
     graph["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
     graph["3"]["inputs"]["latent_image"] = ["11", 0]
+    with client.websocket_connect(LOCAL.replace("http", "ws") + "/ws?clientId=viewer") as socket:  # previews asked
+        assert json.loads(socket.receive_text())["type"] == "status"
+        slow = txt2img(ckpt, seed=4, steps=12)
+        queued = client.post("/prompt", json={"prompt": slow, "client_id": "viewer",
+                                              "extra_data": {"preview_method": "auto"}}).json()
+        frames = []
+        while True:
+            message = socket.receive()
+            if message.get("bytes"):
+                frames.append(message["bytes"])
+            elif message.get("text") and json.loads(message["text"]) == {
+                    "type": "executing", "data": {"node": None, "prompt_id": queued["prompt_id"]}}:
+                break
+        assert frames and frames[0][:8] == b"\x00\x00\x00\x01\x00\x00\x00\x02" and frames[0][8:12] == b"\x89PNG"
     with client.websocket_connect(LOCAL.replace("http", "ws") + "/ws?clientId=tester") as socket:
         first = json.loads(socket.receive_text())
         assert first["type"] == "status" and first["data"]["sid"] == "tester"
@@ -403,3 +417,41 @@ def test_ui_format_conversion_refuses_what_it_cannot_run():
         change(broken)
         with pytest.raises(InvalidRequest, match=message):
             to_api(broken)
+
+
+def test_split_flux_files_through_unet_and_dual_clip_loaders(tmp_path):
+    """ComfyUI's FLUX layout — UNETLoader (transformer only), DualCLIPLoader (CLIP-L, T5), VAELoader (ae) — joined
+    once into one file (`models.flowfile.assemble`) that gives the image the all-in-one file gives."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from sfumato.engine import Engine
+    from sfumato.models.convert import convert
+    from sfumato.models.tiny import build_tiny
+
+    single = convert(build_tiny("flux", tmp_path / "flux"), tmp_path / "flux.safetensors")
+    state = load_file(str(single))
+    with safe_open(str(single), "pt") as handle:
+        metadata = handle.metadata()
+    parts = {"flux-transformer.safetensors": "model.diffusion_model.", "ae.safetensors": "first_stage_model.",
+             "clip_l.safetensors": "text_encoders.clip_l.transformer.",
+             "t5xxl.safetensors": "text_encoders.t5xxl.transformer."}
+    for name, prefix in parts.items():
+        save_file({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, str(tmp_path / name),
+                  metadata=metadata if name == "flux-transformer.safetensors" else None)  # our file's configs
+    names = Names(checkpoints={"flux.safetensors": str(single)}, vae={"ae.safetensors": str(tmp_path / "ae.safetensors")},
+                  diffusion_models={"flux-transformer.safetensors": str(tmp_path / "flux-transformer.safetensors")},
+                  text_encoders={n: str(tmp_path / n) for n in ("clip_l.safetensors", "t5xxl.safetensors")})
+    executor = Executor(Engine(), names, tmp_path / "work")
+    whole = executor.run(txt2img("flux.safetensors", seed=4, scheduler="simple", cfg=1.0))[0][0].images.images[0]
+    split = txt2img("flux.safetensors", seed=4, scheduler="simple", cfg=1.0)
+    split["4"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "flux-transformer.safetensors",
+                                                         "weight_dtype": "default"}}
+    split["30"] = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l.safetensors",
+                                                             "clip_name2": "t5xxl.safetensors", "type": "flux"}}
+    split["31"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
+    split["6"]["inputs"]["clip"] = split["7"]["inputs"]["clip"] = ["30", 0]
+    split["8"]["inputs"]["vae"] = ["31", 0]
+    joined = executor.run(split)[0][0].images.images[0]
+    assert np.array_equal(np.asarray(whole), np.asarray(joined))
+    assert len(list((tmp_path / "work").glob("joined-*.safetensors"))) == 1

@@ -38,6 +38,7 @@ MAX_GENERATIONS = 16  # sampler runs per prompt: a graph's cost stays bounded li
 class Model:
     path: str
     loras: tuple[tuple[str, float], ...] = ()
+    transformer_only: bool = False  # UNETLoader: joined with the text encoders and VAE before it runs
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Clip:
     path: str
     loras: tuple[tuple[str, float], ...] = ()
     clip_skip: int = 1
+    files: tuple[str, ...] = ()  # CLIPLoader / DualCLIPLoader: separate text-encoder files
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Cond:
     controls: tuple[str, ...] = ()  # control units as JSON (hashable)
     guidance: float | None = None  # FluxGuidance
     clip_skip: int = 1  # CLIPSetLastLayer
+    clip_files: tuple[str, ...] = ()  # separate text-encoder files (CLIPLoader)
 
     @property
     def text(self) -> str:
@@ -74,6 +77,7 @@ class Latent:
     fill: bool = False  # VAEEncodeForInpaint: the masked area starts from its surroundings
     request: GenerationRequest | None = None  # a sampler's output, not yet decoded
     vae: Vae | None = None
+    parts: tuple[str, ...] = ()  # a transformer-only model: its text-encoder files (joined at decode)
 
 
 @dataclass
@@ -122,18 +126,21 @@ class Executor:
         self.cache: dict[str, tuple] = {}
         self.check: Callable[[GenerationRequest], None] | None = None  # a server's limits on each request
         self.progress: Callable[[int, int], None] | None = None
+        self.preview: Callable | None = None
         self.generations = 0
 
     def run(self, prompt: dict[str, Any], on_node: Callable[[str, str], None] | None = None,
-            progress: Callable[[int, int], None] | None = None) -> tuple[list[Output], list[str]]:
+            progress: Callable[[int, int], None] | None = None,
+            preview: Callable | None = None) -> tuple[list[Output], list[str]]:
         """(outputs of the output nodes, the node ids served from the cache). `on_node(node_id, class_type)` is
-        called as each node starts; `progress(done, total)` at each sampling step."""
+        called as each node starts; `progress(done, total)` at each sampling step; `preview` gets the latents (the
+        engine's preview callback)."""
         outputs_wanted = validate(prompt, None if self.names.allow_paths else self.names.lists())
         signatures: dict[str, str] = {}
         values: dict[str, tuple] = {}
         cached: list[str] = []
         results: list[Output] = []
-        self.progress = progress
+        self.progress, self.preview = progress, preview
         self.generations = 0
         for output in outputs_wanted:
             for node_id in order(prompt, output):
@@ -191,6 +198,30 @@ class Executor:
     def _LoraLoaderModelOnly(self, model, lora_name, strength_model=1.0):
         return (replace(model, loras=(*model.loras, (self.names.find("loras", lora_name), float(strength_model)))),)
 
+    def _UNETLoader(self, unet_name, weight_dtype="default"):
+        return (Model(self.names.find("diffusion_models", unet_name), transformer_only=True),)
+
+    def _CLIPLoader(self, clip_name, type="stable_diffusion", device="default"):  # noqa: A002 (ComfyUI's name)
+        path = self.names.find("text_encoders", clip_name)
+        return (Clip("", files=(path,)),)
+
+    def _DualCLIPLoader(self, clip_name1, clip_name2, type="flux", device="default"):  # noqa: A002
+        return (Clip("", files=(self.names.find("text_encoders", clip_name1),
+                                self.names.find("text_encoders", clip_name2))),)
+
+    def _joined(self, model: str, parts: tuple[str, ...], vae: Vae) -> str:
+        """ComfyUI's split files (transformer, text encoders, VAE) joined into one SD3/FLUX file, once."""
+        from sfumato.models.flowfile import assemble
+
+        if vae.path is None:
+            raise InvalidRequest("a model from UNETLoader needs its VAE from a VAELoader")
+        files = [model, *parts, vae.path]
+        key = hashlib.sha256(json.dumps([[f, Path(f).stat().st_mtime_ns] for f in files]).encode()).hexdigest()[:16]
+        out = self.work_dir / f"joined-{key}.safetensors"
+        if not out.exists():
+            assemble(model, [*parts, vae.path], out)
+        return str(out)
+
     def _ControlNetLoader(self, control_net_name):
         return (self.names.find("controlnet", control_net_name),)
 
@@ -199,7 +230,7 @@ class Executor:
 
     # --- conditioning -------------------------------------------------------------------------------------
     def _CLIPTextEncode(self, text, clip):
-        return (Cond((str(text),), clip_skip=clip.clip_skip),)
+        return (Cond((str(text),), clip_skip=clip.clip_skip, clip_files=clip.files),)
 
     def _CLIPSetLastLayer(self, clip, stop_at_clip_layer=-1):
         return (replace(clip, clip_skip=-int(stop_at_clip_layer)),)
@@ -244,6 +275,10 @@ class Executor:
             mask = mask.filter(ImageFilter.MaxFilter(2 * (int(grow_mask_by) // 2) + 1))
         return (replace(latent, mask=mask, fill=True),)
 
+    def _InpaintModelConditioning(self, positive, negative, vae, pixels, mask, noise_mask=True):
+        (latent,) = self._VAEEncode(pixels, vae)
+        return positive, negative, replace(latent, mask=mask)
+
     def _SetLatentNoiseMask(self, samples, mask):
         return (replace(samples, mask=mask),)
 
@@ -276,7 +311,9 @@ class Executor:
                 latent: Latent, denoise: float) -> Latent:
         sampler, spacing = sampler_for(sampler_name, scheduler)
         fields: dict[str, Any] = dict(
-            prompt=positive.text, negative_prompt=negative.text, model=model.path, loras=list(model.loras),
+            # at cfg 1 ComfyUI never evaluates the negative (and FLUX-style models take none)
+            prompt=positive.text, negative_prompt=negative.text if float(cfg) != 1.0 else "", model=model.path,
+            loras=list(model.loras),
             seed=int(seed) % (MAX_SEED + 1), steps=int(steps), cfg_scale=float(cfg), sampler=sampler,
             clip_skip=positive.clip_skip,
             timestep_spacing=spacing, width=latent.width, height=latent.height, batch_size=latent.batch,
@@ -293,7 +330,10 @@ class Executor:
         elif denoise < 1.0:
             raise InvalidRequest("a sampler with denoise below 1 needs a latent from an image (VAEEncode)")
         return Latent(latent.width, latent.height, fields["batch_size"], request=GenerationRequest(**fields),
-                      vae=latent.vae)
+                      vae=latent.vae, parts=positive.clip_files if model.transformer_only else ())
+
+    def _transformer_only(self, path: str) -> bool:
+        return path in self.names.diffusion_models.values()
 
     def _decoded(self, latent: Latent) -> list[Image.Image]:
         if latent.request is None:
@@ -305,13 +345,16 @@ class Executor:
     def _VAEDecode(self, samples, vae):
         if samples.request is None:
             return (Images(self._decoded(samples)),)
-        request = samples.request if vae.path is None else replace(samples.request, vae=vae.path)
+        if samples.parts or self._transformer_only(samples.request.model):
+            request = replace(samples.request, model=self._joined(samples.request.model, samples.parts, vae))
+        else:
+            request = samples.request if vae.path is None else replace(samples.request, vae=vae.path)
         if self.check is not None:
             self.check(request)
         self.generations += 1
         if self.generations > MAX_GENERATIONS:
             raise InvalidRequest(f"a workflow may run at most {MAX_GENERATIONS} samplers per prompt")
-        result = self.engine.generate(request, progress=self.progress)
+        result = self.engine.generate(request, progress=self.progress, preview=self.preview)
         return (Images([i.image for i in result.images], [i.infotext for i in result.images],
                        [{"request": i.request.to_dict(), "batch_index": i.batch_index, "precision": i.precision}
                         for i in result.images]),)

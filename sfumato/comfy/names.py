@@ -1,5 +1,6 @@
-"""What a ComfyUI workflow's names mean here: checkpoints, LoRAs, VAEs, ControlNets and upscale models from the
-models home (plus the embedded model and a server's own), input images from one folder. Names, never paths, unless
+"""What a ComfyUI workflow's names mean here: checkpoints, LoRAs, VAEs, ControlNets, upscale models, diffusion
+models and text encoders (`models/diffusion_models` or `unet`, `models/text_encoders` or `clip`, as ComfyUI keeps
+them) from the models home (plus the embedded model and a server's own), input images from one folder. Names, never paths, unless
 `allow_paths` (the CLI). A name matches with or without its file extension, as workflows carry ComfyUI file names.
 """
 
@@ -31,6 +32,8 @@ class Names:
     vae: dict[str, str] = field(default_factory=dict)
     controlnet: dict[str, str] = field(default_factory=dict)
     upscale_models: dict[str, str] = field(default_factory=dict)  # listed name -> upscaler name
+    diffusion_models: dict[str, str] = field(default_factory=dict)  # transformer/UNet-only files (UNETLoader)
+    text_encoders: dict[str, str] = field(default_factory=dict)  # CLIP-L/G, T5 files (CLIPLoader, DualCLIPLoader)
     input_dir: Path | None = None
     allow_paths: bool = False
 
@@ -47,9 +50,13 @@ class Names:
         if embedded is not None:
             checkpoints.setdefault(embedded.name, str(embedded))
         checkpoints.update(extra_checkpoints or {})
-        return cls(checkpoints, _weights(loras_dir()), {p.name: str(p) for p in list_vaes()},
-                   {p.name: str(p) for p in list_control_models()},
-                   {u.name: u.name for u in list_upscalers() if u.kind != "resample"}, input_dir, allow_paths)
+        models = checkpoints_dir().parent
+        return cls(checkpoints=checkpoints, loras=_weights(loras_dir()), vae={p.name: str(p) for p in list_vaes()},
+                   controlnet={p.name: str(p) for p in list_control_models()},
+                   upscale_models={u.name: u.name for u in list_upscalers() if u.kind != "resample"},
+                   diffusion_models={**_weights(models / "unet"), **_weights(models / "diffusion_models")},
+                   text_encoders={**_weights(models / "clip"), **_weights(models / "text_encoders")},
+                   input_dir=input_dir, allow_paths=allow_paths)
 
     def lists(self) -> dict[str, list[str]]:
         """The choices `/object_info` shows and `graph.validate` accepts."""
@@ -57,7 +64,9 @@ class Names:
         if self.input_dir is not None and self.input_dir.is_dir():
             inputs = sorted(p.name for p in self.input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         return {"checkpoints": list(self.checkpoints), "loras": list(self.loras), "vae": list(self.vae),
-                "controlnet": list(self.controlnet), "upscale_models": list(self.upscale_models), "input": inputs}
+                "controlnet": list(self.controlnet), "upscale_models": list(self.upscale_models),
+                "diffusion_models": list(self.diffusion_models), "text_encoders": list(self.text_encoders),
+                "input": inputs}
 
     def find(self, kind: str, name: str) -> str:
         table: dict[str, str] = getattr(self, kind)

@@ -474,6 +474,10 @@ def assemble(transformer_file, parts: list, out) -> dict[str, int]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file(out_state, str(tmp), metadata={"format": "pt", "sfumato.family": family})
+    from safetensors import safe_open
+
+    with safe_open(str(transformer_file), "pt") as handle:  # configs and tokenizer a file we wrote carries
+        kept = {k: v for k, v in (handle.metadata() or {}).items() if k.startswith("sfumato.")}
+    save_file(out_state, str(tmp), metadata={**kept, "format": "pt", "sfumato.family": family})
     tmp.replace(out)
     return counts

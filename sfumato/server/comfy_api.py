@@ -6,9 +6,9 @@
 `/system_stats`, `/embeddings`, `/models/{folder}` answer in ComfyUI's shapes, each also under `/api/`. The
 WebSocket `/ws?clientId=` sends `status` on connect and whenever the queue changes, and for this client's prompts
 `execution_start`, `execution_cached`, `executing`, `progress`, `executed`, `execution_success` /
-`execution_error` / `execution_interrupted`, then `executing` with node null. Binary preview frames are not sent
-(ComfyUI's default `--preview-method none`; clients such as comfy-api-simplified treat any binary frame as an
-output image).
+`execution_error` / `execution_interrupted`, then `executing` with node null. Binary preview frames (ComfyUI's
+PREVIEW_IMAGE: event 1, PNG) are sent only to a prompt whose `extra_data.preview_method` asks for them — ComfyUI's
+default is `none`, and clients such as comfy-api-simplified treat any binary frame as an output image.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import struct
 import sys
 import time
 import uuid
@@ -34,6 +35,7 @@ from sfumato.version import __version__
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,120}$")
 MAX_SOCKETS = 64
+PREVIEW_METHODS = ("auto", "latent2rgb", "taesd")  # extra_data.preview_method that turns binary previews on
 FRONTEND = "/comfy"
 JOB_STATUS = {"queued": "pending", "running": "in_progress", "completed": "completed", "failed": "failed",
               "cancelled": "cancelled"}  # where --comfy-frontend serves ComfyUI's own web app
@@ -44,9 +46,12 @@ def comfy_names(service) -> Names:
     """The server's lists in ComfyUI's terms (listed names only; input images from data_dir/input)."""
     from sfumato.upscale.upscalers import list_upscalers
 
-    return Names(dict(service.models), dict(service.loras), dict(service.vaes), dict(service.control_models),
-                 {u.name: u.name for u in list_upscalers() if u.kind != "resample"},
-                 service.settings.data_dir / "input", allow_paths=False)
+    home = Names.from_home()  # diffusion models and text encoders by folder; the rest as the server lists them
+    return Names(checkpoints=dict(service.models), loras=dict(service.loras), vae=dict(service.vaes),
+                 controlnet=dict(service.control_models),
+                 upscale_models={u.name: u.name for u in list_upscalers() if u.kind != "resample"},
+                 diffusion_models=home.diffusion_models, text_encoders=home.text_encoders,
+                 input_dir=service.settings.data_dir / "input", allow_paths=False)
 
 
 def add_routes(app: FastAPI, service, guarded: list) -> None:
@@ -432,6 +437,12 @@ async def _report(service, websocket, job: Job, seen: dict, last_node: dict, las
         if p.total and p.step != last_step.get(pid):
             last_step[pid] = p.step
             await _send(websocket, "progress", {"value": p.step, "max": p.total, "prompt_id": pid, "node": p.node})
+            extra = job.request["comfy"].get("extra_data") or {}
+            if extra.get("preview_method") in PREVIEW_METHODS:  # asked for: binary PREVIEW_IMAGE frames (PNG)
+                service.worker.watch()
+                if p.preview_png and p.preview_step != last_step.get(pid + "/preview"):
+                    last_step[pid + "/preview"] = p.preview_step
+                    await websocket.send_bytes(struct.pack(">II", 1, 2) + p.preview_png)
         return
     if job.status not in FINAL:
         return

@@ -309,7 +309,7 @@ class Worker:
             self._check_cancelled()
 
         try:
-            outputs, cached = self._comfy.run(record["prompt"], on_node, self._on_step)
+            outputs, cached = self._comfy.run(record["prompt"], on_node, self._on_step, self._on_latents)
         except Interrupted:
             if job.id not in self._cancelled:
                 self.store.requeue(job.id)
