@@ -326,13 +326,24 @@ def test_comfy_run_sets_inputs_and_a_comfyui_png_replays(sd1, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_comfy_api_simplified_client_against_a_live_server(tmp_path, sd1):
-    """An unmodified ComfyUI client: queue a workflow, watch /ws, fetch the image from /history and /view."""
+def test_comfy_api_simplified_client_against_a_live_server(tmp_path, sd1, lora_files, inputs):  # noqa: F811
+    """An unmodified ComfyUI client: queue a workflow, watch /ws, fetch the image from /history and /view; then an
+    uploaded image through img2img + inpaint with a LoRA, a ControlNet and Real-ESRGAN in one workflow."""
     pytest.importorskip("comfy_api_simplified")
+    import os
+    import shutil
+
     from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper
 
+    from sfumato.upscale.upscalers import list_upscalers
+    from test_control import _controlnet
     from test_server import _free_port, _serve
 
+    home = tmp_path / "home"  # the server's models home (the test's SFUMATO_HOME)
+    os.environ["SFUMATO_HOME"] = str(home)  # restored by the autouse fixture's monkeypatch
+    _controlnet(sd1, home / "models" / "controlnet" / "tiny-cn")
+    (home / "models" / "loras").mkdir(parents=True)
+    shutil.copy(lora_files[1], home / "models" / "loras" / "tiny-lora.safetensors")
     port = _free_port()
     server = _serve(sd1, tmp_path / "data", port)
     try:
@@ -351,6 +362,39 @@ def test_comfy_api_simplified_client_against_a_live_server(tmp_path, sd1):
         picture = Image.open(io.BytesIO(next(iter(images.values()))))
         assert picture.size == (SIZE, SIZE) and "a blue boat" in picture.text["parameters"]
         assert json.loads(picture.text["prompt"])["3"]["inputs"]["seed"] == 42
+        stored = api.upload_image(inputs / "apple.png")  # the client's default subfolder
+        graph = txt2img("sd1", seed=6, denoise=0.7)
+        graph["10"] = {"class_type": "LoadImage", "inputs": {"image": f"{stored['subfolder']}/{stored['name']}"}}
+        graph["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+        graph["12"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["11", 0], "mask": ["10", 1]}}
+        graph["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name":
+                                                               "tiny-lora.safetensors", "strength_model": 0.8,
+                                                               "strength_clip": 0.8}}
+        graph["21"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny-cn"}}
+        graph["22"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["21", 0],
+                                                                   "image": ["10", 0], "strength": 0.8}}
+        graph["3"]["inputs"].update(model=["20", 0], positive=["22", 0], latent_image=["12", 0])
+        upscalers = [u.name for u in list_upscalers() if u.kind != "resample"]
+        if upscalers:
+            graph["30"] = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": upscalers[0]}}
+            graph["31"] = {"class_type": "ImageUpscaleWithModel", "inputs": {"upscale_model": ["30", 0],
+                                                                             "image": ["8", 0]}}
+            graph["9"]["inputs"]["images"] = ["31", 0]
+        graph["40"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "raw"}}
+        for node_id, node in graph.items():
+            node["_meta"] = {"title": "Save Image" if node_id == "9" else f"n{node_id}"}
+        path.write_text(json.dumps(graph))
+        images = api.queue_and_wait_images(ComfyWorkflowWrapper(str(path)), "Save Image")
+        picture = Image.open(io.BytesIO(next(iter(images.values()))))
+        assert picture.size == ((4 * SIZE, 4 * SIZE) if upscalers else (SIZE, SIZE))
+        import httpx
+
+        history = httpx.get(f"http://127.0.0.1:{port}/history").json()
+        raw = list(history.values())[-1]["outputs"]["40"]["images"][0]
+        raw_png = Image.open(io.BytesIO(api.get_image(raw["filename"], raw["subfolder"], raw["type"])))
+        request = json.loads(raw_png.text["sfumato"])["request"]
+        assert request["mask"] and request["strength"] == 0.7 and request["loras"][0][1] == 0.8
+        assert request["controls"][0]["weight"] == 0.8 and raw_png.size == (SIZE, SIZE)
     finally:
         server.terminate()
         server.wait(timeout=30)

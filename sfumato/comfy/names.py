@@ -62,7 +62,9 @@ class Names:
         """The choices `/object_info` shows and `graph.validate` accepts."""
         inputs = []
         if self.input_dir is not None and self.input_dir.is_dir():
-            inputs = sorted(p.name for p in self.input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            inputs = sorted(str(p.relative_to(self.input_dir)) for p in [*self.input_dir.glob("*"),
+                                                                          *self.input_dir.glob("*/*")]
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         return {"checkpoints": list(self.checkpoints), "loras": list(self.loras), "vae": list(self.vae),
                 "controlnet": list(self.controlnet), "upscale_models": list(self.upscale_models),
                 "diffusion_models": list(self.diffusion_models), "text_encoders": list(self.text_encoders),
@@ -80,9 +82,10 @@ class Names:
         raise ModelNotFound(f"{kind.replace('_', ' ')} {name!r} not found")
 
     def input_image(self, name: str) -> Path:
-        """An input image by name (`/upload/image` puts them there); a path only for the CLI."""
-        if self.input_dir is not None and Path(name).name == name and name not in ("", ".", ".."):
-            path = self.input_dir / name
+        """An input image by name, or `subfolder/name` (`/upload/image` puts them there); a path only for the CLI."""
+        parts = name.replace("\\", "/").split("/")
+        if self.input_dir is not None and len(parts) <= 2 and all(p not in ("", ".", "..") for p in parts):
+            path = self.input_dir.joinpath(*parts)
             if path.is_file():
                 return path
         if self.allow_paths and Path(name).is_file():

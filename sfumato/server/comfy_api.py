@@ -204,10 +204,11 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @route("GET", "/view")
     def view(filename: str, type: str = "output", subfolder: str = ""):
-        if subfolder or not SAFE_NAME.match(filename) or ".." in filename:
+        if not SAFE_NAME.match(filename) or ".." in filename or (subfolder and (
+                not SAFE_NAME.match(subfolder) or ".." in subfolder or type != "input")):
             raise HTTPException(404, "not found")
         if type == "input":
-            path = input_dir / filename
+            path = input_dir / subfolder / filename
             if not path.is_file():
                 raise HTTPException(404, "not found")
             return FileResponse(path)
@@ -223,18 +224,22 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         name = Path(file.filename or "upload.png").name
         if not SAFE_NAME.match(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
             raise InvalidRequest(f"{what} name {name!r}: use letters, digits, '._-()+ ' and .png/.jpg/.webp")
+        subfolder = str(form.get("subfolder", "") or "")
+        if subfolder and (not SAFE_NAME.match(subfolder) or ".." in subfolder):
+            raise InvalidRequest(f"subfolder {subfolder!r}: one folder name of letters, digits and '._-()+ '")
         data = await file.read()
         service.open_upload(data, what)  # decodes within the upload limits, or refuses
-        input_dir.mkdir(parents=True, exist_ok=True)
-        target = input_dir / name
+        folder = input_dir / subfolder
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
         if target.exists() and str(form.get("overwrite", "")).lower() not in ("true", "1") \
                 and target.read_bytes() != data:
             stem, suffix, k = target.stem, target.suffix, 1
-            while (input_dir / f"{stem} ({k}){suffix}").exists():
+            while (folder / f"{stem} ({k}){suffix}").exists():
                 k += 1
-            target = input_dir / f"{stem} ({k}){suffix}"
+            target = folder / f"{stem} ({k}){suffix}"
         target.write_bytes(data)
-        return {"name": target.name, "subfolder": "", "type": "input"}
+        return {"name": target.name, "subfolder": subfolder, "type": "input"}
 
     @route("POST", "/upload/image")
     async def upload_image(request: Request):
