@@ -2,23 +2,16 @@
 
 `POST /prompt` validates an API-format graph (`sfumato.comfy.graph`; a bad one is 400 with ComfyUI's `error` /
 `node_errors`) and queues it as a job (`{"comfy": {...}}`, run by the worker through `sfumato.comfy.executor`).
-`GET /history[/{id}]`, `/view`, `/queue`, `/object_info[/{class}]`, `/upload/image|mask`, `/interrupt`, `/free`,
-`/system_stats`, `/embeddings`, `/models/{folder}` answer in ComfyUI's shapes, each also under `/api/`. The
-WebSocket `/ws?clientId=` sends `status` on connect and whenever the queue changes, and for this client's prompts
-`execution_start`, `execution_cached`, `executing`, `progress`, `executed`, `execution_success` /
-`execution_error` / `execution_interrupted`, then `executing` with node null. Binary preview frames (ComfyUI's
-PREVIEW_IMAGE: event 1, PNG) are sent only to a prompt whose `extra_data.preview_method` asks for them — ComfyUI's
-default is `none`, and clients such as comfy-api-simplified treat any binary frame as an output image.
+`GET /history[/{id}]`, `/view`, `/queue`, `/jobs[/{id}]`, `/object_info[/{class}]`, `/upload/image|mask`,
+`/interrupt`, `/free`, `/system_stats`, `/embeddings`, `/models/{folder}` answer in ComfyUI's shapes, each also under
+`/api/`. The WebSocket `/ws?clientId=` streams ComfyUI's events (`server.comfy_socket`); `--comfy-frontend` adds
+ComfyUI's own web app at /comfy/ (`server.comfy_frontend`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
-import struct
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,16 +23,15 @@ from sfumato.comfy.graph import GraphError, validate
 from sfumato.comfy.names import IMAGE_SUFFIXES, Names
 from sfumato.comfy.nodes import NODES
 from sfumato.errors import InvalidRequest
+from sfumato.server.comfy_frontend import FRONTEND, add_frontend
+from sfumato.server.comfy_socket import remaining, watch
 from sfumato.server.store import FINAL, Job
 from sfumato.version import __version__
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,120}$")
 MAX_SOCKETS = 64
-PREVIEW_METHODS = ("auto", "latent2rgb", "taesd")  # extra_data.preview_method that turns binary previews on
-FRONTEND = "/comfy"
 JOB_STATUS = {"queued": "pending", "running": "in_progress", "completed": "completed", "failed": "failed",
-              "cancelled": "cancelled"}  # where --comfy-frontend serves ComfyUI's own web app
-POLL_S = 0.1
+              "cancelled": "cancelled"}  # ComfyUI's Jobs API names
 
 
 def comfy_names(service) -> Names:
@@ -96,7 +88,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @route("GET", "/prompt")
     def get_prompt():
-        return {"exec_info": {"queue_remaining": _remaining(service)}}
+        return {"exec_info": {"queue_remaining": remaining(service)}}
 
     def history_entry(job: Job) -> dict[str, Any]:
         comfy = job.request["comfy"]
@@ -297,7 +289,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         client = clientId if clientId and len(clientId) <= 200 else uuid.uuid4().hex
         try:
             await websocket.accept()
-            await _watch(service, websocket, client)
+            await watch(service, websocket, client)
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -306,74 +298,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     for prefix in ("", "/api", *((FRONTEND,) if service.settings.comfy_frontend else ())):
         app.add_api_websocket_route(prefix + "/ws", socket)
     if service.settings.comfy_frontend:
-        _frontend(app, guarded)
-
-
-def frontend_static() -> Path:
-    """The installed ComfyUI front end's files (`pip install comfyui-frontend-package`)."""
-    try:
-        import comfyui_frontend_package
-    except ImportError:
-        raise InvalidRequest("--comfy-frontend needs ComfyUI's front end: pip install comfyui-frontend-package "
-                             "(GPL-3.0, the ComfyUI project's own web app)") from None
-    return Path(comfyui_frontend_package.__file__).parent / "static"
-
-
-def _frontend(app: FastAPI, guarded: list) -> None:
-    """ComfyUI's front end at /comfy/ (its API calls go to /comfy/api/..., its socket to /comfy/ws), with the
-    endpoints it needs to start answered minimally: one local user, settings kept in memory, no user files,
-    no custom-node extensions."""
-    from fastapi.staticfiles import StaticFiles
-
-    static = frontend_static()
-    settings: dict[str, Any] = {"Comfy.TutorialCompleted": True}  # open on the default workflow, not the tour
-    api = FRONTEND + "/api"
-
-    def get(path: str, value):
-        app.add_api_route(api + path, lambda: value, methods=["GET"], dependencies=guarded, include_in_schema=False)
-
-    get("/users", {"storage": "server", "migrated": True})
-    get("/extensions", [])
-    get("/i18n", {})
-    get("/features", {"supports_preview_metadata": False})
-    get("/experiment/models", [])
-    get("/node_replacements", {})
-    get("/global_subgraphs", {})
-    get("/workflow_templates", {})
-    get("/userdata", [])
-
-    @app.get(api + "/settings", dependencies=guarded, include_in_schema=False)
-    def all_settings():
-        return settings
-
-    @app.get(api + "/settings/{key}", dependencies=guarded, include_in_schema=False)
-    def one_setting(key: str):
-        return settings.get(key)
-
-    @app.post(api + "/settings", dependencies=guarded, include_in_schema=False)
-    async def post_settings(request: Request):
-        body = await _json(request)
-        settings.update({k: v for k, v in body.items() if isinstance(k, str) and len(k) < 200}
-                        if len(settings) < 1000 else {})
-        return Response(status_code=200)
-
-    @app.post(api + "/settings/{key}", dependencies=guarded, include_in_schema=False)
-    async def post_setting(key: str, request: Request):
-        if len(settings) < 1000 and len(key) < 200:
-            settings[key] = await request.json()
-        return Response(status_code=200)
-
-    @app.get(api + "/userdata/{name:path}", dependencies=guarded, include_in_schema=False)
-    def user_file(name: str):
-        raise HTTPException(404, "no user data on this server")
-
-    @app.get(FRONTEND, include_in_schema=False)
-    def redirect():
-        from fastapi.responses import RedirectResponse
-
-        return RedirectResponse(FRONTEND + "/")
-
-    app.mount(FRONTEND, StaticFiles(directory=static, html=True), name="comfy-frontend")
+        add_frontend(app, guarded)
 
 
 async def _json(request: Request) -> dict:
@@ -384,89 +309,3 @@ async def _json(request: Request) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def _remaining(service) -> int:
-    return sum(1 for j in service.store.queued() if "comfy" in j.request) + \
-        sum(1 for j in service.store.recent(20) if j.status == "running" and "comfy" in j.request)
-
-
-async def _send(websocket: WebSocket, kind: str, data: dict) -> None:
-    await websocket.send_text(json.dumps({"type": kind, "data": data}))
-
-
-async def _watch(service, websocket: WebSocket, client: str) -> None:
-    """ComfyUI's events for this client's prompts, from the job store and the worker's progress."""
-    remaining = _remaining(service)
-    await _send(websocket, "status", {"status": {"exec_info": {"queue_remaining": remaining}}, "sid": client})
-    seen: dict[str, str] = {}  # prompt id -> last status reported
-    last_node: dict[str, str | None] = {}
-    last_step: dict[str, int] = {}
-    started = time.time()
-    receiver = asyncio.create_task(_drain(websocket))  # reads (and drops) what the client sends; ends on close
-    try:
-        while not receiver.done():
-            now_remaining = _remaining(service)
-            if now_remaining != remaining:
-                remaining = now_remaining
-                await _send(websocket, "status", {"status": {"exec_info": {"queue_remaining": remaining}}})
-            mine = [j for j in service.store.recent(50) if "comfy" in j.request
-                    and j.request["comfy"].get("client_id") == client and (j.finished or time.time()) >= started]
-            for job in reversed(mine):
-                await _report(service, websocket, job, seen, last_node, last_step)
-            await asyncio.sleep(POLL_S)
-    finally:
-        receiver.cancel()
-
-
-async def _drain(websocket: WebSocket) -> None:
-    """Client messages (the front end's `feature_flags`, pings) are read and dropped until the socket closes."""
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-
-
-async def _report(service, websocket, job: Job, seen: dict, last_node: dict, last_step: dict) -> None:
-    pid = job.id
-    before = seen.get(pid)
-    if job.status == "queued" or before in FINAL:
-        return
-    now = int(time.time() * 1000)
-    if before is None:
-        await _send(websocket, "execution_start", {"prompt_id": pid, "timestamp": now})
-        seen[pid] = "running"
-    p = service.worker.progress
-    if job.status == "running" and pid in p.job_ids:
-        if p.node and p.node != last_node.get(pid):
-            last_node[pid] = p.node
-            await _send(websocket, "executing", {"node": p.node, "display_node": p.node, "prompt_id": pid})
-        if p.total and p.step != last_step.get(pid):
-            last_step[pid] = p.step
-            await _send(websocket, "progress", {"value": p.step, "max": p.total, "prompt_id": pid, "node": p.node})
-            extra = job.request["comfy"].get("extra_data") or {}
-            if extra.get("preview_method") in PREVIEW_METHODS:  # asked for: binary PREVIEW_IMAGE frames (PNG)
-                service.worker.watch()
-                if p.preview_png and p.preview_step != last_step.get(pid + "/preview"):
-                    last_step[pid + "/preview"] = p.preview_step
-                    await websocket.send_bytes(struct.pack(">II", 1, 2) + p.preview_png)
-        return
-    if job.status not in FINAL:
-        return
-    seen[pid] = job.status
-    result = job.result or {}
-    if job.status == "completed":
-        if result.get("cached"):
-            await _send(websocket, "execution_cached", {"nodes": result["cached"], "prompt_id": pid, "timestamp": now})
-        for node, images in (result.get("comfy_outputs") or {}).items():
-            await _send(websocket, "executing", {"node": node, "display_node": node, "prompt_id": pid})
-            await _send(websocket, "executed", {"node": node, "display_node": node, "output": {"images": images},
-                                                "prompt_id": pid})
-        await _send(websocket, "execution_success", {"prompt_id": pid, "timestamp": now})
-    elif job.status == "failed":
-        await _send(websocket, "execution_error", {
-            "prompt_id": pid, "node_id": last_node.get(pid) or "", "node_type": "", "executed": [],
-            "exception_message": job.error or "failed", "exception_type": "SfumatoError", "traceback": [],
-            "current_inputs": {}, "current_outputs": {}})
-    else:
-        await _send(websocket, "execution_interrupted", {"prompt_id": pid, "node_id": last_node.get(pid) or "",
-                                                         "node_type": "", "executed": []})
-    await _send(websocket, "executing", {"node": None, "prompt_id": pid})
