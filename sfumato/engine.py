@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -53,7 +53,38 @@ PreviewCallback = Callable[[torch.Tensor], None]  # the batch's latents after a 
 
 
 class Interrupted(Exception):
-    """Raised by a progress or preview callback to stop a generation between two steps."""
+    """Raised by a progress or preview callback to stop a generation between two steps, or by `stoppable`'s hooks
+    inside one."""
+
+
+@contextlib.contextmanager
+def stoppable(model: LoadedModel, should_stop: Callable[[], bool] | None) -> Iterator[None]:
+    """Forward pre-hooks on the blocks of the denoiser (UNet down/mid/up blocks, transformer blocks) and of the VAE
+    decoder, for the block's duration: when `should_stop()` says so, `Interrupted` is raised at the next block — well
+    under a second at any image size, where a step of a large image takes minutes on a CPU."""
+    if should_stop is None:
+        yield
+        return
+
+    def check(_module, _inputs):
+        if should_stop():
+            raise Interrupted()
+
+    pipe = model.pipe
+    owners = [getattr(pipe, "unet", None), getattr(pipe, "transformer", None),
+              getattr(getattr(pipe, "vae", None), "decoder", None)]
+    blocks = []
+    for owner in (o for o in owners if o is not None):
+        for name in ("down_blocks", "up_blocks", "transformer_blocks", "single_transformer_blocks"):
+            blocks += list(getattr(owner, name, None) or [])
+        if getattr(owner, "mid_block", None) is not None:
+            blocks.append(owner.mid_block)
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def default_model() -> str | None:
@@ -111,6 +142,9 @@ class Engine:
         self._control_cache: Recent[ControlModel] = Recent(4)  # loaded control models, by path/device/dtype
         self._ip_cache: tuple[tuple[str, ...], IPAdapterWeights] | None = None
         self._upscalers: Recent[upscalers.Upscaler] = Recent(3)  # loaded upscalers, by name and device
+        # asked before every block of the denoiser and the VAE decoder: True stops the generation there (Interrupted)
+        # — a cancel takes effect within a block, not at the next step (a server's worker sets it)
+        self.should_stop: Callable[[], bool] | None = None
 
     @classmethod
     def with_model(cls, loaded: LoadedModel) -> "Engine":
@@ -287,6 +321,7 @@ class Engine:
                 weights = self._ip_adapter_weights(adapter, resolve_encoder(adapter, resolved.ip_image_encoder))
                 stack.enter_context(ip_adapter_loaded(model.pipe, weights, resolved.ip_scale, str(adapter)))
                 controls.ip_images = [imgs.load_image(p, "IP-Adapter image").convert("RGB") for p in resolved.ip_images]
+            stack.enter_context(stoppable(model, self.should_stop))
             results = self._batches(resolved, model, tracker, controls, model_hash, hashes)
         return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
 
@@ -396,8 +431,9 @@ class Engine:
         seeds = [job.seed + i for job, i in rows]
         subseeds = [job.subseed + i for job, i in rows]
         template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
-        pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview), texts,
-                                  upscaler_for=self.upscaler)
+        with stoppable(model, self.should_stop):
+            pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview),
+                                      texts, upscaler_for=self.upscaler)
         model_hash, hashes = _hashes(model, jobs[0]), lora_hashes(jobs[0].loras) if jobs[0].loras else None
         seconds = time.perf_counter() - started
         out: dict[int, list[GeneratedImage]] = {id(job): [] for job in jobs}

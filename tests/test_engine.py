@@ -271,3 +271,28 @@ def test_generate_many_batches_compatible_requests_like_running_alone(engine_sd1
         for a, b in zip(result.images, alone.images):
             assert np.abs(np.asarray(a.image, dtype=int) - np.asarray(b.image, dtype=int)).max() <= 1
             assert a.infotext == b.infotext
+
+
+def test_a_stop_asked_mid_step_takes_effect_at_the_next_block(engine_sd1):
+    """`Engine.should_stop` is asked before every UNet/VAE block: a stop raises `Interrupted` inside the first step,
+    before it completes; the hooks are gone afterwards and the next generation is the plain one."""
+    from sfumato.engine import Interrupted
+
+    request = GenerationRequest(prompt="a red apple", seed=5, steps=3, width=32, height=32, sampler="Euler")
+    plain = np.asarray(engine_sd1.generate(request).images[0].image)
+    asked, steps = [], []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 3  # the third block of the first UNet call
+
+    engine_sd1.should_stop = should_stop
+    try:
+        with pytest.raises(Interrupted):
+            engine_sd1.generate(request, progress=lambda done, total: steps.append(done))
+    finally:
+        engine_sd1.should_stop = None
+    assert len(asked) == 3 and not [s for s in steps if s > 0]  # no step finished
+    unet = engine_sd1._loaded.pipe.unet
+    assert not any(block._forward_pre_hooks for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks])
+    assert np.array_equal(np.asarray(engine_sd1.generate(request).images[0].image), plain)

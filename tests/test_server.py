@@ -439,3 +439,47 @@ def test_a1111_describing_routes_answer_for_real_clients(client):
     assert ram["total"] > ram["free"] > 0
     r = client.post("/sdapi/v1/interrogate", json={"image": "", "model": "clip"})
     assert r.status_code == 501 and "captioning model" in r.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_abandoned_synchronous_requests_are_cancelled(tmp_path, sd1):
+    """A caller that hangs up leaves nothing running: an A1111 txt2img whose client times out mid-job has that job
+    cancelled (stopped inside its step); the real openai client with a 1 s timeout and 2 retries against a busy
+    server leaves three cancelled jobs, none of which ran."""
+    openai = pytest.importorskip("openai")
+    import httpx
+
+    port = _free_port()
+    server = _serve(sd1, tmp_path / "data", port, "--max-batch-size", "1")
+    base = f"http://127.0.0.1:{port}"
+
+    def jobs(prompt: str) -> list[dict]:
+        return [j for j in httpx.get(f"{base}/api/v1/jobs?limit=20").json()["jobs"]
+                if j["request"]["prompt"] == prompt]
+
+    def settled(prompt: str, count: int, timeout: float = 30.0) -> list[dict]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = jobs(prompt)
+            if len(found) == count and all(j["status"] in ("completed", "failed", "cancelled") for j in found):
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"{prompt!r}: {jobs(prompt)}")
+
+    try:
+        with pytest.raises(httpx.ReadTimeout):  # 150 steps at 256²: tens of seconds
+            httpx.post(f"{base}/sdapi/v1/txt2img", timeout=3, json={
+                "prompt": "an abandoned job", "steps": 150, "width": 256, "height": 256, "seed": 1})
+        (abandoned,) = settled("an abandoned job", 1, timeout=10)
+        assert abandoned["status"] == "cancelled"
+        busy = httpx.post(f"{base}/api/v1/jobs", json={"prompt": "busy", "steps": 150, "width": 256,
+                                                       "height": 256}).json()["id"]
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=1.0, max_retries=2)
+        with pytest.raises(openai.APITimeoutError):
+            client.images.generate(prompt="a retried job", size="64x64", response_format="b64_json")
+        httpx.delete(f"{base}/api/v1/jobs/{busy}")
+        retried = settled("a retried job", 3)
+        assert [j["status"] for j in retried] == ["cancelled"] * 3 and not any(j.get("started") for j in retried)
+    finally:
+        server.terminate()
+        server.wait(30)

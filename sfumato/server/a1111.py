@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
@@ -134,9 +134,9 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             raise InvalidRequest("override_settings.sd_vae must be a VAE name (GET /sdapi/v1/sd-vae)")
         return vae
 
-    async def run(body: Txt2ImgRequest, request: GenerationRequest) -> dict:
+    async def run(body: Txt2ImgRequest, request: GenerationRequest, http: Request | None = None) -> dict:
         job = await run_in_threadpool(service.submit, request)
-        done = await service.wait(job)
+        done = await service.wait(job, http=http)
         result, resolved = done.result, done.result["request"]
         model_name = next((n for n, p in service.models.items() if p == resolved["model"]), resolved["model"])
         info = {
@@ -165,12 +165,12 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         return dataclasses.replace(request, controls=units, **fields)
 
     @app.post("/sdapi/v1/txt2img", tags=["a1111"], dependencies=guarded)
-    async def txt2img(body: Txt2ImgRequest):
+    async def txt2img(body: Txt2ImgRequest, http: Request):
         request = _request(body, model_for(body), vae_for(body), service.current_clip_skip)
-        return await run(body, with_controls(body, request))
+        return await run(body, with_controls(body, request), http)
 
     @app.post("/sdapi/v1/img2img", tags=["a1111"], dependencies=guarded)
-    async def img2img(body: Img2ImgRequest):
+    async def img2img(body: Img2ImgRequest, http: Request):
         if not body.init_images:
             raise InvalidRequest("init_images must hold one base64 image")
         request = _request(body, model_for(body), vae_for(body), service.current_clip_skip)
@@ -183,7 +183,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
             if body.inpainting_mask_invert:
                 mask = mask.point(lambda v: 255 - v)
             fields["mask"] = service.keep(mask)
-        return await run(body, with_controls(body, dataclasses.replace(request, **fields)))
+        return await run(body, with_controls(body, dataclasses.replace(request, **fields)), http)
 
     @app.get("/sdapi/v1/scripts", tags=["a1111"], dependencies=guarded)
     def scripts():

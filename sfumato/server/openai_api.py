@@ -45,7 +45,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
         if response_format not in ("b64_json", "url"):
             raise InvalidRequest("response_format must be b64_json or url")
         job = await run_in_threadpool(service.submit, request)
-        done = await service.wait(job)
+        done = await service.wait(job, http=http)
         data = []
         for image_id in done.result["images"]:
             if response_format == "url":

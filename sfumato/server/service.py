@@ -268,11 +268,13 @@ class Service:
             except RuntimeError:
                 pass
 
-    async def wait(self, job: Job, timeout: float = 3600) -> Job:
+    async def wait(self, job: Job, timeout: float = 3600, http=None) -> Job:
         """Wait for a job to finish; a failed job raises its error (400), a cancelled one 409.
 
         The store wakes the waiter the moment the job finishes (clients resubmit at once, so the next
-        batch fills up); a slow poll stays as a safety net.
+        batch fills up); a slow poll stays as a safety net. With the caller's `http` request: when the caller goes
+        away (a client timeout, a closed connection), the job is cancelled — at once if queued, at the next UNet
+        block if running — so an abandoned synchronous request costs nothing more (a client's retry runs anew).
         """
         deadline = time.monotonic() + timeout
         event = asyncio.Event()
@@ -286,6 +288,9 @@ class Service:
                 if self.closing:
                     raise HTTPException(503, f"the server is shutting down; job {job.id} stays queued for the next "
                                              f"start: poll /api/v1/jobs/{job.id}")
+                if http is not None and await http.is_disconnected():
+                    self.worker.cancel(job.id)
+                    raise HTTPException(499, f"the client went away; job {job.id} was cancelled")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise HTTPException(504, f"job {job.id} is still {current.status}; poll /api/v1/jobs/{job.id}")

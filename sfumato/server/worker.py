@@ -65,6 +65,8 @@ class Worker:
         self._serial = itertools.count()  # keeps the keys of jobs that must run alone distinct
         self._last_stale_check = 0.0  # shared stores: when this worker last re-queued dead replicas' jobs
         self._last_claim_check = 0.0  # ... and when the running batch last checked its jobs are still its own
+        # a cancel or a stop takes effect inside a step, at the next UNet/VAE block (in-memory flags only)
+        engine.should_stop = lambda: self._stop.is_set() or any(j in self._cancelled for j in self.progress.job_ids)
         self._comfy = None  # the ComfyUI executor (created at the first ComfyUI job; keeps its node cache)
         self.comfy_names = None  # () -> comfy.names.Names, set by the service
         self.comfy_check = None  # GenerationRequest -> None: the server's limits on each request a graph makes
