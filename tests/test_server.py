@@ -474,6 +474,10 @@ def test_abandoned_synchronous_requests_are_cancelled(tmp_path, sd1):
         assert abandoned["status"] == "cancelled"
         busy = httpx.post(f"{base}/api/v1/jobs", json={"prompt": "busy", "steps": 150, "width": 256,
                                                        "height": 256}).json()["id"]
+        deadline = time.time() + 30  # the job list carries the running job's progress (the UI's Queue view)
+        while not (jobs("busy") and jobs("busy")[0].get("progress", {}).get("step")):
+            assert time.time() < deadline, jobs("busy")
+            time.sleep(0.1)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=1.0, max_retries=2)
         with pytest.raises(openai.APITimeoutError):
             client.images.generate(prompt="a retried job", size="64x64", response_format="b64_json")

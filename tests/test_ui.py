@@ -66,9 +66,9 @@ def page(browser, server):
     context.close()
 
 
-def _shot(page, name: str) -> None:
+def _shot(page, name: str, full_page: bool = True) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
 def _generate_and_get_job(page, server: str) -> dict:
@@ -418,3 +418,46 @@ def test_comfyui_front_end_loads_a_workflow_queues_it_and_shows_the_image(browse
     finally:
         process.terminate()
         process.wait(40)
+
+
+def _in_view(page, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    size = page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + min(box["height"], 40) <= size["height"] \
+        and box["x"] >= 0 and box["x"] < size["width"]
+
+
+@pytest.mark.parametrize("viewport", [(1366, 768), (390, 844)], ids=["laptop", "phone"])
+def test_feedback_stays_in_view_after_generate(browser, server, viewport):
+    """A first-time user at 1366×768 or on a phone: Generate, its errors, progress and results are visible without
+    scrolling; Save settings neither duplicates the lists nor loses the model and sampler chosen."""
+    width, height = viewport
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(server + "/")
+    page.wait_for_function("document.querySelectorAll('#sampler option').length > 5")
+    assert _in_view(page, "#generate")  # the action bar sticks to the bottom of the form
+    page.fill("#prompt", "red apple")
+    page.fill("#width", "4096")  # over the server's limit: refused
+    page.fill("#height", "64")
+    page.fill("#steps", "2")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('generate-status').textContent.includes('4096')")
+    assert _in_view(page, "#generate-status") and _in_view(page, "#message")
+    page.fill("#width", "64")
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=60_000)
+    page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('done')")
+    assert _in_view(page, "#results img") and _in_view(page, "#progress-text")
+    _shot(page, f"flow-{'laptop' if width > 900 else 'phone'}", full_page=False)  # what the user sees
+    samplers = page.locator("#sampler option").count()
+    page.select_option("#sampler", "Euler a")
+    model = page.input_value("#model")
+    page.click("#tab-settings")
+    assert _in_view(page, "#save-settings")  # a tab's panel comes into view on a phone
+    for _ in range(2):
+        page.click("#save-settings")
+        page.wait_for_timeout(300)
+    assert page.locator("#sampler option").count() == samplers
+    assert page.input_value("#sampler") == "Euler a" and page.input_value("#model") == model
+    context.close()

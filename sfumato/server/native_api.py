@@ -80,7 +80,14 @@ def add_routes(app: FastAPI, service: Service, guarded: list) -> None:
 
     @app.get("/api/v1/jobs", tags=["native"], dependencies=guarded)
     def list_jobs(limit: int = 50):
-        return {"jobs": [service.names.record(j.to_dict()) for j in service.store.recent(max(1, min(limit, 500)))]}
+        p = service.worker.progress
+        jobs = []
+        for job in service.store.recent(max(1, min(limit, 500))):
+            out = service.names.record(job.to_dict())
+            if job.status == "running" and job.id in p.job_ids:  # the Queue view's live progress
+                out["progress"] = {"step": p.step, "total": p.total}
+            jobs.append(out)
+        return {"jobs": jobs}
 
     @app.get("/api/v1/jobs/{job_id}", tags=["native"], dependencies=guarded)
     def get_job(job_id: str):

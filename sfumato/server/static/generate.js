@@ -117,6 +117,11 @@ export async function addThumb(container, job, imageInfo, index) {
   container.append(card);
 }
 
+function status(text) {  // the progress line, mirrored beside the Generate button (sticky: always in view)
+  $("progress-text").textContent = text;
+  $("generate-status").textContent = text === "idle" ? "" : text;
+}
+
 export async function generate(event) {
   event.preventDefault();
   show("");
@@ -124,7 +129,9 @@ export async function generate(event) {
   if (!request.prompt.trim() && !request.init_image) { show("Write a prompt first."); $("prompt").focus(); return; }
   if (!request.negative_prompt && settings().defaultNegative) request.negative_prompt = settings().defaultNegative;
   selectTab("result");
+  if (window.innerWidth <= 900) $("view-result").scrollIntoView({ block: "start" });  // one column: results below
   $("generate").disabled = true;
+  const started = { at: 0, step: 0 };
   try {
     const views = $("views").value;  // a views sheet: the subject from each angle, one consistent batch
     const { prompt, consistent, ...rest } = request;
@@ -134,28 +141,31 @@ export async function generate(event) {
       : await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(request) });
     state.currentJob = job.id;
     $("cancel").disabled = false;
-    $("progress-text").textContent = "queued";
+    status("queued");
     await readEvents(job.id, async (name, data) => {
-      if (name === "queued") $("progress-text").textContent = `queued (position ${data.position + 1})`;
+      if (name === "queued") status(`queued (position ${data.position + 1})`);
       if (name === "progress") {
         $("progress").value = data.total ? data.step / data.total : 0;
-        $("progress-text").textContent = `step ${data.step}/${data.total}`;
+        if (!started.at && data.step > 0) Object.assign(started, { at: performance.now(), step: data.step });
+        const perStep = data.step > started.step ? (performance.now() - started.at) / (data.step - started.step) : 0;
+        const eta = perStep ? ` — about ${Math.ceil((perStep * (data.total - data.step)) / 1000)} s left` : "";
+        status(data.total ? `step ${data.step}/${data.total}${eta}` : "starting");
         if (data.preview) { $("preview").src = "data:image/png;base64," + data.preview; $("preview").hidden = false; }
       }
       if (name === "completed") {
         $("progress").value = 1;
-        $("progress-text").textContent = `done in ${data.result.seconds.toFixed(1)} s`;
+        status(`done in ${data.result.seconds.toFixed(1)} s`);
         $("preview").hidden = true;
         state.lastSeed = data.result.seeds[0];
         $("results").replaceChildren();
         for (let i = 0; i < data.images.length; i++) await addThumb($("results"), data, data.images[i], i);
       }
-      if (name === "failed") { show("Generation failed: " + data.error); $("progress-text").textContent = "failed"; }
-      if (name === "cancelled") { $("progress-text").textContent = "cancelled"; $("preview").hidden = true; }
+      if (name === "failed") { show("Generation failed: " + data.error); status("failed: " + data.error); }
+      if (name === "cancelled") { status("cancelled"); $("preview").hidden = true; }
     });
   } catch (error) {
     show(error.message);
-    $("progress-text").textContent = "idle";
+    status(error.message);  // beside the button too, where the user is looking
   } finally {
     $("generate").disabled = false;
     $("cancel").disabled = true;

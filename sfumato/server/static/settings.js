@@ -13,12 +13,16 @@ export async function loadLists() {
     $("styles").title = styles.map((s) => `${s.name}: ${s.prompt}`).join("\n");
     $("styles-empty").hidden = styles.length > 0;
     $("styles").hidden = styles.length === 0;
+    const model = $("model").value, sampler = $("sampler").value;  // a reload keeps the choices
     $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
+    if (models.some((m) => m.model_name === model)) $("model").value = model;
     await loadControlLists();
     await loadUpscalers();
     await loadModelTools(models);
-    for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
+    $("sampler").replaceChildren(new Option("model default", ""), ...samplers.map((s) => new Option(s.name, s.name)));
+    $("sampler").value = samplers.some((s) => s.name === sampler) ? sampler : "";
     state.loras = loras.loras;
+    for (const row of [...$("loras").querySelectorAll(".grid2")]) row.remove();  // rebuilt, never appended twice
     $("lora-empty").hidden = state.loras.length > 0;
     for (const name of state.loras) {
       const row = document.createElement("div");

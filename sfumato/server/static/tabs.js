@@ -17,7 +17,10 @@ export function selectTab(name) {
 export function setupTabs() {
   const tabs = [...document.querySelectorAll('[role="tab"]')];
   tabs.forEach((tab, i) => {
-    tab.addEventListener("click", () => selectTab(tab.id.slice(4)));
+    tab.addEventListener("click", () => {
+      selectTab(tab.id.slice(4));
+      $(tab.getAttribute("aria-controls")).scrollIntoView({ block: "nearest" });  // phones: the panel is below the form
+    });
     tab.addEventListener("keydown", (e) => {
       const step = e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0;
       if (!step) return;
