@@ -461,3 +461,21 @@ def test_feedback_stays_in_view_after_generate(browser, server, viewport):
     assert page.locator("#sampler option").count() == samplers
     assert page.input_value("#sampler") == "Euler a" and page.input_value("#model") == model
     context.close()
+
+
+def test_sizes_are_offered_around_the_model_native_size(browser, emoji_server):
+    """The embedded 32 px model is offered 32/48/64, not 512-1024, and a size above twice its side is flagged."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    page.goto(emoji_server + "/")
+    page.wait_for_function("document.querySelectorAll('#size-preset option').length > 1 && "
+                           "document.getElementById('size-preset').options[0].textContent.includes('32')")
+    options = page.eval_on_selector_all("#size-preset option", "os => os.map(o => o.value)")
+    assert options == ["", "32x32", "48x48", "64x64"]
+    assert page.is_hidden("#size-hint")
+    page.fill("#width", "512")
+    page.fill("#height", "512")
+    assert page.is_visible("#size-hint") and "native 32 px" in page.inner_text("#size-hint")
+    page.select_option("#size-preset", "64x64")
+    assert page.is_hidden("#size-hint") and page.input_value("#width") == "64"
+    context.close()

@@ -273,7 +273,8 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     @app.get("/sdapi/v1/sd-models", tags=["a1111"], dependencies=guarded)
     def sd_models():
         return [{"title": _title(service, name), "model_name": name, "hash": _hash(service, name)[:10],
-                 "sha256": _hash(service, name), "filename": name, "config": None} for name in service.models]
+                 "sha256": _hash(service, name), "filename": name, "config": None,
+                 "native_size": _native_size(service.models[name])} for name in service.models]
 
     @app.get("/sdapi/v1/samplers", tags=["a1111"], dependencies=guarded)
     def samplers():
@@ -331,3 +332,13 @@ def _title(service, name: str) -> str:
     digest = _hash(service, name)
     return f"{name} [{digest[:10]}]" if digest else name
 
+
+def _native_size(path: str) -> int | None:
+    """The side the model was trained at (our extra field of an sd-models entry: the UI offers sizes around it)."""
+    from sfumato.errors import SfumatoError
+    from sfumato.models.detect import describe
+
+    try:
+        return describe(Path(path)).family.native_size
+    except (SfumatoError, OSError, ValueError):
+        return None

@@ -16,6 +16,8 @@ export async function loadLists() {
     const model = $("model").value, sampler = $("sampler").value;  // a reload keeps the choices
     $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
     if (models.some((m) => m.model_name === model)) $("model").value = model;
+    state.nativeSizes = Object.fromEntries(models.map((m) => [m.model_name, m.native_size]));
+    sizesForModel();
     await loadControlLists();
     await loadUpscalers();
     await loadModelTools(models);
@@ -34,7 +36,30 @@ export async function loadLists() {
   } catch (error) { show(error.message); }
 }
 
+export function sizesForModel() {
+  // the Size presets around the selected model's native side (a 32 px model is not offered 1024²)
+  const native = state.nativeSizes?.[$("model").value];
+  const chosen = $("size-preset").value;
+  const sides = native ? [...new Set([native, Math.round((native * 1.5) / 8) * 8, native * 2])] : [512, 768, 1024];
+  $("size-preset").replaceChildren(new Option(native ? `model native (${native}²)` : "model native", ""),
+                                   ...sides.map((side) => new Option(`${side}x${side}`, `${side}x${side}`)));
+  if ([...$("size-preset").options].some((o) => o.value === chosen)) $("size-preset").value = chosen;
+  sizeHint();
+}
+
+function sizeHint() {  // a warning above twice the model's native side
+  const native = state.nativeSizes?.[$("model").value];
+  const w = Number($("width").value) || native || 0, h = Number($("height").value) || native || 0;
+  const over = native && w * h > 4 * native * native;
+  $("size-hint").hidden = !over;
+  $("size-hint").textContent = over ? `Above 2× this model's native ${native} px: slow, and the model tends to ` +
+    "repeat itself (tile). Try the hires fix instead." : "";
+}
+
 export function setupSize() {
+  $("model").addEventListener("change", sizesForModel);
+  $("width").addEventListener("input", sizeHint);
+  $("height").addEventListener("input", sizeHint);
   const apply = () => {
     const preset = $("size-preset").value;
     if (!preset) { $("width").value = ""; $("height").value = ""; return; }
@@ -43,6 +68,7 @@ export function setupSize() {
     const scale = Math.sqrt((side * side) / (a * b));
     $("width").value = Math.max(16, Math.round((a * scale) / 8) * 8);
     $("height").value = Math.max(16, Math.round((b * scale) / 8) * 8);
+    sizeHint();
   };
   $("size-preset").addEventListener("change", apply);
   $("aspect").addEventListener("change", apply);
