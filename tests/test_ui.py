@@ -348,9 +348,13 @@ def test_animate_tab_makes_a_prompt_travel_gif_and_mp4(page, server):
     job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
     assert job["request"]["animation"]["prompts"] == {"0": "a red apple", "2": "a green apple"}
     _shot(page, "animate")
-    page.click("#tab-gallery")  # the frames are in the gallery, labelled as an animation
-    page.wait_for_selector("#gallery img", timeout=30_000)
-    assert page.get_attribute("#gallery img", "alt").startswith("animation (travel): a red apple")
+    page.click("#tab-gallery")  # one gallery entry for the animation: its first frame, captioned
+    page.wait_for_selector("#gallery figcaption", timeout=30_000)
+    card = page.locator("#gallery figure", has=page.locator("figcaption"))
+    assert card.count() == 1 and "travel" in card.inner_text() and "3 frames" in card.inner_text()
+    page.fill("#prompt", "")
+    card.locator("button:has-text('Reuse')").click()
+    assert page.input_value("#prompt") == "a red apple"  # the request's prompt, not a label
     page.click("#tab-animate")
     page.fill("#anim-keyframes", '0: "open')  # a bad keyframe: one clear message, no job
     page.click("#anim-run")
@@ -479,3 +483,41 @@ def test_sizes_are_offered_around_the_model_native_size(browser, emoji_server):
     page.select_option("#size-preset", "64x64")
     assert page.is_hidden("#size-hint") and page.input_value("#width") == "64"
     context.close()
+
+
+def test_result_actions_upscale_control_inpaint_without_touching_the_form(page, server):
+    """A result goes onward without a download: Upscale (Extras), Use as control (Control), Inpaint (Edit, with its
+    own button); none changes the form's size silently. The gallery pages."""
+    page.fill("#prompt", "a red apple")
+    _small(page)
+    page.click("#generate")
+    page.wait_for_selector("#results img", timeout=60_000)
+    size = (page.input_value("#width"), page.input_value("#height"))
+    card = page.locator("#results figure").first
+    card.locator("button:has-text('Use as control')").click()
+    assert not page.is_hidden("#view-control") and page.is_checked("#use-control")
+    page.click("#tab-result")
+    card.locator("button:has-text('Inpaint')").click()
+    assert not page.is_hidden("#view-edit") and page.is_checked("#use-init") and page.is_visible("#edit-generate")
+    assert (page.input_value("#width"), page.input_value("#height")) == size
+    assert "64×64" in page.inner_text("#edit-size-note")
+    page.uncheck("#use-init")
+    page.click("#tab-result")
+    card.locator("button:has-text('Upscale')").click()
+    assert not page.is_hidden("#view-extras") and "from the results" in page.inner_text("#extras-source")
+    page.select_option("#extras-upscaler", "Lanczos")
+    page.fill("#extras-scale", "2")
+    page.click("#extras-run")
+    page.wait_for_selector("#extras-compare:not([hidden])", timeout=60_000)
+    assert "128x128" in page.inner_text("#extras-info")
+    done = [j for j in httpx.get(server + "/api/v1/jobs?limit=500").json()["jobs"] if j["status"] == "completed"]
+    ids = [httpx.post(server + "/api/v1/jobs", json={"prompt": f"filler {k}", "steps": 1, "width": 32, "height": 32,
+                                                      "seed": k}).json()["id"] for k in range(max(0, 26 - len(done)))]
+    for job_id in ids:  # more than a page of finished jobs
+        while httpx.get(f"{server}/api/v1/jobs/{job_id}").json()["status"] != "completed":
+            time.sleep(0.05)
+    page.click("#tab-gallery")
+    page.wait_for_selector("#gallery-more:not([hidden])", timeout=30_000)
+    first = page.locator("#gallery figure").count()
+    page.click("#gallery-more")
+    page.wait_for_function(f"document.querySelectorAll('#gallery figure').length > {first}")

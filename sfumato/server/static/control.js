@@ -52,3 +52,12 @@ export async function loadControlLists() {
   $("control-module").value = modules.module_list.includes(chosen) ? chosen : "scribble";
   $("control-model").replaceChildren(new Option("default (shipped)", ""), ...models.model_list.map((m) => new Option(m, m)));
 }
+
+export async function loadControlImage(src) {  // a result as the control image ("Use as control")
+  const img = new Image();
+  img.src = src;
+  await img.decode();
+  clearControl();
+  $("control-canvas").getContext("2d").drawImage(img, 0, 0, 256, 256);
+  $("use-control").checked = true;
+}

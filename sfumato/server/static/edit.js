@@ -11,8 +11,17 @@ export async function loadInit(src) {
   state.maskHistory = [];
   state.initLoaded = true;
   $("use-init").checked = true;
-  $("width").value = img.naturalWidth;
-  $("height").value = img.naturalHeight;
+  const w = Number($("width").value), h = Number($("height").value);
+  $("edit-size-note").textContent = (w && h && (w !== img.naturalWidth || h !== img.naturalHeight))
+    ? `The image is ${img.naturalWidth}×${img.naturalHeight}; the output stays ${w}×${h} as the form says (clear ` +
+      "Width and Height to keep the image's size)." : `The image is ${img.naturalWidth}×${img.naturalHeight}.`;
+}
+
+export function imageDataURL(img) {  // a loaded <img> (an object URL of a result) as a PNG data URL
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  canvas.getContext("2d").drawImage(img, 0, 0);
+  return canvas.toDataURL("image/png");
 }
 
 export function maskDataURL() {  // white = repaint, on black

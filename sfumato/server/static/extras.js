@@ -1,6 +1,12 @@
 // The Extras panel: upscaling and the image recipes, with a before/after slider.
 
-import { $, api, imageURL, number, readFile, show } from "./common.js";
+import { $, api, imageURL, number, readFile, show, state } from "./common.js";
+
+export function useExtrasImage(dataURL) {  // a result sent here ("Upscale"), used until a file is chosen
+  state.extrasImage = dataURL;
+  $("extras-op").value = "upscale";
+  $("extras-source").textContent = "Using the image from the results (or choose a file).";
+}
 
 export async function loadUpscalers() {
   const upscalers = await api("/api/v1/upscalers");
@@ -30,8 +36,8 @@ export async function waitForJob(id) {
 
 export async function runExtras() {
   const file = $("extras-file").files[0];
-  if (!file) { show("Choose an image first."); return; }
-  const image = await readFile(file);
+  if (!file && !state.extrasImage) { show("Choose an image first."); return; }
+  const image = file ? await readFile(file) : state.extrasImage;
   const op = $("extras-op").value;
   $("extras-run").disabled = true;
   show("");
@@ -63,5 +69,6 @@ export async function runExtras() {
 
 export function setupExtras() {
   $("extras-run").addEventListener("click", runExtras);
+  $("extras-file").addEventListener("change", () => { state.extrasImage = null; $("extras-source").textContent = ""; });
   $("extras-slider").addEventListener("input", (e) => setCompare(e.target.value));
 }

@@ -10,14 +10,30 @@ export function jobPrompt(job) {  // what a job is about, for lists: its prompt,
   return `animation (${animation.mode}): ${first}`;
 }
 
-export async function loadGallery() {
+const PAGE = 24;  // jobs per gallery page
+
+function animationRequest(job) {  // an animation's generation settings with its first real prompt (not a label)
+  const animation = job.request.animation;
+  const first = Object.values(animation.prompts || {})[0] || (animation.scenes || [])[0] || animation.generation.prompt;
+  return { ...animation.generation, prompt: first };
+}
+
+export async function loadGallery(pages = 1) {
   try {
-    const { jobs } = await api("/api/v1/jobs?limit=60");
+    const { jobs } = await api("/api/v1/jobs?limit=500");
+    const done = jobs.filter((j) => j.status === "completed");
+    const shown = done.slice(0, pages * PAGE);
     $("gallery").replaceChildren();
-    for (const job of jobs.filter((j) => j.status === "completed")) {  // animation frames reuse their settings
-      const view = job.request.animation ? { ...job, request: { ...job.request.animation.generation, prompt: jobPrompt(job) } } : job;
-      for (let i = 0; i < job.images.length; i++) await addThumb($("gallery"), view, job.images[i], i);
+    for (const job of shown) {
+      if (job.request.animation) {  // one entry per animation: its first frame, with the frame count
+        const caption = `animation (${job.request.animation.mode}), ${job.images.length} frames`;
+        await addThumb($("gallery"), { ...job, request: animationRequest(job) }, job.images[0], 0, caption);
+        continue;
+      }
+      for (let i = 0; i < job.images.length; i++) await addThumb($("gallery"), job, job.images[i], i);
     }
+    $("gallery-more").hidden = done.length <= shown.length;
+    $("gallery-more").onclick = () => loadGallery(pages + 1);
   } catch (error) { show(error.message); }
 }
 

@@ -1,7 +1,9 @@
 // The Generate form as a native job request and back, the job's events, thumbnails and cancelling.
 
 import { $, api, explain, headers, imageURL, number, settings, show, state } from "./common.js";
-import { loadInit, maskDataURL } from "./edit.js";
+import { loadControlImage } from "./control.js";
+import { imageDataURL, loadInit, maskDataURL } from "./edit.js";
+import { useExtrasImage } from "./extras.js";
 import { updatePromptInfo } from "./prompt.js";
 import { selectTab } from "./tabs.js";
 
@@ -83,13 +85,19 @@ export async function readEvents(jobId, onEvent) {  // SSE over fetch (EventSour
   }
 }
 
-export async function addThumb(container, job, imageInfo, index) {
+export async function addThumb(container, job, imageInfo, index, caption = null) {
   const card = document.createElement("figure");
   card.className = "thumb";
   const img = document.createElement("img");
   img.alt = `${job.request.prompt} (seed ${job.result.seeds[index]})`;
   img.src = await imageURL(imageInfo.url);
   card.append(img);
+  if (caption) {
+    const text = document.createElement("figcaption");
+    text.className = "hint";
+    text.textContent = caption;
+    card.append(text);
+  }
   if (job.result.nsfw && job.result.nsfw[index]) {
     const flag = document.createElement("span");
     flag.className = "flag-nsfw";
@@ -107,6 +115,14 @@ export async function addThumb(container, job, imageInfo, index) {
   };
   button("Reuse", () => { fillForm({ ...job.request, seed: job.result.seeds[index] }); show("Parameters loaded into the form.", true); });
   button("Send to edit", async () => { await loadInit(img.src); selectTab("edit"); });
+  button("Inpaint", async () => {
+    await loadInit(img.src);
+    selectTab("edit");
+    $("view-edit").scrollIntoView({ block: "start" });
+    show("Paint the area to repaint on the image, then press Inpaint.", true);
+  });
+  button("Upscale", () => { useExtrasImage(imageDataURL(img)); selectTab("extras"); });
+  button("Use as control", async () => { await loadControlImage(img.src); selectTab("control"); });
   button("Info", () => { $("details").textContent = job.result.infotexts[index]; selectTab("gallery"); });
   const link = document.createElement("a");
   link.href = img.src;

@@ -27,6 +27,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupDrops();
   $("prompt").addEventListener("input", updatePromptInfo);
   $("generate-form").addEventListener("submit", generate);
+  $("edit-generate").addEventListener("click", () => $("generate-form").requestSubmit());  // the Edit panel's own
   document.addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("generate-form").requestSubmit(); });
   $("cancel").addEventListener("click", () => state.currentJob && cancelJob(state.currentJob));
   $("seed-random").addEventListener("click", () => { $("seed").value = -1; });
