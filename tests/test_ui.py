@@ -283,6 +283,7 @@ def test_extras_tab_upscales_and_colorizes_with_a_before_after_slider(browser, e
     page.click("#extras-run")
     page.wait_for_function("document.getElementById('extras-info').textContent.includes('Colorize: True')",
                            timeout=60_000)
+    assert "shown enlarged" in page.inner_text("#extras-info")  # a 32 px model's result says so
     _shot(page, "extras")
     context.close()
 

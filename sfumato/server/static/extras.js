@@ -58,6 +58,12 @@ export async function runExtras() {
       after = await imageURL(job.images[0].url);
       $("extras-info").textContent = job.result.infotexts[0];
     }
+    const shown = new Image();
+    shown.src = after;
+    await shown.decode();
+    if (shown.naturalWidth < 256) {  // a small model's result: say it is enlarged here, not made this size
+      $("extras-info").textContent += ` — ${shown.naturalWidth}×${shown.naturalHeight} px, shown enlarged`;
+    }
     $("extras-before").src = image;
     $("extras-after").src = after;
     $("extras-download").href = after;
