@@ -23,6 +23,7 @@ from sfumato.comfy.graph import GraphError, validate
 from sfumato.comfy.names import IMAGE_SUFFIXES, Names
 from sfumato.comfy.nodes import NODES
 from sfumato.errors import InvalidRequest
+from sfumato.server.wire import json_object
 from sfumato.server.comfy_frontend import FRONTEND, add_frontend
 from sfumato.server.comfy_socket import remaining, watch
 from sfumato.server.store import FINAL, Job
@@ -133,7 +134,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
 
     @route("POST", "/queue")
     async def post_queue(request: Request):
-        body = await _json(request)
+        body = await json_object(request)
         targets = []
         if body.get("clear"):
             targets = [j.id for j in service.store.queued() if "comfy" in j.request]
@@ -300,12 +301,5 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     if service.settings.comfy_frontend:
         add_frontend(app, guarded)
 
-
-async def _json(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequest("the body is not JSON") from None
-    return body if isinstance(body, dict) else {}
 
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
 from sfumato.errors import InvalidRequest
+from sfumato.server.wire import json_object
 
 FRONTEND = "/comfy"
 
@@ -59,7 +60,7 @@ def add_frontend(app: FastAPI, guarded: list) -> None:
 
     @app.post(api + "/settings", dependencies=guarded, include_in_schema=False)
     async def post_settings(request: Request):
-        body = await _json(request)
+        body = await json_object(request)
         settings.update({k: v for k, v in body.items() if isinstance(k, str) and len(k) < 200}
                         if len(settings) < 1000 else {})
         return Response(status_code=200)
@@ -81,11 +82,3 @@ def add_frontend(app: FastAPI, guarded: list) -> None:
         return RedirectResponse(FRONTEND + "/")
 
     app.mount(FRONTEND, StaticFiles(directory=static, html=True), name="comfy-frontend")
-
-
-async def _json(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequest("the body is not JSON") from None
-    return body if isinstance(body, dict) else {}

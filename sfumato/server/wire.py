@@ -42,3 +42,14 @@ JobRequest = _job_request_model()
 class TokensRequest(BaseModel):
     prompt: str
     model: str | None = None
+
+
+async def json_object(request) -> dict[str, Any]:
+    """A route's JSON body as an object ({} for any other JSON value); not JSON -> one-line InvalidRequest."""
+    from sfumato.errors import InvalidRequest
+
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidRequest("the body is not JSON") from None
+    return body if isinstance(body, dict) else {}
