@@ -250,3 +250,28 @@ def test_sdxl_refiner_refines_an_image(tmp_path):
     first = np.asarray(engine.generate(request).images[0].image)
     np.testing.assert_array_equal(first, np.asarray(engine.generate(request).images[0].image))
     assert first[14:17, 14:17, 0].flatten().tolist() == pytest.approx([169, 148, 140, 121, 145, 139, 110, 186, 205], abs=3)
+
+
+def test_pipeline_names_map_to_families_through_the_family_table(tmp_path):
+    """Detection by pipeline class is one field per family (`Family.pipelines`, longest prefix wins); the UNet
+    families are told apart by their configs; an unclaimed pipeline names what is claimed."""
+    import json
+
+    from sfumato.errors import UnsupportedModel
+    from sfumato.models.detect import describe
+    from sfumato.models.families import family_for_pipeline
+
+    names = {name: family_for_pipeline(name) for name in (
+        "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "FluxFillPipeline", "PixArtSigmaPipeline",
+        "DiTPipeline", "LDMTextToImagePipeline", "KandinskyV22CombinedPipeline", "StableDiffusionXLPipeline",
+        "StableDiffusionPipeline", "QwenImagePipeline")}
+    assert {k: v.name if v else None for k, v in names.items()} == {
+        "StableDiffusion3Pipeline": "sd3", "StableDiffusion3Img2ImgPipeline": "sd3", "FluxFillPipeline": "flux",
+        "PixArtSigmaPipeline": "pixart", "DiTPipeline": "dit", "LDMTextToImagePipeline": "ldm-vq",
+        "KandinskyV22CombinedPipeline": "kandinsky22", "StableDiffusionXLPipeline": None,
+        "StableDiffusionPipeline": None, "QwenImagePipeline": None}
+    folder = tmp_path / "qwen"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    with pytest.raises(UnsupportedModel, match="QwenImagePipeline.*is not a supported family.*Flux"):
+        describe(folder)

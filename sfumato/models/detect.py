@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from sfumato.caching import Recent
 from sfumato.errors import ModelNotFound, UnsupportedModel
-from sfumato.models.families import FAMILIES
+from sfumato.models.families import FAMILIES, Family, family_for_pipeline
 from sfumato.models.home import PICKLE_SUFFIXES
 from sfumato.models.info import CONFIGS_METADATA_KEY, ModelInfo, family_from_keys
 
@@ -106,26 +106,7 @@ def _describe_folder(path: Path) -> ModelInfo:
         prediction = configs.get("scheduler", {}).get("prediction_type", "epsilon")
         return ModelInfo(path, "diffusers", family, prediction, unet.get("in_channels") == 2 * _latent_channels(configs) + 1,
                          configs, settings)
-    if pipeline.startswith("StableDiffusion3"):
-        family = FAMILIES["sd3"]
-    elif pipeline.startswith("Flux"):
-        family = FAMILIES["flux"]
-    elif pipeline.startswith("PixArt"):
-        family = FAMILIES["pixart"]
-    elif pipeline == "DiTPipeline":
-        family = FAMILIES["dit"]
-    elif pipeline == "LDMTextToImagePipeline":
-        family = FAMILIES["ldm-vq"]
-    elif pipeline == "KandinskyV22CombinedPipeline":
-        family = FAMILIES["kandinsky22"]
-    elif pipeline.startswith("StableDiffusionXL"):
-        has_first_encoder = (index.get("text_encoder") or [None])[0] is not None
-        family = FAMILIES["sdxl"] if has_first_encoder else FAMILIES["sdxl-refiner"]
-    elif pipeline.startswith("StableDiffusion") or "unet" in configs:
-        openclip = configs.get("text_encoder", {}).get("hidden_act") == "gelu"  # SD1's CLIP-L uses quick_gelu
-        family = FAMILIES["sd2"] if unet.get("cross_attention_dim") == 1024 or openclip else FAMILIES["sd1"]
-    else:
-        raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (SD1/2, SDXL, SD3, FLUX, PixArt, DiT, LDM-VQ, Kandinsky 2.2 combined)")
+    family = family_for_pipeline(pipeline) or _unet_family(path, pipeline, index, configs)
     prediction = configs.get("scheduler", {}).get("prediction_type", family.prediction_type)
     if family.prediction_type == "flow":
         prediction = "flow"
@@ -174,3 +155,17 @@ def _latent_channels(configs: dict) -> int:
     """The VAE's latent channels (4 for SD; 8 for sfumato-scenes): an inpainting UNet takes 2x + 1 (latents, masked
     image latents, mask), an InstructPix2Pix UNet 2x (latents, image latents)."""
     return int(configs.get("vae", {}).get("latent_channels", 4))
+
+
+def _unet_family(path: Path, pipeline: str, index: dict, configs: dict) -> Family:
+    """The UNet families no pipeline name alone tells apart: SDXL base or refiner (its first text encoder), SD1 or
+    SD2 (the cross-attention width, the CLIP activation)."""
+    if pipeline.startswith("StableDiffusionXL"):
+        has_first_encoder = (index.get("text_encoder") or [None])[0] is not None
+        return FAMILIES["sdxl"] if has_first_encoder else FAMILIES["sdxl-refiner"]
+    if pipeline.startswith("StableDiffusion") or "unet" in configs:
+        openclip = configs.get("text_encoder", {}).get("hidden_act") == "gelu"  # SD1's CLIP-L uses quick_gelu
+        cross = configs.get("unet", {}).get("cross_attention_dim")
+        return FAMILIES["sd2"] if cross == 1024 or openclip else FAMILIES["sd1"]
+    names = ", ".join(sorted({p for f in FAMILIES.values() for p in f.pipelines} | {"StableDiffusion*"}))
+    raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (pipelines: {names})")

@@ -25,6 +25,9 @@ class Family:
     skeleton: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     denoiser: str = "unet"  # "transformer" / "pipeline": the family runs through its own diffusers pipeline
     # (pipelines/flow and dit; pipelines/vq)
+    # the diffusers pipeline class names (or name prefixes) in a folder's model_index.json that mean this family: the
+    # longest matching prefix wins (`family_for_pipeline`), so detecting a new family is this one field
+    pipelines: tuple[str, ...] = ()
 
 
 def _clip_text(hidden: int, layers: int, heads: int, act: str, projection: int) -> dict[str, Any]:
@@ -155,23 +158,33 @@ SDXL_REFINER = Family(
 LDM = Family(name="ldm", native_size=32, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=5.0)
 
 SD3 = Family(name="sd3", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=7.0,
-             prediction_type="flow", pipeline_class="StableDiffusion3Pipeline", denoiser="transformer")
+             prediction_type="flow", pipeline_class="StableDiffusion3Pipeline", denoiser="transformer",
+             pipelines=("StableDiffusion3",))
 FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=3.5,
-              prediction_type="flow", pipeline_class="FluxPipeline", denoiser="transformer")
+              prediction_type="flow", pipeline_class="FluxPipeline", denoiser="transformer", pipelines=("Flux",))
 # DiT families from diffusers folders: PixArt-α/Σ (T5 text encoder, learned-sigma transformer) and class-conditional
 # DiT (ImageNet labels as prompts; the image size is the model's)
 PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
-                pipeline_class="PixArtSigmaPipeline", denoiser="transformer")
+                pipeline_class="PixArtSigmaPipeline", denoiser="transformer", pipelines=("PixArt",))
 DIT = Family(name="dit", native_size=256, default_sampler="DPM++ 2M", default_steps=25, default_cfg_scale=4.0,
-             pipeline_class="DiTPipeline", denoiser="transformer")
+             pipeline_class="DiTPipeline", denoiser="transformer", pipelines=("DiTPipeline",))
 
 # Vector-quantised autoencoder families through their diffusers pipelines (pipelines/vq): CompVis' LDM text-to-image
 # (VQModel + LDMBert + UNet) and Kandinsky 2.2 (CLIP image prior + UNet + MoVQ decoder)
 LDM_VQ = Family(name="ldm-vq", native_size=256, default_sampler="DDIM", default_steps=50, default_cfg_scale=6.0,
-                pipeline_class="LDMTextToImagePipeline", denoiser="pipeline")
+                pipeline_class="LDMTextToImagePipeline", denoiser="pipeline", pipelines=("LDMTextToImagePipeline",))
 KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM", default_steps=50,
-                     default_cfg_scale=4.0, pipeline_class="KandinskyV22CombinedPipeline", denoiser="pipeline")
+                     default_cfg_scale=4.0, pipeline_class="KandinskyV22CombinedPipeline", denoiser="pipeline",
+                     pipelines=("KandinskyV22CombinedPipeline",))
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, PIXART, DIT, LDM_VQ, KANDINSKY22)}
+
+
+def family_for_pipeline(pipeline: str) -> Family | None:
+    """The family whose `pipelines` has the longest prefix of this diffusers pipeline class name (None: no family
+    claims it; the UNet families are told apart by their configs, `models.detect`)."""
+    matches = [(len(prefix), family) for family in FAMILIES.values() for prefix in family.pipelines
+               if pipeline.startswith(prefix)]
+    return max(matches, key=lambda m: m[0])[1] if matches else None
 UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm")
 TINY_FAMILIES = tuple(FAMILIES)  # `sfumato make-tiny` builds each (models.tiny)
