@@ -16,6 +16,8 @@ FLUX's cfg_scale is its distilled guidance; it has no negative prompt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from PIL import Image
 
@@ -29,10 +31,30 @@ from sfumato.sampling.samplers import make_scheduler
 from sfumato.speed.blockcache import block_cache_for
 
 
+@dataclass(frozen=True)
+class FlowFamily:
+    """What one flow-matching family's diffusers pipelines want; a new flow family is one entry of FLOW_FAMILIES."""
+
+    packed: bool  # latents packed 2x2 into a sequence (FLUX), sizes then multiples of twice the VAE factor
+    negative: bool  # takes a negative prompt (FLUX's guidance is distilled: no)
+    edits: dict[bool, str]  # masked? -> its Img2Img / Inpaint pipeline class
+    control: tuple[str, str]  # its ControlNet pipeline and multi-ControlNet classes
+    fill: str | None = None  # the pipeline of its inpainting ("Fill") transformers, told apart by their channels
+
+
+FLOW_FAMILIES = {
+    "sd3": FlowFamily(packed=False, negative=True,
+                      edits={False: "StableDiffusion3Img2ImgPipeline", True: "StableDiffusion3InpaintPipeline"},
+                      control=("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel")),
+    "flux": FlowFamily(packed=True, negative=False, edits={False: "FluxImg2ImgPipeline", True: "FluxInpaintPipeline"},
+                       control=("FluxControlNetPipeline", "FluxMultiControlNetModel"), fill="FluxFillPipeline"),
+}
+
+
 def check_flow_request(family: str, request: GenerationRequest) -> None:
     """Refuse what the flow pipelines do not do yet, before any work."""
-    if family == "flux" and request.negative_prompt:
-        raise UnsupportedModel("FLUX models take no negative prompt (guidance is distilled); remove it")
+    if not FLOW_FAMILIES[family].negative and request.negative_prompt:
+        raise UnsupportedModel(f"{family.upper()} models take no negative prompt (guidance is distilled); remove it")
     unsupported = [name for name, used in (("colorize / init upscaler", request.colorize or request.init_upscaler),
                                            ("hires fix of an edit", request.hires_scale > 1.0 and request.init_image),
                                            ("tiling", request.tile),
@@ -56,17 +78,9 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
                                "alternation, styles and dynamic prompts work")
 
 
-EDIT_PIPELINES = {("flux", False): "FluxImg2ImgPipeline", ("flux", True): "FluxInpaintPipeline",
-                  ("sd3", False): "StableDiffusion3Img2ImgPipeline", ("sd3", True): "StableDiffusion3InpaintPipeline"}
-
-
 def edit_steps(steps: int, strength: float) -> int:
     """The denoising steps an img2img pass of `steps` at `strength` runs (diffusers' `get_timesteps`)."""
     return steps - int(max(steps - min(steps * strength, steps), 0))
-
-
-CONTROL_PIPELINES = {"sd3": ("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel"),
-                     "flux": ("FluxControlNetPipeline", "FluxMultiControlNetModel")}
 
 
 def generate_flow_batch(model: LoadedModel, request: GenerationRequest, seeds: list[int], subseeds: list[int],
@@ -105,18 +119,18 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     source = prepare_source(request) if init is None else Source(init[0], None)
     pipe = model.pipe
     scale = model.vae_scale
-    flux = model.family == "flux"
-    channels = pipe.vae.config.latent_channels if flux else pipe.transformer.config.in_channels
+    spec = FLOW_FAMILIES[model.family]
+    channels = pipe.vae.config.latent_channels if spec.packed else pipe.transformer.config.in_channels
     height, width = request.height // scale, request.width // scale
-    if flux and (height % 2 or width % 2):
-        raise UnsupportedModel(f"FLUX sizes must be multiples of {2 * scale} px")
+    if spec.packed and (height % 2 or width % 2):
+        raise UnsupportedModel(f"{model.family.upper()} sizes must be multiples of {2 * scale} px")
     pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=True)
-    fill = flux and pipe.transformer.config.in_channels > 4 * pipe.vae.config.latent_channels  # FLUX.1 Fill
+    fill = spec.fill is not None and pipe.transformer.config.in_channels > 4 * pipe.vae.config.latent_channels
     if fill and (source is None or source.mask is None):
         raise UnsupportedModel("FLUX Fill models inpaint and outpaint: give an init image with a mask (or --outpaint)")
     if source is None:
         noise = batch_noise((channels, height, width), generators_for(seeds), subseeds, request.subseed_strength)
-        if flux:
+        if spec.packed:
             noise = pipe._pack_latents(noise, len(seeds), channels, height, width)
         inputs = {"latents": noise.to(model.device, model.dtype)}
         progress.add_total(request.steps)
@@ -126,7 +140,7 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     else:  # img2img / inpaint / outpaint: the edit pipeline over the same components, a generator per image
         import diffusers
 
-        name = "FluxFillPipeline" if fill else EDIT_PIPELINES[(model.family, source.mask is not None)]
+        name = spec.fill if fill else spec.edits[source.mask is not None]
         pipe = getattr(diffusers, name).from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
         inputs = {"image": init or [source.image] * len(seeds), "strength": request.strength,
@@ -140,7 +154,8 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     negatives = [request.negative_prompt] * count
     scheduled = None
     if any(has_syntax(text) or has_emphasis(text) for text in (*prompts, request.negative_prompt)):
-        scheduled = ScheduledEmbeddings(pipe, flux, prompts, negatives, request.steps, request.cfg_scale > 1)
+        scheduled = ScheduledEmbeddings(pipe, not spec.negative, prompts, negatives, request.steps,
+                                        request.cfg_scale > 1)
 
     def on_step(_pipe, index, _timestep, _tensors):
         progress.step()  # packed/sequence latents: no preview
@@ -150,7 +165,9 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
         texts = scheduled.first_inputs()
     else:
         plain = [plain_text(text) for text in prompts]  # markup without weights (`(word:1.0)`, `\(`) is syntax
-        texts = {"prompt": plain} if flux else {"prompt": plain, "negative_prompt": [plain_text(t) for t in negatives]}
+        texts = {"prompt": plain}
+        if spec.negative:
+            texts["negative_prompt"] = [plain_text(t) for t in negatives]
     # the edit and ControlNet pipelines let a callback change only the sequence embeddings (pooled vectors stay the
     # first step's)
     callback_inputs = [name for name in ("prompt_embeds", "pooled_prompt_embeds") if name in pipe._callback_tensor_inputs]
@@ -177,7 +194,7 @@ def _control_pipeline(model: LoadedModel, pipe, controls: list, width: int, heig
         if FLOW_KINDS.get(control.kind) != model.family:
             raise UnsupportedModel(f"control model {control.name} ({control.kind}) does not fit a {model.family} model: "
                                    f"it needs a {model.family.upper()} ControlNet")
-    pipeline, multi = CONTROL_PIPELINES[model.family]
+    pipeline, multi = FLOW_FAMILIES[model.family].control
     nets = [control.module for _, control in controls]
     net = nets[0] if len(nets) == 1 else getattr(diffusers, multi)(nets)
     maps = [control_map(unit, width, height) for unit, _ in controls]
