@@ -275,3 +275,38 @@ def test_pipeline_names_map_to_families_through_the_family_table(tmp_path):
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
     with pytest.raises(UnsupportedModel, match="QwenImagePipeline.*is not a supported family.*Flux"):
         describe(folder)
+
+
+def test_chroma_equals_the_diffusers_pipeline_with_our_noise(tmp_path):
+    """Chroma (a FLUX-like transformer, T5 only, real CFG with a negative prompt) from a diffusers folder: the same
+    image as the plain `ChromaPipeline` given our packed noise and scheduler; img2img runs; what it lacks is refused."""
+    import diffusers
+    from PIL import Image
+
+    from sfumato.models.tiny import build_tiny
+    from sfumato.sampling.noise import batch_noise, generators_for
+    from sfumato.sampling.samplers import make_scheduler
+
+    folder = build_tiny("chroma", tmp_path / "chroma")
+    engine = Engine(folder)
+    request = GenerationRequest("a red apple", negative_prompt="blurry", seed=5, steps=3, width=32, height=32,
+                                sampler="Euler")
+    ours = np.asarray(engine.generate(request).images[0].image, dtype=np.int16)
+    assert engine.describe().family.name == "chroma" and engine.describe().family.default_cfg_scale == 4.0
+    pipe = diffusers.ChromaPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler("Euler", dict(pipe.scheduler.config), 5, flow=True)
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    channels, side = pipe.vae.config.latent_channels, 32 // scale
+    noise = pipe._pack_latents(batch_noise((channels, side, side), generators_for([5])), 1, channels, side, side)
+    theirs = pipe("a red apple", negative_prompt="blurry", height=32, width=32, num_inference_steps=3,
+                  guidance_scale=4.0, latents=noise, output_type="pil").images[0]
+    assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 1
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "red.png")
+    edited = engine.generate(dataclasses.replace(request, init_image=str(tmp_path / "red.png"), strength=0.6))
+    assert edited.images[0].image.size == (32, 32)
+    for bad, message in (({"prompt": "a (red:1.4) apple"}, "plain prompts"),
+                         ({"controls": [{"image": str(tmp_path / "red.png"), "module": "none", "model": str(folder)}]},
+                          "ControlNet")):
+        with pytest.raises((UnsupportedModel, InvalidRequest), match=message):
+            engine.generate(dataclasses.replace(request, **bad))

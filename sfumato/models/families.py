@@ -162,6 +162,9 @@ SD3 = Family(name="sd3", native_size=1024, default_sampler="Euler", default_step
              pipelines=("StableDiffusion3",))
 FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=3.5,
               prediction_type="flow", pipeline_class="FluxPipeline", denoiser="transformer", pipelines=("Flux",))
+# Chroma (Lodestone Rock's FLUX.1-schnell derivative): T5 only, real CFG with a negative prompt, packed latents
+CHROMA = Family(name="chroma", native_size=1024, default_sampler="Euler", default_steps=26, default_cfg_scale=4.0,
+                prediction_type="flow", pipeline_class="ChromaPipeline", denoiser="transformer", pipelines=("Chroma",))
 # DiT families from diffusers folders: PixArt-α/Σ (T5 text encoder, learned-sigma transformer) and class-conditional
 # DiT (ImageNet labels as prompts; the image size is the model's)
 PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
@@ -177,7 +180,8 @@ KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM"
                      default_cfg_scale=4.0, pipeline_class="KandinskyV22CombinedPipeline", denoiser="pipeline",
                      pipelines=("KandinskyV22CombinedPipeline",))
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, PIXART, DIT, LDM_VQ, KANDINSKY22)}
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, CHROMA, PIXART, DIT, LDM_VQ,
+                                KANDINSKY22)}
 
 
 def family_for_pipeline(pipeline: str) -> Family | None:

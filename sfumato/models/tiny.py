@@ -219,6 +219,31 @@ def _tiny_flux():
     )
 
 
+def _tiny_chroma():
+    """Chroma layout (FLUX-like double + single stream transformer, a distilled-guidance approximator instead of the
+    timestep/guidance/pooled embeddings, T5 only, packed latents)."""
+    import diffusers
+    from transformers import T5Config, T5EncoderModel
+
+    transformer = diffusers.ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(4, 4, 8), approximator_num_channels=8, approximator_hidden_dim=32,
+        approximator_layers=1)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
+    )
+    tokenizer = tiny_t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096)
+    return diffusers.ChromaPipeline(scheduler=scheduler, vae=vae, text_encoder=t5, tokenizer=tokenizer,
+                                    transformer=transformer)
+
+
 def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int = 0):
     """A diffusers pipeline of `family` with tiny random weights (deterministic for a given seed)."""
     import diffusers
@@ -274,6 +299,8 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         return _tiny_sd3()
     if family == "flux":
         return _tiny_flux()
+    if family == "chroma":
+        return _tiny_chroma()
     if family == "pixart":
         return _tiny_pixart()
     if family == "dit":

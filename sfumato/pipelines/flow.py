@@ -38,8 +38,9 @@ class FlowFamily:
     packed: bool  # latents packed 2x2 into a sequence (FLUX), sizes then multiples of twice the VAE factor
     negative: bool  # takes a negative prompt (FLUX's guidance is distilled: no)
     edits: dict[bool, str]  # masked? -> its Img2Img / Inpaint pipeline class
-    control: tuple[str, str]  # its ControlNet pipeline and multi-ControlNet classes
+    control: tuple[str, str] | None  # its ControlNet pipeline and multi-ControlNet classes (None: no ControlNets)
     fill: str | None = None  # the pipeline of its inpainting ("Fill") transformers, told apart by their channels
+    markup: bool = True  # A1111 emphasis and prompt editing (`ScheduledEmbeddings`; its features are SD3's or FLUX's)
 
 
 FLOW_FAMILIES = {
@@ -48,13 +49,22 @@ FLOW_FAMILIES = {
                       control=("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel")),
     "flux": FlowFamily(packed=True, negative=False, edits={False: "FluxImg2ImgPipeline", True: "FluxInpaintPipeline"},
                        control=("FluxControlNetPipeline", "FluxMultiControlNetModel"), fill="FluxFillPipeline"),
+    "chroma": FlowFamily(packed=True, negative=True,
+                         edits={False: "ChromaImg2ImgPipeline", True: "ChromaInpaintPipeline"}, control=None,
+                         markup=False),
 }
 
 
 def check_flow_request(family: str, request: GenerationRequest) -> None:
     """Refuse what the flow pipelines do not do yet, before any work."""
-    if not FLOW_FAMILIES[family].negative and request.negative_prompt:
+    spec = FLOW_FAMILIES[family]
+    if not spec.negative and request.negative_prompt:
         raise UnsupportedModel(f"{family.upper()} models take no negative prompt (guidance is distilled); remove it")
+    if spec.control is None and request.controls:
+        raise UnsupportedModel(f"{family} has no ControlNet pipeline; remove the control units")
+    if not spec.markup and any(has_syntax(t) or has_emphasis(t) for t in (request.prompt, request.negative_prompt)):
+        raise UnsupportedModel(f"{family} takes plain prompts for now (no emphasis weights or prompt editing); styles "
+                               "and dynamic prompts work")
     unsupported = [name for name, used in (("colorize / init upscaler", request.colorize or request.init_upscaler),
                                            ("hires fix of an edit", request.hires_scale > 1.0 and request.init_image),
                                            ("tiling", request.tile),
