@@ -289,6 +289,11 @@ class Engine:
             raise ImageBlocked("every image was withheld: " + "; ".join(result.blocked))
         return result
 
+    def _block_stop(self) -> Callable[[], bool] | None:
+        """`should_stop` for the per-block hooks — none on a compiled model (hooks added and removed per request
+        would make torch.compile trace it again each time): there a stop waits for the step's end."""
+        return None if self.compile else self.should_stop
+
     def _prepare(self, requests: list[GenerationRequest]):
         """Load the model, activate the VAE, LoRAs and embeddings these requests name (the first names the model,
         VAE and LoRAs: requests batch together only when those agree)."""
@@ -321,7 +326,7 @@ class Engine:
                 weights = self._ip_adapter_weights(adapter, resolve_encoder(adapter, resolved.ip_image_encoder))
                 stack.enter_context(ip_adapter_loaded(model.pipe, weights, resolved.ip_scale, str(adapter)))
                 controls.ip_images = [imgs.load_image(p, "IP-Adapter image").convert("RGB") for p in resolved.ip_images]
-            stack.enter_context(stoppable(model, self.should_stop))
+            stack.enter_context(stoppable(model, self._block_stop()))
             results = self._batches(resolved, model, tracker, controls, model_hash, hashes)
         return self._screen(GenerationResult(results, resolved, time.perf_counter() - started))
 
@@ -431,7 +436,7 @@ class Engine:
         seeds = [job.seed + i for job, i in rows]
         subseeds = [job.subseed + i for job, i in rows]
         template = dataclasses.replace(jobs[0], seed=seeds[0], subseed=subseeds[0], batch_size=len(rows))
-        with stoppable(model, self.should_stop):
+        with stoppable(model, self._block_stop()):
             pictures = generate_batch(model, self._encoder, template, seeds, subseeds, _Progress(progress, preview),
                                       texts, upscaler_for=self.upscaler)
         model_hash, hashes = _hashes(model, jobs[0]), lora_hashes(jobs[0].loras) if jobs[0].loras else None
