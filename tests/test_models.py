@@ -302,6 +302,28 @@ def test_chroma_equals_the_diffusers_pipeline_with_our_noise(tmp_path):
     theirs = pipe("a red apple", negative_prompt="blurry", height=32, width=32, num_inference_steps=3,
                   guidance_scale=4.0, latents=noise, output_type="pil").images[0]
     assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 1
+    # a diffusers-format LoRA on the transformer: the same image as diffusers' own LoRA loader gives
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(1)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                            target_modules=["to_q", "to_k", "to_v"]))
+    for name, param in pipe.transformer.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    diffusers.ChromaPipeline.save_lora_weights(str(tmp_path / "lora"), safe_serialization=True,
+                                               transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    with_lora = np.asarray(engine.generate(dataclasses.replace(request, loras=[(str(lora), 1.0)])).images[0].image,
+                           dtype=np.int16)
+    reference = diffusers.ChromaPipeline.from_pretrained(str(folder), local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    reference.scheduler = make_scheduler("Euler", dict(reference.scheduler.config), 5, flow=True)
+    reference.load_lora_weights(str(lora))
+    theirs = reference("a red apple", negative_prompt="blurry", height=32, width=32, num_inference_steps=3,
+                       guidance_scale=4.0, latents=noise, output_type="pil").images[0]
+    assert np.abs(with_lora - np.asarray(theirs, dtype=np.int16)).max() <= 1 and np.abs(with_lora - ours).max() > 8
     Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "red.png")
     edited = engine.generate(dataclasses.replace(request, init_image=str(tmp_path / "red.png"), strength=0.6))
     assert edited.images[0].image.size == (32, 32)
