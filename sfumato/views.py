@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 from PIL import Image
 
 from sfumato.errors import InvalidRequest
@@ -66,11 +65,6 @@ def sheet(images: list[Image.Image], views: list[str], min_cell: int = 128) -> I
 
 def consistency(images: list[Image.Image], extractor=None) -> float:
     """Mean pairwise cosine similarity of the images' features (1: the same features everywhere)."""
-    if extractor is None:
-        from sfumato.evaluation.features import load_extractor
+    from sfumato.evaluation.features import mean_pairwise_cosine
 
-        extractor = load_extractor()
-    features = np.asarray(extractor.features(images), dtype=np.float64)
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
-    return float(similarity[np.triu_indices(len(images), 1)].mean())
+    return mean_pairwise_cosine(images, extractor)

@@ -116,16 +116,11 @@ def measure(result: AnimationResult) -> dict:
     report = temporal_report(images) if len(images) > 1 else {"frames": len(images)}
     report.pop("per_pair", None)
     if result.request.mode == "story" and len(images) > 1:
-        import numpy as np
+        from sfumato.evaluation.features import load_extractor, mean_pairwise_cosine
 
-        from sfumato.evaluation.features import load_extractor
-
-        features = load_extractor().features(images)
-        unit = features / np.linalg.norm(features, axis=1, keepdims=True)
-        similarity = unit @ unit.T
-        pairs = similarity[np.triu_indices(len(images), 1)]
-        report["subject_consistency"] = float(pairs.mean())
-        report["subject_consistency_extractor"] = load_extractor().name
+        extractor = load_extractor()
+        report["subject_consistency"] = mean_pairwise_cosine(images, extractor)
+        report["subject_consistency_extractor"] = extractor.name
     report["seconds"] = round(result.seconds, 3)
     return report
 

@@ -127,3 +127,10 @@ def load_extractor(spec: str = DEFAULT_EXTRACTOR) -> Extractor:
 def image_features(images: list[Image.Image]) -> np.ndarray:
     """[N, 1024] float32 Open-NSFW features (images are resized to 224 px by the extractor's preprocessing)."""
     return load_extractor().features(images)
+
+
+def mean_pairwise_cosine(images: list[Image.Image], extractor: Extractor | None = None) -> float:
+    """Mean cosine similarity of the images' features over all pairs (subject consistency: 1 = the same features)."""
+    features = np.asarray((extractor or load_extractor()).features(images), dtype=np.float64)
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return float((unit @ unit.T)[np.triu_indices(len(images), 1)].mean())

@@ -192,43 +192,12 @@ def tiny_t5_tokenizer():
     return T5TokenizerFast(vocab=vocab + [(",", -5.0), (".", -5.0)], extra_ids=0)
 
 
-def _tiny_flux():
-    """FLUX.1 layout (double + single stream transformer with guidance embedding, CLIP-L + T5, packed latents)."""
-    import diffusers
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
-
-    transformer = diffusers.FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,
-    )
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
-    )
-    tokenizer_2 = tiny_t5_tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
-        max_image_seq_len=4096)
-    return diffusers.FluxPipeline(
-        transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=CLIPTextModel(_text_config("quick_gelu")),
-        tokenizer=clip_tokenizer("<|endoftext|>"), text_encoder_2=t5, tokenizer_2=tokenizer_2,
-    )
-
-
-def _tiny_chroma():
-    """Chroma layout (FLUX-like double + single stream transformer, a distilled-guidance approximator instead of the
-    timestep/guidance/pooled embeddings, T5 only, packed latents)."""
+def _flux_parts():
+    """What the tiny FLUX and Chroma share, built in this order after their transformers: the 16-channel-packed VAE,
+    the T5 tokenizer and encoder, the dynamically shifted flow-matching scheduler."""
     import diffusers
     from transformers import T5Config, T5EncoderModel
 
-    transformer = diffusers.ChromaTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-        joint_attention_dim=32, axes_dims_rope=(4, 4, 8), approximator_num_channels=8, approximator_hidden_dim=32,
-        approximator_layers=1)
     vae = diffusers.AutoencoderKL(
         block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
@@ -240,6 +209,36 @@ def _tiny_chroma():
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
         max_image_seq_len=4096)
+    return vae, tokenizer, t5, scheduler
+
+
+def _tiny_flux():
+    """FLUX.1 layout (double + single stream transformer with guidance embedding, CLIP-L + T5, packed latents)."""
+    import diffusers
+    from transformers import CLIPTextModel
+
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
+    vae, tokenizer_2, t5, scheduler = _flux_parts()
+    return diffusers.FluxPipeline(
+        transformer=transformer, vae=vae, scheduler=scheduler, text_encoder=CLIPTextModel(_text_config("quick_gelu")),
+        tokenizer=clip_tokenizer("<|endoftext|>"), text_encoder_2=t5, tokenizer_2=tokenizer_2,
+    )
+
+
+def _tiny_chroma():
+    """Chroma layout (FLUX-like double + single stream transformer, a distilled-guidance approximator instead of the
+    timestep/guidance/pooled embeddings, T5 only, packed latents)."""
+    import diffusers
+
+    transformer = diffusers.ChromaTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(4, 4, 8), approximator_num_channels=8, approximator_hidden_dim=32,
+        approximator_layers=1)
+    vae, tokenizer, t5, scheduler = _flux_parts()
     return diffusers.ChromaPipeline(scheduler=scheduler, vae=vae, text_encoder=t5, tokenizer=tokenizer,
                                     transformer=transformer)
 
