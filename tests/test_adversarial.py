@@ -97,7 +97,6 @@ def _seconds(parse, text: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.parametrize("parser", list(PARSERS))
 def test_every_text_parser_is_linear_on_adversarial_inputs(parser):
     parse = PARSERS[parser]

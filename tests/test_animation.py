@@ -44,6 +44,8 @@ def test_number_schedules_interpolate_linearly_and_hold_at_the_ends():
     for bad in ("0:(0.5), 9:zz", True, "", [1]):
         with pytest.raises(InvalidRequest):
             parse_numbers(bad, "strength")
+    with pytest.raises(InvalidRequest, match="longer than 64000"):
+        parse_numbers("0:(0.5), " * 8000, "strength")
 
 
 def test_animation_request_checks_each_mode():

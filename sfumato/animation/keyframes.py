@@ -12,6 +12,7 @@ from typing import Any
 from sfumato.errors import InvalidRequest
 
 MAX_FRAMES = 1000
+MAX_SCHEDULE_CHARS = 64 * MAX_FRAMES  # a pair per frame with room for spaces
 _PROMPT_KEY = re.compile(r"\s*(\d+)\s*:\s*")
 _NUMBER_PAIR = re.compile(r"\s*(\d+)\s*:\s*\(?\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*\)?\s*(?:,|$)")
 _AFTER_PROMPT = re.compile(r"\s*(?:,|\n|$)\s*")
@@ -76,11 +77,14 @@ def parse_numbers(value: Any, name: str) -> dict[int, float]:
         except (TypeError, ValueError):
             raise InvalidRequest(f"{name}: every keyframe needs a number") from None
     elif isinstance(value, str):
+        if len(value) > MAX_SCHEDULE_CHARS:
+            raise InvalidRequest(f"{name} schedule is longer than {MAX_SCHEDULE_CHARS} characters")
         text = value.strip()
-        try:
-            return {0: float(text)}
-        except ValueError:
-            pass
+        if len(text) <= 64:  # a plain number; never float() a long text (its error repeats the whole text)
+            try:
+                return {0: float(text)}
+            except ValueError:
+                pass
         keys, position = {}, 0
         while position < len(text):
             pair = _NUMBER_PAIR.match(text, position)
