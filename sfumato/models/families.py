@@ -165,6 +165,28 @@ FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_st
 # Chroma (Lodestone Rock's FLUX.1-schnell derivative): T5 only, real CFG with a negative prompt, packed latents
 CHROMA = Family(name="chroma", native_size=1024, default_sampler="Euler", default_steps=26, default_cfg_scale=4.0,
                 prediction_type="flow", pipeline_class="ChromaPipeline", denoiser="transformer", pipelines=("Chroma",))
+# The 2025-26 transformer families through their diffusers pipelines (pipelines/flow FLOW_FAMILIES says how each
+# is driven); defaults are their model cards'
+QWEN_IMAGE = Family(name="qwen-image", native_size=1024, default_sampler="Euler", default_steps=50,
+                    default_cfg_scale=4.0, prediction_type="flow", pipeline_class="QwenImagePipeline",
+                    denoiser="transformer", pipelines=("QwenImagePipeline", "QwenImageImg2Img", "QwenImageInpaint"))
+Z_IMAGE = Family(name="z-image", native_size=1024, default_sampler="Euler", default_steps=9, default_cfg_scale=1.0,
+                 prediction_type="flow", pipeline_class="ZImagePipeline", denoiser="transformer",
+                 pipelines=("ZImagePipeline", "ZImageImg2Img", "ZImageInpaint"))  # Z-Image-Turbo's 9 steps, no CFG
+LUMINA2 = Family(name="lumina2", native_size=1024, default_sampler="Euler", default_steps=30, default_cfg_scale=4.0,
+                 prediction_type="flow", pipeline_class="Lumina2Pipeline", denoiser="transformer",
+                 pipelines=("Lumina2",))
+SANA = Family(name="sana", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
+              prediction_type="flow", pipeline_class="SanaPipeline", denoiser="transformer", pipelines=("SanaPipeline",))
+AURAFLOW = Family(name="auraflow", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=3.5,
+                  prediction_type="flow", pipeline_class="AuraFlowPipeline", denoiser="transformer",
+                  pipelines=("AuraFlow",))
+COGVIEW4 = Family(name="cogview4", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=3.5,
+                  prediction_type="flow", pipeline_class="CogView4Pipeline", denoiser="transformer",
+                  pipelines=("CogView4Pipeline",))
+HIDREAM = Family(name="hidream", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=5.0,
+                 prediction_type="flow", pipeline_class="HiDreamImagePipeline", denoiser="transformer",
+                 pipelines=("HiDreamImage",))
 # DiT families from diffusers folders: PixArt-α/Σ (T5 text encoder, learned-sigma transformer) and class-conditional
 # DiT (ImageNet labels as prompts; the image size is the model's)
 PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
@@ -180,8 +202,8 @@ KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM"
                      default_cfg_scale=4.0, pipeline_class="KandinskyV22CombinedPipeline", denoiser="pipeline",
                      pipelines=("KandinskyV22CombinedPipeline",))
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, CHROMA, PIXART, DIT, LDM_VQ,
-                                KANDINSKY22)}
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, CHROMA, QWEN_IMAGE, Z_IMAGE, LUMINA2,
+                                SANA, AURAFLOW, COGVIEW4, HIDREAM, PIXART, DIT, LDM_VQ, KANDINSKY22)}
 
 
 def family_for_pipeline(pipeline: str) -> Family | None:

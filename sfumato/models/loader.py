@@ -34,6 +34,7 @@ class LoadedModel:
     memory: list[str] = field(default_factory=list)  # the low-memory modes applied (memory.apply_memory)
     vae_state: Any = None  # models.vae.VaeState once a request named a VAE override
     patches: Any = None  # models.lycoris.PatchState once a request used a LyCORIS (LoHa/LoKr/full) file
+    loaded_scheduler: dict[str, Any] | None = None  # the scheduler config the model came with (set on first use)
 
     @property
     def family(self) -> str:
@@ -41,7 +42,11 @@ class LoadedModel:
 
     @property
     def scheduler_config(self) -> dict[str, Any]:
-        return dict(self.pipe.scheduler.config)
+        """The model's own scheduler config: the pipelines that swap `pipe.scheduler` per request (a sampler) build
+        each from this, never from the last request's."""
+        if self.loaded_scheduler is None:
+            self.loaded_scheduler = dict(self.pipe.scheduler.config)
+        return dict(self.loaded_scheduler)
 
     @property
     def hash(self) -> str:
@@ -49,6 +54,10 @@ class LoadedModel:
 
     @property
     def vae_scale(self) -> int:
+        """Image pixels per latent pixel (the pipeline's own factor where it has one: Qwen's 3D VAE, SANA's DC-AE)."""
+        factor = getattr(self.pipe, "vae_scale_factor", None)
+        if isinstance(factor, int) and factor > 0:
+            return factor
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from sfumato.models.families import FAMILIES, TINY_FAMILIES
+from sfumato.models import tiny_flow
 from sfumato.models.singlefile import clip_tokenizer
+from sfumato.models.tiny_flow import tiny_t5_tokenizer
 
 
 def _text_config(act: str, projection: int = 32):
@@ -182,16 +184,6 @@ def _tiny_kandinsky22():
                                                   num_train_timesteps=1000, clip_sample=True, clip_sample_range=10.0))
 
 
-def tiny_t5_tokenizer():
-    """A T5 (Unigram, SentencePiece-style) tokenizer with a small English vocabulary, built offline."""
-    from transformers import T5TokenizerFast
-
-    words = ("a an the of and with in on at red green blue yellow apple cat dog photo emoji face painting "
-             "portrait house tree sky sea mountain city night day light dark").split()
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0 - i / 100) for i, w in enumerate(words)]
-    return T5TokenizerFast(vocab=vocab + [(",", -5.0), (".", -5.0)], extra_ids=0)
-
-
 def _flux_parts():
     """What the tiny FLUX and Chroma share, built in this order after their transformers: the 16-channel-packed VAE,
     the T5 tokenizer and encoder, the dynamically shifted flow-matching scheduler."""
@@ -300,6 +292,8 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         return _tiny_flux()
     if family == "chroma":
         return _tiny_chroma()
+    if family in tiny_flow.BUILDERS:
+        return tiny_flow.build(family)
     if family == "pixart":
         return _tiny_pixart()
     if family == "dit":

@@ -16,6 +16,8 @@ FLUX's cfg_scale is its distilled guidance; it has no negative prompt.
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,27 +39,59 @@ class FlowFamily:
 
     packed: bool  # latents packed 2x2 into a sequence (FLUX), sizes then multiples of twice the VAE factor
     negative: bool  # takes a negative prompt (FLUX's guidance is distilled: no)
-    edits: dict[bool, str]  # masked? -> its Img2Img / Inpaint pipeline class
+    edits: dict[bool, str]  # masked? -> its Img2Img / Inpaint pipeline class (missing: no such edit)
     control: tuple[str, str] | None  # its ControlNet pipeline and multi-ControlNet classes (None: no ControlNets)
     fill: str | None = None  # the pipeline of its inpainting ("Fill") transformers, told apart by their channels
     markup: bool = True  # A1111 emphasis and prompt editing (`ScheduledEmbeddings`; its features are SD3's or FLUX's)
+    # "ours": our per-image noise (variation seeds) handed as `latents`; "generators": the pipeline draws it from one
+    # CPU generator per image, seeded with the image's seed (its latent layout is its own: Qwen's 5D frames, ...)
+    noise: str = "ours"
+    cfg: str = "guidance_scale"  # the keyword of its classifier-free guidance scale (Qwen-Image: true_cfg_scale)
+    multiple: int = 1  # image sizes are multiples of this many latent pixels (its patch)
+    samplers: tuple[str, ...] = ("Euler",)  # those whose schedulers take what its pipeline passes to set_timesteps
+    call: tuple[tuple[str, object], ...] = ()  # fixed keyword arguments of its pipelines
+    area_sized: bool = False  # the pipeline sizes every image to `default_sample_size`'s area (HiDream): set from
+    # the request's, so the image has the size asked for
 
 
+_PLAIN = dict(packed=False, negative=True, control=None, markup=False, noise="generators", multiple=2)
 FLOW_FAMILIES = {
     "sd3": FlowFamily(packed=False, negative=True,
                       edits={False: "StableDiffusion3Img2ImgPipeline", True: "StableDiffusion3InpaintPipeline"},
-                      control=("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel")),
+                      control=("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel"),
+                      samplers=("Euler", "DPM++ 2M", "UniPC")),
     "flux": FlowFamily(packed=True, negative=False, edits={False: "FluxImg2ImgPipeline", True: "FluxInpaintPipeline"},
-                       control=("FluxControlNetPipeline", "FluxMultiControlNetModel"), fill="FluxFillPipeline"),
+                       control=("FluxControlNetPipeline", "FluxMultiControlNetModel"), fill="FluxFillPipeline",
+                       multiple=2),
     "chroma": FlowFamily(packed=True, negative=True,
                          edits={False: "ChromaImg2ImgPipeline", True: "ChromaInpaintPipeline"}, control=None,
-                         markup=False),
+                         markup=False, multiple=2),
+    "qwen-image": FlowFamily(**_PLAIN, edits={False: "QwenImageImg2ImgPipeline", True: "QwenImageInpaintPipeline"},
+                             cfg="true_cfg_scale"),
+    "z-image": FlowFamily(**_PLAIN, edits={False: "ZImageImg2ImgPipeline", True: "ZImageInpaintPipeline"},
+                          samplers=("Euler", "DPM++ 2M", "UniPC")),
+    "lumina2": FlowFamily(**_PLAIN, edits={}),
+    "sana": FlowFamily(**{**_PLAIN, "multiple": 1}, edits={}, samplers=("DPM++ 2M", "Euler", "Heun", "UniPC"),
+                       call=(("use_resolution_binning", False), ("clean_caption", False))),
+    "auraflow": FlowFamily(**_PLAIN, edits={}),
+    "cogview4": FlowFamily(**_PLAIN, edits={}),
+    "hidream": FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "DPM++ 2M", "UniPC"), area_sized=True),
 }
 
 
 def check_flow_request(family: str, request: GenerationRequest) -> None:
     """Refuse what the flow pipelines do not do yet, before any work."""
     spec = FLOW_FAMILIES[family]
+    if request.sampler not in spec.samplers:
+        raise UnsupportedModel(f"sampler {request.sampler!r} does not fit {family}'s pipeline (it schedules its own "
+                               f"sigmas); choose one of: {', '.join(spec.samplers)}")
+    if request.init_image and not spec.edits:
+        raise UnsupportedModel(f"{family} has no img2img or inpainting pipeline in diffusers; txt2img only")
+    if request.init_image and (request.mask or request.outpaint) and True not in spec.edits and spec.fill is None:
+        raise UnsupportedModel(f"{family} has no inpainting pipeline in diffusers; img2img works")
+    if spec.noise == "generators" and request.subseed_strength > 0:
+        raise UnsupportedModel(f"{family}'s pipeline draws its own noise (one generator per image seed): variation "
+                               "seeds need noise drawn by sfumato; use seeds")
     if not spec.negative and request.negative_prompt:
         raise UnsupportedModel(f"{family.upper()} models take no negative prompt (guidance is distilled); remove it")
     if spec.control is None and request.controls:
@@ -130,19 +164,24 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     pipe = model.pipe
     scale = model.vae_scale
     spec = FLOW_FAMILIES[model.family]
-    channels = pipe.vae.config.latent_channels if spec.packed else pipe.transformer.config.in_channels
+    multiple = scale * spec.multiple
+    if request.height % multiple or request.width % multiple:
+        raise UnsupportedModel(f"{model.family} sizes must be multiples of {multiple} px")
     height, width = request.height // scale, request.width // scale
-    if spec.packed and (height % 2 or width % 2):
-        raise UnsupportedModel(f"{model.family.upper()} sizes must be multiples of {2 * scale} px")
     pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=True)
     fill = spec.fill is not None and pipe.transformer.config.in_channels > 4 * pipe.vae.config.latent_channels
     if fill and (source is None or source.mask is None):
         raise UnsupportedModel("FLUX Fill models inpaint and outpaint: give an init image with a mask (or --outpaint)")
+    inputs: dict = dict(spec.call)
     if source is None:
-        noise = batch_noise((channels, height, width), generators_for(seeds), subseeds, request.subseed_strength)
-        if spec.packed:
-            noise = pipe._pack_latents(noise, len(seeds), channels, height, width)
-        inputs = {"latents": noise.to(model.device, model.dtype)}
+        if spec.noise == "ours":
+            channels = pipe.vae.config.latent_channels if spec.packed else pipe.transformer.config.in_channels
+            noise = batch_noise((channels, height, width), generators_for(seeds), subseeds, request.subseed_strength)
+            if spec.packed:
+                noise = pipe._pack_latents(noise, len(seeds), channels, height, width)
+            inputs["latents"] = noise.to(model.device, model.dtype)
+        else:  # the pipeline draws it, in its own layout, from a generator per image seed
+            inputs["generator"] = [torch.Generator().manual_seed(seed) for seed in seeds]
         progress.add_total(request.steps)
         if controls:
             pipe, control_inputs = _control_pipeline(model, pipe, controls, request.width, request.height)
@@ -153,8 +192,8 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
         name = spec.fill if fill else spec.edits[source.mask is not None]
         pipe = getattr(diffusers, name).from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
-        inputs = {"image": init or [source.image] * len(seeds), "strength": request.strength,
-                  "generator": [torch.Generator().manual_seed(seed) for seed in seeds]}
+        inputs.update({"image": init or [source.image] * len(seeds), "strength": request.strength,
+                       "generator": [torch.Generator().manual_seed(seed) for seed in seeds]})
         if source.mask is not None:
             inputs["mask_image"] = [source.mask] * len(seeds)
         progress.add_total(edit_steps(request.steps, request.strength))
@@ -186,10 +225,25 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
         # the ControlNet pipelines sample the control image's VAE posterior from the global generator: seed it, so
         # a seed replays the same image (outside this block the process's random state is untouched)
         torch.manual_seed(seeds[0])
-        images = pipe(num_inference_steps=request.steps, guidance_scale=request.cfg_scale, height=request.height,
-                      width=request.width, callback_on_step_end=on_step,
-                      callback_on_step_end_tensor_inputs=callback_inputs, output_type="pil", **inputs, **texts).images
+        with _area_of(pipe, request, scale, spec.area_sized):
+            images = pipe(num_inference_steps=request.steps, height=request.height, width=request.width,
+                          callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=callback_inputs,
+                          output_type="pil", **{spec.cfg: request.cfg_scale}, **inputs, **texts).images
     return finish(request, images, source)
+
+
+@contextmanager
+def _area_of(pipe, request: GenerationRequest, scale: int, sized: bool):
+    """HiDream's pipeline scales every image to `default_sample_size`'s area: set it to the request's for the call."""
+    if not sized:
+        yield
+        return
+    before = pipe.default_sample_size
+    pipe.default_sample_size = math.sqrt(request.width * request.height) / scale * (1 + 1e-9)  # no rounding down
+    try:
+        yield
+    finally:
+        pipe.default_sample_size = before
 
 
 def _control_pipeline(model: LoadedModel, pipe, controls: list, width: int, height: int):

@@ -54,7 +54,16 @@ _ALL = [
     Sampler("TCD", "TCDScheduler", {}, stochastic=True),  # trajectory consistency distillation; eta = gamma
 ]
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in _ALL}
-FLOW_SAMPLERS: dict[str, Sampler] = {"Euler": Sampler("Euler", "FlowMatchEulerDiscreteScheduler")}
+# flow matching (SD3, FLUX and the transformer families of pipelines/flow): the A1111 names that have a flow form,
+# each on the model's shift; a family takes those whose `set_timesteps` accepts what its pipeline passes
+# (pipelines.flow.FlowFamily.samplers)
+_FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+FLOW_SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
+    Sampler("Euler", "FlowMatchEulerDiscreteScheduler"),
+    Sampler("Heun", "FlowMatchHeunDiscreteScheduler"),
+    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {**_DPM2M.options, **_FLOW_SIGMAS}),
+    Sampler("UniPC", "UniPCMultistepScheduler", dict(_FLOW_SIGMAS)),
+)}
 _SCHEDULER_ONLY_KEYS = ("skip_prk_steps", "set_alpha_to_one", "use_karras_sigmas", "algorithm_type", "solver_order",
                         "_class_name", "_diffusers_version")
 
@@ -94,6 +103,9 @@ def make_scheduler(name: str, base_config: dict[str, Any], seed: int = 0, flow: 
 
     sampler = get_sampler(name, flow)
     config = {k: v for k, v in base_config.items() if k not in _SCHEDULER_ONLY_KEYS}
+    if flow:  # FlowMatch* schedulers call the shift `shift`, the multistep solvers `flow_shift`
+        shift = config.get("shift", config.get("flow_shift", 1.0))
+        config.update(shift=shift, flow_shift=shift)
     if timestep_spacing:
         config["timestep_spacing"] = timestep_spacing
     cls = getattr(diffusers, sampler.scheduler)
