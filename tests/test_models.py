@@ -264,16 +264,17 @@ def test_pipeline_names_map_to_families_through_the_family_table(tmp_path):
     names = {name: family_for_pipeline(name) for name in (
         "StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "FluxFillPipeline", "PixArtSigmaPipeline",
         "DiTPipeline", "LDMTextToImagePipeline", "KandinskyV22CombinedPipeline", "StableDiffusionXLPipeline",
-        "StableDiffusionPipeline", "QwenImagePipeline")}
+        "StableDiffusionPipeline", "QwenImagePipeline", "QwenImageEditPipeline", "ZImageImg2ImgPipeline")}
     assert {k: v.name if v else None for k, v in names.items()} == {
         "StableDiffusion3Pipeline": "sd3", "StableDiffusion3Img2ImgPipeline": "sd3", "FluxFillPipeline": "flux",
         "PixArtSigmaPipeline": "pixart", "DiTPipeline": "dit", "LDMTextToImagePipeline": "ldm-vq",
         "KandinskyV22CombinedPipeline": "kandinsky22", "StableDiffusionXLPipeline": None,
-        "StableDiffusionPipeline": None, "QwenImagePipeline": None}
+        "StableDiffusionPipeline": None, "QwenImagePipeline": "qwen-image", "QwenImageEditPipeline": None,
+        "ZImageImg2ImgPipeline": "z-image"}
     folder = tmp_path / "qwen"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
-    with pytest.raises(UnsupportedModel, match="QwenImagePipeline.*is not a supported family.*Flux"):
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageLayeredPipeline"}))
+    with pytest.raises(UnsupportedModel, match="QwenImageLayeredPipeline.*is not a supported family.*Flux"):
         describe(folder)
 
 

@@ -70,9 +70,10 @@ def tiny_gemma_tokenizer():
 
 
 def tiny_llama_tokenizer():
-    """A Llama-3-style fast tokenizer (byte-level BPE) with begin/end-of-text and a pad token."""
+    """A Llama-3-style fast tokenizer (byte-level BPE) with begin/end-of-text and a pad token; like Llama 3's and
+    GLM-4's it starts every text with its begin token (so even an empty prompt has one)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab, merges = byte_vocab()
     for special in ("<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"):
@@ -80,6 +81,9 @@ def tiny_llama_tokenizer():
     core = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
+    begin = ("<|begin_of_text|>", vocab["<|begin_of_text|>"])
+    core.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+                                                        special_tokens=[begin])
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
                                    pad_token="<|pad|>")
 

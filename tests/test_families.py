@@ -1,0 +1,190 @@
+"""The 2025-26 transformer families (Qwen-Image, Z-Image, Lumina 2, SANA, AuraFlow, CogView4, HiDream): each from a
+diffusers folder of tiny random weights in its real architecture, through sfumato, equals the plain diffusers pipeline
+given the same per-image generators; its samplers, edits, LoRA, replay and refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sfumato.cli import main
+from sfumato.engine import Engine
+from sfumato.errors import InvalidRequest, UnsupportedModel
+from sfumato.models.detect import describe
+from sfumato.models.tiny import build_tiny
+from sfumato.pipelines.flow import FLOW_FAMILIES
+from sfumato.requests import GenerationRequest
+from sfumato.sampling.samplers import FLOW_SAMPLERS, make_scheduler
+
+NEW = ("qwen-image", "z-image", "lumina2", "sana", "auraflow", "cogview4", "hidream")
+PROMPT, NEGATIVE = "a red apple", "blurry"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {family: build_tiny(family, root / family) for family in (*NEW, "sd3", "flux", "chroma")}
+
+
+@pytest.fixture(scope="module")
+def engines(folders):
+    return {family: Engine(folder) for family, folder in folders.items()}  # each loads on its first request
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def _diffusers(folder, family: str, sampler: str, size: int = 32):
+    """The plain diffusers pipeline of the folder, on the scheduler sfumato builds for `sampler`."""
+    import diffusers
+
+    absent = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}  # the tiny SD3 has no T5
+    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, **absent)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler(sampler, dict(pipe.scheduler.config), 0, flow=True)
+    if FLOW_FAMILIES[family].area_sized:  # HiDream sizes images to this area; sfumato sets it from the request's
+        pipe.default_sample_size = size / pipe.vae_scale_factor * (1 + 1e-9)
+    return pipe
+
+
+def _their_images(pipe, family: str, seeds, cfg: float, steps: int = 3, size: int = 32, **extra):
+    spec = FLOW_FAMILIES[family]
+    negative = {"negative_prompt": [NEGATIVE] * len(seeds)} if spec.negative else {}
+    return pipe([PROMPT] * len(seeds), **negative, height=size, width=size,
+                num_inference_steps=steps, generator=[torch.Generator().manual_seed(s) for s in seeds],
+                output_type="pil", **{spec.cfg: cfg}, **dict(spec.call), **extra).images
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_each_family_equals_its_diffusers_pipeline(family, folders, engines):
+    engine = engines[family]
+    assert describe(folders[family]).family.name == family == engine.describe().family.name
+    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32,
+                                cfg_scale=4.0, batch_size=2)
+    result = engine.generate(request)
+    ours = [_pixels(image.image) for image in result.images]
+    sampler = engine.describe().family.default_sampler
+    theirs = [_pixels(image) for image in _their_images(_diffusers(folders[family], family, sampler), family,
+                                                        [5, 6], 4.0)]
+    for a, b in zip(ours, theirs):
+        assert a.shape == (32, 32, 3) and np.abs(a - b).max() <= 1
+    assert ours[0].std() > 2 and np.abs(ours[0] - ours[1]).mean() > 1  # a picture, and the seed changes it
+    assert "Seed: 5" in result.images[0].infotext and f"Sampler: {sampler}" in result.images[0].infotext
+
+
+@pytest.mark.parametrize("family", [*NEW, "sd3", "flux", "chroma"])
+def test_each_family_takes_exactly_its_samplers(family, folders, engines):
+    """The samplers a family declares (SD3, FLUX and Chroma too) run; the other flow samplers are refused in one line before any work, and
+    they do fail in the plain pipeline (its timesteps need what their schedulers lack): the list is exact."""
+    engine = engines[family]
+    allowed = FLOW_FAMILIES[family].samplers
+    base = GenerationRequest(PROMPT, seed=1, steps=4, width=32, height=32, cfg_scale=2.0)
+    images = {}
+    for sampler in FLOW_SAMPLERS:
+        request = dataclasses.replace(base, sampler=sampler)
+        if sampler in allowed:
+            images[sampler] = _pixels(engine.generate(request).images[0].image)
+        else:
+            with pytest.raises(UnsupportedModel, match=re.escape(f"sampler '{sampler}' does not fit {family}")):
+                engine.generate(request)
+            with pytest.raises((ValueError, TypeError, AssertionError)):
+                _their_images(_diffusers(folders[family], family, sampler), family, [1], 2.0, steps=2)
+    assert all(image.std() > 1 for image in images.values())
+    if len(images) > 1:  # different solvers, different pictures
+        first, *rest = images.values()
+        assert any(np.abs(first - other).max() > 2 for other in rest)
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "z-image"])
+def test_img2img_and_inpaint_equal_the_diffusers_edit_pipelines(family, folders, engines, tmp_path):
+    import diffusers
+
+    picture = Image.new("RGB", (32, 32), (200, 40, 40))
+    picture.paste((30, 90, 200), (0, 16, 32, 32))
+    picture.save(tmp_path / "init.png")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    mask.save(tmp_path / "mask.png")
+    engine = engines[family]
+    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=3, steps=4, width=32, height=32, cfg_scale=3.0,
+                                init_image=str(tmp_path / "init.png"), strength=0.7, sampler="Euler")
+    ours = _pixels(engine.generate(request).images[0].image)
+    base = _diffusers(folders[family], family, "Euler")
+    edit = getattr(diffusers, FLOW_FAMILIES[family].edits[False]).from_pipe(base)
+    theirs = _their_images(edit, family, [3], 3.0, steps=4, image=[picture], strength=0.7)[0]
+    assert np.abs(ours - _pixels(theirs)).max() <= 1
+    assert np.abs(ours - _pixels(picture)).mean() < 90  # an edit of the picture, not a new one
+    inpainted = _pixels(engine.generate(dataclasses.replace(request, mask=str(tmp_path / "mask.png"),
+                                                            mask_blur=0)).images[0].image)
+    outside = np.ones((32, 32), bool)
+    outside[6:26, 6:26] = False
+    assert np.abs(inpainted - _pixels(picture))[outside].max() <= 2  # kept outside the mask
+    assert np.abs(inpainted - _pixels(picture))[10:22, 10:22].mean() > 3  # redrawn inside it
+
+
+def test_qwen_image_lora_equals_diffusers_loader(folders, engines, tmp_path):
+    import diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = _diffusers(folders["qwen-image"], "qwen-image", "Euler")
+    torch.manual_seed(1)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                            target_modules=["to_q", "to_k", "to_v"]))
+    for name, param in pipe.transformer.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=2.0)
+    diffusers.QwenImagePipeline.save_lora_weights(str(tmp_path / "lora"), safe_serialization=True,
+                                                  transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32, cfg_scale=4.0)
+    plain = _pixels(engines["qwen-image"].generate(request).images[0].image)
+    with_lora = _pixels(engines["qwen-image"].generate(dataclasses.replace(request, loras=[(str(lora), 1.0)]))
+                        .images[0].image)
+    reference = _diffusers(folders["qwen-image"], "qwen-image", "Euler")
+    reference.load_lora_weights(str(lora))
+    theirs = _pixels(_their_images(reference, "qwen-image", [5], 4.0)[0])
+    assert np.abs(with_lora - theirs).max() <= 1 and np.abs(with_lora - plain).max() > 4  # applied, and as diffusers does
+    again = _pixels(engines["qwen-image"].generate(request).images[0].image)
+    assert np.array_equal(again, plain)  # the LoRA is gone when the next request names none
+
+
+def test_refusals_are_one_line_before_work(folders, engines, tmp_path):
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    base = GenerationRequest(PROMPT, seed=1, steps=2, width=32, height=32)
+    cases = [("lumina2", {"init_image": str(tmp_path / "red.png")}, "no img2img or inpainting pipeline"),
+             ("qwen-image", {"subseed": 3, "subseed_strength": 0.3}, "variation seeds"),
+             ("lumina2", {"width": 40}, "multiples of 16 px"),
+             ("sana", {"prompt": "a (red:1.3) apple"}, "plain prompts"),
+             ("cogview4", {"controls": [{"image": str(tmp_path / "red.png"), "module": "none",
+                                         "model": str(folders["cogview4"])}]}, "ControlNet"),
+             ("auraflow", {"consistent": 1.0}, "consistent batches")]
+    for family, change, message in cases:
+        with pytest.raises((UnsupportedModel, InvalidRequest), match=message):
+            engines[family].generate(dataclasses.replace(base, **change))
+
+
+def test_cli_generates_lists_and_replays_bit_exact(folders, capsys, tmp_path):
+    folder = folders["z-image"]
+    code = main(["generate", PROMPT, "--model", str(folder), "--steps", "2", "--width", "32", "--height", "32",
+                 "--seed", "4", "--cfg-scale", "2", "-o", str(tmp_path / "z.png")])
+    assert code == 0
+    assert main(["replay", str(tmp_path / "z.png"), "-o", str(tmp_path / "again.png")]) == 0
+    assert np.array_equal(_pixels(Image.open(tmp_path / "z.png")), _pixels(Image.open(tmp_path / "again.png")))
+    capsys.readouterr()
+    assert main(["generate", PROMPT, "--model", str(folder), "--sampler", "Heun", "--steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not fit z-image" in err and "Traceback" not in err
+
+
+def test_family_table_detects_every_pipeline_class_in_the_folders(folders):
+    for family, folder in folders.items():
+        index = json.loads((folder / "model_index.json").read_text())
+        assert describe(folder).family.name == family, index["_class_name"]
