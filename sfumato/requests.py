@@ -88,6 +88,9 @@ class GenerationRequest:
     # style-aligned batch: every image shares self-attention with the batch's first image at this strength (0: off;
     # pipelines.shared_attention)
     consistent: float = 0.0
+    # FLUX.1 Kontext: the image its prompt (an instruction) edits, fitted to the output size; an init image without a
+    # mask means this on a Kontext model (A1111 img2img, OpenAI edits)
+    reference_image: str | None = None
 
     def validate(self) -> GenerationRequest:
         """Raise `InvalidRequest` with a one-line message for the first bad field; return self."""
@@ -97,7 +100,7 @@ class GenerationRequest:
             if not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string")
         for name in ("model", "sampler", "init_image", "mask", "prediction_type", "ip_adapter", "ip_image_encoder",
-                     "p2p_source", "init_upscaler", "preset", "timestep_spacing", "vae"):
+                     "p2p_source", "init_upscaler", "preset", "timestep_spacing", "vae", "reference_image"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise InvalidRequest(f"{name} must be a string or null")
         for name in ("styles", "image_prompts", "ip_images"):

@@ -20,6 +20,7 @@ from sfumato.models.info import ModelInfo
 from sfumato.models.lora import check_loras
 from sfumato.models.vae import is_own, resolve_vae
 from sfumato.pipelines import images as imgs
+from sfumato.pipelines.flow import takes_reference
 from sfumato.pipelines.runners import runner_for
 from sfumato.prompts.dynamic import apply_styles, has_dynamic, image_prompts
 from sfumato.prompts.flags import size_for_aspect, split_flags, stylize_to_cfg
@@ -93,6 +94,9 @@ class Resolver:
             if not request.init_image:
                 raise InvalidRequest(f"{info.name} is an InstructPix2Pix model: it edits an image (--init-image)")
             changes["instruction_edit"] = True
+        if (takes_reference(family.name) and request.init_image and not request.mask and not request.outpaint
+                and not request.reference_image):  # A1111 img2img / OpenAI edits on FLUX.1 Kontext: edit by prompt
+            changes.update(reference_image=request.init_image, init_image=None)
         resolved = dataclasses.replace(request, **changes).with_seeds_resolved().validate()
         if resolved.template is None and (request.styles or has_dynamic(resolved.prompt)):
             resolved = self._expand_dynamic(resolved, request.prompt)
@@ -103,6 +107,8 @@ class Resolver:
         self.limits.check_generation(resolved.width, resolved.height, resolved.hires_scale, resolved.sd_upscale)
         if self.policy is not None:
             self.policy.check_texts(resolved.conditioning_texts())
+        if resolved.reference_image:
+            imgs.image_size(resolved.reference_image, "reference image")
         if resolved.ip_adapter:
             adapter = resolve_adapter(resolved.ip_adapter)
             resolve_encoder(adapter, resolved.ip_image_encoder)

@@ -188,3 +188,40 @@ def test_family_table_detects_every_pipeline_class_in_the_folders(folders):
     for family, folder in folders.items():
         index = json.loads((folder / "model_index.json").read_text())
         assert describe(folder).family.name == family, index["_class_name"]
+
+
+def test_flux_kontext_edits_a_reference_image_like_diffusers(tmp_path, capsys):
+    """FLUX.1 Kontext: the prompt edits the reference image (fitted to the output size); equal to the plain
+    FluxKontextPipeline given our packed noise; an init image without a mask means the reference (A1111 img2img)."""
+    import diffusers
+
+    from sfumato.sampling.noise import batch_noise, generators_for
+
+    folder = build_tiny("flux-kontext", tmp_path / "kontext")
+    assert describe(folder).family.name == "flux-kontext"
+    picture = Image.new("RGB", (48, 48), (200, 40, 40))
+    picture.paste((30, 90, 200), (0, 24, 48, 48))
+    picture.save(tmp_path / "ref.png")
+    engine = Engine(folder)
+    request = GenerationRequest("make it blue", seed=5, steps=3, width=32, height=32, cfg_scale=2.5,
+                                reference_image=str(tmp_path / "ref.png"))
+    ours = _pixels(engine.generate(request).images[0].image)
+    pipe = _diffusers(folder, "flux-kontext", "Euler")
+    channels, side = pipe.vae.config.latent_channels, 32 // pipe.vae_scale_factor
+    noise = pipe._pack_latents(batch_noise((channels, side, side), generators_for([5])), 1, channels, side, side)
+    fitted = picture.resize((32, 32), Image.Resampling.LANCZOS)
+    theirs = pipe(image=fitted, prompt="make it blue", height=32, width=32, num_inference_steps=3,
+                  guidance_scale=2.5, latents=noise, _auto_resize=False, max_area=32 * 32, output_type="pil").images[0]
+    assert np.abs(ours - _pixels(theirs)).max() <= 1
+    without = _pixels(engine.generate(dataclasses.replace(request, reference_image=None)).images[0].image)
+    assert np.abs(ours - without).max() > 0  # the reference is read (weakly by random weights; parity shows how)
+    as_init = engine.generate(dataclasses.replace(request, reference_image=None, init_image=str(tmp_path / "ref.png")))
+    assert np.array_equal(_pixels(as_init.images[0].image), ours) and as_init.images[0].request.reference_image
+    with pytest.raises(UnsupportedModel, match="reference image is for FLUX.1 Kontext"):
+        Engine(build_tiny("flux", tmp_path / "flux")).generate(request)
+    assert main(["generate", "make it blue", "--model", str(folder), "--reference-image", str(tmp_path / "ref.png"),
+                 "--steps", "3", "--width", "32", "--height", "32", "--seed", "5", "--cfg-scale", "2.5",
+                 "-o", str(tmp_path / "k.png")]) == 0
+    assert np.array_equal(_pixels(Image.open(tmp_path / "k.png")), ours)
+    assert main(["replay", str(tmp_path / "k.png"), "-o", str(tmp_path / "k2.png")]) == 0
+    assert np.array_equal(_pixels(Image.open(tmp_path / "k2.png")), ours)

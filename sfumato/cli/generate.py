@@ -56,6 +56,9 @@ def add_parsers(commands) -> None:
     gen.add_argument("--mask", help="inpaint mask: white = repaint")
     gen.add_argument("--instruction-edit", action="store_true",
                      help="InstructPix2Pix: edit --init-image by the prompt (automatic with an InstructPix2Pix model)")
+    gen.add_argument("--reference-image", metavar="IMG",
+                     help="FLUX.1 Kontext: the image the prompt (an instruction) edits, fitted to the output size "
+                          "(--init-image without --mask means the same on a Kontext model)")
     gen.add_argument("--image-cfg-scale", type=float, default=1.5,
                      help="InstructPix2Pix image guidance: how closely the edit keeps the input image")
     gen.add_argument("--mask-blur", type=int, default=4)
@@ -170,7 +173,7 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
                    **({"threshold_a": args.style_fidelity} if args.style_fidelity is not None
                       and unit["module"].startswith("reference") else {})}
                   for unit in args.control],
-        consistent=args.consistent,
+        consistent=args.consistent, reference_image=args.reference_image,
     )
 
 

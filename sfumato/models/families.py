@@ -162,6 +162,10 @@ SD3 = Family(name="sd3", native_size=1024, default_sampler="Euler", default_step
              pipelines=("StableDiffusion3",))
 FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=3.5,
               prediction_type="flow", pipeline_class="FluxPipeline", denoiser="transformer", pipelines=("Flux",))
+# FLUX.1 Kontext: a FLUX transformer that also reads a reference image's tokens: edit by instruction
+FLUX_KONTEXT = Family(name="flux-kontext", native_size=1024, default_sampler="Euler", default_steps=28,
+                      default_cfg_scale=2.5, prediction_type="flow", pipeline_class="FluxKontextPipeline",
+                      denoiser="transformer", pipelines=("FluxKontext",))
 # Chroma (Lodestone Rock's FLUX.1-schnell derivative): T5 only, real CFG with a negative prompt, packed latents
 CHROMA = Family(name="chroma", native_size=1024, default_sampler="Euler", default_steps=26, default_cfg_scale=4.0,
                 prediction_type="flow", pipeline_class="ChromaPipeline", denoiser="transformer", pipelines=("Chroma",))
@@ -202,7 +206,7 @@ KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM"
                      default_cfg_scale=4.0, pipeline_class="KandinskyV22CombinedPipeline", denoiser="pipeline",
                      pipelines=("KandinskyV22CombinedPipeline",))
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, CHROMA, QWEN_IMAGE, Z_IMAGE, LUMINA2,
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, FLUX_KONTEXT, CHROMA, QWEN_IMAGE, Z_IMAGE, LUMINA2,
                                 SANA, AURAFLOW, COGVIEW4, HIDREAM, PIXART, DIT, LDM_VQ, KANDINSKY22)}
 
 

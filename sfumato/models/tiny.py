@@ -221,6 +221,14 @@ def _tiny_flux():
     )
 
 
+def _tiny_flux_kontext():
+    """FLUX.1 Kontext layout: the FLUX transformer (its image tokens followed by the reference's) and encoders."""
+    import diffusers
+
+    flux = _tiny_flux()
+    return diffusers.FluxKontextPipeline(**flux.components)
+
+
 def _tiny_chroma():
     """Chroma layout (FLUX-like double + single stream transformer, a distilled-guidance approximator instead of the
     timestep/guidance/pooled embeddings, T5 only, packed latents)."""
@@ -292,6 +300,8 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         return _tiny_flux()
     if family == "chroma":
         return _tiny_chroma()
+    if family == "flux-kontext":
+        return _tiny_flux_kontext()
     if family in tiny_flow.BUILDERS:
         return tiny_flow.build(family)
     if family == "pixart":

@@ -50,6 +50,7 @@ class FlowFamily:
     multiple: int = 1  # image sizes are multiples of this many latent pixels (its patch)
     samplers: tuple[str, ...] = ("Euler",)  # those whose schedulers take what its pipeline passes to set_timesteps
     call: tuple[tuple[str, object], ...] = ()  # fixed keyword arguments of its pipelines
+    reference: bool = False  # its pipeline reads a reference image (`image`): FLUX.1 Kontext edits by instruction
     area_sized: bool = False  # the pipeline sizes every image to `default_sample_size`'s area (HiDream): set from
     # the request's, so the image has the size asked for
 
@@ -63,6 +64,8 @@ FLOW_FAMILIES = {
     "flux": FlowFamily(packed=True, negative=False, edits={False: "FluxImg2ImgPipeline", True: "FluxInpaintPipeline"},
                        control=("FluxControlNetPipeline", "FluxMultiControlNetModel"), fill="FluxFillPipeline",
                        multiple=2, samplers=("Euler", "DPM++ 2M", "UniPC")),
+    "flux-kontext": FlowFamily(packed=True, negative=False, edits={}, control=None, markup=False, multiple=2,
+                               samplers=("Euler", "DPM++ 2M", "UniPC"), reference=True, call=(("_auto_resize", False),)),
     "chroma": FlowFamily(packed=True, negative=True,
                          edits={False: "ChromaImg2ImgPipeline", True: "ChromaInpaintPipeline"}, control=None,
                          markup=False, multiple=2, samplers=("Euler", "UniPC")),
@@ -78,12 +81,23 @@ FLOW_FAMILIES = {
 }
 
 
+def takes_reference(family: str) -> bool:
+    """Whether the family's pipeline edits a reference image by instruction (FLUX.1 Kontext)."""
+    return family in FLOW_FAMILIES and FLOW_FAMILIES[family].reference
+
+
 def check_flow_request(family: str, request: GenerationRequest) -> None:
     """Refuse what the flow pipelines do not do yet, before any work."""
     spec = FLOW_FAMILIES[family]
     if request.sampler not in spec.samplers:
         raise UnsupportedModel(f"sampler {request.sampler!r} does not fit {family}'s pipeline (it schedules its own "
                                f"sigmas); choose one of: {', '.join(spec.samplers)}")
+    if request.reference_image and not spec.reference:
+        raise UnsupportedModel(f"a reference image is for FLUX.1 Kontext models (they edit it by instruction), not "
+                               f"{family}")
+    if spec.reference and request.init_image:
+        raise UnsupportedModel(f"{family} edits its reference image by instruction (no denoising strength); give the "
+                               "image as reference_image (an init image without a mask is taken as one)")
     if request.init_image and not spec.edits:
         raise UnsupportedModel(f"{family} has no img2img or inpainting pipeline in diffusers; txt2img only")
     if request.init_image and (request.mask or request.outpaint) and True not in spec.edits and spec.fill is None:
@@ -181,6 +195,14 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
             inputs["latents"] = noise.to(model.device, model.dtype)
         else:  # the pipeline draws it, in its own layout, from a generator per image seed
             inputs["generator"] = [torch.Generator().manual_seed(seed) for seed in seeds]
+        if request.reference_image:  # fitted to the output size (BFL's pipeline would pick a preferred resolution)
+            from sfumato.pipelines.images import load_image
+
+            reference = load_image(request.reference_image, "reference image").convert("RGB").resize((request.width, request.height),
+                                                                   Image.Resampling.LANCZOS)
+            inputs["image"] = reference  # one reference for the batch (a list would be read as several)
+        if spec.reference:  # Kontext scales the output to `max_area` (1024² by default): the request's size
+            inputs["max_area"] = request.width * request.height
         progress.add_total(request.steps)
         if controls:
             pipe, control_inputs = _control_pipeline(model, pipe, controls, request.width, request.height)

@@ -182,6 +182,8 @@ class Service:
             fields["init_image"] = self.upload(fields["init_image"], "init_image")
         if fields["mask"]:
             fields["mask"] = self.upload(fields["mask"], "mask")
+        if fields.get("reference_image"):
+            fields["reference_image"] = self.upload(fields["reference_image"], "reference_image")
         fields["controls"] = self.control_units(fields["controls"])
         fields.update(self.ip_adapter_fields(fields["ip_adapter"], fields["ip_images"]))
         return GenerationRequest(**fields)

@@ -17,7 +17,7 @@ NOT_ON_THE_WIRE = {"inpaint_full_image_overlay", "prediction_type", "template", 
 def _job_request_model() -> type[BaseModel]:
     """The native job body: `GenerationRequest`'s fields (one definition), unknown fields refused.
 
-    Over HTTP `init_image` and `mask` are base64 images, never paths, and `loras` are names from
+    Over HTTP `init_image`, `mask` and `reference_image` are base64 images, never paths, and `loras` are names from
     GET /api/v1/loras; each control unit's `image`/`mask` is base64 and its `model` a name from
     GET /controlnet/model_list (or null for the default).
     """
