@@ -22,6 +22,13 @@ SETTINGS_FILE = "sfumato.json"  # per-model settings: defaults, text-encoder ref
 FAMILY_DEFAULTS = ("default_sampler", "default_steps", "default_cfg_scale")
 
 
+# known pipelines sfumato does not run yet, with what to use instead
+NOT_YET = {
+    "QwenImageEdit": "Qwen-Image-Edit is not supported yet (its Qwen2-VL image processor path is untested here); edit by "
+                     "instruction with a FLUX.1 Kontext model, or use Qwen-Image img2img/inpaint",
+}
+
+
 def describe(path: Path) -> ModelInfo:
     """Detect a model's format and family from `model_index.json` or from single-file keys.
 
@@ -167,5 +174,8 @@ def _unet_family(path: Path, pipeline: str, index: dict, configs: dict) -> Famil
         openclip = configs.get("text_encoder", {}).get("hidden_act") == "gelu"  # SD1's CLIP-L uses quick_gelu
         cross = configs.get("unet", {}).get("cross_attention_dim")
         return FAMILIES["sd2"] if cross == 1024 or openclip else FAMILIES["sd1"]
+    for prefix, hint in NOT_YET.items():
+        if pipeline.startswith(prefix):
+            raise UnsupportedModel(f"{path}: {hint}")
     names = ", ".join(sorted({p for f in FAMILIES.values() for p in f.pipelines} | {"StableDiffusion*"}))
     raise UnsupportedModel(f"{path}: pipeline {pipeline!r} is not a supported family (pipelines: {names})")
