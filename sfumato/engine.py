@@ -217,11 +217,11 @@ class Engine:
 
     # ---------------------------------------------------------------- requests
 
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+    def resolve(self, request: GenerationRequest, video: bool = False) -> GenerationRequest:
         """Apply prompt tags and flags, model defaults and random seeds; validate (`resolve.Resolver`). Loads no
-        weights."""
+        weights. `video`: the settings of a video model's clip (animation.video_model), not of images."""
         request = dataclasses.replace(request).validate()
-        return self.resolver.resolve(request, self.describe(request.model))
+        return self.resolver.resolve(request, self.describe(request.model), video=video)
 
     def upscaler(self, name: str) -> upscalers.Upscaler:
         """A loaded upscaler, kept across requests (the three most recent), on the engine's device."""

@@ -41,8 +41,9 @@ class Resolver:
         self.limits, self.policy = limits, policy
         self.paths = paths  # LoRA tags in prompts may name files outside the models home (the CLI; never a server)
 
-    def resolve(self, request: GenerationRequest, info: ModelInfo) -> GenerationRequest:
-        """A validated request for the model `info` describes -> the resolved request (see the module)."""
+    def resolve(self, request: GenerationRequest, info: ModelInfo, video: bool = False) -> GenerationRequest:
+        """A validated request for the model `info` describes -> the resolved request (see the module); `video`:
+        the shared settings of a video model's clip."""
         self.limits.check_texts(request.texts())  # before any parser reads them
         if self.policy is not None:
             self.policy.check(request.prompt)
@@ -120,7 +121,13 @@ class Resolver:
         if transformer and resolved.directions:
             raise InvalidRequest("conditioning directions (and prompt travel) need a UNet model for now, "
                                  f"not {family.name}")
-        runner_for(family).check(family.name, resolved)
+        runner = runner_for(family)
+        if video != (runner.kind == "video"):
+            raise UnsupportedModel(
+                f"{info.name} is a {family.name} video model: make clips with `sfumato animate --mode video-model` "
+                "(POST /api/v1/animations)" if not video else
+                f"video-model mode needs a video model (Wan, LTX-Video, Stable Video Diffusion), not {family.name}")
+        runner.check(family.name, resolved)
         if resolved.consistent > 0 and runner_for(family).kind != "unet":
             raise InvalidRequest(f"consistent batches share a UNet's self-attention: they need an SD1, SD2 or SDXL "
                                  f"model, not {family.name}")

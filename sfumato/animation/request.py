@@ -17,6 +17,8 @@ MODES = {
     "story": "consistent story frames: one subject and seed, a scene prompt per frame",
     "interpolate": "between two images: DDIM-invert both, slerp the inverted noise, sample back",
     "motion": "AnimateDiff: a motion module animates every frame together (SD 1.5 models)",
+    "video-model": "a video model (Wan, LTX-Video, Stable Video Diffusion) makes the clip: text-to-video, or "
+                   "image-to-video from one --image",
 }
 FORMATS = ("gif", "webp", "mp4")
 SCHEDULES = ("strength", "zoom", "angle", "translation_x", "translation_y", "direction_strength")
@@ -48,7 +50,7 @@ class AnimationRequest:
     video: str | None = None  # video mode: input video (MP4/WebM/MOV/GIF/WebP) or a folder of frames
     subject: str = ""  # story: the subject every frame shows
     scenes: list[str] = field(default_factory=list)  # story: one scene prompt per frame
-    images: list[str] = field(default_factory=list)  # interpolate: the two images
+    images: list[str] = field(default_factory=list)  # interpolate: the two images; video-model: the first frame
     inversion_steps: int = 50  # interpolate: DDIM steps of the inversion and of the sampling back
     motion_adapter: str | None = None  # motion: AnimateDiff motion module (path or name in models/motion)
     motion_loras: list[tuple[str, float]] = field(default_factory=list)  # motion: motion LoRAs (path, weight)
@@ -103,6 +105,10 @@ class AnimationRequest:
             raise InvalidRequest(f"{mode} mode needs {needs[mode][1]}")
         if mode == "interpolate" and len(self.images) != 2:
             raise InvalidRequest(f"interpolate mode takes exactly two images, got {len(self.images)}")
+        if mode == "video-model" and len(self.images) > 1:
+            raise InvalidRequest(f"video-model mode animates at most one image (its first frame), got {len(self.images)}")
+        if self.images and mode not in ("interpolate", "video-model"):
+            raise InvalidRequest("images are for interpolate (two) and video-model (one first frame) modes")
         if self.prompts and mode not in ("travel", "loopback", "motion"):
             raise InvalidRequest(f"prompt keyframes are for travel, loopback and motion modes, not {mode}")
         if self.seeds and mode != "travel":

@@ -70,6 +70,10 @@ def preflight(engine: "Engine", request: AnimationRequest) -> GenerationRequest:
     if request.mode in ("loopback", "video", "interpolate"):  # their images come later; the settings are checked now
         base = dataclasses.replace(base, init_image=None, mask=None, controls=[u for u in base.controls
                                                                                 if u.get("image")])
+    if request.mode == "video-model":  # one clip: the video family's own checks
+        from sfumato.animation.video_model import preflight_clip
+
+        return preflight_clip(engine, request, base)
     texts = [*request.prompts.values()] or [base.prompt]
     if request.mode == "story":
         texts = [frame.prompt for frame in story_requests(request, base)]
@@ -98,6 +102,10 @@ def animate(engine: "Engine", request: AnimationRequest, progress: ProgressCallb
         from sfumato.animation.inversion import interpolate_images
 
         frames = interpolate_images(engine, request, base, tracker)
+    elif request.mode == "video-model":
+        from sfumato.animation.video_model import animate_video_model
+
+        frames = animate_video_model(engine, request, base, tracker)
     else:
         from sfumato.animation.animatediff import animate_motion
 

@@ -21,7 +21,9 @@ EXAMPLES = """examples:
   sfumato animate "a watercolor painting" --mode video --video clip.mp4 --strength 0.5
   sfumato animate --mode story --subject "a robot" --scene "in a forest" --scene "at the sea"
   sfumato animate "a face" --mode interpolate --image a.png --image b.png --frames 12
-  sfumato animate "a boat on a lake" --mode motion --motion-adapter animatediff-v1-5-2 -m sd15"""
+  sfumato animate "a boat on a lake" --mode motion --motion-adapter animatediff-v1-5-2 -m sd15
+  sfumato animate "a cat walks on grass" --mode video-model -m Wan2.1-T2V-1.3B --frames 33 --fps 16
+  sfumato animate --mode video-model -m stable-video-diffusion-img2vid --image photo.png --frames 14"""
 
 
 def add_parsers(commands) -> None:
@@ -59,7 +61,8 @@ def add_parsers(commands) -> None:
     other = anim.add_argument_group("story, interpolation and AnimateDiff")
     other.add_argument("--subject", default="", help="story: the subject of every frame")
     other.add_argument("--scene", action="append", default=[], help="story: a scene prompt (one per frame)")
-    other.add_argument("--image", action="append", default=[], help="interpolate: an end image (give two)")
+    other.add_argument("--image", action="append", default=[], help="interpolate: an end image (give two); video-model: the first frame "
+                       "(image-to-video)")
     other.add_argument("--inversion-steps", type=int, default=50, help="interpolate: DDIM inversion steps")
     other.add_argument("--motion-adapter", help="AnimateDiff motion module: diffusers folder, .safetensors file or "
                                                 "a name in $SFUMATO_HOME/models/motion")
@@ -96,7 +99,7 @@ def request_from_args(args: argparse.Namespace):
         sampler=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed, width=args.width, height=args.height,
         clip_skip=args.clip_skip, loras=list(args.lora), controls=controls, consistent=args.consistent,
         directions=[parse_direction(text, args.prompt) for text in args.direction])
-    frames = args.frames if args.frames is not None else (1000 if args.mode == "video" else 16)
+    frames = args.frames if args.frames is not None else {"video": 1000, "video-model": 17}.get(args.mode, 16)
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
     return AnimationRequest(
         generation, mode=args.mode, frames=frames, fps=args.fps, prompts=args.keyframes or {},
@@ -114,7 +117,8 @@ def cmd_animate(args: argparse.Namespace) -> int:
     from sfumato.output import check_writable
 
     request = request_from_args(args)
-    if not (request.prompts or request.generation.prompt or request.scenes):
+    if not (request.prompts or request.generation.prompt or request.scenes
+            or request.mode == "video-model"):  # a video model's own checks say what it needs (SVD: an image)
         raise InvalidRequest("give a prompt, --keyframes, or (story mode) --scene prompts")
     from sfumato.animation.request import FORMATS
 

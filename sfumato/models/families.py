@@ -191,6 +191,18 @@ COGVIEW4 = Family(name="cogview4", native_size=1024, default_sampler="Euler", de
 HIDREAM = Family(name="hidream", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=5.0,
                  prediction_type="flow", pipeline_class="HiDreamImagePipeline", denoiser="transformer",
                  pipelines=("HiDreamImage",))
+# Video families (animation.video_model: `sfumato animate --mode video-model`); their clips run through their diffusers
+# pipelines on their own schedulers. Wan 2.1/2.2 (text- and image-to-video folders), LTX-Video (one transformer for
+# both), Stable Video Diffusion (image-to-video)
+WAN = Family(name="wan", native_size=832, default_sampler="UniPC", default_steps=40, default_cfg_scale=5.0,
+             prediction_type="flow", pipeline_class="WanPipeline", denoiser="video",
+             pipelines=("WanPipeline", "WanImageToVideo"))
+LTX_VIDEO = Family(name="ltx-video", native_size=704, default_sampler="Euler", default_steps=40, default_cfg_scale=3.0,
+                   prediction_type="flow", pipeline_class="LTXPipeline", denoiser="video",
+                   pipelines=("LTXPipeline", "LTXImageToVideo"))
+SVD = Family(name="svd", native_size=1024, default_sampler="Euler", default_steps=25, default_cfg_scale=3.0,
+             prediction_type="v_prediction", pipeline_class="StableVideoDiffusionPipeline", denoiser="video",
+             pipelines=("StableVideoDiffusion",))
 # DiT families from diffusers folders: PixArt-α/Σ (T5 text encoder, learned-sigma transformer) and class-conditional
 # DiT (ImageNet labels as prompts; the image size is the model's)
 PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
@@ -207,7 +219,8 @@ KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM"
                      pipelines=("KandinskyV22CombinedPipeline",))
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, FLUX_KONTEXT, CHROMA, QWEN_IMAGE, Z_IMAGE, LUMINA2,
-                                SANA, AURAFLOW, COGVIEW4, HIDREAM, PIXART, DIT, LDM_VQ, KANDINSKY22)}
+                                SANA, AURAFLOW, COGVIEW4, HIDREAM, PIXART, DIT, LDM_VQ, KANDINSKY22, WAN,
+                                LTX_VIDEO, SVD)}
 
 
 def family_for_pipeline(pipeline: str) -> Family | None:
@@ -217,4 +230,4 @@ def family_for_pipeline(pipeline: str) -> Family | None:
                if pipeline.startswith(prefix)]
     return max(matches, key=lambda m: m[0])[1] if matches else None
 UNET_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "ldm")
-TINY_FAMILIES = tuple(FAMILIES)  # `sfumato make-tiny` builds each (models.tiny)
+TINY_FAMILIES = (*FAMILIES, "wan-i2v")  # `sfumato make-tiny` builds each (models.tiny; wan-i2v: Wan image-to-video)

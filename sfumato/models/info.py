@@ -35,6 +35,8 @@ class ModelInfo:
     def instruct(self) -> bool:
         """An InstructPix2Pix UNet: it takes the image latents beside the noisy ones (twice the VAE's channels)."""
         unet = self.configs.get("unet", {})
+        if self.family.denoiser == "video":  # SVD's UNet also takes the image latents: it animates, not edits
+            return False
         return unet.get("in_channels") == 2 * int(self.configs.get("vae", {}).get("latent_channels", 4)) \
             and unet.get("out_channels", 4) != unet.get("in_channels")
 

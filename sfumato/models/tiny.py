@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sfumato.models.families import FAMILIES, TINY_FAMILIES
-from sfumato.models import tiny_flow
+from sfumato.models import tiny_flow, tiny_video
 from sfumato.models.singlefile import clip_tokenizer
 from sfumato.models.tiny_flow import tiny_t5_tokenizer
 
@@ -250,7 +250,7 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    skeleton = FAMILIES[family].skeleton
+    skeleton = FAMILIES[family].skeleton if family in FAMILIES else {}
     scheduler_config = dict((skeleton or FAMILIES["sd1"].skeleton)["scheduler"])
     scheduler = getattr(diffusers, scheduler_config.pop("_class_name")).from_config(scheduler_config)
     common = dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9 if inpainting else 4,
@@ -304,6 +304,8 @@ def build_tiny_pipeline(family: str = "sd1", inpainting: bool = False, seed: int
         return _tiny_flux_kontext()
     if family in tiny_flow.BUILDERS:
         return tiny_flow.build(family)
+    if family in tiny_video.BUILDERS:
+        return tiny_flow.build(family, tiny_video.BUILDERS)
     if family == "pixart":
         return _tiny_pixart()
     if family == "dit":

@@ -269,11 +269,12 @@ BUILDERS = {"qwen-image": tiny_qwen_image, "z-image": tiny_z_image, "lumina2": t
             "auraflow": tiny_auraflow, "cogview4": tiny_cogview4, "hidream": tiny_hidream}
 
 
-def build(family: str):
-    """The tiny pipeline of `family`, its modules in eval mode (as `from_pretrained` leaves them)."""
+def build(family: str, builders: dict | None = None):
+    """The tiny pipeline of `family` (from `builders`, default this module's), its modules in eval mode (as
+    `from_pretrained` leaves them)."""
     import torch
 
-    pipe = BUILDERS[family]()
+    pipe = (builders or BUILDERS)[family]()
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()

@@ -16,6 +16,7 @@ from sfumato.models.families import Family
 from sfumato.pipelines.dit import check_dit_request, generate_dit_batch
 from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
 from sfumato.pipelines.tasks import BatchPrompts, generate_batch
+from sfumato.pipelines.video import check_video_request
 from sfumato.pipelines.vq import check_vq_request, generate_vq_batch
 from sfumato.requests import GenerationRequest
 
@@ -55,6 +56,10 @@ def _unet_batch(job: BatchJob) -> list:
                           job.controls, job.upscaler)
 
 
+def _no_images(job: BatchJob) -> list:
+    raise InvalidRequest(f"{job.model.family} is a video model: make clips with sfumato animate --mode video-model")
+
+
 RUNNERS = {
     "unet": Runner("unet", _check_unet, _unet_batch, shares_batches=True),
     "flow": Runner("flow", check_flow_request, lambda job: generate_flow_batch(
@@ -64,9 +69,14 @@ RUNNERS = {
         job.model, job.request, job.seeds, job.subseeds, job.progress, job.prompts), shares_batches=False),
     "pipeline": Runner("pipeline", check_vq_request, lambda job: generate_vq_batch(
         job.model, job.request, job.seeds, job.subseeds, job.progress, job.prompts), shares_batches=False),
+    # video families: resolved for `animation.video_model` clips (Engine.resolve(video=True)); never an image batch
+    "video": Runner("video", check_video_request, _no_images, shares_batches=False),
 }
 
 
 def runner_for(family: Family) -> Runner:
-    """The entry of a family: flow-matching families by their prediction type, the rest by their denoiser."""
+    """The entry of a family: video families by their denoiser, flow-matching families by their prediction type, the
+    rest by their denoiser."""
+    if family.denoiser == "video":
+        return RUNNERS["video"]
     return RUNNERS["flow" if family.prediction_type == "flow" else family.denoiser]

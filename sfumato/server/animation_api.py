@@ -50,7 +50,8 @@ class AnimationBody(BaseModel):
     video: str | None = Field(None, description="video mode: MP4/WebM/GIF/WebP (base64)")
     subject: str = ""
     scenes: list[str] = Field(default_factory=list)
-    images: list[str] = Field(default_factory=list, description="interpolate: two images (base64)")
+    images: list[str] = Field(default_factory=list, description="interpolate: two images; video-model: the "
+                              "first frame (base64)")
     inversion_steps: int = 50
     motion_adapter: str | None = Field(None, description="a name from GET /api/v1/motion-modules")
     motion_loras: list[tuple[str, float]] = Field(default_factory=list, description="names from GET /api/v1/loras")
@@ -90,7 +91,8 @@ def request_from_body(service, body: AnimationBody) -> AnimationRequest:
     generation = service.request_from_wire(_job_fields(body.generation))
     fields = body.model_dump(exclude={"generation"})
     if fields["frames"] is None:
-        fields["frames"] = service.settings.limits.max_frames if body.mode == "video" else 16
+        fields["frames"] = service.settings.limits.max_frames if body.mode == "video" else \
+            17 if body.mode == "video-model" else 16
     if body.init_image:
         fields["init_image"] = service.upload(body.init_image, "init_image")
     if body.video:

@@ -29,7 +29,9 @@ export async function animationBody() {
     body.frames = body.scenes.length || 1;
   }
   if (body.mode === "video" && $("anim-video").files[0]) body.video = await readFile($("anim-video").files[0]);
-  if (body.mode === "interpolate") body.images = await Promise.all([...$("anim-images").files].map(readFile));
+  if (body.mode === "interpolate" || body.mode === "video-model")
+    body.images = await Promise.all([...$("anim-images").files].map(readFile));
+  if (body.mode === "video-model") delete generation.sampler;  // a video model runs its own scheduler
   if (body.mode === "motion") body.motion_adapter = $("anim-motion").value || null;
   if (body.mode === "loopback" && $("use-init").checked && state.initLoaded) body.init_image = $("init-canvas").toDataURL("image/png");
   return body;

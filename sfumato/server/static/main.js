@@ -23,6 +23,9 @@ document.addEventListener("DOMContentLoaded", () => {
   setupExtras();
   $("merge-run").addEventListener("click", runMerge);
   $("anim-run").addEventListener("click", runAnimation);
+  $("anim-mode").addEventListener("change", () => {  // video models take 1 + a multiple of 4 (Wan) or 8 (LTX) frames
+    if ($("anim-mode").value === "video-model" && Number($("anim-frames").value) === 16) $("anim-frames").value = 17;
+  });
   loadMotionModules();
   setupDrops();
   $("prompt").addEventListener("input", updatePromptInfo);
