@@ -64,7 +64,8 @@ def check_clip(family: str, pipeline: str, frames: int, image: str | None) -> No
         raise InvalidRequest(f"{family} makes 1 + a multiple of {spec.frame_step} frames: try {low} or "
                              f"{low + spec.frame_step}")
     if image is None and pipeline not in spec.text_to_video and not (spec.same_weights and spec.text_to_video):
-        raise InvalidRequest(f"this {family} model animates an image (image-to-video): give one with --image")
+        raise InvalidRequest(f"this {family} model animates an image (image-to-video): give its first frame "
+                             "(--image; `images` over HTTP)")
     if image is not None and pipeline in spec.text_to_video and not spec.same_weights:
         raise InvalidRequest(f"this {family} model is text-to-video; animating an image needs its image-to-video "
                              "model folder")
