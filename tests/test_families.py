@@ -1,4 +1,5 @@
-"""The 2025-26 transformer families (Qwen-Image, Z-Image, Lumina 2, SANA, AuraFlow, CogView4, HiDream): each from a
+"""The 2025-26 transformer families (Qwen-Image, Z-Image, Lumina 2, SANA, AuraFlow, CogView4, HiDream, HunyuanDiT;
+FLUX.1 Kontext): each from a
 diffusers folder of tiny random weights in its real architecture, through sfumato, equals the plain diffusers pipeline
 given the same per-image generators; its samplers, edits, LoRA, replay and refusals."""
 
@@ -20,9 +21,9 @@ from sfumato.models.detect import describe
 from sfumato.models.tiny import build_tiny
 from sfumato.pipelines.flow import FLOW_FAMILIES
 from sfumato.requests import GenerationRequest
-from sfumato.sampling.samplers import FLOW_SAMPLERS, make_scheduler
+from sfumato.sampling.samplers import FLOW_SAMPLERS, SAMPLERS, make_scheduler
 
-NEW = ("qwen-image", "z-image", "lumina2", "sana", "auraflow", "cogview4", "hidream")
+NEW = ("qwen-image", "z-image", "lumina2", "sana", "auraflow", "cogview4", "hidream", "hunyuandit")
 PROMPT, NEGATIVE = "a red apple", "blurry"
 
 
@@ -48,7 +49,7 @@ def _diffusers(folder, family: str, sampler: str, size: int = 32):
     absent = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}  # the tiny SD3 has no T5
     pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True, **absent)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = make_scheduler(sampler, dict(pipe.scheduler.config), 0, flow=True)
+    pipe.scheduler = make_scheduler(sampler, dict(pipe.scheduler.config), 0, flow=FLOW_FAMILIES[family].flow)
     if FLOW_FAMILIES[family].area_sized:  # HiDream sizes images to this area; sfumato sets it from the request's
         pipe.default_sample_size = size / pipe.vae_scale_factor * (1 + 1e-9)
     return pipe
@@ -87,7 +88,7 @@ def test_each_family_takes_exactly_its_samplers(family, folders, engines):
     allowed = FLOW_FAMILIES[family].samplers
     base = GenerationRequest(PROMPT, seed=1, steps=4, width=32, height=32, cfg_scale=2.0)
     images = {}
-    for sampler in FLOW_SAMPLERS:
+    for sampler in FLOW_SAMPLERS if FLOW_FAMILIES[family].flow else SAMPLERS:
         request = dataclasses.replace(base, sampler=sampler)
         if sampler in allowed:
             images[sampler] = _pixels(engine.generate(request).images[0].image)

@@ -203,6 +203,10 @@ LTX_VIDEO = Family(name="ltx-video", native_size=704, default_sampler="Euler", d
 SVD = Family(name="svd", native_size=1024, default_sampler="Euler", default_steps=25, default_cfg_scale=3.0,
              prediction_type="v_prediction", pipeline_class="StableVideoDiffusionPipeline", denoiser="video",
              pipelines=("StableVideoDiffusion",))
+# HunyuanDiT (Tencent): DDPM-trained v-prediction DiT over bilingual BERT + mT5 states (pipelines/flow drives it)
+HUNYUANDIT = Family(name="hunyuandit", native_size=1024, default_sampler="DDIM", default_steps=50,
+                    default_cfg_scale=5.0, prediction_type="v_prediction", pipeline_class="HunyuanDiTPipeline",
+                    denoiser="transformer", pipelines=("HunyuanDiTPipeline",))
 # DiT families from diffusers folders: PixArt-α/Σ (T5 text encoder, learned-sigma transformer) and class-conditional
 # DiT (ImageNet labels as prompts; the image size is the model's)
 PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
@@ -219,7 +223,7 @@ KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM"
                      pipelines=("KandinskyV22CombinedPipeline",))
 
 FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, FLUX_KONTEXT, CHROMA, QWEN_IMAGE, Z_IMAGE, LUMINA2,
-                                SANA, AURAFLOW, COGVIEW4, HIDREAM, PIXART, DIT, LDM_VQ, KANDINSKY22, WAN,
+                                SANA, AURAFLOW, COGVIEW4, HIDREAM, HUNYUANDIT, PIXART, DIT, LDM_VQ, KANDINSKY22, WAN,
                                 LTX_VIDEO, SVD)}
 
 

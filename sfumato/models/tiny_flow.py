@@ -265,8 +265,40 @@ def tiny_hidream():
         text_encoder_3=t5, tokenizer_3=t5_tokenizer, text_encoder_4=llama, tokenizer_4=llama_tokenizer)
 
 
+def tiny_bert_tokenizer():
+    """A BERT WordPiece tokenizer (HunyuanDiT's Chinese-English CLIP text tower reads BERT tokens)."""
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ".", *WORDS, *"abcdefghijklmnopqrstuvwxyz",
+             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]]
+    return BertTokenizer(vocab={token: index for index, token in enumerate(vocab)})
+
+
+def tiny_hunyuandit():
+    """HunyuanDiT: a DiT with skip connections over BERT (CLIP-style) and mT5 states, DDPM v-prediction."""
+    import diffusers
+    from transformers import BertConfig, BertModel, T5Config, T5EncoderModel
+
+    bert_tokenizer, t5_tokenizer = tiny_bert_tokenizer(), tiny_t5_tokenizer()
+    transformer = diffusers.HunyuanDiT2DModel(
+        sample_size=16, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, in_channels=4,
+        cross_attention_dim=32, cross_attention_dim_t5=32, pooled_projection_dim=16, hidden_size=24,
+        activation_fn="gelu-approximate")
+    bert = BertModel(BertConfig(vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=37, max_position_embeddings=128))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    scheduler = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.03,
+                                        prediction_type="v_prediction", steps_offset=1, clip_sample=False)
+    return diffusers.HunyuanDiTPipeline(transformer=transformer, vae=_kl_vae(4, levels=4), scheduler=scheduler,
+                                        text_encoder=bert, tokenizer=bert_tokenizer, text_encoder_2=t5,
+                                        tokenizer_2=t5_tokenizer, safety_checker=None, feature_extractor=None,
+                                        requires_safety_checker=False)
+
+
 BUILDERS = {"qwen-image": tiny_qwen_image, "z-image": tiny_z_image, "lumina2": tiny_lumina2, "sana": tiny_sana,
-            "auraflow": tiny_auraflow, "cogview4": tiny_cogview4, "hidream": tiny_hidream}
+            "auraflow": tiny_auraflow, "cogview4": tiny_cogview4, "hidream": tiny_hidream,
+            "hunyuandit": tiny_hunyuandit}
 
 
 def build(family: str, builders: dict | None = None):

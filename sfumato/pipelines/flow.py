@@ -29,7 +29,7 @@ from sfumato.prompts.flow_encode import flux_features, has_emphasis, plain_text,
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and, text_at
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.noise import batch_noise, generators_for
-from sfumato.sampling.samplers import make_scheduler
+from sfumato.sampling.samplers import SAMPLERS, make_scheduler
 from sfumato.speed.blockcache import block_cache_for
 
 
@@ -51,6 +51,7 @@ class FlowFamily:
     samplers: tuple[str, ...] = ("Euler",)  # those whose schedulers take what its pipeline passes to set_timesteps
     call: tuple[tuple[str, object], ...] = ()  # fixed keyword arguments of its pipelines
     reference: bool = False  # its pipeline reads a reference image (`image`): FLUX.1 Kontext edits by instruction
+    flow: bool = True  # flow matching (False: a discrete diffusion schedule and A1111's samplers: HunyuanDiT)
     area_sized: bool = False  # the pipeline sizes every image to `default_sample_size`'s area (HiDream): set from
     # the request's, so the image has the size asked for
 
@@ -77,6 +78,8 @@ FLOW_FAMILIES = {
                        call=(("use_resolution_binning", False), ("clean_caption", False))),
     "auraflow": FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "Heun", "DPM++ 2M", "UniPC")),
     "cogview4": FlowFamily(**_PLAIN, edits={}),
+    "hunyuandit": FlowFamily(**_PLAIN, edits={}, flow=False, call=(("use_resolution_binning", False),),
+                             samplers=tuple(SAMPLERS)),  # it sets plain timesteps: every sampler fits
     "hidream": FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "UniPC"), area_sized=True),
 }
 
@@ -181,7 +184,7 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
     if request.height % multiple or request.width % multiple:
         raise UnsupportedModel(f"{model.family} sizes must be multiples of {multiple} px")
     height, width = request.height // scale, request.width // scale
-    pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=True)
+    pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, seeds[0], flow=spec.flow)
     fill = spec.fill is not None and pipe.transformer.config.in_channels > 4 * pipe.vae.config.latent_channels
     if fill and (source is None or source.mask is None):
         raise UnsupportedModel("FLUX Fill models inpaint and outpaint: give an init image with a mask (or --outpaint)")

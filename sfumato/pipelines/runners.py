@@ -14,7 +14,7 @@ from typing import Any, Callable
 from sfumato.errors import InvalidRequest
 from sfumato.models.families import Family
 from sfumato.pipelines.dit import check_dit_request, generate_dit_batch
-from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
+from sfumato.pipelines.flow import FLOW_FAMILIES, check_flow_request, generate_flow_batch
 from sfumato.pipelines.tasks import BatchPrompts, generate_batch
 from sfumato.pipelines.video import check_video_request
 from sfumato.pipelines.vq import check_vq_request, generate_vq_batch
@@ -79,4 +79,6 @@ def runner_for(family: Family) -> Runner:
     rest by their denoiser."""
     if family.denoiser == "video":
         return RUNNERS["video"]
+    if family.name in FLOW_FAMILIES:  # through its diffusers pipeline with our seeds (HunyuanDiT too: DDPM-trained)
+        return RUNNERS["flow"]
     return RUNNERS["flow" if family.prediction_type == "flow" else family.denoiser]
