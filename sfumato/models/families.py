@@ -14,6 +14,43 @@ SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_l
 
 
 @dataclass(frozen=True)
+class FlowFamily:
+    """How a family runs through its diffusers pipelines with sfumato's seeds (pipelines.flow): flow-matching
+    transformers, and HunyuanDiT (`flow=False`)."""
+
+    packed: bool  # latents packed 2x2 into a sequence (FLUX), sizes then multiples of twice the VAE factor
+    negative: bool  # takes a negative prompt (FLUX's guidance is distilled: no)
+    edits: dict[bool, str]  # masked? -> its Img2Img / Inpaint pipeline class (missing: no such edit)
+    control: tuple[str, str] | None  # its ControlNet pipeline and multi-ControlNet classes (None: no ControlNets)
+    fill: str | None = None  # the pipeline of its inpainting ("Fill") transformers, told apart by their channels
+    markup: bool = True  # A1111 emphasis and prompt editing (`ScheduledEmbeddings`; its features are SD3's or FLUX's)
+    # "ours": our per-image noise (variation seeds) handed as `latents`; "generators": the pipeline draws it from one
+    # CPU generator per image, seeded with the image's seed (its latent layout is its own: Qwen's 5D frames, ...)
+    noise: str = "ours"
+    cfg: str = "guidance_scale"  # the keyword of its classifier-free guidance scale (Qwen-Image: true_cfg_scale)
+    multiple: int = 1  # image sizes are multiples of this many latent pixels (its patch)
+    # the samplers whose schedulers take what its pipeline passes to set_timesteps (None: every one of its registry)
+    samplers: tuple[str, ...] | None = ("Euler",)
+    call: tuple[tuple[str, object], ...] = ()  # fixed keyword arguments of its pipelines
+    reference: bool = False  # its pipeline reads a reference image (`image`): FLUX.1 Kontext edits by instruction
+    flow: bool = True  # flow matching (False: a discrete diffusion schedule and A1111's samplers: HunyuanDiT)
+    area_sized: bool = False  # the pipeline sizes every image to `default_sample_size`'s area (HiDream): set from
+    # the request's, so the image has the size asked for
+
+
+@dataclass(frozen=True)
+class VideoFamily:
+    """How a video family makes clips through its diffusers pipelines (pipelines.video)."""
+
+    text_to_video: tuple[str, ...]  # its text-to-video pipeline classes (empty: none)
+    image_to_video: tuple[str, ...]  # its image-to-video pipeline classes
+    same_weights: bool  # one transformer does both (LTX): the image-to-video pipeline is built over the loaded one
+    frame_step: int  # frame counts are 1 + a multiple of this (its VAE's temporal compression)
+    size_multiple: int  # width and height are multiples of this
+    prompt: bool = True  # takes a text prompt (SVD: no, the image alone; a prompt given is not used)
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     native_size: int
@@ -28,6 +65,8 @@ class Family:
     # the diffusers pipeline class names (or name prefixes) in a folder's model_index.json that mean this family: the
     # longest matching prefix wins (`family_for_pipeline`), so detecting a new family is this one field
     pipelines: tuple[str, ...] = ()
+    flow: FlowFamily | None = None  # runs through its diffusers pipelines with our seeds (pipelines.flow)
+    video: VideoFamily | None = None  # a video family: clips through `sfumato animate --mode video-model`
 
 
 def _clip_text(hidden: int, layers: int, heads: int, act: str, projection: int) -> dict[str, Any]:
@@ -159,54 +198,87 @@ LDM = Family(name="ldm", native_size=32, default_sampler="DPM++ 2M", default_ste
 
 SD3 = Family(name="sd3", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=7.0,
              prediction_type="flow", pipeline_class="StableDiffusion3Pipeline", denoiser="transformer",
-             pipelines=("StableDiffusion3",))
+             pipelines=("StableDiffusion3",),
+             flow=FlowFamily(packed=False, negative=True, edits={False: "StableDiffusion3Img2ImgPipeline",
+                                                                 True: "StableDiffusion3InpaintPipeline"},
+                             control=("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel"),
+                             samplers=("Euler", "Heun", "DPM++ 2M", "UniPC")))
 FLUX = Family(name="flux", native_size=1024, default_sampler="Euler", default_steps=28, default_cfg_scale=3.5,
-              prediction_type="flow", pipeline_class="FluxPipeline", denoiser="transformer", pipelines=("Flux",))
+              prediction_type="flow", pipeline_class="FluxPipeline", denoiser="transformer", pipelines=("Flux",),
+              flow=FlowFamily(packed=True, negative=False, edits={False: "FluxImg2ImgPipeline",
+                                                                  True: "FluxInpaintPipeline"},
+                              control=("FluxControlNetPipeline", "FluxMultiControlNetModel"), fill="FluxFillPipeline",
+                              multiple=2, samplers=("Euler", "DPM++ 2M", "UniPC")))
 # FLUX.1 Kontext: a FLUX transformer that also reads a reference image's tokens: edit by instruction
 FLUX_KONTEXT = Family(name="flux-kontext", native_size=1024, default_sampler="Euler", default_steps=28,
                       default_cfg_scale=2.5, prediction_type="flow", pipeline_class="FluxKontextPipeline",
-                      denoiser="transformer", pipelines=("FluxKontext",))
+                      denoiser="transformer", pipelines=("FluxKontext",),
+                      flow=FlowFamily(packed=True, negative=False, edits={}, control=None, markup=False, multiple=2,
+                                      samplers=("Euler", "DPM++ 2M", "UniPC"), reference=True,
+                                      call=(("_auto_resize", False),)))
 # Chroma (Lodestone Rock's FLUX.1-schnell derivative): T5 only, real CFG with a negative prompt, packed latents
 CHROMA = Family(name="chroma", native_size=1024, default_sampler="Euler", default_steps=26, default_cfg_scale=4.0,
-                prediction_type="flow", pipeline_class="ChromaPipeline", denoiser="transformer", pipelines=("Chroma",))
-# The 2025-26 transformer families through their diffusers pipelines (pipelines/flow FLOW_FAMILIES says how each
+                prediction_type="flow", pipeline_class="ChromaPipeline", denoiser="transformer", pipelines=("Chroma",),
+                flow=FlowFamily(packed=True, negative=True, edits={False: "ChromaImg2ImgPipeline",
+                                                                   True: "ChromaInpaintPipeline"},
+                                control=None, markup=False, multiple=2, samplers=("Euler", "UniPC")))
+# the transformer families that run through their pipelines' own latent layout and encoders (plain prompts)
+_PLAIN = dict(packed=False, negative=True, control=None, markup=False, noise="generators", multiple=2)
+
+# The 2025-26 transformer families through their diffusers pipelines (their `flow` spec says how each
 # is driven); defaults are their model cards'
 QWEN_IMAGE = Family(name="qwen-image", native_size=1024, default_sampler="Euler", default_steps=50,
                     default_cfg_scale=4.0, prediction_type="flow", pipeline_class="QwenImagePipeline",
-                    denoiser="transformer", pipelines=("QwenImagePipeline", "QwenImageImg2Img", "QwenImageInpaint"))
+                    denoiser="transformer", pipelines=("QwenImagePipeline", "QwenImageImg2Img", "QwenImageInpaint"),
+                    flow=FlowFamily(**_PLAIN, edits={False: "QwenImageImg2ImgPipeline",
+                                                     True: "QwenImageInpaintPipeline"},
+                                    cfg="true_cfg_scale", samplers=("Euler", "UniPC")))
 Z_IMAGE = Family(name="z-image", native_size=1024, default_sampler="Euler", default_steps=9, default_cfg_scale=1.0,
                  prediction_type="flow", pipeline_class="ZImagePipeline", denoiser="transformer",
-                 pipelines=("ZImagePipeline", "ZImageImg2Img", "ZImageInpaint"))  # Z-Image-Turbo's 9 steps, no CFG
+                 pipelines=("ZImagePipeline", "ZImageImg2Img", "ZImageInpaint"),  # Z-Image-Turbo's 9 steps, no CFG
+                 flow=FlowFamily(**_PLAIN, edits={False: "ZImageImg2ImgPipeline", True: "ZImageInpaintPipeline"}))
 LUMINA2 = Family(name="lumina2", native_size=1024, default_sampler="Euler", default_steps=30, default_cfg_scale=4.0,
                  prediction_type="flow", pipeline_class="Lumina2Pipeline", denoiser="transformer",
-                 pipelines=("Lumina2",))
+                 pipelines=("Lumina2",), flow=FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "UniPC")))
 SANA = Family(name="sana", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
-              prediction_type="flow", pipeline_class="SanaPipeline", denoiser="transformer", pipelines=("SanaPipeline",))
+              prediction_type="flow", pipeline_class="SanaPipeline", denoiser="transformer", pipelines=("SanaPipeline",),
+              flow=FlowFamily(**{**_PLAIN, "multiple": 1}, edits={}, samplers=("DPM++ 2M", "Euler", "Heun", "UniPC"),
+                              call=(("use_resolution_binning", False), ("clean_caption", False))))
 AURAFLOW = Family(name="auraflow", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=3.5,
                   prediction_type="flow", pipeline_class="AuraFlowPipeline", denoiser="transformer",
-                  pipelines=("AuraFlow",))
+                  pipelines=("AuraFlow",),
+                  flow=FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "Heun", "DPM++ 2M", "UniPC")))
 COGVIEW4 = Family(name="cogview4", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=3.5,
                   prediction_type="flow", pipeline_class="CogView4Pipeline", denoiser="transformer",
-                  pipelines=("CogView4Pipeline",))
+                  pipelines=("CogView4Pipeline",), flow=FlowFamily(**_PLAIN, edits={}))
 HIDREAM = Family(name="hidream", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=5.0,
                  prediction_type="flow", pipeline_class="HiDreamImagePipeline", denoiser="transformer",
-                 pipelines=("HiDreamImage",))
+                 pipelines=("HiDreamImage",),
+                 flow=FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "UniPC"), area_sized=True))
 # Video families (animation.video_model: `sfumato animate --mode video-model`); their clips run through their diffusers
 # pipelines on their own schedulers. Wan 2.1/2.2 (text- and image-to-video folders), LTX-Video (one transformer for
 # both), Stable Video Diffusion (image-to-video)
 WAN = Family(name="wan", native_size=832, default_sampler="UniPC", default_steps=40, default_cfg_scale=5.0,
              prediction_type="flow", pipeline_class="WanPipeline", denoiser="video",
-             pipelines=("WanPipeline", "WanImageToVideo"))
+             pipelines=("WanPipeline", "WanImageToVideo"),
+             video=VideoFamily(("WanPipeline",), ("WanImageToVideoPipeline",), same_weights=False, frame_step=4,
+                               size_multiple=16))
 LTX_VIDEO = Family(name="ltx-video", native_size=704, default_sampler="Euler", default_steps=40, default_cfg_scale=3.0,
                    prediction_type="flow", pipeline_class="LTXPipeline", denoiser="video",
-                   pipelines=("LTXPipeline", "LTXImageToVideo"))
+                   pipelines=("LTXPipeline", "LTXImageToVideo"),
+                   video=VideoFamily(("LTXPipeline",), ("LTXImageToVideoPipeline",), same_weights=True, frame_step=8,
+                                     size_multiple=32))
 SVD = Family(name="svd", native_size=1024, default_sampler="Euler", default_steps=25, default_cfg_scale=3.0,
              prediction_type="v_prediction", pipeline_class="StableVideoDiffusionPipeline", denoiser="video",
-             pipelines=("StableVideoDiffusion",))
+             pipelines=("StableVideoDiffusion",),
+             video=VideoFamily((), ("StableVideoDiffusionPipeline",), same_weights=False, frame_step=1, size_multiple=8,
+                               prompt=False))
 # HunyuanDiT (Tencent): DDPM-trained v-prediction DiT over bilingual BERT + mT5 states (pipelines/flow drives it)
 HUNYUANDIT = Family(name="hunyuandit", native_size=1024, default_sampler="DDIM", default_steps=50,
                     default_cfg_scale=5.0, prediction_type="v_prediction", pipeline_class="HunyuanDiTPipeline",
-                    denoiser="transformer", pipelines=("HunyuanDiTPipeline",))
+                    denoiser="transformer", pipelines=("HunyuanDiTPipeline",),
+                    flow=FlowFamily(**_PLAIN, edits={}, flow=False, samplers=None,  # plain timesteps: every sampler
+                                    call=(("use_resolution_binning", False),)))
 # DiT families from diffusers folders: PixArt-α/Σ (T5 text encoder, learned-sigma transformer) and class-conditional
 # DiT (ImageNet labels as prompts; the image size is the model's)
 PIXART = Family(name="pixart", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,

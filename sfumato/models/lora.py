@@ -65,6 +65,8 @@ def apply_loras(model: LoadedModel, loras: list[tuple[str, float]]) -> None:
         if model.loras:
             model.pipe.disable_lora()
         return
+    if not hasattr(model.pipe, "load_lora_weights"):
+        raise UnsupportedModel(f"{model.family} models take no LoRAs yet (diffusers has no LoRA loader for them)")
     names, weights, kinds = [], [], set()
     for path, weight in active:
         adapter = f"lora_{short_hash(path)}"

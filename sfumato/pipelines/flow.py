@@ -18,70 +18,30 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from sfumato.errors import UnsupportedModel
+from sfumato.models.families import FAMILIES, FlowFamily
 from sfumato.models.loader import LoadedModel
 from sfumato.prompts.flow_encode import flux_features, has_emphasis, plain_text, sd3_features
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and, text_at
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.noise import batch_noise, generators_for
-from sfumato.sampling.samplers import SAMPLERS, make_scheduler
+from sfumato.sampling.samplers import make_scheduler, sampler_names
 from sfumato.speed.blockcache import block_cache_for
 
 
-@dataclass(frozen=True)
-class FlowFamily:
-    """What one flow-matching family's diffusers pipelines want; a new flow family is one entry of FLOW_FAMILIES."""
-
-    packed: bool  # latents packed 2x2 into a sequence (FLUX), sizes then multiples of twice the VAE factor
-    negative: bool  # takes a negative prompt (FLUX's guidance is distilled: no)
-    edits: dict[bool, str]  # masked? -> its Img2Img / Inpaint pipeline class (missing: no such edit)
-    control: tuple[str, str] | None  # its ControlNet pipeline and multi-ControlNet classes (None: no ControlNets)
-    fill: str | None = None  # the pipeline of its inpainting ("Fill") transformers, told apart by their channels
-    markup: bool = True  # A1111 emphasis and prompt editing (`ScheduledEmbeddings`; its features are SD3's or FLUX's)
-    # "ours": our per-image noise (variation seeds) handed as `latents`; "generators": the pipeline draws it from one
-    # CPU generator per image, seeded with the image's seed (its latent layout is its own: Qwen's 5D frames, ...)
-    noise: str = "ours"
-    cfg: str = "guidance_scale"  # the keyword of its classifier-free guidance scale (Qwen-Image: true_cfg_scale)
-    multiple: int = 1  # image sizes are multiples of this many latent pixels (its patch)
-    samplers: tuple[str, ...] = ("Euler",)  # those whose schedulers take what its pipeline passes to set_timesteps
-    call: tuple[tuple[str, object], ...] = ()  # fixed keyword arguments of its pipelines
-    reference: bool = False  # its pipeline reads a reference image (`image`): FLUX.1 Kontext edits by instruction
-    flow: bool = True  # flow matching (False: a discrete diffusion schedule and A1111's samplers: HunyuanDiT)
-    area_sized: bool = False  # the pipeline sizes every image to `default_sample_size`'s area (HiDream): set from
-    # the request's, so the image has the size asked for
+# how each family's pipelines are driven: the `flow` spec of its entry in models.families
+FLOW_FAMILIES: dict[str, FlowFamily] = {f.name: f.flow for f in FAMILIES.values() if f.flow is not None}
 
 
-_PLAIN = dict(packed=False, negative=True, control=None, markup=False, noise="generators", multiple=2)
-FLOW_FAMILIES = {
-    "sd3": FlowFamily(packed=False, negative=True,
-                      edits={False: "StableDiffusion3Img2ImgPipeline", True: "StableDiffusion3InpaintPipeline"},
-                      control=("StableDiffusion3ControlNetPipeline", "SD3MultiControlNetModel"),
-                      samplers=("Euler", "Heun", "DPM++ 2M", "UniPC")),
-    "flux": FlowFamily(packed=True, negative=False, edits={False: "FluxImg2ImgPipeline", True: "FluxInpaintPipeline"},
-                       control=("FluxControlNetPipeline", "FluxMultiControlNetModel"), fill="FluxFillPipeline",
-                       multiple=2, samplers=("Euler", "DPM++ 2M", "UniPC")),
-    "flux-kontext": FlowFamily(packed=True, negative=False, edits={}, control=None, markup=False, multiple=2,
-                               samplers=("Euler", "DPM++ 2M", "UniPC"), reference=True, call=(("_auto_resize", False),)),
-    "chroma": FlowFamily(packed=True, negative=True,
-                         edits={False: "ChromaImg2ImgPipeline", True: "ChromaInpaintPipeline"}, control=None,
-                         markup=False, multiple=2, samplers=("Euler", "UniPC")),
-    "qwen-image": FlowFamily(**_PLAIN, edits={False: "QwenImageImg2ImgPipeline", True: "QwenImageInpaintPipeline"},
-                             cfg="true_cfg_scale", samplers=("Euler", "UniPC")),
-    "z-image": FlowFamily(**_PLAIN, edits={False: "ZImageImg2ImgPipeline", True: "ZImageInpaintPipeline"}),
-    "lumina2": FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "UniPC")),
-    "sana": FlowFamily(**{**_PLAIN, "multiple": 1}, edits={}, samplers=("DPM++ 2M", "Euler", "Heun", "UniPC"),
-                       call=(("use_resolution_binning", False), ("clean_caption", False))),
-    "auraflow": FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "Heun", "DPM++ 2M", "UniPC")),
-    "cogview4": FlowFamily(**_PLAIN, edits={}),
-    "hunyuandit": FlowFamily(**_PLAIN, edits={}, flow=False, call=(("use_resolution_binning", False),),
-                             samplers=tuple(SAMPLERS)),  # it sets plain timesteps: every sampler fits
-    "hidream": FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "UniPC"), area_sized=True),
-}
+def takes_loras(family: str) -> bool:
+    """Whether the family's diffusers pipeline loads LoRAs (its `load_lora_weights`)."""
+    import diffusers
+
+    return hasattr(getattr(diffusers, FAMILIES[family].pipeline_class), "load_lora_weights")
 
 
 def takes_reference(family: str) -> bool:
@@ -92,9 +52,12 @@ def takes_reference(family: str) -> bool:
 def check_flow_request(family: str, request: GenerationRequest) -> None:
     """Refuse what the flow pipelines do not do yet, before any work."""
     spec = FLOW_FAMILIES[family]
-    if request.sampler not in spec.samplers:
+    samplers = spec.samplers or tuple(sampler_names(spec.flow))
+    if request.sampler not in samplers:
         raise UnsupportedModel(f"sampler {request.sampler!r} does not fit {family}'s pipeline (it schedules its own "
-                               f"sigmas); choose one of: {', '.join(spec.samplers)}")
+                               f"sigmas); choose one of: {', '.join(samplers)}")
+    if request.loras and not takes_loras(family):
+        raise UnsupportedModel(f"{family} has no LoRA loader in diffusers yet; remove the LoRAs")
     if request.reference_image and not spec.reference:
         raise UnsupportedModel(f"a reference image is for FLUX.1 Kontext models (they edit it by instruction), not "
                                f"{family}")

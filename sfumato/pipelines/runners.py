@@ -14,7 +14,7 @@ from typing import Any, Callable
 from sfumato.errors import InvalidRequest
 from sfumato.models.families import Family
 from sfumato.pipelines.dit import check_dit_request, generate_dit_batch
-from sfumato.pipelines.flow import FLOW_FAMILIES, check_flow_request, generate_flow_batch
+from sfumato.pipelines.flow import check_flow_request, generate_flow_batch
 from sfumato.pipelines.tasks import BatchPrompts, generate_batch
 from sfumato.pipelines.video import check_video_request
 from sfumato.pipelines.vq import check_vq_request, generate_vq_batch
@@ -75,10 +75,9 @@ RUNNERS = {
 
 
 def runner_for(family: Family) -> Runner:
-    """The entry of a family: video families by their denoiser, flow-matching families by their prediction type, the
-    rest by their denoiser."""
-    if family.denoiser == "video":
+    """The entry of a family: by its `video` or `flow` spec, else by its denoiser."""
+    if family.video is not None:
         return RUNNERS["video"]
-    if family.name in FLOW_FAMILIES:  # through its diffusers pipeline with our seeds (HunyuanDiT too: DDPM-trained)
+    if family.flow is not None:  # through its diffusers pipeline with our seeds (HunyuanDiT too: DDPM-trained)
         return RUNNERS["flow"]
-    return RUNNERS["flow" if family.prediction_type == "flow" else family.denoiser]
+    return RUNNERS[family.denoiser]

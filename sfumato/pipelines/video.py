@@ -8,41 +8,22 @@ equals the plain diffusers pipeline given that generator); the family's own sche
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from PIL import Image
 
 from sfumato.errors import InvalidRequest, UnsupportedModel
+from sfumato.models.families import FAMILIES, VideoFamily
 from sfumato.requests import GenerationRequest
 
 
-@dataclass(frozen=True)
-class VideoFamily:
-    text_to_video: tuple[str, ...]  # its text-to-video pipeline classes (empty: none)
-    image_to_video: tuple[str, ...]  # its image-to-video pipeline classes
-    same_weights: bool  # one transformer does both (LTX): the image-to-video pipeline is built over the loaded one
-    frame_step: int  # frame counts are 1 + a multiple of this (its VAE's temporal compression)
-    size_multiple: int  # width and height are multiples of this
-    prompt: bool = True  # takes a text prompt (SVD: no, the image alone; a prompt given is not used)
-
-
-VIDEO_FAMILIES = {
-    "wan": VideoFamily(("WanPipeline",), ("WanImageToVideoPipeline",), same_weights=False, frame_step=4,
-                       size_multiple=16),
-    "ltx-video": VideoFamily(("LTXPipeline",), ("LTXImageToVideoPipeline",), same_weights=True, frame_step=8,
-                             size_multiple=32),
-    "svd": VideoFamily((), ("StableVideoDiffusionPipeline",), same_weights=False, frame_step=1, size_multiple=8,
-                       prompt=False),
-}
+# how each video family's pipelines are driven: the `video` spec of its entry in models.families
+VIDEO_FAMILIES: dict[str, VideoFamily] = {f.name: f.video for f in FAMILIES.values() if f.video is not None}
 
 
 def check_video_request(family: str, request: GenerationRequest) -> None:
     """Refuse, before any work, what the video pipelines do not take (their frame count and image are checked with
     the animation, `check_clip`)."""
     spec = VIDEO_FAMILIES[family]
-    from sfumato.models.families import FAMILIES
-
     if request.sampler != FAMILIES[family].default_sampler:
         raise UnsupportedModel(f"{family} runs its own scheduler ({FAMILIES[family].default_sampler}); leave the "
                                "sampler unset")
