@@ -194,7 +194,6 @@ def test_family_table_detects_every_pipeline_class_in_the_folders(folders):
 def test_flux_kontext_edits_a_reference_image_like_diffusers(tmp_path, capsys):
     """FLUX.1 Kontext: the prompt edits the reference image (fitted to the output size); equal to the plain
     FluxKontextPipeline given our packed noise; an init image without a mask means the reference (A1111 img2img)."""
-    import diffusers
 
     from sfumato.sampling.noise import batch_noise, generators_for
 
