@@ -19,7 +19,7 @@ from sfumato.engine import Engine
 from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.models.detect import describe
 from sfumato.models.tiny import build_tiny
-from sfumato.pipelines.flow import FLOW_FAMILIES
+from sfumato.pipelines.flow import FLOW_FAMILIES, takes_loras
 from sfumato.requests import GenerationRequest
 from sfumato.sampling.samplers import FLOW_SAMPLERS, SAMPLERS, make_scheduler
 
@@ -130,30 +130,33 @@ def test_img2img_and_inpaint_equal_the_diffusers_edit_pipelines(family, folders,
     assert np.abs(inpainted - _pixels(picture))[10:22, 10:22].mean() > 3  # redrawn inside it
 
 
-def test_qwen_image_lora_equals_diffusers_loader(folders, engines, tmp_path):
-    import diffusers
+@pytest.mark.parametrize("family", [f for f in NEW if takes_loras(f)])
+def test_lora_equals_the_diffusers_loader(family, folders, engines, tmp_path):
+    """A diffusers-format LoRA on the transformer: the image equals the plain pipeline after its own
+    `load_lora_weights`, differs from the image without it, and is gone when the next request names none."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    pipe = _diffusers(folders["qwen-image"], "qwen-image", "Euler")
+    sampler = engines[family].describe().family.default_sampler
+    pipe = _diffusers(folders[family], family, sampler)
     torch.manual_seed(1)
     pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                            target_modules=["to_q", "to_k", "to_v"]))
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out"]))
     for name, param in pipe.transformer.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=2.0)
-    diffusers.QwenImagePipeline.save_lora_weights(str(tmp_path / "lora"), safe_serialization=True,
-                                                  transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    type(pipe).save_lora_weights(str(tmp_path / "lora"), safe_serialization=True,
+                                 transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
     lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
     request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32, cfg_scale=4.0)
-    plain = _pixels(engines["qwen-image"].generate(request).images[0].image)
-    with_lora = _pixels(engines["qwen-image"].generate(dataclasses.replace(request, loras=[(str(lora), 1.0)]))
+    plain = _pixels(engines[family].generate(request).images[0].image)
+    with_lora = _pixels(engines[family].generate(dataclasses.replace(request, loras=[(str(lora), 1.0)]))
                         .images[0].image)
-    reference = _diffusers(folders["qwen-image"], "qwen-image", "Euler")
+    reference = _diffusers(folders[family], family, sampler)
     reference.load_lora_weights(str(lora))
-    theirs = _pixels(_their_images(reference, "qwen-image", [5], 4.0)[0])
-    assert np.abs(with_lora - theirs).max() <= 1 and np.abs(with_lora - plain).max() > 4  # applied, and as diffusers does
-    again = _pixels(engines["qwen-image"].generate(request).images[0].image)
+    theirs = _pixels(_their_images(reference, family, [5], 4.0)[0])
+    assert np.abs(with_lora - theirs).max() <= 1 and np.abs(with_lora - plain).max() > 2  # applied, as diffusers does
+    again = _pixels(engines[family].generate(request).images[0].image)
     assert np.array_equal(again, plain)  # the LoRA is gone when the next request names none
 
 

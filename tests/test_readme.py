@@ -62,3 +62,9 @@ def test_the_docs_site_builds_strictly(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "security" / "index.html").is_file()
+
+
+def test_the_readme_family_table_is_the_family_tables_output():
+    from sfumato.pipelines.support import markdown_table
+
+    assert markdown_table() in README  # regenerate with `sfumato families --markdown`

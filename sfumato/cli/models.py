@@ -25,6 +25,11 @@ def add_parsers(commands) -> None:
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=cmd_models)
 
+    families = commands.add_parser("families", help="the model families and what works with each")
+    families.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    families.add_argument("--json", action="store_true")
+    families.set_defaults(run=cmd_families)
+
     tiny = commands.add_parser("make-tiny", help="write a tiny random-weight model (for tests and demos)")
     from sfumato.models.families import TINY_FAMILIES
 
@@ -54,6 +59,24 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"no models in {home() / 'models'} (put checkpoints in models/checkpoints, LoRAs in models/loras)")
     for e in entries:
         print(f"{e.kind:10s} {e.name:30s} {e.family:14s} {e.format:12s} {e.size_bytes / 2**20:9.1f} MiB  {e.sha256[:10]}")
+    return 0
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from sfumato.models.families import FAMILIES
+    from sfumato.pipelines.support import COLUMNS, capabilities, markdown_table
+
+    if args.markdown:
+        print(markdown_table())
+        return 0
+    rows = [capabilities(family) for family in FAMILIES.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['family']}  ({row['diffusers pipeline']}; {row['defaults']})")
+        for column in COLUMNS[2:-1]:
+            print(f"    {column:16s} {row[column]}")
     return 0
 
 
