@@ -234,3 +234,17 @@ def test_a_qwen_image_edit_folder_is_refused_in_one_line_naming_what_works(tmp_p
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPlusPipeline"}))
     with pytest.raises(UnsupportedModel, match="Qwen-Image-Edit is not supported yet.*FLUX.1 Kontext"):
         describe(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "sana", "z-image"])
+def test_memory_presets_apply_to_the_new_vaes(family, folders):
+    """VAE tiling/slicing and int8 weights on Qwen's 3D VAE, SANA's DC-AE and an AutoencoderKL: they switch on
+    and the image stays the plain one (tiles larger than these images; int8 within a few levels)."""
+    from sfumato.memory import MemorySettings
+
+    request = GenerationRequest(PROMPT, seed=2, steps=2, width=32, height=32, cfg_scale=2.0)
+    plain = _pixels(Engine(folders[family]).generate(request).images[0].image)
+    engine = Engine(folders[family], memory=MemorySettings(vae_tiling=True, vae_slicing=True, quantize="int8"))
+    low = _pixels(engine.generate(request).images[0].image)
+    assert {"VAE tiling", "VAE slicing", "int8 weights"} <= set(engine.load().memory)
+    assert np.abs(low - plain).mean() < 12

@@ -80,7 +80,10 @@ def apply_memory(pipe, settings: MemorySettings, device: torch.device) -> list[s
     if settings.vae_tiling and vae is not None and hasattr(vae, "enable_tiling"):
         from sfumato.memory.tiled_vae import configure
 
-        configure(vae, 2 ** (len(vae.config.block_out_channels) - 1))
+        if "block_out_channels" in vae.config:  # an AutoencoderKL: our tile sizes (and tiled_vae's shared norms)
+            configure(vae, 2 ** (len(vae.config.block_out_channels) - 1))
+        else:  # Qwen's and Wan's 3D VAEs, SANA's DC-AE, LTX's: their own tiling
+            vae.enable_tiling()
         done.append("VAE tiling")
     if settings.vae_slicing and vae is not None and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
