@@ -248,3 +248,44 @@ def test_memory_presets_apply_to_the_new_vaes(family, folders):
     low = _pixels(engine.generate(request).images[0].image)
     assert {"VAE tiling", "VAE slicing", "int8 weights"} <= set(engine.load().memory)
     assert np.abs(low - plain).mean() < 12
+
+
+def test_a_split_z_image_folder_loads_like_its_diffusers_folder(folders, engines, tmp_path):
+    """The community's split layout: the transformer in the original layout (fused q/k/v, `model.diffusion_model.`),
+    Qwen3 in transformers' causal-LM layout, FLUX's ae.safetensors (LDM layout) and a tokenizer folder: detected by
+    keys, loaded offline, the same image as the diffusers folder; a missing part is named in one line."""
+    import diffusers
+    from safetensors.torch import load_file, save_file
+
+    from sfumato.models.splitfile import write_split, z_image_config
+
+    pipe = diffusers.ZImagePipeline.from_pretrained(str(folders["z-image"]), local_files_only=True)
+    split = write_split(pipe, tmp_path / "z-split")
+    assert {p.name for p in split.iterdir()} == {"z_image_turbo.safetensors", "ae.safetensors", "qwen_3.safetensors",
+                                                 "tokenizer"}
+    assert any(".attention.qkv.weight" in k for k in load_file(str(split / "z_image_turbo.safetensors")))
+    info = describe(split)
+    assert (info.format, info.family.name) == ("split", "z-image")
+    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32, cfg_scale=4.0)
+    plain = _pixels(engines["z-image"].generate(request).images[0].image)
+    assert np.array_equal(_pixels(Engine(split).generate(request).images[0].image), plain)
+    # the same files without the configs sfumato writes (as downloaded): shapes and the released model's config
+    original = load_file(str(split / "z_image_turbo.safetensors"))
+    config = z_image_config({k.removeprefix("model.diffusion_model."): v for k, v in original.items()})
+    for key in ("dim", "n_heads", "n_kv_heads", "cap_feat_dim", "in_channels", "n_layers", "n_refiner_layers"):
+        assert config[key] == pipe.transformer.config[key], key
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("ae.safetensors", "qwen_3.safetensors"):
+        save_file(load_file(str(split / name)), str(bare / name))
+    save_file(original, str(bare / "z_image_turbo.safetensors"))
+    (bare / "tokenizer").mkdir()
+    with pytest.raises(UnsupportedModel, match="needs a tokenizer/ folder"):  # an empty tokenizer folder
+        Engine(bare).generate(request)
+    (bare / "tokenizer").rmdir()
+    pipe.tokenizer.save_pretrained(str(bare / "tokenizer"))
+    image = _pixels(Engine(bare).generate(request).images[0].image)  # configs read off the shapes
+    assert image.shape == (32, 32, 3) and image.std() > 2
+    (bare / "ae.safetensors").unlink()
+    with pytest.raises(UnsupportedModel, match="needs the VAE file"):
+        Engine(bare).generate(request)

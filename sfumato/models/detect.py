@@ -63,8 +63,9 @@ def _signature(path: Path) -> tuple:
             signature.append((stat.st_size, stat.st_mtime_ns))
         except OSError:
             signature.append(None)
-    if folder:  # a GGUF denoiser dropped into unet/ or transformer/ (used when no safetensors is there)
-        for component in ("unet", "transformer"):
+    if folder:  # a GGUF denoiser dropped into unet/ or transformer/ (used when no safetensors is there), and the
+        # files of a split folder (models.splitfile)
+        for component in ("unet", "transformer", "."):
             try:
                 signature.append(tuple(sorted(n for n in os.listdir(path / component)
                                               if n.endswith((".gguf", ".safetensors")))))
@@ -96,6 +97,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _describe_folder(path: Path) -> ModelInfo:
     index_file = path / "model_index.json"
     if not index_file.exists():
+        from sfumato.models.splitfile import describe_split
+
+        if describe_split(path):  # a transformer file beside its text encoder and VAE files (models.splitfile)
+            return ModelInfo(path, "split", FAMILIES["z-image"], "flow")
         raise UnsupportedModel(f"{path} is a folder without model_index.json, so not a diffusers model")
     index = _read_json(index_file)
     pipeline = index.get("_class_name", "")

@@ -241,7 +241,8 @@ LUMINA2 = Family(name="lumina2", native_size=1024, default_sampler="Euler", defa
                  prediction_type="flow", pipeline_class="Lumina2Pipeline", denoiser="transformer",
                  pipelines=("Lumina2",), flow=FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "UniPC")))
 SANA = Family(name="sana", native_size=1024, default_sampler="DPM++ 2M", default_steps=20, default_cfg_scale=4.5,
-              prediction_type="flow", pipeline_class="SanaPipeline", denoiser="transformer", pipelines=("SanaPipeline",),
+              prediction_type="flow", pipeline_class="SanaPipeline", denoiser="transformer",
+              pipelines=("SanaPipeline",),
               flow=FlowFamily(**{**_PLAIN, "multiple": 1}, edits={}, samplers=("DPM++ 2M", "Euler", "Heun", "UniPC"),
                               call=(("use_resolution_binning", False), ("clean_caption", False))))
 AURAFLOW = Family(name="auraflow", native_size=1024, default_sampler="Euler", default_steps=50, default_cfg_scale=3.5,
@@ -294,7 +295,8 @@ KANDINSKY22 = Family(name="kandinsky22", native_size=768, default_sampler="DDIM"
                      default_cfg_scale=4.0, pipeline_class="KandinskyV22CombinedPipeline", denoiser="pipeline",
                      pipelines=("KandinskyV22CombinedPipeline",))
 
-FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, FLUX_KONTEXT, CHROMA, QWEN_IMAGE, Z_IMAGE, LUMINA2,
+FAMILIES = {f.name: f for f in (SD1, SD2, SDXL, SDXL_REFINER, LDM, SD3, FLUX, FLUX_KONTEXT, CHROMA, QWEN_IMAGE, Z_IMAGE,
+                                LUMINA2,
                                 SANA, AURAFLOW, COGVIEW4, HIDREAM, HUNYUANDIT, PIXART, DIT, LDM_VQ, KANDINSKY22, WAN,
                                 LTX_VIDEO, SVD)}
 

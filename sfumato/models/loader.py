@@ -76,6 +76,10 @@ def load_model(path: Path, device: str | None = None, dtype: str | None = None) 
     try:
         if info.format == "diffusers":
             pipe = _load_folder(info, torch_dtype)
+        elif info.format == "split":
+            from sfumato.models.splitfile import load_split
+
+            pipe = load_split(info, torch_dtype)
         elif info.family.name in ("sd3", "flux") and info.format == "safetensors":
             from sfumato.models.flowfile import load_flow_pipeline
 

@@ -34,7 +34,8 @@ def tiny_t5_tokenizer():
 
     words = ("a an the of and with in on at red green blue yellow apple cat dog photo emoji face painting "
              "portrait house tree sky sea mountain city night day light dark").split()
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0 - i / 100) for i, w in enumerate(words)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0 - i / 100)
+                                                                for i, w in enumerate(words)]
     return T5TokenizerFast(vocab=vocab + [(",", -5.0), (".", -5.0)], extra_ids=0)
 
 
@@ -166,7 +167,8 @@ def tiny_lumina2():
         sample_size=4, patch_size=2, in_channels=4, hidden_size=16, num_layers=2, num_attention_heads=2,
         num_kv_heads=2, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5, scaling_factor=1.0,
         axes_dim_rope=[4, 2, 2], cap_feat_dim=8)
-    vae = _kl_vae(4, levels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    vae = _kl_vae(4, levels=4, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+                  scaling_factor=1.5035)
     text_encoder = Gemma2Model(Gemma2Config(head_dim=4, hidden_size=8, intermediate_size=8, num_attention_heads=2,
                                             num_hidden_layers=2, num_key_value_heads=2, sliding_window=2,
                                             vocab_size=len(tokenizer)))

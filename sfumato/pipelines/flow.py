@@ -164,8 +164,8 @@ def _flow_pass(model: LoadedModel, request: GenerationRequest, seeds: list[int],
         if request.reference_image:  # fitted to the output size (BFL's pipeline would pick a preferred resolution)
             from sfumato.pipelines.images import load_image
 
-            reference = load_image(request.reference_image, "reference image").convert("RGB").resize((request.width, request.height),
-                                                                   Image.Resampling.LANCZOS)
+            reference = load_image(request.reference_image, "reference image").convert("RGB")
+            reference = reference.resize((request.width, request.height), Image.Resampling.LANCZOS)
             inputs["image"] = reference  # one reference for the batch (a list would be read as several)
         if spec.reference:  # Kontext scales the output to `max_area` (1024² by default): the request's size
             inputs["max_area"] = request.width * request.height
