@@ -250,35 +250,47 @@ def test_memory_presets_apply_to_the_new_vaes(family, folders):
     assert np.abs(low - plain).mean() < 12
 
 
-def test_a_split_z_image_folder_loads_like_its_diffusers_folder(folders, engines, tmp_path):
-    """The community's split layout: the transformer in the original layout (fused q/k/v, `model.diffusion_model.`),
-    Qwen3 in transformers' causal-LM layout, FLUX's ae.safetensors (LDM layout) and a tokenizer folder: detected by
-    keys, loaded offline, the same image as the diffusers folder; a missing part is named in one line."""
+SPLIT = {"z-image": ("z_image_turbo.safetensors", "qwen_3.safetensors", ".attention.qkv.weight",
+                     ("dim", "n_heads", "n_kv_heads", "cap_feat_dim", "in_channels", "n_layers", "n_refiner_layers")),
+         "chroma": ("chroma.safetensors", "t5xxl.safetensors", "double_blocks.0.img_attn.qkv.weight",
+                    ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
+                     "joint_attention_dim", "approximator_num_channels", "approximator_hidden_dim",
+                     "approximator_layers"))}
+
+
+@pytest.mark.parametrize("family", list(SPLIT))
+def test_a_split_folder_loads_like_its_diffusers_folder(family, folders, engines, tmp_path):
+    """The community's split layout: the transformer in its original layout (fused q/k/v, `model.diffusion_model.`),
+    the text encoder in transformers' layout (Qwen3 causal LM, T5), FLUX's ae.safetensors (LDM layout) and a tokenizer
+    folder: detected by keys, loaded offline, the same image as the diffusers folder; without the configs sfumato
+    writes they are read off the shapes; a missing part is named in one line."""
     import diffusers
     from safetensors.torch import load_file, save_file
 
-    from sfumato.models.splitfile import write_split, z_image_config
+    from sfumato.models import splitfile
+    from sfumato.models.flowfile import to_original
 
-    pipe = diffusers.ZImagePipeline.from_pretrained(str(folders["z-image"]), local_files_only=True)
-    split = write_split(pipe, tmp_path / "z-split")
-    assert {p.name for p in split.iterdir()} == {"z_image_turbo.safetensors", "ae.safetensors", "qwen_3.safetensors",
-                                                 "tokenizer"}
-    assert any(".attention.qkv.weight" in k for k in load_file(str(split / "z_image_turbo.safetensors")))
+    transformer_file, text_file, fused_key, shaped = SPLIT[family]
+    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folders[family]), local_files_only=True)
+    split = splitfile.write_split(pipe, tmp_path / "split")
+    assert {p.name for p in split.iterdir()} == {transformer_file, text_file, "ae.safetensors", "tokenizer"}
+    original = load_file(str(split / transformer_file))
+    assert any(fused_key in k for k in original)
     info = describe(split)
-    assert (info.format, info.family.name) == ("split", "z-image")
-    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32, cfg_scale=4.0)
-    plain = _pixels(engines["z-image"].generate(request).images[0].image)
+    assert (info.format, info.family.name) == ("split", family)
+    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32, cfg_scale=4.0,
+                                sampler="Euler")
+    plain = _pixels(engines[family].generate(request).images[0].image)
     assert np.array_equal(_pixels(Engine(split).generate(request).images[0].image), plain)
-    # the same files without the configs sfumato writes (as downloaded): shapes and the released model's config
-    original = load_file(str(split / "z_image_turbo.safetensors"))
-    config = z_image_config({k.removeprefix("model.diffusion_model."): v for k, v in original.items()})
-    for key in ("dim", "n_heads", "n_kv_heads", "cap_feat_dim", "in_channels", "n_layers", "n_refiner_layers"):
-        assert config[key] == pipe.transformer.config[key], key
-    bare = tmp_path / "bare"
+    bare_state = {k.removeprefix("model.diffusion_model."): v for k, v in original.items()}
+    config = splitfile.z_image_config(bare_state) if family == "z-image" else splitfile.chroma_config(bare_state)
+    assert {key: config[key] for key in shaped} == {key: pipe.transformer.config[key] for key in shaped}
+    if family == "chroma":
+        assert to_original(pipe.transformer.state_dict(), "chroma").keys() == bare_state.keys()
+    bare = tmp_path / "bare"  # the same files without sfumato's metadata (as downloaded)
     bare.mkdir()
-    for name in ("ae.safetensors", "qwen_3.safetensors"):
+    for name in ("ae.safetensors", text_file, transformer_file):
         save_file(load_file(str(split / name)), str(bare / name))
-    save_file(original, str(bare / "z_image_turbo.safetensors"))
     (bare / "tokenizer").mkdir()
     with pytest.raises(UnsupportedModel, match="needs a tokenizer/ folder"):  # an empty tokenizer folder
         Engine(bare).generate(request)

@@ -97,10 +97,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _describe_folder(path: Path) -> ModelInfo:
     index_file = path / "model_index.json"
     if not index_file.exists():
-        from sfumato.models.splitfile import describe_split
+        from sfumato.models.splitfile import describe_split, split_family
 
-        if describe_split(path):  # a transformer file beside its text encoder and VAE files (models.splitfile)
-            return ModelInfo(path, "split", FAMILIES["z-image"], "flow")
+        roles = describe_split(path)
+        if roles:  # a transformer file beside its text encoder and VAE files (models.splitfile)
+            return ModelInfo(path, "split", FAMILIES[split_family(roles)], "flow")
         raise UnsupportedModel(f"{path} is a folder without model_index.json, so not a diffusers model")
     index = _read_json(index_file)
     pipeline = index.get("_class_name", "")

@@ -128,7 +128,20 @@ def sd3_rules(keys, original: bool) -> list[Rule]:
     return rules
 
 
-RULES: dict[str, Callable[[Any, bool], list[Rule]]] = {"sd3": sd3_rules, "flux": flux_rules}
+def chroma_rules(keys, original: bool) -> list[Rule]:
+    """Chroma: FLUX's blocks without their modulation layers (rules for absent keys are skipped both ways), and the
+    distilled guidance approximator that replaces them."""
+    layers = _count(keys, r"distilled_guidance_layer\.layers\.(\d+)\.")
+    g = "distilled_guidance_layer."
+    rules = flux_rules(keys, original) + _linear(g + "in_proj", g + "in_proj") + _linear(g + "out_proj", g + "out_proj")
+    for i in range(layers):
+        rules += (_linear(f"{g}layers.{i}.in_layer", f"{g}layers.{i}.linear_1")
+                  + _linear(f"{g}layers.{i}.out_layer", f"{g}layers.{i}.linear_2"))
+        rules.append((f"{g}norms.{i}.scale", [f"{g}norms.{i}.weight"], "copy"))
+    return rules
+
+
+RULES: dict[str, Callable[[Any, bool], list[Rule]]] = {"sd3": sd3_rules, "flux": flux_rules, "chroma": chroma_rules}
 
 
 def _swap(tensor: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from sfumato.sampling.samplers import sampler_names
 SINGLE_FILES = {"sd1": "A1111 .safetensors, GGUF", "sd2": "A1111 .safetensors, GGUF", "sdxl": "A1111 .safetensors, GGUF",
                 "sdxl-refiner": "A1111 .safetensors", "sd3": "all-in-one or split .safetensors, GGUF transformer",
                 "flux": "all-in-one or split .safetensors, GGUF transformer",
-                "z-image": "split folder (transformer, Qwen3 and ae .safetensors, tokenizer/)"}
+                "z-image": "split folder (transformer, Qwen3 and ae .safetensors, tokenizer/)",
+                "chroma": "split folder (transformer, T5 and ae .safetensors, tokenizer/)"}
 COLUMNS = ("family", "diffusers pipeline", "txt2img", "img2img", "inpaint", "LoRA", "ControlNet", "negative prompt",
            "samplers", "single file", "defaults")
 
