@@ -301,3 +301,51 @@ def test_a_split_folder_loads_like_its_diffusers_folder(family, folders, engines
     (bare / "ae.safetensors").unlink()
     with pytest.raises(UnsupportedModel, match="needs the VAE file"):
         Engine(bare).generate(request)
+
+
+def test_the_apis_list_and_run_the_new_families_by_name(folders, tmp_path):
+    """In the models home, the families are listed with their family (A1111 sd-models, native models list) and run
+    by name through the A1111, OpenAI and native APIs; a Kontext model edits an A1111 img2img init image."""
+    import base64
+    import io
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from sfumato.models.home import checkpoints_dir
+    from sfumato.server.app import create_app
+    from sfumato.server.settings import ServerSettings
+    from test_server import _wait
+
+    checkpoints_dir().mkdir(parents=True)
+    for family in ("qwen-image", "hunyuandit"):
+        shutil.copytree(folders[family], checkpoints_dir() / family)
+    shutil.copytree(build_tiny("flux-kontext", tmp_path / "kontext"), checkpoints_dir() / "kontext")
+    settings = ServerSettings(model=str(folders["z-image"]), data_dir=tmp_path / "server", safety="off")
+    small = {"width": 32, "height": 32, "steps": 2, "seed": 3}
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:7860") as client:
+        listed = {m["model_name"]: m["family"] for m in client.get("/sdapi/v1/sd-models").json()}
+        assert {"qwen-image": "qwen-image", "hunyuandit": "hunyuandit", "kontext": "flux-kontext"}.items() <= \
+            listed.items()
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, **small, "cfg_scale": 4.0,
+                                                   "override_settings": {"sd_model_checkpoint": "qwen-image"}})
+        assert r.status_code == 200, r.text
+        a1111 = _pixels(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"))
+        local = _pixels(Engine(folders["qwen-image"]).generate(GenerationRequest(PROMPT, cfg_scale=4.0, **small))
+                        .images[0].image)
+        assert np.abs(a1111 - local).max() <= 1
+        r = client.post("/v1/images/generations", json={"prompt": PROMPT, "model": "hunyuandit", "size": "32x32",
+                                                        "response_format": "b64_json", "steps": 2})
+        assert r.status_code == 200, r.text
+        job = client.post("/api/v1/jobs", json={"prompt": PROMPT, **small})  # the server's default: Z-Image
+        assert _wait(client, job.json()["id"])["status"] == "completed"
+        picture = io.BytesIO()
+        Image.new("RGB", (32, 32), (200, 40, 40)).save(picture, format="PNG")
+        r = client.post("/sdapi/v1/img2img", json={
+            "prompt": "make it blue", "init_images": [base64.b64encode(picture.getvalue()).decode()], **small,
+            "override_settings": {"sd_model_checkpoint": "kontext"}})
+        assert r.status_code == 200, r.text
+        assert "make it blue" in json.loads(r.json()["info"])["infotexts"][0]
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, **small, "sampler_name": "DPM++ 2M",
+                                                   "override_settings": {"sd_model_checkpoint": "qwen-image"}})
+        assert r.status_code in (400, 422) and "does not fit qwen-image" in r.text

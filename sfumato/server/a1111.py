@@ -274,7 +274,7 @@ def add_routes(app: FastAPI, service, guarded: list) -> None:
     def sd_models():
         return [{"title": _title(service, name), "model_name": name, "hash": _hash(service, name)[:10],
                  "sha256": _hash(service, name), "filename": name, "config": None,
-                 "native_size": _native_size(service.models[name])} for name in service.models]
+                 **_family_fields(service.models[name])} for name in service.models]
 
     @app.get("/sdapi/v1/samplers", tags=["a1111"], dependencies=guarded)
     def samplers():
@@ -333,12 +333,14 @@ def _title(service, name: str) -> str:
     return f"{name} [{digest[:10]}]" if digest else name
 
 
-def _native_size(path: str) -> int | None:
-    """The side the model was trained at (our extra field of an sd-models entry: the UI offers sizes around it)."""
+def _family_fields(path: str) -> dict:
+    """Our extra fields of an sd-models entry: the side the model was trained at (the UI offers sizes around it)
+    and its family (`sfumato families`; the UI lists it beside the name)."""
     from sfumato.errors import SfumatoError
     from sfumato.models.detect import describe
 
     try:
-        return describe(Path(path)).family.native_size
+        family = describe(Path(path)).family
     except (SfumatoError, OSError, ValueError):
-        return None
+        return {"native_size": None, "family": None}
+    return {"native_size": family.native_size, "family": family.name}

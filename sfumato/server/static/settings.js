@@ -14,7 +14,8 @@ export async function loadLists() {
     $("styles-empty").hidden = styles.length > 0;
     $("styles").hidden = styles.length === 0;
     const model = $("model").value, sampler = $("sampler").value;  // a reload keeps the choices
-    $("model").replaceChildren(...models.map((m) => new Option(m.model_name, m.model_name)));
+    $("model").replaceChildren(...models.map((m) => new Option(m.family ? `${m.model_name} (${m.family})` : m.model_name,
+                                                               m.model_name)));
     if (models.some((m) => m.model_name === model)) $("model").value = model;
     state.nativeSizes = Object.fromEntries(models.map((m) => [m.model_name, m.native_size]));
     sizesForModel();
