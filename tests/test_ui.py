@@ -33,6 +33,8 @@ def server(tmp_path_factory, models_dir):
     port = _free_port()
     home = tmp_path_factory.mktemp("ui-home")
     build_tiny("sd1", home / "models" / "checkpoints" / "other", seed=1)  # for the Merge tab
+    build_tiny("z-image", home / "models" / "checkpoints" / "zimg")  # the new families (tests/test_families.py)
+    build_tiny("wan", home / "models" / "checkpoints" / "wan")
     import shutil
 
     shutil.copytree(model / "vae", home / "models" / "vae" / "tinyvae")  # for the VAE picker
@@ -361,6 +363,31 @@ def test_animate_tab_makes_a_prompt_travel_gif_and_mp4(page, server):
     page.click("#anim-run")
     page.wait_for_selector("#message:not([hidden])")
     assert "unterminated" in page.inner_text("#message")
+
+
+def test_a_new_family_generates_and_a_video_model_animates_from_the_ui(page, server):
+    """The model list names each model's family; a Z-Image model generates from the Generate form (its sampler left
+    to the model) and a Wan model makes a clip in the Animate tab's video-model mode (17 frames offered, 5 asked)."""
+    labels = page.eval_on_selector_all("#model option", "options => options.map((o) => o.textContent)")
+    assert "zimg (z-image)" in labels and "wan (wan)" in labels
+    page.select_option("#model", "zimg")
+    page.fill("#prompt", "a red apple")
+    page.fill("#width", "32")
+    page.fill("#height", "32")
+    page.fill("#steps", "2")
+    job = _generate_and_get_job(page, server)
+    assert job["status"] == "completed" and Path(job["request"]["model"]).name == "zimg", job
+    page.select_option("#model", "wan")
+    page.click("#tab-animate")
+    page.select_option("#anim-mode", "video-model")
+    assert page.input_value("#anim-frames") == "17"
+    page.fill("#anim-frames", "5")
+    page.click("#anim-run")
+    page.wait_for_selector("#anim-result:not([hidden])", timeout=60_000)
+    assert page.inner_text("#anim-progress").startswith("5 frames")
+    job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
+    assert job["request"]["animation"]["mode"] == "video-model" and len(job["images"]) == 5
+    page.select_option("#model", "sd1-ui")
 
 
 def test_views_sheet_and_consistent_batch_from_the_generate_form(page, server):
