@@ -232,7 +232,7 @@ def test_flux_kontext_edits_a_reference_image_like_diffusers(tmp_path, capsys):
 
 def test_a_qwen_image_edit_folder_is_refused_in_one_line_naming_what_works(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPlusPipeline"}))
-    with pytest.raises(UnsupportedModel, match="Qwen-Image-Edit is not supported yet.*FLUX.1 Kontext"):
+    with pytest.raises(UnsupportedModel, match="Qwen-Image-Edit is not supported: .*requires torchvision.*FLUX.1 Kontext"):
         describe(tmp_path)
 
 

@@ -24,7 +24,8 @@ FAMILY_DEFAULTS = ("default_sampler", "default_steps", "default_cfg_scale")
 
 # known pipelines sfumato does not run yet, with what to use instead
 NOT_YET = {
-    "QwenImageEdit": "Qwen-Image-Edit is not supported yet (its Qwen2-VL image processor path is untested here); edit by "
+    "QwenImageEdit": "Qwen-Image-Edit is not supported: its Qwen2VLProcessor builds transformers' video processor, which "
+                     "requires torchvision, and sfumato never installs torchvision (it replaces the CPU torch); edit by "
                      "instruction with a FLUX.1 Kontext model, or use Qwen-Image img2img/inpaint",
 }
 
