@@ -349,3 +349,36 @@ def test_the_apis_list_and_run_the_new_families_by_name(folders, tmp_path):
         r = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, **small, "sampler_name": "DPM++ 2M",
                                                    "override_settings": {"sd_model_checkpoint": "qwen-image"}})
         assert r.status_code in (400, 422) and "does not fit qwen-image" in r.text
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "z-image", "chroma", "hunyuandit"])
+def test_gguf_transformers_of_the_new_families(family, folders, engines, tmp_path):
+    """`sfumato convert FOLDER OUT --quant q8_0` makes the transformer a GGUF (diffusers keys); city96's files in
+    the original layouts (Chroma's BFL blocks, Z-Image's fused q/k/v) dropped into transformer/ load the same; the
+    images stay within Q8_0's error of the originals."""
+    import shutil
+
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from sfumato.models.convert import convert
+    from sfumato.models.flowfile import to_original
+    from sfumato.models.gguf import write_gguf
+    from sfumato.models.splitfile import z_image_to_original
+
+    target = convert(folders[family], tmp_path / "q8", quant="q8_0")
+    assert describe(target).quantization == "q8_0"
+    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32, cfg_scale=4.0)
+    reference = _pixels(engines[family].generate(request).images[0].image)
+    engine = Engine(target)
+    quantized = _pixels(engine.generate(request).images[0].image)
+    assert np.abs(quantized - reference).mean() < 3
+    assert any(isinstance(m, GGUFLinear) for m in engine.load().pipe.transformer.modules())
+    if family not in ("chroma", "z-image"):
+        return
+    city96 = tmp_path / "city96"
+    shutil.copytree(target, city96)
+    (city96 / "transformer" / "diffusion_pytorch_model.gguf").unlink()
+    state = Engine(folders[family]).load().pipe.transformer.state_dict()
+    original = to_original(state, "chroma") if family == "chroma" else z_image_to_original(state)
+    write_gguf(original, city96 / "transformer" / f"{family}-Q8_0.gguf", "q8_0", {}, prefix="")
+    assert np.array_equal(_pixels(Engine(city96).generate(request).images[0].image), quantized)

@@ -154,6 +154,18 @@ def component_file(folder: Path) -> Path | None:
     return ggufs[0] if ggufs and not any(folder.glob("*.safetensors")) else None
 
 
+def _plain_where_read_directly(model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype):
+    """Dequantize the weights of layers whose modules read them directly instead of calling them (HunyuanDiT's
+    attention pooling hands `q_proj.weight` to `multi_head_attention_forward`): a packed GGUF matrix would not fit."""
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    prefixes = tuple(f"{name}." for name, module in model.named_modules() if "AttentionPool" in type(module).__name__)
+    if not prefixes:
+        return state
+    return {k: dequantize_gguf_tensor(v).to(dtype) if k.startswith(prefixes) and isinstance(v, GGUFParameter) else v
+            for k, v in state.items()}
+
+
 def load_component(cls, folder: Path, dtype: torch.dtype):
     """A diffusers denoiser from its folder's config and a GGUF file: diffusers keys, or the original FLUX/SD3
     layout (city96's files; `models.flowfile` maps the keys, splitting fused q/k/v rows of packed blocks as they are).
@@ -164,12 +176,19 @@ def load_component(cls, folder: Path, dtype: torch.dtype):
     state = read_gguf(path)
     state = {k.removeprefix("model.diffusion_model."): v for k, v in state.items()}
     layout = next((name for key, name in BFL_KEYS.items() if any(k.startswith(key) for k in state)), None)
+    if layout == "flux" and any(k.startswith("distilled_guidance_layer.") for k in state):  # Chroma's BFL layout
+        layout = "chroma"
+    if "cap_embedder.1.weight" in state and any(".attention.qkv." in k for k in state):  # Z-Image's original
+        from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+        state = convert_z_image_transformer_checkpoint_to_diffusers(state)
     if layout is not None:  # our rule table (models.flowfile): any width; packed rows split like plain ones
         from sfumato.models.flowfile import to_diffusers
 
         state = to_diffusers(state, layout, path)
     with init_empty_weights():
         model = cls.from_config(cls.load_config(str(folder)))
+    state = _plain_where_read_directly(model, state, dtype)
     used = quantized_linears(model, state, dtype)
     rest = {k: v.to(dtype) if v.is_floating_point() and v.dtype != torch.float16 else v
             for k, v in state.items() if k not in used}
@@ -181,6 +200,13 @@ def load_component(cls, folder: Path, dtype: torch.dtype):
     model.load_state_dict(rest, strict=False, assign=True)
     if dtype != torch.float16:  # the file's float16 matrices stay float16 in memory, computed in `dtype`
         from sfumato.memory.quantize import quantize_weights
+
+        for module in model.modules():  # other float16 tensors (norms, pad tokens, embeddings): in `dtype`
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.dtype == torch.float16:
+                    setattr(module, name, torch.nn.Parameter(param.to(dtype), requires_grad=False))
 
         quantize_weights(model, "f16", everything=True, compute_dtype=dtype)
     return model.eval()
