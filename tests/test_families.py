@@ -382,3 +382,56 @@ def test_gguf_transformers_of_the_new_families(family, folders, engines, tmp_pat
     original = to_original(state, "chroma") if family == "chroma" else z_image_to_original(state)
     write_gguf(original, city96 / "transformer" / f"{family}-Q8_0.gguf", "q8_0", {}, prefix="")
     assert np.array_equal(_pixels(Engine(city96).generate(request).images[0].image), quantized)
+
+
+def _tiny_controlnet(family: str):
+    import diffusers
+
+    torch.manual_seed(5)
+    if family == "qwen-image":
+        return diffusers.QwenImageControlNetModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                                  attention_head_dim=16, num_attention_heads=3,
+                                                  joint_attention_dim=16, axes_dims_rope=(8, 4, 4))
+    return diffusers.ZImageControlNetModel(control_layers_places=[0], control_refiner_layers_places=[0],
+                                           control_in_dim=16, dim=32, n_refiner_layers=1, n_heads=2, n_kv_heads=2)
+
+
+@pytest.mark.parametrize("family", ["qwen-image", "z-image"])
+def test_controlnets_equal_the_diffusers_controlnet_pipelines(family, folders, engines, tmp_path):
+    """A Qwen-Image or Z-Image ControlNet unit (its diffusers folder) runs the family's ControlNet pipeline over the
+    loaded components: the same image as that pipeline with the same generators; the map changes the picture; what
+    the pipeline lacks (Z-Image: guidance windows, several units) is refused in one line."""
+    import diffusers
+    from PIL import ImageDraw
+
+    net = _tiny_controlnet(family)
+    for parameter in net.parameters():  # ControlNets start with zero outputs: give them some
+        if parameter.dim() > 1 and parameter.abs().sum() == 0:
+            torch.nn.init.normal_(parameter, std=0.2)
+    net.save_pretrained(str(tmp_path / "controlnet"), safe_serialization=True)
+    picture = Image.new("RGB", (32, 32), (0, 0, 0))
+    ImageDraw.Draw(picture).rectangle((8, 8, 24, 24), outline=(255, 255, 255), width=2)
+    picture.save(tmp_path / "map.png")
+    windows = FLOW_FAMILIES[family].control_windows
+    unit = {"image": str(tmp_path / "map.png"), "model": str(tmp_path / "controlnet"), "weight": 0.8,
+            **({"guidance_end": 0.75} if windows else {})}
+    request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=11, steps=3, width=32, height=32,
+                                cfg_scale=4.0, sampler="Euler", controls=[unit])
+    ours = _pixels(engines[family].generate(request).images[0].image)
+    plain = _pixels(engines[family].generate(dataclasses.replace(request, controls=[])).images[0].image)
+    assert np.abs(ours - plain).mean() > 1.0
+    pipeline, _ = FLOW_FAMILIES[family].control
+    model_class = type(net)
+    reference = getattr(diffusers, pipeline).from_pipe(
+        _diffusers(folders[family], family, "Euler"),
+        controlnet=model_class.from_pretrained(str(tmp_path / "controlnet")))
+    reference.set_progress_bar_config(disable=True)
+    extra = {"control_guidance_start": [0.0], "control_guidance_end": [0.75]} if windows else {}
+    torch.manual_seed(11)  # as the engine seeds the global generator around a ControlNet pass
+    theirs = _their_images(reference, family, [11], 4.0, control_image=picture, controlnet_conditioning_scale=0.8,
+                           **extra)[0]
+    assert np.abs(ours - _pixels(theirs)).max() <= 1
+    if not windows:
+        for bad, message in (([{**unit, "guidance_end": 0.5}], "no guidance start/end"), ([unit, unit], "one control")):
+            with pytest.raises(UnsupportedModel, match=message):
+                engines[family].generate(dataclasses.replace(request, controls=bad))

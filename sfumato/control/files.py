@@ -10,8 +10,10 @@ from sfumato.models import home
 
 EMBEDDED_CONTROLNETS = Path(__file__).resolve().parent.parent / "models" / "embedded"
 CLASSES = {"ControlNetModel": "controlnet", "ControlNetUnionModel": "controlnet-union", "T2IAdapter": "t2i-adapter",
-           "SD3ControlNetModel": "controlnet-sd3", "FluxControlNetModel": "controlnet-flux"}  # the last two: flow.py
-FLOW_KINDS = {"controlnet-sd3": "sd3", "controlnet-flux": "flux"}
+           "SD3ControlNetModel": "controlnet-sd3", "FluxControlNetModel": "controlnet-flux",  # these: pipelines/flow
+           "QwenImageControlNetModel": "controlnet-qwen-image", "ZImageControlNetModel": "controlnet-z-image"}
+FLOW_KINDS = {"controlnet-sd3": "sd3", "controlnet-flux": "flux", "controlnet-qwen-image": "qwen-image",
+              "controlnet-z-image": "z-image"}
 CROSS_ATTENTION_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 

@@ -21,7 +21,9 @@ class FlowFamily:
     packed: bool  # latents packed 2x2 into a sequence (FLUX), sizes then multiples of twice the VAE factor
     negative: bool  # takes a negative prompt (FLUX's guidance is distilled: no)
     edits: dict[bool, str]  # masked? -> its Img2Img / Inpaint pipeline class (missing: no such edit)
-    control: tuple[str, str] | None  # its ControlNet pipeline and multi-ControlNet classes (None: no ControlNets)
+    # its ControlNet pipeline and multi-ControlNet classes (None: no ControlNets; a None multi class: one unit only)
+    control: tuple[str, str | None] | None
+    control_windows: bool = True  # its ControlNet pipeline takes guidance start/end (Z-Image's: no)
     fill: str | None = None  # the pipeline of its inpainting ("Fill") transformers, told apart by their channels
     markup: bool = True  # A1111 emphasis and prompt editing (`ScheduledEmbeddings`; its features are SD3's or FLUX's)
     # "ours": our per-image noise (variation seeds) handed as `latents`; "generators": the pipeline draws it from one
@@ -230,13 +232,15 @@ _PLAIN = dict(packed=False, negative=True, control=None, markup=False, noise="ge
 QWEN_IMAGE = Family(name="qwen-image", native_size=1024, default_sampler="Euler", default_steps=50,
                     default_cfg_scale=4.0, prediction_type="flow", pipeline_class="QwenImagePipeline",
                     denoiser="transformer", pipelines=("QwenImagePipeline", "QwenImageImg2Img", "QwenImageInpaint"),
-                    flow=FlowFamily(**_PLAIN, edits={False: "QwenImageImg2ImgPipeline",
-                                                     True: "QwenImageInpaintPipeline"},
+                    flow=FlowFamily(**{**_PLAIN, "control": ("QwenImageControlNetPipeline",
+                                                             "QwenImageMultiControlNetModel")},
+                                    edits={False: "QwenImageImg2ImgPipeline", True: "QwenImageInpaintPipeline"},
                                     cfg="true_cfg_scale", samplers=("Euler", "UniPC")))
 Z_IMAGE = Family(name="z-image", native_size=1024, default_sampler="Euler", default_steps=9, default_cfg_scale=1.0,
                  prediction_type="flow", pipeline_class="ZImagePipeline", denoiser="transformer",
                  pipelines=("ZImagePipeline", "ZImageImg2Img", "ZImageInpaint"),  # Z-Image-Turbo's 9 steps, no CFG
-                 flow=FlowFamily(**_PLAIN, edits={False: "ZImageImg2ImgPipeline", True: "ZImageInpaintPipeline"}))
+                 flow=FlowFamily(**{**_PLAIN, "control": ("ZImageControlNetPipeline", None)}, control_windows=False,
+                                 edits={False: "ZImageImg2ImgPipeline", True: "ZImageInpaintPipeline"}))
 LUMINA2 = Family(name="lumina2", native_size=1024, default_sampler="Euler", default_steps=30, default_cfg_scale=4.0,
                  prediction_type="flow", pipeline_class="Lumina2Pipeline", denoiser="transformer",
                  pipelines=("Lumina2",), flow=FlowFamily(**_PLAIN, edits={}, samplers=("Euler", "UniPC")))

@@ -90,7 +90,12 @@ def check_flow_request(family: str, request: GenerationRequest) -> None:
     if unsupported:
         raise UnsupportedModel(f"{family} does not support {', '.join(unsupported)} yet (txt2img with ControlNets, "
                                "img2img, inpainting, outpainting and hires fix work)")
+    if spec.control is not None and spec.control[1] is None and len(request.controls or []) > 1:
+        raise UnsupportedModel(f"{family}'s ControlNet pipeline takes one control unit")
     for index, unit in enumerate(request.controls or []):
+        if not spec.control_windows and (unit.get("guidance_start", 0.0) != 0.0 or unit.get("guidance_end", 1.0) != 1.0):
+            raise UnsupportedModel(f"control unit {index}: {family}'s ControlNet pipeline applies over every step "
+                                   "(no guidance start/end)")
         if unit.get("control_mode", "balanced") != "balanced" or unit.get("effective_region_mask"):
             raise UnsupportedModel(f"control unit {index}: control_mode and effective_region_mask are for UNet "
                                    f"ControlNets; {family} ControlNets take weight and guidance start/end")
@@ -251,9 +256,10 @@ def _control_pipeline(model: LoadedModel, pipe, controls: list, width: int, heig
     maps = [control_map(unit, width, height) for unit, _ in controls]
     one = len(controls) == 1
     inputs = {"control_image": maps[0] if one else maps,
-              "controlnet_conditioning_scale": controls[0][0].weight if one else [u.weight for u, _ in controls],
-              "control_guidance_start": [u.guidance_start for u, _ in controls],
-              "control_guidance_end": [u.guidance_end for u, _ in controls]}
+              "controlnet_conditioning_scale": controls[0][0].weight if one else [u.weight for u, _ in controls]}
+    if FLOW_FAMILIES[model.family].control_windows:
+        inputs.update(control_guidance_start=[u.guidance_start for u, _ in controls],
+                      control_guidance_end=[u.guidance_end for u, _ in controls])
     control_pipe = getattr(diffusers, pipeline).from_pipe(pipe, controlnet=net)
     control_pipe.set_progress_bar_config(disable=True)
     return control_pipe, inputs
