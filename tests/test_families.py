@@ -255,7 +255,10 @@ SPLIT = {"z-image": ("z_image_turbo.safetensors", "qwen_3.safetensors", ".attent
          "chroma": ("chroma.safetensors", "t5xxl.safetensors", "double_blocks.0.img_attn.qkv.weight",
                     ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
                      "joint_attention_dim", "approximator_num_channels", "approximator_hidden_dim",
-                     "approximator_layers"))}
+                     "approximator_layers")),
+         "qwen-image": ("qwen_image.safetensors", "qwen_2.5_vl.safetensors", "transformer_blocks.0.img_mod.1.weight",
+                        ("in_channels", "out_channels", "num_layers", "attention_head_dim", "num_attention_heads",
+                         "joint_attention_dim", "guidance_embeds"))}
 
 
 @pytest.mark.parametrize("family", list(SPLIT))
@@ -271,22 +274,34 @@ def test_a_split_folder_loads_like_its_diffusers_folder(family, folders, engines
     from sfumato.models.flowfile import to_original
 
     transformer_file, text_file, fused_key, shaped = SPLIT[family]
-    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folders[family]), local_files_only=True)
+    vae_file = "qwen_image_vae.safetensors" if family == "qwen-image" else "ae.safetensors"
+    if family == "qwen-image":  # diffusers' converter of Qwen's (Wan's) original VAE layout wants its real blocks
+        from sfumato.models.tiny_flow import build, tiny_qwen_image
+
+        build(family, {family: lambda: tiny_qwen_image(released_vae=True)}).save_pretrained(str(tmp_path / "folder"))
+        folder, engine = tmp_path / "folder", Engine(tmp_path / "folder")
+    else:
+        folder, engine = folders[family], engines[family]
+    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
     split = splitfile.write_split(pipe, tmp_path / "split")
-    assert {p.name for p in split.iterdir()} == {transformer_file, text_file, "ae.safetensors", "tokenizer"}
+    assert {p.name for p in split.iterdir()} == {transformer_file, text_file, vae_file, "tokenizer"}
     original = load_file(str(split / transformer_file))
     assert any(fused_key in k for k in original)
     info = describe(split)
     assert (info.format, info.family.name) == ("split", family)
     request = GenerationRequest(PROMPT, negative_prompt=NEGATIVE, seed=5, steps=3, width=32, height=32, cfg_scale=4.0,
                                 sampler="Euler")
-    plain = _pixels(engines[family].generate(request).images[0].image)
+    plain = _pixels(engine.generate(request).images[0].image)
     assert np.array_equal(_pixels(Engine(split).generate(request).images[0].image), plain)
     bare_state = {k.removeprefix("model.diffusion_model."): v for k, v in original.items()}
-    config = splitfile.z_image_config(bare_state) if family == "z-image" else splitfile.chroma_config(bare_state)
+    config = {"z-image": splitfile.z_image_config, "chroma": splitfile.chroma_config,
+              "qwen-image": splitfile.qwen_image_config}[family](bare_state)
     assert {key: config[key] for key in shaped} == {key: pipe.transformer.config[key] for key in shaped}
     if family == "chroma":
         assert to_original(pipe.transformer.state_dict(), "chroma").keys() == bare_state.keys()
+    if family == "qwen-image":  # the tiny's narrow heads and VAE are not the released ones: configs need metadata
+        assert any(k.startswith("decoder.upsamples.") for k in load_file(str(split / vae_file)))
+        return
     bare = tmp_path / "bare"  # the same files without sfumato's metadata (as downloaded)
     bare.mkdir()
     for name in ("ae.safetensors", text_file, transformer_file):
@@ -435,3 +450,18 @@ def test_controlnets_equal_the_diffusers_controlnet_pipelines(family, folders, e
         for bad, message in (([{**unit, "guidance_end": 0.5}], "no guidance start/end"), ([unit, unit], "one control")):
             with pytest.raises(UnsupportedModel, match=message):
                 engines[family].generate(dataclasses.replace(request, controls=bad))
+
+
+def test_the_released_qwen_vl_text_config_is_read_off_its_shapes():
+    """Qwen2.5-VL-7B's language model as Qwen-Image ships it (old `model.layers.*` names), as meta tensors of the
+    released shapes: the config read off them is the released one."""
+    from sfumato.models.splitfile import qwen_vl_text_config
+
+    meta = {"embed_tokens.weight": torch.empty(152064, 3584, device="meta"),
+            "layers.0.mlp.gate_proj.weight": torch.empty(18944, 3584, device="meta")}
+    meta.update({f"layers.{i}.self_attn.k_proj.weight": torch.empty(512, 3584, device="meta") for i in range(28)})
+    config = qwen_vl_text_config(meta)
+    assert {k: config[k] for k in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                                   "intermediate_size", "num_hidden_layers")} == \
+        {"vocab_size": 152064, "hidden_size": 3584, "num_attention_heads": 28, "num_key_value_heads": 4,
+         "intermediate_size": 18944, "num_hidden_layers": 28}

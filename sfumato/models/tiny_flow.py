@@ -100,8 +100,10 @@ def _kl_vae(latent_channels: int, levels: int = 2, **extra):
         **extra)
 
 
-def tiny_qwen_image():
-    """Qwen-Image: a MMDiT over 2x2-packed latents of Qwen's causal 3D VAE, conditioned on Qwen2.5-VL's states."""
+def tiny_qwen_image(released_vae: bool = False):
+    """Qwen-Image: a MMDiT over 2x2-packed latents of Qwen's causal 3D VAE, conditioned on Qwen2.5-VL's states.
+    `released_vae`: the VAE has the released block structure (four levels, two res blocks), narrow — what
+    diffusers' converter of the original VAE layout expects."""
     import diffusers
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -109,9 +111,11 @@ def tiny_qwen_image():
     transformer = diffusers.QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
         joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4))
-    vae = diffusers.AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
-                                           temperal_downsample=[False, True], latents_mean=[0.0] * 4,
-                                           latents_std=[1.0] * 4)
+    vae = diffusers.AutoencoderKLQwenImage(base_dim=8 if released_vae else 24, z_dim=4,
+                                           dim_mult=[1, 2, 4, 4] if released_vae else [1, 2, 4],
+                                           num_res_blocks=2 if released_vae else 1,
+                                           temperal_downsample=[False, True, True] if released_vae else [False, True],
+                                           latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
     config = Qwen2_5_VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                      "num_key_value_heads": 2, "vocab_size": len(tokenizer), "rope_theta": 1000000.0,

@@ -13,7 +13,8 @@ SINGLE_FILES = {"sd1": "A1111 .safetensors, GGUF", "sd2": "A1111 .safetensors, G
                 "sdxl-refiner": "A1111 .safetensors", "sd3": "all-in-one or split .safetensors, GGUF transformer",
                 "flux": "all-in-one or split .safetensors, GGUF transformer",
                 "z-image": "split folder (transformer, Qwen3 and ae .safetensors, tokenizer/)",
-                "chroma": "split folder (transformer, T5 and ae .safetensors, tokenizer/)"}
+                "chroma": "split folder (transformer, T5 and ae .safetensors, tokenizer/)",
+                "qwen-image": "split folder (transformer, Qwen2.5-VL and VAE .safetensors, tokenizer/)"}
 COLUMNS = ("family", "diffusers pipeline", "txt2img", "img2img", "inpaint", "LoRA", "ControlNet", "negative prompt",
            "samplers", "single file", "defaults")
 
