@@ -149,3 +149,38 @@ def test_animations_api_runs_an_image_to_video_clip(folders, first_frame, tmp_pa
                                mode="video-model", frames=5, images=[str(first_frame)])
     local = [np.asarray(f.image, dtype=np.int16) for f in animate(Engine(folders["svd"]), request).frames]
     assert all(np.array_equal(a, b) for a, b in zip(served, local))
+
+
+def test_a_wan_lora_equals_the_diffusers_loader(folders, tmp_path):
+    """A diffusers-format LoRA on Wan's transformer: the clip equals the plain pipeline after its own
+    `load_lora_weights`, and differs from the clip without it."""
+    import diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = diffusers.WanPipeline.from_pretrained(str(folders["wan"]), local_files_only=True)
+    torch.manual_seed(1)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out"]))
+    for name, param in pipe.transformer.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=2.0)
+    diffusers.WanPipeline.save_lora_weights(str(tmp_path / "lora"), safe_serialization=True,
+                                            transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    generation = GenerationRequest("a cat walks on grass", steps=2, width=32, height=32, seed=7, cfg_scale=3.0)
+    engine = Engine(folders["wan"])
+    plain = [np.asarray(f.image, dtype=np.int16)
+             for f in animate(engine, AnimationRequest(generation, mode="video-model", frames=5)).frames]
+    import dataclasses
+
+    with_lora = [np.asarray(f.image, dtype=np.int16) for f in animate(engine, AnimationRequest(
+        dataclasses.replace(generation, loras=[(str(lora), 1.0)]), mode="video-model", frames=5)).frames]
+    reference = diffusers.WanPipeline.from_pretrained(str(folders["wan"]), local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(str(lora))
+    theirs = [np.asarray(f, dtype=np.int16) for f in reference(
+        prompt="a cat walks on grass", negative_prompt="", height=32, width=32, num_frames=5, num_inference_steps=2,
+        guidance_scale=3.0, generator=torch.Generator().manual_seed(7), output_type="pil").frames[0]]
+    assert max(np.abs(a - b).max() for a, b in zip(with_lora, theirs)) <= 1
+    assert max(np.abs(a - b).max() for a, b in zip(with_lora, plain)) > 2

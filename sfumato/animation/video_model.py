@@ -29,7 +29,7 @@ def preflight_clip(engine: "Engine", request: AnimationRequest, base: Generation
 def animate_video_model(engine: "Engine", request: AnimationRequest, base: GenerationRequest,
                         tracker: "FrameProgress") -> list[GeneratedImage]:
     resolved = preflight_clip(engine, request, base)
-    model = engine.load(resolved.model)
+    model, _ = engine.prepared(resolved)  # its LoRAs active (Wan, LTX: diffusers' loaders)
     image = load_image(request.images[0], "first frame") if request.images else None
     pictures = generate_clip(model, resolved, request.frames, request.fps, image, _StepProgress(tracker))
     text = infotext(resolved, resolved.seed, resolved.subseed, model.info.name, model.hash)

@@ -35,8 +35,10 @@ def capabilities(family: Family) -> dict[str, str]:
         spec = family.video
         made = [name for name, has in (("text-to-video", spec.text_to_video), ("image-to-video", spec.image_to_video))
                 if has]
+        from sfumato.pipelines.video import takes_loras as video_loras
+
         row.update({"txt2img": " and ".join(made) + " clips (animate --mode video-model)", "img2img": no,
-                    "inpaint": no, "LoRA": no, "ControlNet": no, "negative prompt": yes if spec.prompt else no,
+                    "inpaint": no, "LoRA": yes if video_loras(family.name) else no, "ControlNet": no, "negative prompt": yes if spec.prompt else no,
                     "samplers": f"its own ({family.default_sampler})"})
     elif kind == "flow":
         spec = family.flow

@@ -31,11 +31,18 @@ def check_video_request(family: str, request: GenerationRequest) -> None:
                                   ("ControlNet units", bool(request.controls)), ("IP-Adapter", bool(request.ip_adapter)),
                                   ("hires fix", request.hires_scale > 1), ("variation seeds", request.subseed_strength > 0),
                                   ("batches", request.batch_size > 1 or request.batch_count > 1),
-                                  ("LoRAs", bool(request.loras)), ("tiling", request.tile)) if on]
+                                  ("LoRAs", bool(request.loras) and not takes_loras(family)),
+                                  ("tiling", request.tile)) if on]
     if used:
         raise UnsupportedModel(f"{family} video clips do not take {', '.join(used)} yet")
     if request.width % spec.size_multiple or request.height % spec.size_multiple:
         raise UnsupportedModel(f"{family} sizes must be multiples of {spec.size_multiple} px")
+
+
+def takes_loras(family: str) -> bool:
+    import diffusers
+
+    return hasattr(getattr(diffusers, FAMILIES[family].pipeline_class), "load_lora_weights")
 
 
 def check_clip(family: str, pipeline: str, frames: int, image: str | None) -> None:
