@@ -35,6 +35,7 @@ def server(tmp_path_factory, models_dir):
     build_tiny("sd1", home / "models" / "checkpoints" / "other", seed=1)  # for the Merge tab
     build_tiny("z-image", home / "models" / "checkpoints" / "zimg")  # the new families (tests/test_families.py)
     build_tiny("wan", home / "models" / "checkpoints" / "wan")
+    build_tiny("flux-kontext", home / "models" / "checkpoints" / "kontext")
     import shutil
 
     shutil.copytree(model / "vae", home / "models" / "vae" / "tinyvae")  # for the VAE picker
@@ -388,6 +389,25 @@ def test_a_new_family_generates_and_a_video_model_animates_from_the_ui(page, ser
     job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
     assert job["request"]["animation"]["mode"] == "video-model" and len(job["images"]) == 5
     page.select_option("#model", "sd1-ui")
+
+
+def test_a_kontext_model_edits_the_edit_tabs_image_by_instruction(page, server, tmp_path):
+    """With a FLUX.1 Kontext model selected, the Edit tab's image (no mask drawn) is the reference the prompt
+    edits: the job resolves it to `reference_image` and the result has the form's size."""
+    init = tmp_path / "car.png"
+    Image.new("RGB", (48, 48), (200, 40, 40)).save(init)
+    page.select_option("#model", "kontext")
+    page.click("#tab-edit")
+    page.set_input_files("#init-file", str(init))
+    page.wait_for_function("document.getElementById('use-init').checked")
+    page.fill("#prompt", "make it blue")
+    page.fill("#width", "32")
+    page.fill("#height", "32")
+    page.fill("#steps", "2")
+    job = _generate_and_get_job(page, server)
+    assert job["status"] == "completed", job
+    assert job["request"]["reference_image"] and not job["request"]["init_image"], job["request"]
+    assert page.eval_on_selector("#results img", "img => img.naturalWidth") == 32
 
 
 def test_views_sheet_and_consistent_batch_from_the_generate_form(page, server):
