@@ -293,6 +293,13 @@ def test_a_split_folder_loads_like_its_diffusers_folder(family, folders, engines
                                 sampler="Euler")
     plain = _pixels(engine.generate(request).images[0].image)
     assert np.array_equal(_pixels(Engine(split).generate(request).images[0].image), plain)
+    import shutil
+
+    from sfumato.models.catalog import list_models
+    from sfumato.models.home import checkpoints_dir
+
+    shutil.copytree(split, checkpoints_dir() / "my-split")  # listed by `sfumato models` and the servers
+    assert [(e.family, e.format) for e in list_models() if e.name == "my-split"] == [(family, "split")]
     bare_state = {k.removeprefix("model.diffusion_model."): v for k, v in original.items()}
     config = {"z-image": splitfile.z_image_config, "chroma": splitfile.chroma_config,
               "qwen-image": splitfile.qwen_image_config}[family](bare_state)

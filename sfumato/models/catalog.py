@@ -25,12 +25,20 @@ class CatalogEntry:
         return asdict(self)
 
 
+def _split_folder(path: Path) -> bool:
+    """A folder of a model's separate files (models.splitfile: Z-Image, Chroma, Qwen-Image)."""
+    from sfumato.models.splitfile import describe_split
+
+    return describe_split(path) is not None
+
+
 def _entries(folder: Path, kind: str) -> list[CatalogEntry]:
     if not folder.is_dir():
         return []
     found = []
     for path in sorted(folder.iterdir()):
-        is_model_dir = path.is_dir() and (path / "model_index.json").exists()
+        is_model_dir = path.is_dir() and ((path / "model_index.json").exists() or
+                                          (kind == "checkpoint" and _split_folder(path)))
         if not is_model_dir and path.suffix.lower() not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
             continue
         size = sum(p.stat().st_size for p in weight_files(path))
