@@ -346,7 +346,9 @@ def test_the_apis_list_and_run_the_new_families_by_name(folders, tmp_path):
     settings = ServerSettings(model=str(folders["z-image"]), data_dir=tmp_path / "server", safety="off")
     small = {"width": 32, "height": 32, "steps": 2, "seed": 3}
     with TestClient(create_app(settings), base_url="http://127.0.0.1:7860") as client:
-        listed = {m["model_name"]: m["family"] for m in client.get("/sdapi/v1/sd-models").json()}
+        entries = client.get("/sdapi/v1/sd-models").json()
+        listed = {m["model_name"]: m["family"] for m in entries}
+        assert next(m["samplers"] for m in entries if m["model_name"] == "qwen-image") == ["Euler", "UniPC"]
         assert {"qwen-image": "qwen-image", "hunyuandit": "hunyuandit", "kontext": "flux-kontext"}.items() <= \
             listed.items()
         r = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, **small, "cfg_scale": 4.0,

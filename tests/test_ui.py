@@ -371,7 +371,8 @@ def test_a_new_family_generates_and_a_video_model_animates_from_the_ui(page, ser
     to the model) and a Wan model makes a clip in the Animate tab's video-model mode (17 frames offered, 5 asked)."""
     labels = page.eval_on_selector_all("#model option", "options => options.map((o) => o.textContent)")
     assert "zimg (z-image)" in labels and "wan (wan)" in labels
-    page.select_option("#model", "zimg")
+    page.select_option("#model", "zimg")  # its samplers only (Z-Image's pipeline takes Euler alone)
+    assert page.eval_on_selector_all("#sampler option", "o => o.map((x) => x.value)") == ["", "Euler"]
     page.fill("#prompt", "a red apple")
     page.fill("#width", "32")
     page.fill("#height", "32")
@@ -389,6 +390,7 @@ def test_a_new_family_generates_and_a_video_model_animates_from_the_ui(page, ser
     job = httpx.get(server + "/api/v1/jobs?limit=1").json()["jobs"][0]
     assert job["request"]["animation"]["mode"] == "video-model" and len(job["images"]) == 5
     page.select_option("#model", "sd1-ui")
+    assert page.locator("#sampler option").count() == 24  # "model default" and every A1111 sampler again
 
 
 def test_a_kontext_model_edits_the_edit_tabs_image_by_instruction(page, server, tmp_path):

@@ -57,6 +57,15 @@ def capabilities(family: Family) -> dict[str, str]:
     return row
 
 
+def family_samplers(family: Family) -> list[str]:
+    """The sampler names a family's models take (the UI offers these; others are refused in one line)."""
+    if family.video is not None:
+        return [family.default_sampler]
+    if family.flow is not None:
+        return list(family.flow.samplers or sampler_names(family.flow.flow))
+    return sampler_names(family.prediction_type == "flow")
+
+
 def markdown_table() -> str:
     rows = [capabilities(family) for family in FAMILIES.values()]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

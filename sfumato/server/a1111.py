@@ -334,13 +334,16 @@ def _title(service, name: str) -> str:
 
 
 def _family_fields(path: str) -> dict:
-    """Our extra fields of an sd-models entry: the side the model was trained at (the UI offers sizes around it)
-    and its family (`sfumato families`; the UI lists it beside the name)."""
+    """Our extra fields of an sd-models entry: the side the model was trained at (the UI offers sizes around it),
+    its family (`sfumato families`; the UI lists it beside the name) and the samplers it takes (the UI offers
+    those)."""
     from sfumato.errors import SfumatoError
     from sfumato.models.detect import describe
+
+    from sfumato.pipelines.support import family_samplers
 
     try:
         family = describe(Path(path)).family
     except (SfumatoError, OSError, ValueError):
-        return {"native_size": None, "family": None}
-    return {"native_size": family.native_size, "family": family.name}
+        return {"native_size": None, "family": None, "samplers": None}
+    return {"native_size": family.native_size, "family": family.name, "samplers": family_samplers(family)}

@@ -18,12 +18,13 @@ export async function loadLists() {
                                                                m.model_name)));
     if (models.some((m) => m.model_name === model)) $("model").value = model;
     state.nativeSizes = Object.fromEntries(models.map((m) => [m.model_name, m.native_size]));
+    state.modelSamplers = Object.fromEntries(models.map((m) => [m.model_name, m.samplers]));
     sizesForModel();
     await loadControlLists();
     await loadUpscalers();
     await loadModelTools(models);
-    $("sampler").replaceChildren(new Option("model default", ""), ...samplers.map((s) => new Option(s.name, s.name)));
-    $("sampler").value = samplers.some((s) => s.name === sampler) ? sampler : "";
+    state.samplers = samplers.map((s) => s.name);
+    samplersForModel(sampler);
     state.loras = loras.loras;
     for (const row of [...$("loras").querySelectorAll(".grid2")]) row.remove();  // rebuilt, never appended twice
     $("lora-empty").hidden = state.loras.length > 0;
@@ -35,6 +36,14 @@ export async function loadLists() {
       $("loras").append(row);
     }
   } catch (error) { show(error.message); }
+}
+
+export function samplersForModel(keep) {
+  // the samplers the selected model takes (a flow family takes a few; a video model its own): others would be refused
+  const chosen = keep ?? $("sampler").value;
+  const allowed = state.modelSamplers?.[$("model").value] || state.samplers || [];
+  $("sampler").replaceChildren(new Option("model default", ""), ...allowed.map((name) => new Option(name, name)));
+  $("sampler").value = allowed.includes(chosen) ? chosen : "";
 }
 
 export function sizesForModel() {
@@ -58,7 +67,7 @@ function sizeHint() {  // a warning above twice the model's native side
 }
 
 export function setupSize() {
-  $("model").addEventListener("change", sizesForModel);
+  $("model").addEventListener("change", () => { sizesForModel(); samplersForModel(); });
   $("width").addEventListener("input", sizeHint);
   $("height").addEventListener("input", sizeHint);
   const apply = () => {
