@@ -304,18 +304,9 @@ def test_chroma_equals_the_diffusers_pipeline_with_our_noise(tmp_path):
                   guidance_scale=4.0, latents=noise, output_type="pil").images[0]
     assert np.abs(ours - np.asarray(theirs, dtype=np.int16)).max() <= 1
     # a diffusers-format LoRA on the transformer: the same image as diffusers' own LoRA loader gives
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
+    from lora_files import random_lora
 
-    torch.manual_seed(1)
-    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                            target_modules=["to_q", "to_k", "to_v"]))
-    for name, param in pipe.transformer.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.5)
-    diffusers.ChromaPipeline.save_lora_weights(str(tmp_path / "lora"), safe_serialization=True,
-                                               transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
-    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    lora = random_lora(pipe, tmp_path / "lora", targets=["to_q", "to_k", "to_v"], std=0.5)
     with_lora = np.asarray(engine.generate(dataclasses.replace(request, loras=[(str(lora), 1.0)])).images[0].image,
                            dtype=np.int16)
     reference = diffusers.ChromaPipeline.from_pretrained(str(folder), local_files_only=True)

@@ -155,19 +155,10 @@ def test_a_wan_lora_equals_the_diffusers_loader(folders, tmp_path):
     """A diffusers-format LoRA on Wan's transformer: the clip equals the plain pipeline after its own
     `load_lora_weights`, and differs from the clip without it."""
     import diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
+    from lora_files import random_lora
 
-    pipe = diffusers.WanPipeline.from_pretrained(str(folders["wan"]), local_files_only=True)
-    torch.manual_seed(1)
-    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
-                                            target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_out"]))
-    for name, param in pipe.transformer.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=2.0)
-    diffusers.WanPipeline.save_lora_weights(str(tmp_path / "lora"), safe_serialization=True,
-                                            transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
-    lora = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    lora = random_lora(diffusers.WanPipeline.from_pretrained(str(folders["wan"]), local_files_only=True),
+                       tmp_path / "lora")
     generation = GenerationRequest("a cat walks on grass", steps=2, width=32, height=32, seed=7, cfg_scale=3.0)
     engine = Engine(folders["wan"])
     plain = [np.asarray(f.image, dtype=np.int16)

@@ -25,7 +25,7 @@ FAMILY_DEFAULTS = ("default_sampler", "default_steps", "default_cfg_scale")
 # known pipelines sfumato does not run yet, with what to use instead
 NOT_YET = {
     "QwenImageEdit": "Qwen-Image-Edit is not supported: its Qwen2VLProcessor builds transformers' video processor, which "
-                     "requires torchvision, and sfumato never installs torchvision (it replaces the CPU torch); edit by "
+                     "requires torch's vision library, which sfumato never installs (it replaces the CPU torch); edit by "
                      "instruction with a FLUX.1 Kontext model, or use Qwen-Image img2img/inpaint",
 }
 

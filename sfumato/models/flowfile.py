@@ -336,15 +336,22 @@ def _t5(state, config, metadata, info, component, family, dtype):
             raise UnsupportedModel(f"{info.path}: FLUX needs its T5 text encoder (text_encoders.t5xxl.*), which this "
                                    "file does not hold")
         return None, None
+    tokenizer = t5_tokenizer(metadata, info)
+    return t5_encoder(state, config, info, component, dtype), tokenizer
+
+
+def t5_encoder(state: dict[str, torch.Tensor], config: dict[str, Any] | None, info: ModelInfo, what: str,
+               dtype: torch.dtype):
+    """A T5 encoder from its weights in transformers' layout (a decoder and LM head, if the file has them, dropped);
+    its config from `config` or the shapes."""
     from transformers import T5Config, T5EncoderModel
 
-    tokenizer = t5_tokenizer(metadata, info)
-    model = _build(lambda c: T5EncoderModel(T5Config(**c)), config or t5_config(state), None, info, component, dtype)
-    state = dict(state)
+    state = {k: v for k, v in state.items() if not k.startswith("decoder.") and k != "lm_head.weight"}
+    model = _build(lambda c: T5EncoderModel(T5Config(**c)), config or t5_config(state), None, info, what, dtype)
     if "encoder.embed_tokens.weight" not in state and "shared.weight" in state:
         state["encoder.embed_tokens.weight"] = state["shared.weight"]
-    _load(model, state, info, component)
-    return model.eval(), tokenizer
+    _load(model, state, info, what)
+    return model.eval()
 
 
 def t5_tokenizer(metadata: dict[str, str], info: ModelInfo):

@@ -51,6 +51,15 @@ def _load_peft_adapter(model: LoadedModel, path: Path, adapter: str) -> None:
     set_peft_model_state_dict(model.pipe.unet, load_file(str(path)), adapter_name=adapter)
 
 
+def takes_loras(family: str) -> bool:
+    """Whether a family's diffusers pipeline loads LoRAs (its `load_lora_weights`)."""
+    import diffusers
+
+    from sfumato.models.families import FAMILIES
+
+    return hasattr(getattr(diffusers, FAMILIES[family].pipeline_class), "load_lora_weights")
+
+
 def apply_loras(model: LoadedModel, loras: list[tuple[str, float]]) -> None:
     """Activate exactly these LoRAs/adapters at these weights (loading each file once); none -> all off."""
     from sfumato.models.lycoris import apply_networks, is_lycoris

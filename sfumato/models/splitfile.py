@@ -325,7 +325,7 @@ def _text_encoder(family: str, file: Path, configs: dict[str, Any], info: ModelI
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from sfumato.models.flowfile import _build, _load, t5_config, t5_tokenizer
+    from sfumato.models.flowfile import _build, t5_tokenizer
 
     folder = info.path / "tokenizer"
     has_folder = folder.is_dir() and any(folder.iterdir())
@@ -340,13 +340,9 @@ def _text_encoder(family: str, file: Path, configs: dict[str, Any], info: ModelI
         encoder = _build(lambda c: Qwen3Model(Qwen3Config(**c)), configs.get("text_encoder") or qwen3_config(state),
                          state, info, "text encoder", dtype)
         return encoder.eval(), AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    from transformers import T5Config, T5EncoderModel
+    from sfumato.models.flowfile import t5_encoder
 
-    encoder = _build(lambda c: T5EncoderModel(T5Config(**c)), configs.get("text_encoder") or t5_config(state), None,
-                     info, "text encoder", dtype)
-    state = {k: v for k, v in state.items() if not k.startswith("decoder.") and k != "lm_head.weight"}
-    state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
-    _load(encoder, state, info, "text encoder")
+    encoder = t5_encoder(state, configs.get("text_encoder"), info, "text encoder", dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True) if has_folder else \
         t5_tokenizer({}, info)
     return encoder.eval(), tokenizer

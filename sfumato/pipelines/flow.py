@@ -25,6 +25,7 @@ from PIL import Image
 from sfumato.errors import UnsupportedModel
 from sfumato.models.families import FAMILIES, FlowFamily
 from sfumato.models.loader import LoadedModel
+from sfumato.models.lora import takes_loras
 from sfumato.prompts.flow_encode import flux_features, has_emphasis, plain_text, sd3_features
 from sfumato.prompts.schedule import has_syntax, prompt_schedule, split_and, text_at
 from sfumato.requests import GenerationRequest
@@ -35,13 +36,6 @@ from sfumato.speed.blockcache import block_cache_for
 
 # how each family's pipelines are driven: the `flow` spec of its entry in models.families
 FLOW_FAMILIES: dict[str, FlowFamily] = {f.name: f.flow for f in FAMILIES.values() if f.flow is not None}
-
-
-def takes_loras(family: str) -> bool:
-    """Whether the family's diffusers pipeline loads LoRAs (its `load_lora_weights`)."""
-    import diffusers
-
-    return hasattr(getattr(diffusers, FAMILIES[family].pipeline_class), "load_lora_weights")
 
 
 def takes_reference(family: str) -> bool:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from sfumato.models.families import FAMILIES, Family
-from sfumato.pipelines.flow import takes_loras
+from sfumato.models.lora import takes_loras
 from sfumato.pipelines.runners import runner_for
 from sfumato.sampling.samplers import sampler_names
 
@@ -35,10 +35,9 @@ def capabilities(family: Family) -> dict[str, str]:
         spec = family.video
         made = [name for name, has in (("text-to-video", spec.text_to_video), ("image-to-video", spec.image_to_video))
                 if has]
-        from sfumato.pipelines.video import takes_loras as video_loras
-
         row.update({"txt2img": " and ".join(made) + " clips (animate --mode video-model)", "img2img": no,
-                    "inpaint": no, "LoRA": yes if video_loras(family.name) else no, "ControlNet": no, "negative prompt": yes if spec.prompt else no,
+                    "inpaint": no, "LoRA": yes if takes_loras(family.name) else no, "ControlNet": no,
+                    "negative prompt": yes if spec.prompt else no,
                     "samplers": f"its own ({family.default_sampler})"})
     elif kind == "flow":
         spec = family.flow

@@ -13,6 +13,7 @@ from PIL import Image
 
 from sfumato.errors import InvalidRequest, UnsupportedModel
 from sfumato.models.families import FAMILIES, VideoFamily
+from sfumato.models.lora import takes_loras
 from sfumato.requests import GenerationRequest
 
 
@@ -37,12 +38,6 @@ def check_video_request(family: str, request: GenerationRequest) -> None:
         raise UnsupportedModel(f"{family} video clips do not take {', '.join(used)} yet")
     if request.width % spec.size_multiple or request.height % spec.size_multiple:
         raise UnsupportedModel(f"{family} sizes must be multiples of {spec.size_multiple} px")
-
-
-def takes_loras(family: str) -> bool:
-    import diffusers
-
-    return hasattr(getattr(diffusers, FAMILIES[family].pipeline_class), "load_lora_weights")
 
 
 def check_clip(family: str, pipeline: str, frames: int, image: str | None) -> None:
