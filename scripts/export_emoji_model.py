@@ -1,7 +1,8 @@
 """Export a `sfumato train scratch` run (its latest checkpoint's EMA weights) as the embedded model, fp16.
 
-    python scripts/export_emoji_model.py RUN_DIR [--out sfumato/models/embedded/sfumato-emoji]
-        [--sampler "DPM++ 2M"] [--steps 20] [--cfg-scale 5] [--float32]
+    python scripts/export_emoji_model.py RUN_DIR [--out sfumato/models/embedded/sfumato-scenes]
+        [--sampler "DPM++ 2M"] [--steps 20] [--cfg-scale 5] [--float32] [--checkpoint step-N] [--vae VAE_DIR]
+        [--fast-preset lcm --fast-steps 4] [--full-preview]
 
 `--float32` writes a full-precision base for a further fine-tuning run (the cooldown stage in the model card).
 """
@@ -23,10 +24,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg-scale", type=float, default=5.0)
     parser.add_argument("--float32", action="store_true", help="keep fp32 weights (a base for `sfumato train full`)")
+    parser.add_argument("--checkpoint", help="a checkpoint folder name (default: the latest)")
+    parser.add_argument("--vae", type=Path, help="an AutoencoderKL folder replacing the run's (a fine-tuned decoder)")
+    parser.add_argument("--fast-preset", help="`--fast`'s preset for this model (sfumato.json `fast`)")
+    parser.add_argument("--fast-steps", type=int, help="`--fast`'s steps for this model")
+    parser.add_argument("--full-preview", action="store_true",
+                        help="step previews decode with the VAE (latents no linear map reads; a tiny decoder)")
     args = parser.parse_args()
-    checkpoint = latest_checkpoint(args.run)
+    checkpoint = args.run / "checkpoints" / args.checkpoint if args.checkpoint else latest_checkpoint(args.run)
     defaults = {"default_sampler": args.sampler, "default_steps": args.steps, "default_cfg_scale": args.cfg_scale}
-    out = export_trained(args.run / "model", args.out, defaults, checkpoint, half=not args.float32)
+    if args.full_preview:
+        defaults["preview"] = "full"
+    if args.fast_preset:
+        defaults["fast"] = {"preset": args.fast_preset, "steps": args.fast_steps or 4}
+    out = export_trained(args.run / "model", args.out, defaults, checkpoint, half=not args.float32, vae=args.vae)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{out} from {checkpoint.name if checkpoint else 'the final weights'}: {size / 2**20:.2f} MiB")
 

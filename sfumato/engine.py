@@ -88,7 +88,7 @@ def stoppable(model: LoadedModel, should_stop: Callable[[], bool] | None) -> Ite
 
 
 def default_model() -> str | None:
-    """The model used when a request names none: `SFUMATO_MODEL`, else the embedded sfumato-emoji model."""
+    """The model used when a request names none: `SFUMATO_MODEL`, else the embedded default (sfumato-scenes)."""
     import os
 
     from sfumato.models.embedded import embedded_model
@@ -351,12 +351,13 @@ class Engine:
 
     def preview_image(self, latents: torch.Tensor, full: bool = False):
         """A quick look at the first image of a batch in progress: a linear latent->RGB map fitted to the model's
-        VAE (cheap, the default), or a full VAE decode (`full`)."""
+        VAE (cheap, the default), or a full VAE decode (`full`, or a model whose sfumato.json says `"preview": "full"`:
+        sfumato-scenes, whose 8-channel latents no linear map reads, and whose tiny decoder costs milliseconds)."""
         from sfumato.pipelines.preview import cheap_preview, fit_latent_rgb
         from sfumato.pipelines.steps import decode_latents, to_pil
 
         model = self._loaded
-        if full:
+        if full or model.info.settings.get("preview") == "full":
             with torch.no_grad():
                 return to_pil(decode_latents(model, latents[:1]))[0]
         if model.preview_factors is None:  # fitted once per loaded model

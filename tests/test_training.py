@@ -475,6 +475,17 @@ def test_train_vae_from_the_cli_and_resume(squares, tmp_path, capsys):
     assert vae.config.scaling_factor != 0.18215 and vae.config.sample_size == 16
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 1 + 4
     assert (tmp_path / "run" / "reconstructions.png").exists() and (tmp_path / "run" / "loss.png").exists()
+    # --decoder-only: the encoder (so the latent space and its scale) stays, the decoder learns
+    tuned = ["train", "vae", "--data", str(squares), "--output", str(tmp_path / "tuned"), "--resolution", "16",
+             "--batch-size", "4", "--learning-rate", "1e-2", "--steps", "3", "--vae", out, "--decoder-only"]
+    assert main(tuned) == 0
+    after = AutoencoderKL.from_pretrained(capsys.readouterr().out.strip().splitlines()[-1])
+    assert after.config.scaling_factor == vae.config.scaling_factor
+    before_state, after_state = vae.state_dict(), after.state_dict()
+    changed = {k.split(".")[0] for k in before_state if not torch.equal(before_state[k], after_state[k])}
+    assert changed == {"decoder", "post_quant_conv"}, changed
+    assert main([*tuned[:-3], "--decoder-only"]) == 2  # nothing to fine-tune: one line, usage error
+    assert "--decoder-only" in capsys.readouterr().err
 
 
 @pytest.mark.slow

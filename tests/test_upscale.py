@@ -236,7 +236,7 @@ def test_colorize_keeps_lightness_within_rounding():
 @needs_embedded
 def test_hires_fix_with_real_esrgan(tmp_path):
     engine = Engine()
-    base = dict(prompt="red apple", seed=4, steps=4, hires_scale=2.0)
+    base = dict(prompt="red apple", seed=4, steps=4, hires_scale=2.0, width=32, height=32)
     esrgan = engine.generate(GenerationRequest(**base, hires_upscaler="R-ESRGAN 4x+")).images[0]
     latent = engine.generate(GenerationRequest(**base)).images[0]
     assert esrgan.image.size == (64, 64)
@@ -251,7 +251,7 @@ def test_hires_fix_with_real_esrgan(tmp_path):
 @needs_embedded
 def test_sd_upscale_generated_and_init_image(tmp_path):
     engine = Engine()
-    result = engine.generate(GenerationRequest("red apple", seed=2, steps=4, sd_upscale=2.0,
+    result = engine.generate(GenerationRequest("red apple", seed=2, steps=4, sd_upscale=2.0, width=32, height=32,
                                                sd_upscale_upscaler="R-ESRGAN AnimeVideo", sd_upscale_overlap=8))
     image = result.images[0]
     assert image.image.size == (64, 64)
@@ -270,7 +270,7 @@ def test_sd_upscale_generated_and_init_image(tmp_path):
 @needs_embedded
 def test_recipes_colorize_restore_style(tmp_path):
     engine = Engine()
-    photo = engine.generate(GenerationRequest("red apple", seed=7, steps=4)).images[0].image
+    photo = engine.generate(GenerationRequest("a large red apple", seed=7, steps=4, width=32, height=32)).images[0].image
     gray = grayscale(photo)
     gray.save(tmp_path / "gray.png")
     photo.save(tmp_path / "photo.png")
@@ -291,7 +291,7 @@ def test_recipes_colorize_restore_style(tmp_path):
     assert np.array_equal(out[:3], kept[:3]) and np.abs(out[14:18] - kept[14:18]).max() > 8
     styled = engine.generate(engine.recipe("style", str(tmp_path / "photo.png"), prompt="green apple", seed=1,
                                            steps=4)).images[0]
-    assert 'ControlNet 0: "Module: canny, Model: sfumato-emoji-canny, Weight: 0.8' in styled.infotext
+    assert 'ControlNet 0: "Module: canny, Model: sfumato-scenes-canny, Weight: 0.8' in styled.infotext
 
 
 @pytest.mark.slow

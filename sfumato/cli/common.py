@@ -90,18 +90,20 @@ def add_compile_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def fast_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """--fast: the embedded model at its few-step settings (other models: --preset or an LCM-LoRA)."""
+    """--fast: an embedded model (the default, or one named: `--model sfumato-emoji`) at its few-step settings
+    (other models: --preset or an LCM-LoRA)."""
     if not getattr(args, "fast", False):
         return {"model": args.model, "preset": args.preset, "steps": args.steps}
-    from sfumato.models.embedded import FAST_SETTINGS, embedded_model
+    from sfumato.models.embedded import embedded_model, fast_settings as embedded_fast
 
-    if args.model or args.preset:
-        raise InvalidRequest("--fast is the embedded model's few-step setting; for other models use --preset "
+    model = embedded_model(args.model)
+    if (args.model and model is None) or args.preset:
+        raise InvalidRequest("--fast is an embedded model's few-step setting; for other models use --preset "
                              "lcm|turbo|lightning|hyper|tcd or an LCM-LoRA")
-    if embedded_model() is None:
+    if model is None:
         raise InvalidRequest("--fast needs the embedded model, which this install does not carry")
-    return {"model": str(embedded_model()), "preset": FAST_SETTINGS["preset"],
-            "steps": args.steps or FAST_SETTINGS["steps"]}
+    fast = embedded_fast(model)
+    return {"model": str(model), "preset": fast["preset"], "steps": args.steps or fast["steps"]}
 
 
 def add_sampling_args(group) -> None:

@@ -76,10 +76,12 @@ def _compositional(args: argparse.Namespace) -> int:
     detector = load_detector(args.detector)
     settings = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale), ("sampler", args.sampler))
                 if v is not None}
-    if args.fast:
-        from sfumato.models.embedded import FAST_SETTINGS
+    if args.fast:  # the model's few-step setting (its sfumato.json's `fast`)
+        from sfumato.engine import default_model
+        from sfumato.models.embedded import fast_settings
 
-        settings = {"preset": FAST_SETTINGS["preset"], "steps": args.steps or FAST_SETTINGS["steps"], **settings}
+        fast = fast_settings(Path(args.model or default_model() or "."))
+        settings = {**settings, "preset": fast["preset"], "steps": args.steps or fast["steps"]}
     engine = make_engine(args)
     bar = Bar()
     report = evaluate(engine, detector, args.model, args.per_category, args.seed, args.diversity_prompts,

@@ -40,6 +40,8 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--vae-config", help="`train vae`: AutoencoderKL config.json overriding the small default")
     train.add_argument("--kl-weight", type=float, default=1e-6, help="`train vae`: KL term weight")
     train.add_argument("--vae-crop", type=int, help="`train vae`: train on random crops of this side (cheaper)")
+    train.add_argument("--decoder-only", action="store_true",
+                       help="`train vae --vae DIR`: fine-tune only DIR's decoder (its latent space stays)")
     vq = train.add_argument_group("train vqgan")
     vq.add_argument("--codebook-size", type=int, default=256, help="codes in the codebook")
     vq.add_argument("--disc-start", type=int, default=500, help="steps before the PatchGAN discriminator joins")
@@ -83,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from sfumato.training.vae import train_vae
 
         print(train_vae(dataclasses.replace(config, model=None), args.vae_config, args.kl_weight,
-                        say=lambda m: print(m, file=sys.stderr), crop=args.vae_crop))
+                        say=lambda m: print(m, file=sys.stderr), crop=args.vae_crop,
+                        decoder_only=args.decoder_only))
         return 0
     from sfumato.training.trainer import train
 

@@ -41,14 +41,13 @@ class Names:
     def from_home(cls, input_dir: Path | None = None, allow_paths: bool = False,
                   extra_checkpoints: dict[str, str] | None = None) -> "Names":
         from sfumato.control.files import list_control_models
-        from sfumato.models.embedded import embedded_model
+        from sfumato.models.embedded import embedded_models
         from sfumato.models.home import checkpoints_dir, list_vaes, loras_dir
         from sfumato.upscale.upscalers import list_upscalers
 
         checkpoints = _weights(checkpoints_dir())
-        embedded = embedded_model()
-        if embedded is not None:
-            checkpoints.setdefault(embedded.name, str(embedded))
+        for name, path in embedded_models().items():
+            checkpoints.setdefault(name, str(path))
         checkpoints.update(extra_checkpoints or {})
         models = checkpoints_dir().parent
         return cls(checkpoints=checkpoints, loras=_weights(loras_dir()), vae={p.name: str(p) for p in list_vaes()},

@@ -11,6 +11,8 @@ from sfumato.errors import ModelNotFound, PickleRefused, UnsupportedModel
 
 SAFE_SUFFIXES = (".safetensors", ".gguf")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+EMBEDDED_ROOT = Path(__file__).parent / "embedded"  # the models shipped in the package (models.embedded)
+EMBEDDED_NAMES = ("sfumato-scenes", "sfumato-emoji")  # the default first
 
 
 def home() -> Path:
@@ -40,6 +42,8 @@ def resolve(name: str, kind: str = "checkpoint") -> Path:
     path = Path(name).expanduser()
     if path.exists():
         return path
+    if kind == "checkpoint" and name in EMBEDDED_NAMES and (EMBEDDED_ROOT / name / "model_index.json").exists():
+        return EMBEDDED_ROOT / name
     folder = {"checkpoint": checkpoints_dir, "vae": vaes_dir}.get(kind, loras_dir)()
     candidates = [folder / name] + [folder / f"{name}{suffix}" for suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES]
     for candidate in candidates:

@@ -55,7 +55,10 @@ class Service:
         self.refresh_models()
 
     def refresh_models(self) -> None:
-        """Model names clients may use: the server's model and the checkpoints in $SFUMATO_HOME/models."""
+        """Model names clients may use: the server's model, the checkpoints in $SFUMATO_HOME/models and the embedded
+        models."""
+        from sfumato.models.embedded import embedded_models
+
         models = {}
         chosen = self.settings.model or default_model()
         if chosen:
@@ -64,6 +67,9 @@ class Service:
         for entry in list_models():
             if entry.kind == "checkpoint" and not entry.format.startswith(("pickle", "unsupported")):
                 models.setdefault(entry.name, entry.path)
+        for name, path in embedded_models().items():  # the shipped models, by name
+            if str(path) not in models.values():
+                models.setdefault(name, str(path))
         self.models = models
         entries = list_models()
         self.loras = {e.name: e.path for e in entries if e.kind == "lora" and e.format == "safetensors"}

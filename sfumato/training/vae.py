@@ -3,6 +3,10 @@
 Images are centre-cropped and resized to `resolution` squares. The result is a diffusers
 AutoencoderKL folder whose `scaling_factor` is set from the data (1 / std of the latents), as the
 LDM paper does, so a UNet trained on it sees unit-variance latents.
+
+With `--vae DIR` training goes on from that VAE's weights; with `--decoder-only` too, the encoder is frozen, so the
+latent space (and the scaling factor) stay as they were and a UNet already trained on DIR's latents keeps working
+with the sharper decoder — what Stable Diffusion's ft-EMA/ft-MSE decoders did.
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ def _crops(batch: torch.Tensor, crop: int | None, rng: random.Random) -> torch.T
 
 
 def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: float = 1e-6,
-              say: Callable[[str], None] = print, crop: int | None = None) -> Path:
+              say: Callable[[str], None] = print, crop: int | None = None, decoder_only: bool = False) -> Path:
     """Train (or resume) an AutoencoderKL; returns the saved folder `OUTPUT/vae`. With `crop`, each step trains on
-    random crops of that side of the `resolution` images."""
+    random crops of that side of the `resolution` images; from `config.vae`'s weights when given, with only the
+    decoder learning when `decoder_only`."""
     from diffusers import AutoencoderKL
     from diffusers.optimization import get_scheduler
     from tqdm import tqdm
@@ -59,15 +64,28 @@ def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: flo
     except (OSError, ValueError) as exc:
         raise InvalidRequest(f"cannot read VAE config {vae_config}: {exc}") from None
     settings["sample_size"] = config.resolution
-    vae = AutoencoderKL.from_config(settings)
-    params = list(vae.parameters())
+    if decoder_only and not config.vae:
+        raise InvalidRequest("--decoder-only fine-tunes an existing VAE's decoder: give it with --vae DIR")
+    if config.vae:
+        try:
+            vae = AutoencoderKL.from_pretrained(config.vae)
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"cannot load the VAE {config.vae}: {exc}") from None
+    else:
+        vae = AutoencoderKL.from_config(settings)
+    if decoder_only:
+        for module in (vae.encoder, vae.quant_conv):
+            if module is not None:
+                module.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.steps)
     run_dir = Path(config.output)
     run_dir.mkdir(parents=True, exist_ok=True)
-    say(f"VAE: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, {len(dataset.examples)} images at "
-        f"{config.resolution}px, latent x{2 ** (len(settings['block_out_channels']) - 1)}")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    say(f"VAE: {sum(p.numel() for p in params) / 1e6:.2f}M parameters trained{' (decoder only)' * decoder_only}, "
+        f"{len(dataset.examples)} images at {config.resolution}px, latent x{factor}")
     pixels = torch.stack([load_pixels(e.path, config.resolution, config.resolution) for e in dataset.examples])
     step, losses, rng = 0, [], random.Random(config.seed)
     latest = ckpt.latest_checkpoint(run_dir) if config.resume else None
@@ -85,15 +103,20 @@ def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: flo
     bar = tqdm(total=config.steps, initial=step, unit="step", dynamic_ncols=True)
     started, seen = time.perf_counter(), 0
     vae.train()
+    if decoder_only:
+        vae.encoder.eval()
     while step < config.steps:
         batch = pixels[torch.tensor(rng.sample(range(len(pixels)), min(config.batch_size, len(pixels))))]
         if config.flip:
             batch = torch.where(torch.rand(len(batch), 1, 1, 1) < 0.5, batch.flip(-1), batch)
         batch = _crops(batch, crop, rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.mixed_precision == "bf16"):
-            posterior = vae.encode(batch).latent_dist
+            with torch.set_grad_enabled(not decoder_only):
+                posterior = vae.encode(batch).latent_dist
             recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon.float(), batch) + kl_weight * posterior.kl().float().mean()
+        loss = F.l1_loss(recon.float(), batch)
+        if not decoder_only:
+            loss = loss + kl_weight * posterior.kl().float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -113,8 +136,10 @@ def train_vae(config: TrainConfig, vae_config: str | None = None, kl_weight: flo
     bar.close()
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mode() for i in range(0, len(pixels), 256)])
-        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        if not decoder_only:  # the latent space is the given VAE's: so is its scale
+            latents = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mode()
+                                 for i in range(0, len(pixels), 256)])
+            vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
         sample = pixels[:32]
         recon = vae.decode(vae.encode(sample).latent_dist.mode()).sample
         error = F.l1_loss(recon, sample).item()
