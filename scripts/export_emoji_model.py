@@ -2,7 +2,7 @@
 
     python scripts/export_emoji_model.py RUN_DIR [--out sfumato/models/embedded/sfumato-scenes]
         [--sampler "DPM++ 2M"] [--steps 20] [--cfg-scale 5] [--float32] [--checkpoint step-N] [--vae VAE_DIR]
-        [--fast-preset lcm --fast-steps 4] [--full-preview]
+        [--fast-preset lcm] [--fast-steps 8] [--full-preview]
 
 `--float32` writes a full-precision base for a further fine-tuning run (the cooldown stage in the model card).
 """
@@ -35,7 +35,7 @@ def main() -> None:
     defaults = {"default_sampler": args.sampler, "default_steps": args.steps, "default_cfg_scale": args.cfg_scale}
     if args.full_preview:
         defaults["preview"] = "full"
-    if args.fast_preset:
+    if args.fast_preset or args.fast_steps:  # a preset (lcm) or just fewer steps of the default sampler
         defaults["fast"] = {"preset": args.fast_preset, "steps": args.fast_steps or 4}
     out = export_trained(args.run / "model", args.out, defaults, checkpoint, half=not args.float32, vae=args.vae)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -342,14 +342,14 @@ def test_cli_animatediff_writes_a_clip(sd1, motion_files, tmp_path):
     assert "Motion module: tiny-motion" in Image.open(out / "frames" / "00000.png").text["parameters"]
 
 
-@pytest.mark.skipif(__import__("sfumato.models.embedded", fromlist=["x"]).embedded_model() is None,
-                    reason="the embedded model is not in this checkout")
+@pytest.mark.skipif(__import__("sfumato.models.embedded", fromlist=["x"]).embedded_model("sfumato-emoji") is None,
+                    reason="sfumato-emoji is not in this checkout")
 @pytest.mark.slow
 def test_interpolation_between_two_images_reconstructs_the_ends(tmp_path):
     from sfumato.engine import Engine
     from sfumato.evaluation.metrics import psnr
 
-    engine = Engine()
+    engine = Engine(model="sfumato-emoji")  # where the dB were measured
     for name, prompt, seed in (("a", "a red apple", 1), ("b", "a cat face", 2)):
         engine.generate(GenerationRequest(prompt, seed=seed)).images[0].image.save(tmp_path / f"{name}.png")
     request = AnimationRequest(GenerationRequest("an emoji", seed=0), mode="interpolate", frames=3,

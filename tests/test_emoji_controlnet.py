@@ -9,8 +9,8 @@ import pytest
 from sfumato.control.models import embedded_controlnet
 from sfumato.models.embedded import embedded_model
 
-pytestmark = pytest.mark.skipif(embedded_model() is None or embedded_controlnet("sfumato-emoji") is None,
-                                reason="the embedded model or its ControlNet is not in this checkout")
+pytestmark = pytest.mark.skipif(embedded_model("sfumato-emoji") is None or embedded_controlnet("sfumato-emoji") is None,
+                                reason="sfumato-emoji or its ControlNet is not in this checkout")
 SHAPES = ["circle", "triangle", "star", "small-circle-top-left", "small-circle-bottom-right"]
 PROMPTS = ["red apple", "grinning face", "sun", ""]
 MIN_GAIN = 0.45  # measured 0.570 (F1 0.335 -> 0.905 over these 20 cases, every case better)
@@ -20,7 +20,7 @@ MIN_GAIN = 0.45  # measured 0.570 (F1 0.335 -> 0.905 over these 20 cases, every 
 def engine():
     from sfumato.engine import Engine
 
-    return Engine()
+    return Engine(model="sfumato-emoji")  # named: sfumato-scenes is the default (tests/test_scenes_controlnet.py)
 
 
 def test_shipped_controlnet_is_small_and_listed():

@@ -351,10 +351,10 @@ def test_webuiapi_client_sends_a_reference_only_unit(tmp_path):
     webuiapi = pytest.importorskip("webuiapi")
     from test_server import _free_port, _serve
 
-    if embedded_model() is None:
-        pytest.skip("the embedded model is not installed")
+    if embedded_model("sfumato-emoji") is None:
+        pytest.skip("sfumato-emoji is not in this checkout")
     port = _free_port()
-    server = _serve(embedded_model(), tmp_path / "data", port)
+    server = _serve(embedded_model("sfumato-emoji"), tmp_path / "data", port)
     try:
         api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
         assert "reference_only" in api.controlnet_module_list()

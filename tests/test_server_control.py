@@ -126,10 +126,10 @@ def test_webuiapi_client_draws_an_emoji_that_follows_an_outline(tmp_path):
     from sfumato.control.models import embedded_controlnet
     from sfumato.models.embedded import embedded_model
 
-    if embedded_model() is None or embedded_controlnet("sfumato-emoji") is None:
-        pytest.skip("the embedded model or its ControlNet is not installed")
+    if embedded_model("sfumato-emoji") is None or embedded_controlnet("sfumato-emoji") is None:
+        pytest.skip("sfumato-emoji or its ControlNet is not in this checkout")
     port = _free_port()
-    server = _serve(embedded_model(), tmp_path / "data", port)
+    server = _serve(embedded_model("sfumato-emoji"), tmp_path / "data", port)
     try:
         api = webuiapi.WebUIApi(host="127.0.0.1", port=port)
         assert "sfumato-emoji-canny" in api.controlnet_model_list()

@@ -210,19 +210,19 @@ def test_styles_picker_and_prompt_language(page, server):
 
 @pytest.fixture(scope="module")
 def emoji_server(tmp_path_factory):
-    """A live server on the embedded model (with its shipped ControlNet)."""
+    """A live server on sfumato-emoji (with its shipped ControlNet; named, not the default)."""
     from test_server import _free_port, _serve
 
     from sfumato.control.models import embedded_controlnet
     from sfumato.models.embedded import embedded_model
 
-    if embedded_model() is None or embedded_controlnet("sfumato-emoji") is None:
-        pytest.skip("the embedded model or its ControlNet is not installed")
+    if embedded_model("sfumato-emoji") is None or embedded_controlnet("sfumato-emoji") is None:
+        pytest.skip("sfumato-emoji or its ControlNet is not in this checkout")
     port = _free_port()
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SFUMATO_HOME", str(tmp_path_factory.mktemp("ui-emoji-home")))
         SERVER_DATA["emoji"] = tmp_path_factory.mktemp("ui-emoji")
-        process = _serve(embedded_model(), SERVER_DATA["emoji"], port, "--max-batch-size", "1")
+        process = _serve(embedded_model("sfumato-emoji"), SERVER_DATA["emoji"], port, "--max-batch-size", "1")
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(10)

@@ -335,8 +335,8 @@ def _title(service, name: str) -> str:
 
 def _family_fields(path: str) -> dict:
     """Our extra fields of an sd-models entry: the side the model was trained at (the UI offers sizes around it),
-    its family (`sfumato families`; the UI lists it beside the name) and the samplers it takes (the UI offers
-    those)."""
+    its family (`sfumato families`; the UI lists it beside the name), the samplers it takes (the UI offers
+    those) and its few-step setting where it has one (sfumato.json's `fast`: the UI's Fast box)."""
     from sfumato.errors import SfumatoError
     from sfumato.models.detect import describe
 
@@ -345,5 +345,9 @@ def _family_fields(path: str) -> dict:
     try:
         family = describe(Path(path)).family
     except (SfumatoError, OSError, ValueError):
-        return {"native_size": None, "family": None, "samplers": None}
-    return {"native_size": family.native_size, "family": family.name, "samplers": family_samplers(family)}
+        return {"native_size": None, "family": None, "samplers": None, "fast": None}
+    from sfumato.models.embedded import settings as model_settings
+
+    fast = model_settings(Path(path)).get("fast") if Path(path).is_dir() else None
+    return {"native_size": family.native_size, "family": family.name, "samplers": family_samplers(family),
+            "fast": fast}

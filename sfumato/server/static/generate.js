@@ -20,9 +20,10 @@ export function buildRequest() {
     token_merging_ratio: Number($("token_merging_ratio").value) || 0,
     consistent: Number($("consistent").value) || 0,
   };
-  if ($("fast").checked) {  // the embedded model's few-step setting (sfumato.models.embedded.FAST_SETTINGS)
-    request.preset = "lcm";
-    if (request.steps === null) request.steps = 2;
+  if ($("fast").checked) {  // the model's few-step setting (its sfumato.json `fast`), else LCM at 2 steps
+    const fast = (state.modelFast || {})[$("model").value] || { preset: "lcm", steps: 2 };
+    if (fast.preset) request.preset = fast.preset;
+    if (request.steps === null) request.steps = fast.steps;
   }
   const styles = [...$("styles").selectedOptions].map((o) => o.value);
   if (styles.length) request.styles = styles;

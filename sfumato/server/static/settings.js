@@ -19,6 +19,7 @@ export async function loadLists() {
     if (models.some((m) => m.model_name === model)) $("model").value = model;
     state.nativeSizes = Object.fromEntries(models.map((m) => [m.model_name, m.native_size]));
     state.modelSamplers = Object.fromEntries(models.map((m) => [m.model_name, m.samplers]));
+    state.modelFast = Object.fromEntries(models.map((m) => [m.model_name, m.fast]));
     sizesForModel();
     await loadControlLists();
     await loadUpscalers();
