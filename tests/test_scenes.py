@@ -48,6 +48,18 @@ def test_noun_phrases_count_and_measure(objects):
 
 
 @needs_noto
+def test_held_out_scenes_each_carry_a_held_out_combination(objects):
+    """`sfumato data scenes --held-out`: the FID references, every one outside the training split, reproducible."""
+    from sfumato.training.scenes import SceneSampler
+
+    sampler = SceneSampler(objects, ["noto"], seed=3, held_out=True)
+    scenes = [sampler.sample(i) for i in range(60)]
+    assert all(s.contains_held_out() for s in scenes) and {s.kind for s in scenes} >= {"pair", "count", "single"}
+    assert SceneSampler(objects, ["noto"], seed=3, held_out=True).sample(7).captions == scenes[7].captions
+    assert not any(SceneSampler(objects, ["noto"], seed=3).sample(i).contains_held_out() for i in range(60))
+
+
+@needs_noto
 def test_scenes_are_reproducible_and_their_captions_match_the_layout(objects):
     from sfumato.training.scene_vocab import NUMBERS
     from sfumato.training.scenes import SceneSampler, held_out_colour, held_out_count, held_out_pair

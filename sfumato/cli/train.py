@@ -24,6 +24,8 @@ def add_parsers(commands) -> None:
     data.add_argument("--count", type=int, default=60000, help="scenes: how many")
     data.add_argument("--seed", type=int, default=0, help="scenes: the same seed makes the same images")
     data.add_argument("--processes", type=int, default=1, help="scenes: render in this many processes")
+    data.add_argument("--held-out", action="store_true",
+                      help="scenes: only scenes of the held-out split (evaluation references, never training data)")
     data.set_defaults(run=cmd_data)
 
 
@@ -116,7 +118,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         if args.count < 1 or args.processes < 1:
             raise InvalidRequest("--count and --processes must be at least 1")
-        sheet = build_scene_dataset(args.output, args.count, args.seed, args.processes, progress=progress)
+        sheet = build_scene_dataset(args.output, args.count, args.seed, args.processes, progress=progress,
+                                    held_out=args.held_out)
         bar.close()
         print(f"{sheet['images']} scenes in {args.output} (metadata.jsonl, datasheet.json); styles: "
               + "; ".join(f"{s}: {v['licence']}" for s, v in sheet["styles"].items()))

@@ -127,15 +127,17 @@ def _side(rng: random.Random, name: str, scale: float) -> int:
 class SceneSampler:
     """Draws scenes from the vocabulary; `sample(index)` is the same scene for the same seed and index."""
 
-    def __init__(self, objects: list[SceneObject], styles: list[str], seed: int = 0):
+    def __init__(self, objects: list[SceneObject], styles: list[str], seed: int = 0, held_out: bool = False):
         if not styles:
             raise InvalidRequest("no emoji art found: install Debian's fonts-noto-color-emoji (and the npm art, see "
                                  "sfumato/training/emoji_art.py)")
-        self.objects, self.styles, self.seed = objects, styles, seed
+        self.objects, self.styles, self.seed, self.held_out = objects, styles, seed, held_out
         self.tintable = [o for o in objects if o.tintable]
 
     def sample(self, index: int) -> Scene:
         rng = random.Random(f"{self.seed}:{index}")
+        if self.held_out:
+            return self._held_out_scene(rng)
         kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
         for _ in range(100):
             scene = getattr(self, f"_{kind}")(rng)
@@ -143,6 +145,17 @@ class SceneSampler:
                 scene.captions = captions(scene, rng)
                 return scene
         raise RuntimeError("could not draw a scene outside the held-out split")  # pragma: no cover
+
+    def _held_out_scene(self, rng: random.Random) -> Scene:
+        """Only scenes with a held-out pair, colour-object or count-object combination: the evaluation's references
+        (`--held-out`), never training data."""
+        kinds = {k: w for k, w in KINDS.items() if k != "emoji"}
+        for _ in range(10000):
+            scene = getattr(self, f"_{rng.choices(list(kinds), weights=list(kinds.values()))[0]}")(rng)
+            if scene.contains_held_out():
+                scene.captions = captions(scene, rng)
+                return scene
+        raise RuntimeError("could not draw a held-out scene")  # pragma: no cover
 
     def _canvas(self, rng: random.Random, kind: str, background: bool = True) -> Scene:
         width, height = rng.choice(ASPECTS)
@@ -348,9 +361,9 @@ class Renderer:
 
 
 def _render_range(args) -> list[dict]:
-    out, seed, styles, start, stop = args
+    out, seed, styles, start, stop, held_out = args
     objects = vocabulary()
-    sampler = SceneSampler(objects, styles, seed)
+    sampler = SceneSampler(objects, styles, seed, held_out)
     renderer = Renderer(Sprites(styles))
     records = []
     for i in range(start, stop):
@@ -364,15 +377,17 @@ def _render_range(args) -> list[dict]:
 
 
 def build_scene_dataset(out_dir: Path, count: int = 60000, seed: int = 0, processes: int = 1,
-                        styles: list[str] | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Render `count` scenes into `out_dir` (imagefolder layout + `datasheet.json`); returns the datasheet."""
+                        styles: list[str] | None = None, progress: Callable[[int, int], None] | None = None,
+                        held_out: bool = False) -> dict:
+    """Render `count` scenes into `out_dir` (imagefolder layout + `datasheet.json`); returns the datasheet. With
+    `held_out`, only scenes of the held-out split (references for `sfumato eval fid`, never for training)."""
     styles = styles or available_styles()
     if not styles:
         raise InvalidRequest("no emoji art found: install Debian's fonts-noto-color-emoji")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     chunk = 500
-    jobs = [(str(out_dir), seed, styles, s, min(count, s + chunk)) for s in range(0, count, chunk)]
+    jobs = [(str(out_dir), seed, styles, s, min(count, s + chunk), held_out) for s in range(0, count, chunk)]
     records: list[dict] = []
     if processes > 1:
         import multiprocessing
