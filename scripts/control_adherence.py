@@ -1,7 +1,9 @@
 """Measure how well the embedded model follows control maps with its shipped ControlNet (edge F1, with vs without).
 
     python scripts/control_adherence.py [--data DATA] [--controlnet PATH] [--count 64] \
-        [--json benchmarks/control_adherence.json] [--figure docs/controlnet-emoji.png]
+        [--json benchmarks/control_adherence_scenes.json] [--figure docs/controlnet-scenes.png]
+    SFUMATO_MODEL=sfumato/models/embedded/sfumato-emoji python scripts/control_adherence.py \
+        [--json benchmarks/control_adherence.json] [--figure docs/controlnet-emoji.png]   # the earlier default
 
 Cases: hand-drawn outlines (circle, triangle, square, star, heart, diamond, cross, arrow) with emoji prompts, and,
 given the emoji dataset (`sfumato data emoji DATA --base-only`), the Canny map of one emoji's render with the
@@ -42,7 +44,7 @@ def emoji_cases(data: Path, folder: Path, count: int) -> list[Case]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="the emoji dataset (adds render-map cases)")
-    parser.add_argument("--controlnet", help="a ControlNet to measure (default: the shipped sfumato-emoji-canny)")
+    parser.add_argument("--controlnet", help="a ControlNet to measure (default: the default model's shipped one)")
     parser.add_argument("--count", type=int, default=64, help="emoji render cases")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
@@ -60,7 +62,9 @@ def main() -> None:
         bar.close()
         if args.figure:
             figure(engine, cases, args.controlnet, args.figure)
-    summary["controlnet"] = args.controlnet or "sfumato-emoji-canny"
+    from sfumato.engine import default_model
+
+    summary["controlnet"] = args.controlnet or f"{Path(default_model()).name}-canny"  # the model's shipped one
     for kind in [k for k in summary if isinstance(summary[k], dict) and "with" in summary[k]]:
         s = summary[kind]
         print(f"{kind:18s} edge F1 without {s['without']:.3f}  with {s['with']:.3f}  (+{s['with'] - s['without']:.3f}, "
