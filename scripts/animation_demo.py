@@ -3,7 +3,8 @@ a contact sheet and their temporal metrics (docs/animation.json).
 
     python scripts/animation_demo.py [--out docs] [--scale 4]
 
-Frames are generated at the model's 32 px and measured there; the GIFs are enlarged (Lanczos) for the README only.
+Frames are generated at the model's native size (sfumato-scenes: 64 px) and measured there; the GIFs are enlarged
+(Lanczos, to 128 px) for the README only.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ COMMANDS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
-    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--scale", type=int, help="GIF enlargement (default: to 128 px)")
     args = parser.parse_args()
     engine = Engine()
     report, strips = {}, []
@@ -48,17 +49,18 @@ def main() -> None:
         request = AnimationRequest(GenerationRequest("", seed=seed, sampler="Euler"), fps=8, formats=[], **spec)
         result = animate(engine, request)
         frames = [f.image for f in result.frames]
-        big = [f.resize((f.width * args.scale, f.height * args.scale), Image.Resampling.LANCZOS) for f in frames]
+        scale = args.scale or max(1, 128 // frames[0].width)
+        big = [f.resize((f.width * scale, f.height * scale), Image.Resampling.LANCZOS) for f in frames]
         write_video(big, args.out / f"animation-{name}.gif", request.fps)
         report[name] = {"command": COMMANDS[name], **{k: (round(v, 4) if isinstance(v, float) else v)
                                                       for k, v in result.metrics.items()}}
         strips.append(frames)
         print(f"{name}: {result.metrics}")
-    width = max(len(s) for s in strips)
-    sheet = Image.new("RGB", (width * 32, len(strips) * 32), "white")
+    width, side = max(len(s) for s in strips), strips[0][0].width
+    sheet = Image.new("RGB", (width * side, len(strips) * side), "white")
     for row, frames in enumerate(strips):
         for col, frame in enumerate(frames):
-            sheet.paste(frame, (col * 32, row * 32))
+            sheet.paste(frame, (col * side, row * side))
     sheet = sheet.resize((sheet.width * 2, sheet.height * 2), Image.Resampling.LANCZOS)
     sheet.save(args.out / "animation-frames.png")
     (args.out / "animation.json").write_text(json.dumps(report, indent=2) + "\n")

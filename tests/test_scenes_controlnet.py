@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(embedded_model() is None or embedded_controlnet(
                                 reason="the embedded model or its ControlNet is not in this checkout")
 SHAPES = ["circle", "triangle", "star", "small-circle-top-left", "small-circle-bottom-right"]
 PROMPTS = ["red apple", "a blue car", "a yellow star", ""]
-MIN_GAIN = MEASURED_GAIN = None  # set below
+MIN_GAIN = 0.40  # measured 0.537 (F1 0.177 -> 0.715 over these 20 cases at 20 steps, every case better)
 
 
 @pytest.fixture(scope="module")
