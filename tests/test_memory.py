@@ -17,7 +17,8 @@ from sfumato.requests import GenerationRequest
 from test_models import lora_files  # noqa: F401 (a fixture)
 
 REQUEST = dict(prompt="a cat", seed=1, steps=3, width=64, height=64, sampler="Euler")
-needs_embedded = pytest.mark.skipif(embedded_model() is None, reason="the embedded model is not in this checkout")
+# the dB below were measured on sfumato-emoji (f4 VAE); the default sfumato-scenes' f8c8 VAE is coarser
+needs_emoji = pytest.mark.skipif(embedded_model("sfumato-emoji") is None, reason="sfumato-emoji is not in this checkout")
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -57,18 +58,18 @@ def test_8bit_weights_halve_float16_memory(sd1, kind, max_error):
 
 
 @pytest.mark.slow
-@needs_embedded
+@needs_emoji
 def test_int8_on_the_embedded_model_keeps_the_image():
-    plain = Engine().generate(GenerationRequest("a red apple", seed=3)).images[0].image
+    plain = Engine("sfumato-emoji").generate(GenerationRequest("a red apple", seed=3)).images[0].image
     for kind, floor in (("int8", 45), ("fp8", 35)):  # measured 54.2 and 43.8 dB
-        engine = Engine(memory=memory_settings(quantize=kind))
+        engine = Engine("sfumato-emoji", memory=memory_settings(quantize=kind))
         image = engine.generate(GenerationRequest("a red apple", seed=3)).images[0].image
         assert psnr(plain, image) > floor
         assert engine.load().memory == [f"{kind} weights"]
 
 
 @pytest.mark.slow
-@needs_embedded
+@needs_emoji
 def test_tiled_vae_shares_statistics_and_leaves_no_seams():
     from skimage import data
 
@@ -76,10 +77,10 @@ def test_tiled_vae_shares_statistics_and_leaves_no_seams():
     from sfumato.pipelines.steps import decode_latents, encode_images, from_pil, to_pil
 
     image = Image.fromarray(data.astronaut()).resize((512, 512))
-    full_model = Engine().load()
+    full_model = Engine("sfumato-emoji").load()
     latents = encode_images(full_model, from_pil([image]))
     full = pixels(to_pil(decode_latents(full_model, latents))[0])
-    tiled_model = Engine(memory=memory_settings(vae_tiling=True)).load()
+    tiled_model = Engine("sfumato-emoji", memory=memory_settings(vae_tiling=True)).load()
     assert tiled_model.pipe.vae.tile_sample_min_size == 256
     tiled = pixels(to_pil(decode_latents(tiled_model, latents))[0])
     shared = psnr(Image.fromarray(full.astype(np.uint8)), Image.fromarray(tiled.astype(np.uint8)))
