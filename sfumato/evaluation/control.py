@@ -113,3 +113,13 @@ def adherence(engine, base_request, cases: list[Case], model: str | None = None,
         summary[kind] = {"with": float(np.mean([r["with"] for r in chosen])),
                          "without": float(np.mean([r["without"] for r in chosen])), "count": len(chosen)}
     return summary
+
+
+def outline_gain(engine, folder: Path, prompts: list[str], shapes: list[str]) -> dict:
+    """Hand-drawn outlines with the model's shipped ControlNet (no model named), no prompt as the base request: the
+    mean edge-F1 gain with vs without the unit, and the share of cases the unit improves."""
+    from sfumato.requests import GenerationRequest
+
+    summary = adherence(engine, GenerationRequest(prompt=""), drawn_cases(folder, prompts, shapes))
+    return {"gain": summary["all"]["with"] - summary["all"]["without"], "all": summary["all"],
+            "better": float(np.mean([r["with"] > r["without"] for r in summary["rows"]]))}
